@@ -1,0 +1,315 @@
+"""Config: YAML files in ``configs/`` validated against dataclasses, with ``--set key=value`` overrides.
+
+Precedence: dataclass defaults < YAML file < ``--set`` (left to right). Unknown keys and wrong types are errors that
+name the key and suggest close matches. The resolved config is saved in the run folder and in every checkpoint.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence, Union
+
+import yaml
+
+__all__ = [
+    "ModelCfg", "DataCfg", "OptimCfg", "SchedCfg", "TrainerCfg", "EvalCfg", "LossCfg", "Config",
+    "ConfigError", "load_config", "config_from_dict", "to_dict", "to_yaml", "save_config", "config_dir",
+    "list_configs",
+]
+
+
+class ConfigError(ValueError):
+    """A config file, key or value is wrong; the message names it."""
+
+
+@dataclass
+class ModelCfg:
+    name: str = "mobilenet_v2"
+    # None = use the builder's default / derive from the dataset (num_classes).
+    num_classes: int | None = None
+    width_mult: float = 1.0
+    pretrained: str | None = None  # "imagenet" or a file: whole classifier, or the backbone of a detector/segmenter
+    output_stride: int | None = None
+    aspp: str | None = None  # segmentation head: "lite" | "full"
+    dropout: float | None = None
+    backbone: str | None = None  # backbone family for detection/segmentation builders (issue: MobileNetV1)
+
+
+@dataclass
+class DataCfg:
+    format: str = "coco"  # coco | voc | imagefolder | cifar10 | flowers102
+    root: str = "data/coco"
+    synthetic: bool = False  # use the built-in shapes dataset (generated once into the cache); root is then ignored
+    train_split: str = "train2017"
+    val_split: str = "val2017"
+    image_size: int = 320  # detection: network input; segmentation: training crop; classification: crop
+    augment: str = "ssdlite"  # ssdlite | seg | cls | none
+    scale_range: tuple[float, float] = (0.5, 2.0)  # segmentation random scale
+    batch_size: int = 24
+    val_batch_size: int = 8
+    num_workers: int = 4
+    subset: int | None = None  # first N images of each split (quick runs, overfitting checks)
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+
+
+@dataclass
+class OptimCfg:
+    name: str = "sgd"  # sgd | rmsprop | adamw
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 4e-5
+    nesterov: bool = False
+    alpha: float = 0.9  # RMSProp decay (TF "decay")
+    eps: float = 1.0  # RMSProp epsilon: TF's recipes use 1.0
+    norm_weight_decay: float | None = None  # weight decay for BN/bias parameters; None = same as weight_decay
+
+
+@dataclass
+class SchedCfg:
+    name: str = "cosine"  # cosine | poly | exponential | constant
+    warmup_epochs: float = 0.0
+    warmup_factor: float = 0.001
+    power: float = 0.9  # poly
+    gamma: float = 0.98  # exponential: factor per decay_epochs
+    decay_epochs: float = 1.0
+    min_lr: float = 0.0
+
+
+@dataclass
+class TrainerCfg:
+    max_epochs: int = 1
+    max_steps: int = -1
+    accelerator: str = "auto"
+    devices: Union[int, str] = "auto"
+    num_nodes: int = 1
+    strategy: str = "auto"
+    precision: str = "32-true"
+    sync_batchnorm: bool = False
+    check_val_every_n_epoch: int = 1
+    log_every_n_steps: int = 20
+    gradient_clip_val: float | None = None
+    limit_train_batches: Union[int, float] = 1.0
+    limit_val_batches: Union[int, float] = 1.0
+    deterministic: bool = False
+
+
+@dataclass
+class EvalCfg:
+    score_thresh: float = 0.001  # low, as COCO evaluation needs (a high threshold lowers mAP)
+    nms_iou: float = 0.6
+    topk_candidates: int = 400
+    detections_per_img: int = 100
+    ms_scales: tuple[float, ...] = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
+    flip: bool = True
+
+
+@dataclass
+class LossCfg:
+    neg_pos_ratio: int = 3
+    box_weight: float = 1.0
+    label_smoothing: float = 0.0
+
+
+@dataclass
+class Config:
+    task: str = "detection"  # detection | segmentation | classification
+    seed: int = 42
+    model: ModelCfg = field(default_factory=ModelCfg)
+    data: DataCfg = field(default_factory=DataCfg)
+    optim: OptimCfg = field(default_factory=OptimCfg)
+    sched: SchedCfg = field(default_factory=SchedCfg)
+    trainer: TrainerCfg = field(default_factory=TrainerCfg)
+    eval: EvalCfg = field(default_factory=EvalCfg)
+    loss: LossCfg = field(default_factory=LossCfg)
+
+    def validate(self) -> "Config":
+        def choice(key: str, value: Any, options: Sequence[Any]) -> None:
+            if value not in options:
+                raise ConfigError(f"{key}={value!r} is not one of {list(options)}")
+
+        choice("task", self.task, ("detection", "segmentation", "classification"))
+        choice("data.format", self.data.format, ("coco", "voc", "imagefolder", "cifar10", "flowers102"))
+        choice("data.augment", self.data.augment, ("ssdlite", "seg", "cls", "none"))
+        choice("optim.name", self.optim.name, ("sgd", "rmsprop", "adamw"))
+        choice("sched.name", self.sched.name, ("cosine", "poly", "exponential", "constant"))
+        if self.model.aspp is not None:
+            choice("model.aspp", self.model.aspp, ("lite", "full"))
+        if self.model.output_stride is not None:
+            choice("model.output_stride", self.model.output_stride, (8, 16, 32))
+        for key, v in (("data.batch_size", self.data.batch_size), ("data.val_batch_size", self.data.val_batch_size),
+                       ("data.image_size", self.data.image_size)):
+            if v < 1:
+                raise ConfigError(f"{key} must be ≥ 1, got {v}")
+        if self.optim.lr <= 0:
+            raise ConfigError(f"optim.lr must be > 0, got {self.optim.lr}")
+        if self.data.subset is not None and self.data.subset < 1:
+            raise ConfigError(f"data.subset must be ≥ 1 or null, got {self.data.subset}")
+        return self
+
+
+# ---------------------------------------------------------------------------------------------- type checking
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check ``value`` against annotation ``tp``; allow int→float and list→tuple, nothing else."""
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        errors = []
+        for arg in typing.get_args(tp):
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r} ({type(value).__name__})")
+    if tp is type(None):
+        if value is None:
+            return None
+        raise ConfigError(f"{key}: expected null, got {value!r}")
+    if origin is tuple:
+        args = typing.get_args(tp)
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r} ({type(value).__name__})")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value))
+        if len(value) != len(args):
+            raise ConfigError(f"{key}: expected a list of {len(args)} values, got {len(value)}: {value!r}")
+        return tuple(_coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected float, got {value!r} ({type(value).__name__})")
+        return float(value)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected int, got {value!r} ({type(value).__name__})")
+        return value
+    if tp in (bool, str):
+        if not isinstance(value, tp):
+            raise ConfigError(f"{key}: expected {tp.__name__}, got {value!r} ({type(value).__name__})")
+        return value
+    raise ConfigError(f"{key}: unsupported type {tp}")
+
+
+def _unknown(key: str, options: Sequence[str], where: str) -> ConfigError:
+    close = difflib.get_close_matches(key.rsplit(".", 1)[-1], options, n=3)
+    hint = f"; did you mean {', '.join(close)}?" if close else f"; valid keys: {', '.join(options)}"
+    return ConfigError(f"unknown config key {key!r}{where}{hint}")
+
+
+def _fill(obj: Any, data: dict, prefix: str, where: str) -> None:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'}{where}: expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(type(obj))
+    names = [f.name for f in dataclasses.fields(obj)]
+    for k, v in data.items():
+        key = prefix + str(k)
+        if k not in names:
+            raise _unknown(key, names, where)
+        cur = getattr(obj, k)
+        if dataclasses.is_dataclass(cur):
+            _fill(cur, v, key + ".", where)
+        else:
+            setattr(obj, k, _coerce(v, hints[k], key + where))
+
+
+def _set(cfg: Config, override: str) -> None:
+    if "=" not in override:
+        raise ConfigError(f"--set expects key=value, got {override!r}")
+    key, raw = override.split("=", 1)
+    key = key.strip()
+    obj: Any = cfg
+    parts = key.split(".")
+    for i, part in enumerate(parts):
+        names = [f.name for f in dataclasses.fields(obj)]
+        if part not in names:
+            raise _unknown(".".join(parts[: i + 1]), names, " (from --set)")
+        if i < len(parts) - 1:
+            obj = getattr(obj, part)
+            if not dataclasses.is_dataclass(obj):
+                raise ConfigError(f"--set {key}: {'.'.join(parts[: i + 1])} is not a section")
+    if dataclasses.is_dataclass(getattr(obj, parts[-1])):
+        raise ConfigError(f"--set {key}: is a section; set one of its keys")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as e:
+        raise ConfigError(f"--set {key}: cannot parse {raw!r}: {e}") from e
+    hints = typing.get_type_hints(type(obj))
+    if hints[parts[-1]] is str and not isinstance(value, str):
+        value = raw  # "--set data.root=2017" is still a string
+    setattr(obj, parts[-1], _coerce(value, hints[parts[-1]], key + " (from --set)"))
+
+
+# ---------------------------------------------------------------------------------------------- loading / saving
+def config_dir() -> Path:
+    return Path(os.environ.get("MNV2_CONFIG_DIR", Path(__file__).resolve().parents[1] / "configs"))
+
+
+def list_configs() -> list[str]:
+    return sorted(p.stem for p in config_dir().glob("*.yaml"))
+
+
+def _resolve(name: str | os.PathLike) -> Path:
+    p = Path(name)
+    if p.suffix in (".yaml", ".yml") or p.exists():
+        if not p.is_file():
+            raise ConfigError(f"config file not found: {p}")
+        return p
+    candidate = config_dir() / f"{name}.yaml"
+    if candidate.is_file():
+        return candidate
+    close = difflib.get_close_matches(str(name), list_configs(), n=3)
+    hint = f"; did you mean {', '.join(close)}?" if close else ""
+    raise ConfigError(f"no config named {str(name)!r} in {config_dir()}{hint} (available: {', '.join(list_configs())})")
+
+
+def config_from_dict(data: dict, where: str = "") -> Config:
+    cfg = Config()
+    _fill(cfg, data or {}, "", where)
+    return cfg.validate()
+
+
+def load_config(name: str | os.PathLike | None = None, overrides: Sequence[str] = ()) -> Config:
+    """Defaults < ``configs/NAME.yaml`` (or a path) < each ``key=value`` override in order."""
+    cfg = Config()
+    if name is not None:
+        path = _resolve(name)
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: invalid YAML: {e}") from e
+        _fill(cfg, data, "", f" in {path}")
+    for o in overrides:
+        _set(cfg, o)
+    return cfg.validate()
+
+
+def to_dict(cfg: Config) -> dict:
+    def plain(v: Any) -> Any:
+        if isinstance(v, tuple):
+            return [plain(x) for x in v]
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items()}
+        return v
+
+    return plain(dataclasses.asdict(cfg))
+
+
+def to_yaml(cfg: Config) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
+def save_config(cfg: Config, path: str | os.PathLike) -> Path:
+    """Write the resolved config atomically (write to a temporary name, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(to_yaml(cfg))
+    os.replace(tmp, path)
+    return path

@@ -1,0 +1,36 @@
+"""Model registry: one small dict of builders. Every family is imported explicitly at the bottom."""
+from __future__ import annotations
+
+import difflib
+from typing import Callable
+
+from torch import nn
+
+__all__ = ["MODELS", "register_model", "build_model", "list_models"]
+
+MODELS: dict[str, Callable[..., nn.Module]] = {}
+
+
+def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+    if fn.__name__ in MODELS:
+        raise ValueError(f"model {fn.__name__!r} registered twice")
+    MODELS[fn.__name__] = fn
+    return fn
+
+
+def build_model(name: str, **kwargs) -> nn.Module:
+    """Build a registered model by name; keyword arguments go to its builder (see ``list_models()``)."""
+    if name not in MODELS:
+        close = difflib.get_close_matches(name, MODELS, n=3)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise KeyError(f"unknown model {name!r}{hint} (known: {', '.join(list_models())})")
+    return MODELS[name](**kwargs)
+
+
+def list_models() -> list[str]:
+    return sorted(MODELS)
+
+
+from . import mobilenetv2  # noqa: E402
+
+register_model(mobilenetv2.mobilenet_v2)

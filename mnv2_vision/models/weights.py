@@ -1,0 +1,112 @@
+"""Loading pretrained weights: torchvision's ImageNet weights, local torchvision-format files and our checkpoints.
+
+Never silently random: a missing file, a key the model lacks, or a shape that differs outside the allowed
+(``optional``) prefixes is an error naming the key. What was skipped is reported.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+__all__ = ["LoadReport", "read_state_dict", "load_pretrained"]
+
+log = logging.getLogger("mnv2_vision")
+
+
+@dataclass
+class LoadReport:
+    source: str
+    loaded: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)  # "key: reason"
+
+    def __str__(self) -> str:
+        s = f"loaded {len(self.loaded)} tensors from {self.source}"
+        if self.skipped:
+            s += f"; skipped {len(self.skipped)}: " + ", ".join(self.skipped[:8]) + (" ..." if len(self.skipped) > 8 else "")
+        return s
+
+
+def _strip(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Remove wrappers: Lightning's ``model.``, DDP's ``module.``, and a detector/segmenter's ``backbone.``."""
+    for prefix in ("module.", "model.", "backbone."):
+        if sd and all(k.startswith(prefix) for k in sd):
+            sd = {k[len(prefix):]: v for k, v in sd.items()}
+    return sd
+
+
+def read_state_dict(source: str | Path, width_mult: float = 1.0) -> tuple[dict[str, torch.Tensor], str]:
+    """Return (state dict, description) for ``"imagenet"`` or a local file (state dict or checkpoint)."""
+    if str(source) == "imagenet":
+        if width_mult != 1.0:
+            raise ValueError(f"torchvision ships ImageNet weights for width_mult=1.0 only, got {width_mult}; "
+                             "pass a local file instead")
+        from torchvision.models import MobileNet_V2_Weights
+
+        weights = MobileNet_V2_Weights.IMAGENET1K_V1
+        try:
+            sd = weights.get_state_dict(progress=True)
+        except Exception as e:  # no internet on this machine: say what to do instead
+            raise RuntimeError(f"could not fetch torchvision's {weights} ({e}); download it on a machine with "
+                               "internet and pass the file path as pretrained=PATH") from e
+        return sd, f"torchvision {weights}"
+    path = Path(source)
+    if not path.is_file():
+        raise FileNotFoundError(f"pretrained weights file not found: {path}")
+    obj = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
+        obj = obj["state_dict"]  # a Lightning checkpoint
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise ValueError(f"{path} does not hold a state dict (a mapping of names to tensors)")
+    return _strip(dict(obj)), str(path)
+
+
+def load_pretrained(
+    module: nn.Module,
+    source: str | Path,
+    *,
+    width_mult: float = 1.0,
+    optional: tuple[str, ...] = ("classifier.",),
+    prefix: str = "",
+) -> LoadReport:
+    """Load ``source`` into ``module``; keys under ``optional`` prefixes may be absent or differ in shape.
+
+    Args:
+        module: the model (or backbone) to fill.
+        source: ``"imagenet"`` or a file path.
+        width_mult: checked against ``"imagenet"``.
+        optional: key prefixes (of the module and of the file) that may be skipped, e.g. the ImageNet classifier.
+        prefix: prepended to file keys before matching (e.g. ``"backbone."`` when filling a detector from a
+            classifier file).
+    """
+    sd, desc = read_state_dict(source, width_mult)
+    sd = {prefix + k: v for k, v in sd.items()}
+    own = module.state_dict()
+    report = LoadReport(desc)
+    errors: list[str] = []
+    to_load: dict[str, torch.Tensor] = {}
+    for k, v in own.items():
+        is_optional = k.startswith(tuple(prefix + o for o in optional)) or k.startswith(optional)
+        if k not in sd:
+            (report.skipped.append(f"{k}: not in file") if is_optional else errors.append(f"{k}: missing from file"))
+        elif sd[k].shape != v.shape:
+            msg = f"{k}: shape {tuple(sd[k].shape)} in file vs {tuple(v.shape)} in model"
+            (report.skipped.append(msg) if is_optional else errors.append(msg))
+        else:
+            to_load[k] = sd[k]
+    for k in sd:
+        if k not in own:
+            if k.startswith(tuple(prefix + o for o in optional)):
+                report.skipped.append(f"{k}: not in model")
+            else:
+                errors.append(f"{k}: in file but not in model")
+    if errors:
+        raise RuntimeError(f"cannot load {desc}: {len(errors)} problem(s):\n  " + "\n  ".join(errors[:20]))
+    module.load_state_dict(to_load, strict=False)
+    report.loaded = sorted(to_load)
+    log.info("%s", report)
+    print(f"[mnv2_vision] {report}")
+    return report

@@ -1,0 +1,38 @@
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+version = {}
+exec((Path(__file__).parent / "mnv2_vision" / "version.py").read_text(), version)
+
+setup(
+    name="mnv2_vision",
+    version=version["__version__"],
+    description="MobileNetV2 backbone with SSDLite detection and DeepLabv3 segmentation, trained with PyTorch Lightning",
+    long_description=(Path(__file__).parent / "README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    packages=find_packages(include=["mnv2_vision", "mnv2_vision.*"]),
+    python_requires=">=3.10",
+    install_requires=[
+        "torch>=2.2",
+        "torchvision>=0.17",
+        "pytorch-lightning>=2.2",
+        "pycocotools>=2.0.7",
+        "albumentations>=1.4",
+        "pyyaml>=6.0",
+        "numpy>=1.24",
+        "pillow>=10.0",
+        "scipy>=1.10",
+        "matplotlib>=3.7",
+        "tensorboard>=2.14",
+    ],
+    extras_require={
+        "dev": [
+            "pytest>=7.4",
+            "torchmetrics>=1.2",
+            "onnx>=1.15",
+            "onnxruntime>=1.17",
+            "onnxscript>=0.1",
+        ],
+    },
+)
