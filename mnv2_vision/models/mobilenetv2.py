@@ -96,6 +96,11 @@ class MobileNetV2(nn.Module):
         bn_eps, bn_momentum: BatchNorm settings (PyTorch momentum convention).
     """
 
+    # Taps the heads read, by role (paper §6.2 for SSDLite, §6.3 "MNet V2*" for DeepLab). Heads look these names up
+    # in ``feature_info``; a new backbone declares its own and no head needs a per-backbone branch.
+    DETECTION_TAPS: tuple[str, str] = ("layer15_expand", "layer19")
+    SEGMENTATION_TAP: str = "layer18"
+
     def __init__(
         self,
         num_classes: int = 1000,

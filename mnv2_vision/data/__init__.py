@@ -1,0 +1,42 @@
+"""Dataset location: the built-in shapes data or a user's folder, with a clear message when it is missing."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..config import DataCfg
+
+__all__ = ["resolve_root", "LAYOUTS"]
+
+LAYOUTS = {
+    "coco": (
+        "COCO 2017 layout:\n  <root>/train2017/*.jpg\n  <root>/val2017/*.jpg\n"
+        "  <root>/annotations/instances_train2017.json\n  <root>/annotations/instances_val2017.json\n"
+        "Get it with: python tools/prepare_data.py coco --root <root>  (or set data.root / --set data.synthetic=true)"
+    ),
+    "voc": (
+        "PASCAL VOC 2012 layout (root may be VOCdevkit or VOCdevkit/VOC2012):\n  <root>/JPEGImages/*.jpg\n"
+        "  <root>/SegmentationClass/*.png (palette PNGs)\n  <root>/ImageSets/Segmentation/{train,val}.txt\n"
+        "  optional SBD trainaug: <root>/SegmentationClassAug/*.png + ImageSets/Segmentation/trainaug.txt\n"
+        "Get it with: python tools/prepare_data.py voc --root <root>  (or --set data.synthetic=true)"
+    ),
+    "imagefolder": "ImageFolder layout: <root>/<split>/<class_name>/*.jpg (ImageNet's own layout)",
+    "cifar10": "CIFAR-10 python batches: <root>/cifar-10-batches-py/{data_batch_1..5,test_batch,batches.meta}",
+    "flowers102": "torchvision Flowers102 layout: <root>/flowers-102/{jpg/,imagelabels.mat,setid.mat}",
+}
+_SYNTHETIC_SUBDIR = {"coco": "coco", "voc": "VOC2012", "imagefolder": "classification"}
+
+
+def resolve_root(data: DataCfg) -> Path:
+    """The dataset folder for ``data``: the cached built-in shapes data when ``data.synthetic``, else ``data.root``."""
+    if data.synthetic:
+        if data.format not in _SYNTHETIC_SUBDIR:
+            raise FileNotFoundError(f"the built-in dataset has no {data.format!r} variant; "
+                                    f"use data.format in {sorted(_SYNTHETIC_SUBDIR)}")
+        from .synthetic import ensure_shapes
+
+        return ensure_shapes() / _SYNTHETIC_SUBDIR[data.format]
+    root = Path(data.root).expanduser()
+    if not root.exists():
+        raise FileNotFoundError(f"dataset not found at data.root={str(root)!r}. Expected the "
+                                f"{LAYOUTS.get(data.format, data.format)}")
+    return root

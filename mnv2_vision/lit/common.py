@@ -1,0 +1,132 @@
+"""Shared by the Lightning modules and train tools: optimiser, per-step LR schedule, and the Trainer set-up."""
+from __future__ import annotations
+
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
+from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
+from torch import nn
+
+from ..config import Config, OptimCfg, SchedCfg
+
+__all__ = ["build_optimizer", "build_scheduler", "LRSchedule", "make_trainer", "EpochLine"]
+
+
+def build_optimizer(optim: OptimCfg, model: nn.Module) -> torch.optim.Optimizer:
+    """SGD, RMSProp or AdamW; BN and bias parameters may get their own weight decay (``norm_weight_decay``)."""
+    decay, no_decay = [], []
+    for m in model.modules():
+        for name, p in m.named_parameters(recurse=False):
+            if not p.requires_grad:
+                continue
+            is_norm = isinstance(m, (nn.BatchNorm2d, nn.GroupNorm, nn.LayerNorm, nn.SyncBatchNorm)) or name == "bias"
+            (no_decay if is_norm and optim.norm_weight_decay is not None else decay).append(p)
+    groups: list[dict[str, Any]] = [{"params": decay, "weight_decay": optim.weight_decay}]
+    if no_decay:
+        groups.append({"params": no_decay, "weight_decay": optim.norm_weight_decay})
+    if optim.name == "sgd":
+        return torch.optim.SGD(groups, lr=optim.lr, momentum=optim.momentum, nesterov=optim.nesterov)
+    if optim.name == "rmsprop":
+        # TF adds epsilon inside the square root, PyTorch outside: eps_torch = sqrt(eps_tf) keeps the same
+        # denominator floor (torchvision's TF-style recipes make the same conversion).
+        return torch.optim.RMSprop(groups, lr=optim.lr, alpha=optim.alpha, eps=math.sqrt(optim.eps),
+                                   momentum=optim.momentum)
+    if optim.name == "adamw":
+        return torch.optim.AdamW(groups, lr=optim.lr)
+    raise ValueError(f"unknown optim.name {optim.name!r}")
+
+
+class LRSchedule:
+    """LR multiplier per optimiser step: linear warm-up, then cosine / poly / exponential (staircase) / constant.
+
+    A plain object (not a closure) so ``LambdaLR.state_dict`` saves it and resume restores the schedule exactly.
+    """
+
+    def __init__(self, sched: SchedCfg, base_lr: float, total_steps: int, steps_per_epoch: int) -> None:
+        self.name = sched.name
+        self.total = max(1, int(total_steps))
+        self.per_epoch = max(1, int(steps_per_epoch))
+        self.warmup = min(int(round(sched.warmup_epochs * self.per_epoch)), self.total - 1)
+        self.warmup_factor = sched.warmup_factor
+        self.power, self.gamma, self.decay_epochs = sched.power, sched.gamma, sched.decay_epochs
+        self.min_ratio = sched.min_lr / base_lr if base_lr > 0 else 0.0
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup:
+            a = step / max(1, self.warmup)
+            return self.warmup_factor * (1 - a) + a
+        t = min(1.0, (step - self.warmup) / max(1, self.total - self.warmup))
+        if self.name == "cosine":
+            return self.min_ratio + (1 - self.min_ratio) * 0.5 * (1 + math.cos(math.pi * t))
+        if self.name == "poly":
+            return self.min_ratio + (1 - self.min_ratio) * (1 - t) ** self.power
+        if self.name == "exponential":
+            return self.gamma ** math.floor(step / (self.decay_epochs * self.per_epoch))
+        return 1.0
+
+
+def build_scheduler(sched: SchedCfg, optimizer: torch.optim.Optimizer, total_steps: int,
+                    steps_per_epoch: int) -> dict[str, Any]:
+    """A Lightning ``lr_scheduler`` dict stepped every iteration."""
+    base_lr = optimizer.param_groups[0]["lr"]
+    fn = LRSchedule(sched, base_lr, total_steps, steps_per_epoch)
+    return {"scheduler": torch.optim.lr_scheduler.LambdaLR(optimizer, fn), "interval": "step", "frequency": 1}
+
+
+class EpochLine(Callback):
+    """One line per epoch (for logs and CI, where a live progress bar floods the output)."""
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        self._t0 = time.time()
+
+    def on_validation_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        self._print(trainer)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        if (trainer.current_epoch + 1) % (trainer.check_val_every_n_epoch or 1) != 0 or not trainer.val_dataloaders:
+            self._print(trainer)
+
+    def _print(self, trainer: pl.Trainer) -> None:
+        if trainer.global_rank != 0:
+            return
+        m = trainer.callback_metrics
+        keys = [k for k in sorted(m) if k.startswith(("train/loss", "val/")) and "/ap_" not in k and "/iou_" not in k]
+        parts = " ".join(f"{k}={float(m[k]):.4f}" for k in keys)
+        dt = time.time() - getattr(self, "_t0", time.time())
+        print(f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs} step {trainer.global_step} "
+              f"({dt:.0f}s) {parts}", flush=True)
+
+
+def make_trainer(cfg: Config, out_dir: str | Path, monitor: str, mode: str = "max", **overrides: Any) -> pl.Trainer:
+    """Trainer from ``cfg.trainer``: best-``monitor`` + last checkpoints in ``out_dir/ckpt``, CSV and TensorBoard logs
+    in ``out_dir``, an LR monitor, a progress bar in a terminal and one line per epoch otherwise."""
+    out_dir = Path(out_dir)
+    t = cfg.trainer
+    short = monitor.split("/")[-1]
+    ckpt = ModelCheckpoint(dirpath=out_dir / "ckpt", monitor=monitor, mode=mode, save_last=True,
+                           filename=f"best-epoch={{epoch:03d}}-{short}={{{monitor}:.4f}}",
+                           auto_insert_metric_name=False)
+    tty = sys.stdout.isatty()
+    callbacks: list[Callback] = [ckpt, LearningRateMonitor(logging_interval="step")]
+    if not tty:
+        callbacks.append(EpochLine())
+    loggers = [CSVLogger(out_dir, name="", version=""), TensorBoardLogger(out_dir, name="tb", version="")]
+    kwargs: dict[str, Any] = dict(
+        default_root_dir=str(out_dir), max_epochs=t.max_epochs, max_steps=t.max_steps, accelerator=t.accelerator,
+        devices=t.devices, num_nodes=t.num_nodes, strategy=t.strategy, precision=t.precision,
+        sync_batchnorm=t.sync_batchnorm, check_val_every_n_epoch=t.check_val_every_n_epoch,
+        log_every_n_steps=t.log_every_n_steps, gradient_clip_val=t.gradient_clip_val,
+        limit_train_batches=t.limit_train_batches, limit_val_batches=t.limit_val_batches,
+        deterministic=t.deterministic, callbacks=callbacks, logger=loggers, enable_progress_bar=tty,
+        num_sanity_val_steps=0, enable_model_summary=tty,
+    )
+    kwargs.update(overrides)
+    return pl.Trainer(**kwargs)

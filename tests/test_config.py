@@ -1,0 +1,121 @@
+"""Config: YAML + dataclasses, --set overrides with precedence, clear errors that name the key."""
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mnv2_vision.checkpoint import model_kwargs
+from mnv2_vision.cli import base_parser, guarded, setup_run
+from mnv2_vision.config import (Config, ConfigError, config_from_dict, list_configs, load_config, save_config,
+                                to_dict)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("name", list_configs())
+def test_every_shipped_config_validates(name):
+    cfg = load_config(name)
+    model_kwargs(cfg.model)  # every set model field applies to the named builder
+
+
+def test_precedence(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("optim:\n  lr: 0.5\ndata:\n  batch_size: 7\n")
+    assert Config().optim.lr == 0.01
+    cfg = load_config(f)
+    assert cfg.optim.lr == 0.5 and cfg.data.batch_size == 7 and cfg.optim.momentum == 0.9
+    cfg = load_config(f, ["optim.lr=0.1", "optim.lr=0.2"])
+    assert cfg.optim.lr == 0.2 and cfg.data.batch_size == 7
+
+
+def test_set_parses_and_checks_types():
+    cfg = load_config(None, ["optim.lr=1", "data.mean=[0.5, 0.5, 0.5]", "model.num_classes=null",
+                             "trainer.devices=2", "data.root=2017", "eval.ms_scales=[1, 1.5]"])
+    assert cfg.optim.lr == 1.0 and isinstance(cfg.optim.lr, float)
+    assert cfg.data.mean == (0.5, 0.5, 0.5) and cfg.model.num_classes is None
+    assert cfg.trainer.devices == 2 and cfg.data.root == "2017" and cfg.eval.ms_scales == (1.0, 1.5)
+    with pytest.raises(ConfigError, match=r"data\.batch_size.*expected int.*'abc'"):
+        load_config(None, ["data.batch_size=abc"])
+    with pytest.raises(ConfigError, match=r"data\.batch_size.*expected int"):
+        load_config(None, ["data.batch_size=2.5"])
+    with pytest.raises(ConfigError, match=r"data\.mean.*3 values"):
+        load_config(None, ["data.mean=[1, 2]"])
+    with pytest.raises(ConfigError, match=r"trainer\.deterministic.*expected bool"):
+        load_config(None, ["trainer.deterministic=3"])
+
+
+def test_unknown_keys_name_the_key_and_suggest():
+    with pytest.raises(ConfigError, match=r"'optim\.lrr'.*did you mean lr"):
+        load_config(None, ["optim.lrr=0.1"])
+    with pytest.raises(ConfigError, match=r"'optimm'.*did you mean optim"):
+        load_config(None, ["optimm.lr=0.1"])
+    with pytest.raises(ConfigError, match="key=value"):
+        load_config(None, ["optim.lr"])
+    with pytest.raises(ConfigError, match=r"optim\.name='adam'"):
+        load_config(None, ["optim.name=adam"])
+
+
+def test_unknown_key_in_file_names_file(tmp_path):
+    f = tmp_path / "bad.yaml"
+    f.write_text("data:\n  batchsize: 3\n")
+    with pytest.raises(ConfigError, match=r"data\.batchsize.*bad\.yaml.*batch_size"):
+        load_config(f)
+
+
+def test_missing_config_name_lists_available():
+    with pytest.raises(ConfigError, match=r"no config named 'ssdlite_cocoo'"):
+        load_config("ssdlite_cocoo")
+
+
+def test_model_field_that_does_not_apply_is_an_error():
+    cfg = load_config(None, ["model.name=mobilenet_v2", "model.aspp=full"])
+    with pytest.raises(ConfigError, match=r"model\.aspp='full' does not apply to model 'mobilenet_v2'"):
+        model_kwargs(cfg.model)
+
+
+def test_round_trip(tmp_path):
+    cfg = load_config(None, ["optim.lr=0.3", "eval.ms_scales=[1.0]", "model.pretrained=/x/y.pth"])
+    path = save_config(cfg, tmp_path / "run" / "config.yaml")
+    assert load_config(path) == cfg
+    assert config_from_dict(to_dict(cfg)) == cfg
+
+
+def test_cli_setup_run_saves_resolved_config(tmp_path, capsys):
+    args = base_parser("t").parse_args(["--cfg", str(_write(tmp_path)), "--set", "seed=3", "--out", str(tmp_path / "o")])
+    cfg, out = setup_run(args)
+    assert cfg.seed == 3 and load_config(out / "config.yaml").seed == 3
+    assert "seed: 3" in capsys.readouterr().out
+
+
+def test_cli_errors_exit_nonzero_with_message(tmp_path, capsys):
+    @guarded
+    def main(argv=None):
+        return setup_run(base_parser("t").parse_args(argv))
+
+    for argv, needle in ((["--cfg", "no_such_config"], "no_such_config"),
+                         (["--cfg", str(_write(tmp_path)), "--set", "optim.lrr=1"], "optim.lrr"),
+                         (["--cfg", str(_write(tmp_path)), "--set", "optim.lr=fast"], "optim.lr")):
+        with pytest.raises(SystemExit) as e:
+            main(argv + ["--out", str(tmp_path / "o")])
+        assert e.value.code == 2
+        assert needle in capsys.readouterr().err
+
+
+def test_profile_tool_rejects_unknown_argument():
+    r = subprocess.run([sys.executable, str(ROOT / "tools/profile.py"), "mobilenet_v2", "--set", "widht=1"],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "widht" in r.stderr
+
+
+def test_profile_tool_prints_counts():
+    r = subprocess.run([sys.executable, str(ROOT / "tools/profile.py"), "mobilenet_v2", "--set", "width_mult=0.5"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "params: 1,968,680" in r.stdout and "features.18" in r.stdout
+
+
+def _write(tmp_path):
+    f = tmp_path / "base.yaml"
+    f.write_text("task: classification\n")
+    return f
