@@ -9,7 +9,7 @@ from typing import Callable, Sequence
 
 from .config import Config, ConfigError, load_config, save_config, to_yaml
 
-__all__ = ["base_parser", "setup_run", "guarded"]
+__all__ = ["base_parser", "setup_run", "guarded", "resolve_resume"]
 
 
 def base_parser(description: str) -> argparse.ArgumentParser:
@@ -33,6 +33,16 @@ def setup_run(args: argparse.Namespace) -> tuple[Config, Path]:
     out_dir = Path(args.out) if args.out else Path("runs") / Path(args.cfg).stem
     save_config(cfg, out_dir / "config.yaml")
     return cfg, out_dir
+
+
+def resolve_resume(resume: str | None, out_dir: Path) -> str | None:
+    """``--resume last`` → ``<out>/ckpt/last.ckpt``; a path that does not exist is an error, never a fresh start."""
+    if resume is None:
+        return None
+    path = out_dir / "ckpt" / "last.ckpt" if resume == "last" else Path(resume)
+    if not path.is_file():
+        raise FileNotFoundError(f"--resume {resume}: no checkpoint at {path}")
+    return str(path)
 
 
 def guarded(main: Callable[[Sequence[str] | None], object]) -> Callable[[Sequence[str] | None], object]:

@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import math
+import os
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -11,11 +13,13 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
 from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
+from pytorch_lightning.plugins.io import TorchCheckpointIO
 from torch import nn
 
 from ..config import Config, OptimCfg, SchedCfg
 
-__all__ = ["build_optimizer", "build_scheduler", "LRSchedule", "make_trainer", "EpochLine"]
+__all__ = ["build_optimizer", "build_scheduler", "LRSchedule", "make_trainer", "EpochLine", "FiniteLossGuard",
+           "AtomicCheckpointIO", "NonFiniteLossError"]
 
 
 def build_optimizer(optim: OptimCfg, model: nn.Module) -> torch.optim.Optimizer:
@@ -105,6 +109,56 @@ class EpochLine(Callback):
               f"({dt:.0f}s) {parts}", flush=True)
 
 
+class NonFiniteLossError(RuntimeError):
+    """Training stopped because the loss became NaN or infinite."""
+
+
+class FiniteLossGuard(Callback):
+    """Stop on a non-finite loss *before* backward, naming the step and the images of the batch.
+
+    The LightningModule may define ``batch_ids(batch) -> list`` (COCO image ids, VOC ids or file names).
+    """
+
+    def on_train_batch_start(self, trainer: pl.Trainer, module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
+        self._batch, self._batch_idx = batch, batch_idx
+
+    def on_before_backward(self, trainer: pl.Trainer, module: pl.LightningModule, loss: torch.Tensor) -> None:
+        if torch.isfinite(loss.detach()).all():
+            return
+        ids_fn = getattr(module, "batch_ids", None)
+        ids = ids_fn(self._batch) if ids_fn is not None else "unknown"
+        raise NonFiniteLossError(
+            f"non-finite loss ({float(loss.detach())}) at global step {trainer.global_step} (epoch "
+            f"{trainer.current_epoch}, batch {self._batch_idx}); images in this batch: {ids}. Check these files "
+            "with tools/check_data.py, lower optim.lr, or turn off mixed precision.")
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Write each checkpoint to a temporary name, fsync, then rename: a crash mid-save never truncates
+    ``last.ckpt`` (``os.replace`` is atomic on POSIX and Windows)."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any = None) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        try:
+            with open(tmp, "wb") as f:
+                torch.save(checkpoint, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        finally:
+            if tmp.exists():
+                tmp.unlink()
+
+
+def warn_small_batch(batch_size: int, devices: Any, sync_batchnorm: bool) -> None:
+    """BatchNorm statistics from a handful of images are noisy (users.md §2.2.2): say so once, up front."""
+    if batch_size < 8 and not sync_batchnorm:
+        warnings.warn(f"per-device batch size {batch_size} is small for BatchNorm (statistics from < 8 images are "
+                      "noisy); prefer ≥ 8 per device, or trainer.sync_batchnorm=true across devices", stacklevel=2)
+
+
 def make_trainer(cfg: Config, out_dir: str | Path, monitor: str, mode: str = "max", **overrides: Any) -> pl.Trainer:
     """Trainer from ``cfg.trainer``: best-``monitor`` + last checkpoints in ``out_dir/ckpt``, CSV and TensorBoard logs
     in ``out_dir``, an LR monitor, a progress bar in a terminal and one line per epoch otherwise."""
@@ -115,7 +169,7 @@ def make_trainer(cfg: Config, out_dir: str | Path, monitor: str, mode: str = "ma
                            filename=f"best-epoch={{epoch:03d}}-{short}={{{monitor}:.4f}}",
                            auto_insert_metric_name=False)
     tty = sys.stdout.isatty()
-    callbacks: list[Callback] = [ckpt, LearningRateMonitor(logging_interval="step")]
+    callbacks: list[Callback] = [ckpt, LearningRateMonitor(logging_interval="step"), FiniteLossGuard()]
     if not tty:
         callbacks.append(EpochLine())
     loggers = [CSVLogger(out_dir, name="", version=""), TensorBoardLogger(out_dir, name="tb", version="")]
@@ -126,7 +180,8 @@ def make_trainer(cfg: Config, out_dir: str | Path, monitor: str, mode: str = "ma
         log_every_n_steps=t.log_every_n_steps, gradient_clip_val=t.gradient_clip_val,
         limit_train_batches=t.limit_train_batches, limit_val_batches=t.limit_val_batches,
         deterministic=t.deterministic, callbacks=callbacks, logger=loggers, enable_progress_bar=tty,
-        num_sanity_val_steps=0, enable_model_summary=tty,
+        num_sanity_val_steps=0, enable_model_summary=tty, plugins=[AtomicCheckpointIO()],
     )
+    warn_small_batch(cfg.data.batch_size, t.devices, t.sync_batchnorm)
     kwargs.update(overrides)
     return pl.Trainer(**kwargs)
