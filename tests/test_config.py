@@ -119,3 +119,11 @@ def _write(tmp_path):
     f = tmp_path / "base.yaml"
     f.write_text("task: classification\n")
     return f
+
+
+@pytest.mark.parametrize("tool", sorted(p.name for p in (ROOT / "tools").glob("*.py")))
+def test_every_tool_starts(tool):
+    # tools/profile.py shares its name with the standard library module torch imports: every tool must still start
+    r = subprocess.run([sys.executable, str(ROOT / "tools" / tool), "--help"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "usage" in r.stdout
