@@ -19,7 +19,7 @@ import yaml
 __all__ = [
     "ModelCfg", "DataCfg", "OptimCfg", "SchedCfg", "TrainerCfg", "EvalCfg", "LossCfg", "Config",
     "ConfigError", "load_config", "config_from_dict", "to_dict", "to_yaml", "save_config", "config_dir",
-    "list_configs",
+    "list_configs", "Study", "load_study",
 ]
 
 
@@ -38,6 +38,15 @@ class ModelCfg:
     aspp: str | None = None  # segmentation head: "lite" | "full"
     dropout: float | None = None
     backbone: str | None = None  # backbone family for detection/segmentation builders (issue: MobileNetV1)
+    # MobileNetV2 ablation switches (None = the paper's design; see MobileNetV2's docstring) and CIFAR adaptation
+    small_input: bool | None = None  # stride 1 in the stem and second row: 32×32 ends at 4×4
+    expand_ratio: float | None = None  # t of every row but the first
+    block: str | None = None  # inverted | classic
+    shortcut: str | None = None  # bottleneck | expansion | none
+    projection_activation: str | None = None  # none | relu6
+    preactivation: bool | None = None
+    bn_eps: float | None = None  # BatchNorm ε; None = the builder's default
+    bn_momentum: float | None = None  # PyTorch convention: TF-slim's decay 0.997 is momentum 0.003
 
 
 @dataclass
@@ -48,7 +57,8 @@ class DataCfg:
     train_split: str = "train2017"
     val_split: str = "val2017"
     image_size: int = 320  # detection: network input; segmentation: training crop; classification: crop
-    augment: str = "ssdlite"  # ssdlite | seg | cls | none
+    crop_scale: tuple[float, float] = (0.08, 1.0)  # classification: RandomResizedCrop area range (augment=cls)
+    augment: str = "ssdlite"  # ssdlite | seg | cls (ImageNet crop) | cifar (pad-4 crop) | none
     scale_range: tuple[float, float] = (0.5, 2.0)  # segmentation random scale
     batch_size: int = 24
     val_batch_size: int = 8
@@ -135,11 +145,17 @@ class Config:
 
         choice("task", self.task, ("detection", "segmentation", "classification"))
         choice("data.format", self.data.format, ("coco", "voc", "imagefolder", "cifar10", "flowers102"))
-        choice("data.augment", self.data.augment, ("ssdlite", "seg", "cls", "none"))
+        choice("data.augment", self.data.augment, ("ssdlite", "seg", "cls", "cifar", "none"))
         choice("optim.name", self.optim.name, ("sgd", "rmsprop", "adamw"))
         choice("sched.name", self.sched.name, ("cosine", "poly", "exponential", "constant"))
         if self.model.aspp is not None:
             choice("model.aspp", self.model.aspp, ("lite", "full"))
+        for key, options in (("block", ("inverted", "classic")), ("shortcut", ("bottleneck", "expansion", "none")),
+                             ("projection_activation", ("none", "relu6"))):
+            if getattr(self.model, key) is not None:
+                choice(f"model.{key}", getattr(self.model, key), options)
+        if not 0 < self.data.crop_scale[0] <= self.data.crop_scale[1] <= 1:
+            raise ConfigError(f"data.crop_scale must satisfy 0 < min <= max <= 1, got {list(self.data.crop_scale)}")
         if self.model.output_stride is not None:
             choice("model.output_stride", self.model.output_stride, (8, 16, 32))
         for key, v in (("data.batch_size", self.data.batch_size), ("data.val_batch_size", self.data.val_batch_size),
@@ -313,3 +329,55 @@ def save_config(cfg: Config, path: str | os.PathLike) -> Path:
     tmp.write_text(to_yaml(cfg))
     os.replace(tmp, path)
     return path
+
+
+# ---------------------------------------------------------------------------------------------- ablation studies
+@dataclass
+class Study:
+    """An ablation study (``configs/studies/NAME.yaml``): a base config, ``--set`` overrides shared by every variant
+    (``set``), and named lists of overrides (``variants``), applied in that order."""
+
+    name: str
+    base: str
+    common: tuple[str, ...]
+    variants: dict[str, tuple[str, ...]]
+
+    def config(self, variant: str) -> Config:
+        return load_config(self.base, (*self.common, *self.variants[variant]))
+
+
+def load_study(name: str | os.PathLike) -> Study:
+    """Read and check a study file: every variant's config is resolved once here, so a typo fails before training."""
+    p = Path(name)
+    if not (p.suffix in (".yaml", ".yml") or p.exists()):
+        p = config_dir() / "studies" / f"{name}.yaml"
+    if not p.is_file():
+        known = sorted(q.stem for q in (config_dir() / "studies").glob("*.yaml"))
+        raise ConfigError(f"study not found: {p} (available in {config_dir() / 'studies'}: {', '.join(known)})")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{p}: invalid YAML: {e}") from e
+    if not isinstance(data, dict) or set(data) - {"base", "set", "variants"}:
+        raise ConfigError(f"{p}: a study has the keys base, set (optional) and variants; got {sorted(data)}")
+    if not isinstance(data.get("base"), str):
+        raise ConfigError(f"{p}: 'base' must name a config (e.g. mobilenet_v2_cifar10)")
+
+    def overrides(v: Any, where: str) -> tuple[str, ...]:
+        if v is None:
+            return ()
+        if not isinstance(v, list) or not all(isinstance(o, str) and "=" in o for o in v):
+            raise ConfigError(f"{p}: {where} must be a list of 'key=value' strings, got {v!r}")
+        return tuple(v)
+
+    variants = data.get("variants")
+    if not isinstance(variants, dict) or not variants:
+        raise ConfigError(f"{p}: 'variants' must map variant names to lists of 'key=value' overrides")
+    study = Study(p.stem, data["base"], overrides(data.get("set"), "set"),
+                  {str(k): overrides(v, f"variants.{k}") for k, v in variants.items()})
+    for v in study.variants:
+        try:
+            study.config(v)
+        except ConfigError as e:
+            raise ConfigError(f"{p}: variant {v!r}: {e}") from e
+    return study

@@ -34,3 +34,15 @@ def list_models() -> list[str]:
 from . import mobilenetv2  # noqa: E402
 
 register_model(mobilenetv2.mobilenet_v2)
+
+from . import mobilenetv1  # noqa: E402
+
+register_model(mobilenetv1.mobilenet_v1)
+
+from . import ssdlite  # noqa: E402
+
+register_model(ssdlite.ssdlite320_mobilenet_v2)
+
+from . import deeplabv3  # noqa: E402
+
+register_model(deeplabv3.deeplabv3_mobilenet_v2)

@@ -1,0 +1,171 @@
+"""COCO-format detection dataset read with pycocotools.
+
+Label map: the annotation file's category ids, sorted, become contiguous labels ``1..C`` (0 = background), so
+COCO's ids 1..90 with gaps give labels 1..80 and ``num_classes = C + 1``. The map is inverted at the evaluation edge
+(``label_to_category_id``). Crowd regions (``iscrowd = 1``) are never training targets: COCOeval treats them as
+"ignore" regions on its own. Images without objects are kept, with boxes of shape ``(0, 4)``.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from pycocotools.coco import COCO
+from torch import Tensor
+from torch.utils.data import Dataset
+from torchvision.ops import box_convert
+
+from .images import load_rgb
+
+__all__ = ["CocoDetection", "check_coco_layout", "annotation_file"]
+
+log = logging.getLogger("mnv2_vision")
+
+# A transform takes (image HxWx3 uint8, boxes (G, 4) float32 xyxy, labels (G,) int64) and returns
+# (image tensor, boxes, labels) in the network-input frame; see ``data/transforms.py``.
+DetTransform = Callable[[np.ndarray, np.ndarray, np.ndarray], tuple[Tensor, Tensor, Tensor]]
+
+
+def annotation_file(root: str | os.PathLike, split: str) -> Path:
+    return Path(root) / "annotations" / f"instances_{split}.json"
+
+
+def check_coco_layout(root: str | os.PathLike, splits: Sequence[str]) -> None:
+    """Raise ``FileNotFoundError`` listing what is missing and the layout that is expected."""
+    from . import LAYOUTS
+
+    root = Path(root)
+    missing = [str(p) for s in splits for p in (root / s, annotation_file(root, s)) if not p.exists()]
+    if missing:
+        raise FileNotFoundError(f"COCO data incomplete under {root}: missing {', '.join(missing)}. Expected the "
+                                f"{LAYOUTS['coco']}")
+
+
+def _quiet_coco(path: Path) -> COCO:
+    """``COCO(path)`` without its progress prints, with the file named in any error."""
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            return COCO(str(path))
+    except Exception as e:  # json errors, missing keys: say which file
+        raise ValueError(f"cannot read COCO annotations {path}: {type(e).__name__}: {e}") from e
+
+
+class CocoDetection(Dataset):
+    """``(image, target)`` pairs from ``<root>/<split>/`` and ``<root>/annotations/instances_<split>.json``.
+
+    ``target`` holds ``boxes`` ``(G, 4)`` float32 xyxy in the frame of the returned image, ``labels`` ``(G,)``
+    int64 in ``1..C``, ``image_id`` (the COCO id) and ``orig_size`` ``(H, W)`` of the image on disk (after EXIF
+    orientation). Boxes are clipped to the image; boxes with no area left or non-finite values are dropped with one
+    warning per file.
+
+    Args:
+        root: folder with ``<split>/`` and ``annotations/``.
+        split: image folder name, e.g. ``"val2017"``.
+        transform: a detection transform (``data/transforms.py``); ``None`` returns the uint8 ``(3, H, W)`` image
+            and boxes in original pixels.
+        subset: keep only the first ``subset`` image ids (sorted).
+        category_ids: the label map to use (label i ↔ ``category_ids[i-1]``); default: this file's sorted ids.
+            An annotation whose category is not in the map is an error naming the file.
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        split: str,
+        transform: DetTransform | None = None,
+        subset: int | None = None,
+        category_ids: Sequence[int] | None = None,
+    ) -> None:
+        self.root = Path(root)
+        self.split = split
+        check_coco_layout(self.root, [split])
+        self.image_dir = self.root / split
+        self.ann_file = annotation_file(self.root, split)
+        self.coco = _quiet_coco(self.ann_file)
+        self.transform = transform
+        ids = sorted(self.coco.getImgIds())
+        self.ids: list[int] = ids[:subset] if subset else ids
+        file_cats = sorted(self.coco.getCatIds())
+        self.category_ids: list[int] = list(category_ids) if category_ids is not None else file_cats
+        if not self.category_ids:
+            raise ValueError(f"{self.ann_file} defines no categories")
+        cats = self.coco.loadCats(self.category_ids) if set(self.category_ids) <= set(file_cats) else []
+        names = {c["id"]: c["name"] for c in cats}
+        self.category_names: list[str] = [names.get(c, str(c)) for c in self.category_ids]
+        self.cat_to_label = {c: i + 1 for i, c in enumerate(self.category_ids)}
+        self._warned: set[str] = set()
+
+    @property
+    def num_classes(self) -> int:
+        """Foreground classes + background."""
+        return len(self.category_ids) + 1
+
+    def label_to_category_id(self, labels: Sequence[int]) -> list[int]:
+        return [self.category_ids[int(label) - 1] for label in labels]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def image_path(self, index: int) -> Path:
+        return self.image_dir / self.coco.imgs[self.ids[index]]["file_name"]
+
+    def load_image(self, index: int) -> np.ndarray:
+        """The upright RGB image; its size must agree with the annotation file's width/height."""
+        info = self.coco.imgs[self.ids[index]]
+        path = self.image_dir / info["file_name"]
+        image = load_rgb(path)
+        expected = (info.get("height"), info.get("width"))
+        if None not in expected and image.shape[:2] != expected:
+            raise ValueError(f"{path}: image is {image.shape[0]}x{image.shape[1]} (HxW, after EXIF orientation) but "
+                             f"{self.ann_file.name} says {expected[0]}x{expected[1]}; the boxes would not line up")
+        return image
+
+    def load_annotations(self, index: int, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+        """Non-crowd boxes ``(G, 4)`` float32 xyxy clipped to ``size`` ``(H, W)`` and labels ``(G,)`` int64."""
+        img_id = self.ids[index]
+        anns = [a for a in self.coco.imgToAnns.get(img_id, []) if not a.get("iscrowd", 0)]
+        file_name = self.coco.imgs[img_id]["file_name"]
+        for a in anns:
+            if a["category_id"] not in self.cat_to_label:
+                raise ValueError(f"{self.ann_file}: annotation {a.get('id')} of {file_name} has category_id "
+                                 f"{a['category_id']}, which is not among the known ids {self.category_ids}")
+        if not anns:
+            return np.zeros((0, 4), np.float32), np.zeros((0,), np.int64)
+        xywh = torch.tensor([[float(v) for v in a["bbox"]] for a in anns], dtype=torch.float64).reshape(-1, 4)
+        boxes = box_convert(xywh, "xywh", "xyxy")
+        h, w = size
+        finite = torch.isfinite(boxes).all(dim=1)
+        boxes = torch.nan_to_num(boxes)
+        boxes[:, 0::2] = boxes[:, 0::2].clamp(0, w)
+        boxes[:, 1::2] = boxes[:, 1::2].clamp(0, h)
+        keep = finite & (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+        if not bool(keep.all()) and file_name not in self._warned:
+            self._warned.add(file_name)
+            bad = [anns[i].get("id") for i in torch.nonzero(~keep).flatten().tolist()]
+            log.warning("%s: dropped %d degenerate box(es) (non-finite, or no area inside the %dx%d image), "
+                        "annotation ids %s", self.image_dir / file_name, len(bad), w, h, bad)
+        labels = np.array([self.cat_to_label[a["category_id"]] for a in anns], np.int64)
+        return boxes[keep].to(torch.float32).numpy(), labels[keep.numpy()]
+
+    def __getitem__(self, index: int) -> tuple[Tensor, dict]:
+        image = self.load_image(index)
+        size = (int(image.shape[0]), int(image.shape[1]))
+        boxes, labels = self.load_annotations(index, size)
+        if self.transform is None:
+            tensor = torch.from_numpy(image).permute(2, 0, 1).contiguous()
+            box_t, label_t = torch.from_numpy(boxes), torch.from_numpy(labels)
+        else:
+            tensor, box_t, label_t = self.transform(image, boxes, labels)
+        target = {"boxes": box_t.reshape(-1, 4).to(torch.float32), "labels": label_t.reshape(-1).to(torch.int64),
+                  "image_id": int(self.ids[index]), "orig_size": size}
+        return tensor, target
+
+    def __repr__(self) -> str:
+        return (f"CocoDetection({self.root}, split={self.split!r}, images={len(self)}, "
+                f"classes={len(self.category_ids)})")

@@ -1,0 +1,81 @@
+"""SegmentationDataModule: VOC-layout train/val loaders for DeepLab."""
+from __future__ import annotations
+
+import logging
+import os
+from typing import Sequence
+
+import pytorch_lightning as pl
+from torch.utils.data import DataLoader
+
+from .seg_transforms import SegEvalTransform, SegTrainTransform, pad_collate
+from .voc import VOCSegmentation
+
+__all__ = ["SegmentationDataModule"]
+
+log = logging.getLogger("mnv2_vision")
+
+
+class SegmentationDataModule(pl.LightningDataModule):
+    """Training crops (``SegTrainTransform``) and full-size validation images (``SegEvalTransform``).
+
+    Args:
+        root: VOC2012 folder (or its VOCdevkit parent).
+        train_split, val_split: ``ImageSets/Segmentation`` list names (``train``/``trainaug``/``auto``, ``val``).
+        num_classes: label range checked while reading.
+        crop_size: training crop side.
+        scale_range: random scale range for training.
+        mean, std: normalisation.
+        batch_size, val_batch_size: loader batch sizes. Training drops the last incomplete batch (BatchNorm statistics
+            of a tiny batch are noise) unless that would leave no batch at all.
+        num_workers: DataLoader workers.
+        subset: first N ids of each split.
+    """
+
+    def __init__(self, root: str | os.PathLike, *, train_split: str = "train", val_split: str = "val",
+                 num_classes: int = 21, crop_size: int = 513, scale_range: Sequence[float] = (0.5, 2.0),
+                 mean: Sequence[float] = (0.485, 0.456, 0.406), std: Sequence[float] = (0.229, 0.224, 0.225),
+                 batch_size: int = 16, val_batch_size: int = 1, num_workers: int = 4,
+                 subset: int | None = None) -> None:
+        super().__init__()
+        self.root, self.train_split, self.val_split = root, train_split, val_split
+        self.num_classes, self.crop_size, self.scale_range = num_classes, crop_size, tuple(scale_range)
+        self.mean, self.std = tuple(mean), tuple(std)
+        self.batch_size, self.val_batch_size, self.num_workers = batch_size, val_batch_size, num_workers
+        self.subset = subset
+        self.train_set: VOCSegmentation | None = None
+        self.val_set: VOCSegmentation | None = None
+
+    def train_dataset(self) -> VOCSegmentation:
+        if self.train_set is None:
+            self.train_set = VOCSegmentation(
+                self.root, self.train_split, SegTrainTransform(self.crop_size, self.scale_range, self.mean, self.std),
+                num_classes=self.num_classes, subset=self.subset)
+        return self.train_set
+
+    def val_dataset(self) -> VOCSegmentation:
+        if self.val_set is None:
+            self.val_set = VOCSegmentation(self.root, self.val_split, SegEvalTransform(self.mean, self.std),
+                                           num_classes=self.num_classes, subset=self.subset)
+        return self.val_set
+
+    def setup(self, stage: str | None = None) -> None:
+        if stage in (None, "fit"):
+            self.train_dataset()
+        if stage in (None, "fit", "validate", "test", "predict"):
+            self.val_dataset()
+
+    def _loader(self, dataset: VOCSegmentation, batch_size: int, train: bool) -> DataLoader:
+        drop_last = train and len(dataset) >= batch_size
+        if train and not drop_last:
+            log.warning("training set has %d images, fewer than batch_size=%d: using one batch of %d",
+                        len(dataset), batch_size, len(dataset))
+        return DataLoader(dataset, batch_size=batch_size, shuffle=train, drop_last=drop_last,
+                          num_workers=self.num_workers, collate_fn=pad_collate,
+                          persistent_workers=self.num_workers > 0, pin_memory=False)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_dataset(), self.batch_size, train=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_dataset(), self.val_batch_size, train=False)

@@ -1,0 +1,234 @@
+"""Detection pipelines built on albumentations: SSD IoU random crop, zoom-out, photometric distortion, flip, resize.
+
+The two SSD-specific geometric steps are not in albumentations, so they are small ``DualTransform`` subclasses here
+(following torchvision's ``RandomIoUCrop`` / ``RandomZoomOut`` and Liu et al. 2016 §2.2 "Data augmentation").
+Everything else is albumentations' own. Presets are chosen by name with plain if/elif:
+
+- ``"ssdlite"`` (train): photometric distortion (p 0.5; brightness, contrast, saturation, hue) → zoom-out (p 0.5,
+  up to 4×, mean-filled) → IoU crop → horizontal flip → resize → normalise. This is SSD's full policy in
+  torchvision's order (its "ssd" preset; its "ssdlite" preset drops the photometric and zoom-out steps).
+- ``"none"`` (train) and every evaluation pipeline: resize → normalise.
+
+Boxes are ``pascal_voc`` (absolute xyxy) in and out. After each step albumentations clips boxes to the image and
+drops those narrower or lower than one pixel; the IoU crop itself keeps only boxes whose centre lies in the crop.
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import albumentations as A
+import cv2
+import numpy as np
+import torch
+from albumentations.core.type_definitions import Targets
+from albumentations.pytorch import ToTensorV2
+from torch import Tensor
+
+__all__ = ["IoURandomCrop", "ZoomOut", "DetectionTransform", "detection_transform", "DETECTION_PRESETS"]
+
+DETECTION_PRESETS = ("ssdlite", "none")
+SSD_MIN_IOUS: tuple[float | None, ...] = (None, 0.0, 0.1, 0.3, 0.5, 0.7, 0.9)
+
+
+def _box_iou(boxes: np.ndarray, crop: np.ndarray) -> np.ndarray:
+    """IoU of ``(G, 4)`` xyxy boxes with one xyxy crop."""
+    lt = np.maximum(boxes[:, :2], crop[:2])
+    rb = np.minimum(boxes[:, 2:4], crop[2:])
+    inter = np.clip(rb - lt, 0, None).prod(axis=1)
+    area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    crop_area = (crop[2] - crop[0]) * (crop[3] - crop[1])
+    return inter / np.maximum(area + crop_area - inter, 1e-12)
+
+
+class IoURandomCrop(A.DualTransform):
+    """SSD's random crop: a patch whose IoU with at least one object (with its centre inside) is ≥ a sampled minimum.
+
+    Per call a minimum IoU is drawn from ``min_ious`` (``None`` = keep the whole image, 0.0 = any patch holding an
+    object centre); up to ``trials`` patches of scale ``scale`` (each side, relative) and aspect ``aspect`` (w/h)
+    are tried; the first acceptable one is taken, else the image is left whole. Only boxes whose centre lies
+    inside the patch are kept (then clipped). An image without objects gets an unconstrained patch: there is
+    nothing to lose, and background-only crops are still useful negatives.
+    """
+
+    _targets = (Targets.IMAGE, Targets.BBOXES)
+
+    def __init__(
+        self,
+        min_ious: Sequence[float | None] = SSD_MIN_IOUS,
+        scale: tuple[float, float] = (0.3, 1.0),
+        aspect: tuple[float, float] = (0.5, 2.0),
+        trials: int = 40,
+        p: float = 1.0,
+    ) -> None:
+        super().__init__(p=p)
+        self.min_ious = tuple(min_ious)
+        self.scale = scale
+        self.aspect = aspect
+        self.trials = trials
+
+    def get_transform_init_args_names(self) -> tuple[str, ...]:
+        return ("min_ious", "scale", "aspect", "trials")
+
+    def _sample_patch(self, h: int, w: int) -> tuple[int, int, int, int] | None:
+        rng = self.py_random
+        new_w = int(w * rng.uniform(*self.scale))
+        new_h = int(h * rng.uniform(*self.scale))
+        if new_w < 1 or new_h < 1 or not self.aspect[0] <= new_w / new_h <= self.aspect[1]:
+            return None
+        left = int((w - new_w) * rng.random())
+        top = int((h - new_h) * rng.random())
+        return left, top, left + new_w, top + new_h
+
+    def get_params_dependent_on_data(self, params: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
+        h, w = params["shape"][:2]
+        whole = (0, 0, w, h)
+        bboxes = np.asarray(data.get("bboxes", ()), dtype=np.float64)  # normalised xyxy + label columns
+        if len(bboxes) == 0:
+            for _ in range(self.trials):
+                patch = self._sample_patch(h, w)
+                if patch is not None:
+                    return {"crop_coords": patch}
+            return {"crop_coords": whole}
+        boxes = bboxes[:, :4] * np.array([w, h, w, h], dtype=np.float64)  # normalised → pixels
+        centres = (boxes[:, :2] + boxes[:, 2:4]) / 2
+        min_iou = self.py_random.choice(self.min_ious)
+        if min_iou is None:
+            return {"crop_coords": whole}
+        for _ in range(self.trials):
+            patch = self._sample_patch(h, w)
+            if patch is None:
+                continue
+            x0, y0, x1, y1 = patch
+            inside = (centres[:, 0] > x0) & (centres[:, 0] < x1) & (centres[:, 1] > y0) & (centres[:, 1] < y1)
+            if not inside.any():
+                continue
+            if _box_iou(boxes[inside], np.array(patch, dtype=np.float64)).max() < min_iou:
+                continue
+            return {"crop_coords": patch}
+        return {"crop_coords": whole}
+
+    def apply(self, img: np.ndarray, crop_coords: tuple[int, int, int, int], **params: Any) -> np.ndarray:
+        x0, y0, x1, y1 = crop_coords
+        return np.ascontiguousarray(img[y0:y1, x0:x1])
+
+    def apply_to_bboxes(self, bboxes: np.ndarray, crop_coords: tuple[int, int, int, int],
+                        **params: Any) -> np.ndarray:
+        if len(bboxes) == 0:
+            return bboxes
+        h, w = params["shape"][:2]
+        x0, y0, x1, y1 = crop_coords
+        out = np.array(bboxes, dtype=np.float64, copy=True)
+        px = out[:, :4] * np.array([w, h, w, h], dtype=np.float64)
+        cx, cy = (px[:, 0] + px[:, 2]) / 2, (px[:, 1] + px[:, 3]) / 2
+        inside = (cx > x0) & (cx < x1) & (cy > y0) & (cy < y1)
+        px = np.clip(px - np.array([x0, y0, x0, y0], dtype=np.float64), 0, [x1 - x0, y1 - y0] * 2)
+        out[:, :4] = px / np.array([x1 - x0, y1 - y0, x1 - x0, y1 - y0], dtype=np.float64)
+        return out[inside].astype(bboxes.dtype)
+
+
+class ZoomOut(A.DualTransform):
+    """SSD's "expand": place the image at a random spot of a canvas ``r`` times larger, filled with ``fill``.
+
+    ``r`` is uniform in ``side_range``; small objects become smaller, training the coarse-to-fine anchors on them.
+    """
+
+    _targets = (Targets.IMAGE, Targets.BBOXES)
+
+    def __init__(self, fill: Sequence[float] = (124, 116, 104), side_range: tuple[float, float] = (1.0, 4.0),
+                 p: float = 0.5) -> None:
+        super().__init__(p=p)
+        if side_range[0] < 1.0 or side_range[1] < side_range[0]:
+            raise ValueError(f"side_range must satisfy 1 <= low <= high, got {side_range}")
+        self.fill = tuple(float(v) for v in fill)
+        self.side_range = side_range
+
+    def get_transform_init_args_names(self) -> tuple[str, ...]:
+        return ("fill", "side_range")
+
+    def get_params_dependent_on_data(self, params: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
+        h, w = params["shape"][:2]
+        r = self.py_random.uniform(*self.side_range)
+        canvas_w, canvas_h = int(w * r), int(h * r)
+        left = int((canvas_w - w) * self.py_random.random())
+        top = int((canvas_h - h) * self.py_random.random())
+        return {"canvas": (canvas_h, canvas_w), "offset": (left, top)}
+
+    def apply(self, img: np.ndarray, canvas: tuple[int, int], offset: tuple[int, int], **params: Any) -> np.ndarray:
+        h, w = img.shape[:2]
+        out = np.empty((canvas[0], canvas[1], *img.shape[2:]), dtype=img.dtype)
+        out[...] = np.asarray(self.fill[: img.shape[2]] if img.ndim == 3 else self.fill[0], dtype=img.dtype)
+        out[offset[1]: offset[1] + h, offset[0]: offset[0] + w] = img
+        return out
+
+    def apply_to_bboxes(self, bboxes: np.ndarray, canvas: tuple[int, int], offset: tuple[int, int],
+                        **params: Any) -> np.ndarray:
+        if len(bboxes) == 0:
+            return bboxes
+        h, w = params["shape"][:2]
+        out = np.array(bboxes, dtype=np.float64, copy=True)
+        scale = np.array([w / canvas[1], h / canvas[0]] * 2)
+        shift = np.array([offset[0] / canvas[1], offset[1] / canvas[0]] * 2)
+        out[:, :4] = out[:, :4] * scale + shift
+        return out.astype(bboxes.dtype)
+
+
+class DetectionTransform:
+    """An albumentations ``Compose`` with a typed call: ``(image uint8 HxWx3, boxes (G, 4) xyxy, labels (G,))`` →
+    ``(image float (3, H, W) normalised, boxes float32 (G', 4), labels int64 (G',))``."""
+
+    def __init__(self, transforms: list[A.BasicTransform]) -> None:
+        self.compose = A.Compose(
+            transforms,
+            bbox_params=A.BboxParams(format="pascal_voc", label_fields=["labels"], min_width=1.0, min_height=1.0),
+        )
+
+    def set_random_seed(self, seed: int) -> None:
+        """Reseed the augmentation RNG (every DataLoader worker needs its own stream)."""
+        self.compose.set_random_seed(seed)
+
+    def __call__(self, image: np.ndarray, boxes: np.ndarray, labels: np.ndarray) -> tuple[Tensor, Tensor, Tensor]:
+        boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
+        labels = np.asarray(labels, dtype=np.int64).reshape(-1)
+        out = self.compose(image=image, bboxes=boxes, labels=labels)
+        box_t = torch.as_tensor(np.asarray(out["bboxes"], dtype=np.float32).reshape(-1, 4))
+        label_t = torch.as_tensor(np.asarray(out["labels"], dtype=np.int64).reshape(-1))
+        return out["image"], box_t, label_t
+
+    def __repr__(self) -> str:
+        return f"DetectionTransform({self.compose.transforms})"
+
+
+def detection_transform(
+    preset: str,
+    train: bool,
+    image_size: int | tuple[int, int],
+    mean: Sequence[float] = (0.485, 0.456, 0.406),
+    std: Sequence[float] = (0.229, 0.224, 0.225),
+) -> DetectionTransform:
+    """The pipeline for ``preset`` (``"ssdlite"`` | ``"none"``); evaluation (``train=False``) always only resizes.
+
+    Args:
+        preset: augmentation policy name.
+        train: training pipeline if True, else evaluation.
+        image_size: network input side (square) or ``(H, W)``.
+        mean, std: normalisation, fractions of 255 (ImageNet's by default); zoom-out fills with the mean colour.
+    """
+    if preset not in DETECTION_PRESETS:
+        raise ValueError(f"unknown detection augmentation preset {preset!r}; choose from {list(DETECTION_PRESETS)}")
+    h, w = (image_size, image_size) if isinstance(image_size, int) else image_size
+    tail: list[A.BasicTransform] = [
+        A.Resize(height=h, width=w, interpolation=cv2.INTER_LINEAR),
+        A.Normalize(mean=tuple(mean), std=tuple(std), max_pixel_value=255.0),
+        ToTensorV2(),
+    ]
+    if not train or preset == "none":
+        return DetectionTransform(tail)
+    return DetectionTransform([
+        # torchvision's RandomPhotometricDistort ranges; SSD's brightness delta 32/255 ≈ 0.125.
+        A.ColorJitter(brightness=(0.875, 1.125), contrast=(0.5, 1.5), saturation=(0.5, 1.5), hue=(-0.05, 0.05),
+                      p=0.5),
+        ZoomOut(fill=tuple(round(m * 255) for m in mean), side_range=(1.0, 4.0), p=0.5),
+        IoURandomCrop(),
+        A.HorizontalFlip(p=0.5),
+        *tail,
+    ])

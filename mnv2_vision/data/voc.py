@@ -1,0 +1,166 @@
+"""PASCAL VOC 2012 semantic segmentation, read from the official folder layout (plus SBD's ``trainaug``).
+
+Label maps are palette PNGs whose *indices* are the class labels (0 = background, 1..20, 255 = object boundary,
+ignored). They are read with ``np.array(Image.open(path))``, which returns the indices of a mode-"P" image; any
+colour conversion (cv2, ``.convert("RGB")``/``"L"``) would turn them into colours or luminances. A label file that is
+not a single-channel index map is an error naming the file, and so is a value outside 0..K-1 and 255.
+
+Splits are the id lists in ``ImageSets/Segmentation/<split>.txt``. ``trainaug`` (VOC train + SBD, 10,582 ids) reads
+its labels from ``SegmentationClassAug/``, where the common release stores raw indices as mode "L" (grayscale) PNGs,
+so "L" is accepted there; ``auto`` means ``trainaug`` when it is set up and ``train`` otherwise.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+from PIL import Image
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from .images import load_rgb
+
+__all__ = [
+    "VOC_CLASSES", "IGNORE_INDEX", "find_voc_root", "resolve_split", "read_label", "write_label", "VOCSegmentation",
+]
+
+log = logging.getLogger("mnv2_vision")
+
+VOC_CLASSES: tuple[str, ...] = (
+    "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
+    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor",
+)
+IGNORE_INDEX = 255
+_LABEL_DIRS = {"SegmentationClass": ("P",), "SegmentationClassAug": ("P", "L")}
+
+# A transform takes (image (H, W, 3) uint8, mask (H, W) uint8) and returns (image (3, h, w) float, mask (h, w) int64).
+SegTransform = Callable[[np.ndarray, np.ndarray], tuple[Tensor, Tensor]]
+
+
+def _layout_error(root: Path, what: str) -> FileNotFoundError:
+    from . import LAYOUTS
+
+    return FileNotFoundError(f"VOC data incomplete under {root}: {what}. Expected the {LAYOUTS['voc']}")
+
+
+def find_voc_root(root: str | os.PathLike) -> Path:
+    """``root`` itself if it holds ``JPEGImages/``, else ``root/VOC2012`` (a VOCdevkit folder was given)."""
+    root = Path(root).expanduser()
+    for candidate in (root, root / "VOC2012"):
+        if (candidate / "JPEGImages").is_dir():
+            return candidate
+    raise _layout_error(root, "no JPEGImages/ folder in it or in its VOC2012/ subfolder")
+
+
+def resolve_split(root: Path, split: str) -> tuple[str, str]:
+    """Return (split, label folder). ``trainaug`` needs SBD's labels; ``auto`` picks it when present."""
+    lists = root / "ImageSets" / "Segmentation"
+    has_aug = (lists / "trainaug.txt").is_file() and (root / "SegmentationClassAug").is_dir()
+    if split == "auto":
+        split = "trainaug" if has_aug else "train"
+        log.info("data split 'auto' → %r under %s", split, root)
+    if split == "trainaug":
+        if not has_aug:
+            raise _layout_error(root, "split 'trainaug' needs ImageSets/Segmentation/trainaug.txt and "
+                                      "SegmentationClassAug/ (SBD); use data.train_split=train without them")
+        return split, "SegmentationClassAug"
+    return split, "SegmentationClass"
+
+
+def read_label(path: str | os.PathLike, num_classes: int, modes: Sequence[str] = ("P",)) -> np.ndarray:
+    """Read a label PNG as its (H, W) uint8 indices; wrong mode, unreadable file or bad values raise naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"label map not found: {path}")
+    try:
+        with Image.open(path) as img:
+            mode = img.mode
+            if mode not in modes:
+                raise ValueError(f"label map {path} has mode {mode!r}; expected {' or '.join(map(repr, modes))} "
+                                 "(class indices, e.g. VOC's palette PNGs). An RGB or converted grayscale mask holds "
+                                 "colours, not labels: convert it to indices first")
+            label = np.array(img)
+    except (OSError, SyntaxError) as e:
+        raise ValueError(f"cannot read label map {path}: {type(e).__name__}: {e}") from e
+    valid = label[label != IGNORE_INDEX]
+    if valid.size and int(valid.max()) >= num_classes:
+        bad = np.unique(valid[valid >= num_classes])[:8].tolist()
+        raise ValueError(f"label map {path} has values {bad} outside 0..{num_classes - 1} (and {IGNORE_INDEX} = "
+                         "ignore); wrong num_classes, or a colour mask instead of class indices?")
+    return label
+
+
+def write_label(path: str | os.PathLike, label: np.ndarray) -> Path:
+    """Write (H, W) integer labels as a VOC palette PNG (indices kept, colours for viewing).
+
+    The palette is attached before saving: a mode-"P" image saved without one does not keep its indices (spec §3).
+    """
+    from .synthetic import voc_palette
+
+    label = np.asarray(label)
+    if label.ndim != 2:
+        raise ValueError(f"label map must be (H, W), got shape {label.shape}")
+    if label.size and (label.min() < 0 or label.max() > 255):
+        raise ValueError(f"label values must fit 0..255 for a palette PNG, got {label.min()}..{label.max()}")
+    img = Image.fromarray(label.astype(np.uint8), mode="P")
+    img.putpalette(voc_palette())
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img.save(path)
+    return path
+
+
+class VOCSegmentation(Dataset):
+    """Items ``{"image": (3, H, W) float, "mask": (H, W) int64, "id": str}`` from a VOC-layout folder.
+
+    Args:
+        root: ``VOCdevkit/VOC2012`` or its ``VOCdevkit`` parent.
+        split: an ``ImageSets/Segmentation`` list name (``train``, ``val``, ``trainaug``) or ``auto``.
+        transform: ``(image uint8, mask uint8) → (image tensor, mask tensor)``; see ``data/seg_transforms.py``.
+        num_classes: labels are checked against 0..num_classes-1 (and 255).
+        subset: keep only the first ``subset`` ids (quick runs, overfitting checks).
+    """
+
+    def __init__(self, root: str | os.PathLike, split: str, transform: SegTransform, num_classes: int = 21,
+                 subset: int | None = None) -> None:
+        self.root = find_voc_root(root)
+        self.split, label_dir = resolve_split(self.root, split)
+        self.label_dir = self.root / label_dir
+        self.label_modes = _LABEL_DIRS[label_dir]
+        list_file = self.root / "ImageSets" / "Segmentation" / f"{self.split}.txt"
+        if not list_file.is_file():
+            raise _layout_error(self.root, f"missing split list {list_file}")
+        ids = [line.split()[0] for line in list_file.read_text().splitlines() if line.strip()]
+        if not ids:
+            raise ValueError(f"split list {list_file} is empty")
+        self.ids = ids[:subset] if subset is not None else ids
+        missing = [i for i in self.ids if not (self.root / "JPEGImages" / f"{i}.jpg").is_file()
+                   or not (self.label_dir / f"{i}.png").is_file()]
+        if missing:
+            raise FileNotFoundError(f"{len(missing)} of {len(self.ids)} ids in {list_file} lack "
+                                    f"JPEGImages/<id>.jpg or {label_dir}/<id>.png, e.g. {missing[:3]}")
+        self.transform, self.num_classes = transform, num_classes
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def image_path(self, index: int) -> Path:
+        return self.root / "JPEGImages" / f"{self.ids[index]}.jpg"
+
+    def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """The raw (image (H, W, 3) uint8, label (H, W) uint8) pair of item ``index``."""
+        image = load_rgb(self.image_path(index))
+        label_path = self.label_dir / f"{self.ids[index]}.png"
+        label = read_label(label_path, self.num_classes, self.label_modes)
+        if label.shape != image.shape[:2]:
+            raise ValueError(f"label map {label_path} is {label.shape[1]}×{label.shape[0]} but its image "
+                             f"{self.image_path(index)} is {image.shape[1]}×{image.shape[0]}")
+        return image, label
+
+    def __getitem__(self, index: int) -> dict:
+        image, label = self.load(index)
+        image_t, mask_t = self.transform(image, label)
+        return {"image": image_t, "mask": mask_t, "id": self.ids[index]}

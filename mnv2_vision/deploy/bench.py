@@ -1,0 +1,154 @@
+"""Building blocks of ``tools/benchmark.py``: end-to-end inference callables, torchvision peers, training-step and
+data-pipeline throughput, and the memory-efficient-mode table.
+
+Every latency is "preprocessed tensor in, final result out" at batch 1: detection ends at the final boxes (the same
+score threshold, per-class top-k, NMS IoU and detection count for every model), segmentation at the logits upsampled
+to the input size. torchvision's detection models take their resize-and-normalise transform and post-processing
+inside ``forward``; they are fed a tensor already at their input size and given our post-processing settings.
+"""
+from __future__ import annotations
+
+import time
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from ..ops.boxes import BoxCoder
+from ..ops.losses import ssd_multibox_loss
+from ..ops.postprocess import postprocess_detections
+from .memory import memory_efficient, peak_memory_bytes
+
+__all__ = ["detection_runner", "segmentation_runner", "ort_runner", "torchvision_peers", "synthetic_targets",
+           "training_throughput", "pipeline_throughput", "memory_rows"]
+
+
+def detection_runner(model: nn.Module, x: Tensor, postprocess: dict[str, Any]) -> Callable[[], list[dict]]:
+    """Our SSDLite end to end: network → ``postprocess_detections`` (boxes in network-input pixels)."""
+    size = tuple(x.shape[-2:])
+    anchors, coder = model.anchors(size), BoxCoder()
+
+    def run() -> list[dict]:
+        out = model(x)
+        return postprocess_detections(out["cls_logits"], out["bbox_regression"], anchors, coder, size,
+                                      [size] * x.shape[0], **postprocess)
+
+    return run
+
+
+def segmentation_runner(model: nn.Module, x: Tensor) -> Callable[[], Tensor]:
+    return lambda: model(x)["out"]
+
+
+def ort_runner(session, x: Tensor) -> Callable[[], list[np.ndarray]]:
+    feed = {"images": np.ascontiguousarray(x.numpy())}
+    return lambda: session.run(None, feed)
+
+
+def torchvision_peers(postprocess: dict[str, Any], det_classes: int = 91, seg_classes: int = 21) -> dict[str, nn.Module]:
+    """torchvision's MobileNetV3 models with random weights (no download), in eval mode, detection post-processing
+    set to ``postprocess`` (``score_thresh``, ``nms_iou``, ``topk_candidates``, ``detections_per_img``)."""
+    from torchvision.models import detection, segmentation
+
+    ssd = detection.ssdlite320_mobilenet_v3_large(
+        weights=None, weights_backbone=None, num_classes=det_classes, score_thresh=postprocess["score_thresh"],
+        nms_thresh=postprocess["nms_iou"], topk_candidates=postprocess["topk_candidates"],
+        detections_per_img=postprocess["detections_per_img"])
+    return {
+        "ssdlite320_mobilenet_v3_large": ssd.eval(),
+        "lraspp_mobilenet_v3_large": segmentation.lraspp_mobilenet_v3_large(
+            weights=None, weights_backbone=None, num_classes=seg_classes).eval(),
+        "deeplabv3_mobilenet_v3_large": segmentation.deeplabv3_mobilenet_v3_large(
+            weights=None, weights_backbone=None, num_classes=seg_classes, aux_loss=False).eval(),
+    }
+
+
+def synthetic_targets(batch: int, size: int, num_classes: int, seed: int = 0) -> list[dict[str, Tensor]]:
+    """Three random boxes per image (xyxy pixels, 10 %–60 % of the side), labels in 1..num_classes-1."""
+    g = torch.Generator().manual_seed(seed)
+    targets = []
+    for _ in range(batch):
+        wh = (torch.rand(3, 2, generator=g) * 0.5 + 0.1) * size
+        xy = torch.rand(3, 2, generator=g) * (size - wh)
+        targets.append({"boxes": torch.cat([xy, xy + wh], 1),
+                        "labels": torch.randint(1, num_classes, (3,), generator=g)})
+    return targets
+
+
+def training_throughput(ours: nn.Module, peer: nn.Module | None, batch: int = 8, size: int = 320, steps: int = 5,
+                        warmup: int = 2) -> dict[str, float]:
+    """Images/s of one SGD training step (forward, loss, backward, update) on the CPU, timed round-robin.
+
+    Ours: ``ssd_multibox_loss`` on the raw outputs. The peer (torchvision's SSD) computes its own loss in
+    ``forward(images, targets)``. Both see the same images and boxes.
+    """
+    images = torch.randn(batch, 3, size, size)
+    targets = synthetic_targets(batch, size, ours.num_classes)
+    coder, anchors = BoxCoder(), ours.anchors((size, size))
+
+    def step_ours(opt=torch.optim.SGD(ours.parameters(), lr=1e-4, momentum=0.9)) -> None:
+        out = ours(images)
+        loss = ssd_multibox_loss(out["cls_logits"], out["bbox_regression"], anchors, targets, coder)["loss"]
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    steps_fn: dict[str, Callable[[], None]] = {"ours": step_ours}
+    if peer is not None:
+        peer_images = list(images)
+
+        def step_peer(opt=torch.optim.SGD(peer.parameters(), lr=1e-4, momentum=0.9)) -> None:
+            loss = sum(peer(peer_images, targets).values())
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+
+        steps_fn["peer"] = step_peer
+    ours.train()
+    if peer is not None:
+        peer.train()
+    samples: dict[str, list[float]] = {k: [] for k in steps_fn}
+    try:
+        for i in range(warmup + steps):
+            for name, fn in steps_fn.items():
+                t0 = time.perf_counter()
+                fn()
+                if i >= warmup:
+                    samples[name].append(time.perf_counter() - t0)
+    finally:
+        ours.eval()
+        if peer is not None:
+            peer.eval()
+    return {k: batch / float(np.median(v)) for k, v in samples.items()}
+
+
+def pipeline_throughput(dataset, num_images: int) -> float:
+    """Images/s of ``dataset[i]`` (decode + augmentation + tensor conversion) in this process: one loader worker."""
+    n = min(num_images, len(dataset))
+    dataset[0]  # first call pays one-off costs (annotation index, lazy imports)
+    t0 = time.perf_counter()
+    for i in range(n):
+        dataset[i % len(dataset)]
+    return n / (time.perf_counter() - t0)
+
+
+@torch.inference_mode()
+def memory_rows(model: nn.Module, x: Tensor, chunks: tuple[int, ...] = (1, 2, 6)) -> list[dict[str, Any]]:
+    """Peak tensor memory of one forward of ``model`` with its inverted residuals in k expansion chunks, and the
+    largest output difference from k = 1 (absolute, and relative to the largest output magnitude)."""
+    ref = None
+    rows = []
+    for k in chunks:
+        m = memory_efficient(model, k)
+        out = m(x)
+        peak = peak_memory_bytes(lambda: m(x))
+        if ref is None:
+            ref = out
+        diff = max(float((out[key] - ref[key]).abs().max()) for key in ref)
+        scale = max(float(ref[key].abs().max()) for key in ref)
+        rows.append({"chunks": k, "peak_mib": peak / 2 ** 20, "max_abs_diff": diff, "max_rel_diff": diff / scale})
+    base = rows[0]["peak_mib"]
+    for r in rows:
+        r["reduction"] = 1.0 - r["peak_mib"] / base
+    return rows

@@ -1,0 +1,291 @@
+"""ONNX export of SSDLite and DeepLabv3 with preprocessing metadata, and the ONNX Runtime parity check.
+
+Detection exports in one of two forms:
+
+* ``"nms"``: the whole post-processing of ``ops.postprocess.postprocess_detections`` in the graph (softmax,
+  per-class top-k, decode, clip, per-class NMS with ONNX ``NonMaxSuppression``, best ``detections_per_img``), with
+  fixed-size outputs ``boxes (N, D, 4)`` xyxy network-input pixels, ``scores (N, D)``, ``labels (N, D)`` int64
+  (0 on padding rows) and ``num_detections (N,)``; the layout TensorRT's EfficientNMS and TF's exporters use.
+* ``"raw"``: ``cls_logits (N, A, K)``, ``bbox_regression (N, A, 4)`` and the anchors ``(N, A, 4)`` (the same for
+  every image) so a runtime can decode with the box-coder weights stored in the metadata.
+
+Segmentation exports ``logits (N, K, H, W)`` with dynamic batch, height and width.
+
+The TorchScript-based exporter is used (``dynamo=False``): it exports these models in seconds rather than a minute
+and has a stable route for custom ONNX nodes (``autograd.Function.symbolic``) that NMS needs.
+"""
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import onnx
+import torch
+from torch import Tensor, nn
+from torchvision.ops import clip_boxes_to_image, nms
+
+from ..ops.boxes import BoxCoder
+from ..ops.postprocess import postprocess_detections
+
+__all__ = [
+    "DETECTION_MODES", "DetectionExport", "SegmentationExport", "export_onnx", "read_metadata", "ort_session",
+    "ParityError", "check_parity", "match_detections",
+]
+
+DETECTION_MODES = ("nms", "raw")
+DEFAULT_OPSET = 17
+
+
+class _MultiClassNMS(torch.autograd.Function):
+    """ONNX ``NonMaxSuppression`` (per batch and class, score > threshold, IoU > threshold suppresses) with an
+    eager reference of the same semantics. Returns ``(M, 3)`` int64 rows ``(image, class, box)`` ordered by
+    image, class, then decreasing score."""
+
+    @staticmethod
+    def forward(ctx, boxes: Tensor, scores: Tensor, max_per_class: int, iou: float, score_thresh: float) -> Tensor:
+        rows = []
+        for b in range(scores.shape[0]):
+            for c in range(scores.shape[1]):
+                cand = (scores[b, c] > score_thresh).nonzero().squeeze(1)
+                keep = cand[nms(boxes[b, cand], scores[b, c, cand], iou)[:max_per_class]]
+                rows.append(torch.stack([torch.full_like(keep, b), torch.full_like(keep, c), keep], dim=1))
+        return torch.cat(rows) if rows else boxes.new_zeros((0, 3), dtype=torch.int64)
+
+    @staticmethod
+    def symbolic(g, boxes, scores, max_per_class: int, iou: float, score_thresh: float):
+        def const(v: Any, dtype: torch.dtype):
+            return g.op("Constant", value_t=torch.tensor([v], dtype=dtype))
+
+        return g.op("NonMaxSuppression", boxes, scores, const(max_per_class, torch.int64), const(iou, torch.float32),
+                    const(score_thresh, torch.float32))
+
+
+class DetectionExport(nn.Module):
+    """SSDLite + post-processing as one exportable module (see the module docstring for the two modes).
+
+    The ``"nms"`` mode reproduces ``postprocess_detections`` with ``original_sizes`` equal to the input size:
+    only each class's ``topk_candidates`` best anchors may compete (the others get score -1), NMS runs per class,
+    and the ``detections_per_img`` best survivors over all classes are kept.
+
+    Args:
+        model: returns ``{"cls_logits", "bbox_regression"}`` and offers ``anchors(size)``.
+        image_size: network input ``(H, W)``; fixed, since the anchors depend on it.
+        mode: ``"nms"`` or ``"raw"``.
+        score_thresh, nms_iou, topk_candidates, detections_per_img: as in ``postprocess_detections``.
+        coder: the box coder used in training.
+    """
+
+    def __init__(self, model: nn.Module, image_size: tuple[int, int], mode: str = "nms", score_thresh: float = 0.001,
+                 nms_iou: float = 0.6, topk_candidates: int = 400, detections_per_img: int = 100,
+                 coder: BoxCoder | None = None) -> None:
+        super().__init__()
+        if mode not in DETECTION_MODES:
+            raise ValueError(f"detection export mode must be one of {DETECTION_MODES}, got {mode!r}")
+        self.model, self.mode = model, mode
+        self.image_size = (int(image_size[0]), int(image_size[1]))
+        self.register_buffer("anchors", model.anchors(self.image_size).clone(), persistent=False)
+        self.coder = coder or BoxCoder()
+        self.score_thresh, self.nms_iou = float(score_thresh), float(nms_iou)
+        self.topk_candidates, self.detections_per_img = int(topk_candidates), int(detections_per_img)
+
+    def forward(self, images: Tensor) -> tuple[Tensor, ...]:
+        raw = self.model(images)
+        if self.mode == "raw":
+            # Per image (a view), since the tracer cannot make a constant a graph output.
+            return raw["cls_logits"], raw["bbox_regression"], self.anchors.expand(images.shape[0], -1, -1)
+        scores = torch.softmax(raw["cls_logits"], dim=-1)[..., 1:].transpose(1, 2)  # (N, C, A), background dropped
+        boxes = clip_boxes_to_image(self.coder.decode(raw["bbox_regression"], self.anchors), self.image_size)
+        n, c, a = scores.shape
+        k = min(self.topk_candidates, a)
+        top, idx = scores.topk(k, dim=2)
+        # Outside a class's top-k an anchor may not compete at all (score −1 < any threshold).
+        candidates = torch.full_like(scores, -1.0).scatter(2, idx, top)
+        selected = _MultiClassNMS.apply(boxes, candidates, self.detections_per_img, self.nms_iou, self.score_thresh)
+        flat = (selected[:, 0] * c + selected[:, 1]) * a + selected[:, 2]
+        kept = torch.zeros(n * c * a, dtype=scores.dtype).scatter(0, flat, 1.0).view(n, c * a) > 0
+        kept_scores = torch.where(kept, candidates.reshape(n, c * a), torch.full_like(kept, -1.0, dtype=scores.dtype))
+        d = min(self.detections_per_img, c * a)
+        det_scores, det_idx = kept_scores.topk(d, dim=1)  # (N, D): best survivors over all classes
+        valid = det_scores > self.score_thresh
+        labels = torch.where(valid, det_idx // a + 1, torch.zeros_like(det_idx))
+        det_boxes = torch.gather(boxes, 1, (det_idx % a).unsqueeze(-1).expand(-1, -1, 4))
+        det_boxes = det_boxes * valid.unsqueeze(-1).to(det_boxes.dtype)
+        det_scores = det_scores * valid.to(det_scores.dtype)
+        return det_boxes, det_scores, labels, valid.sum(dim=1)
+
+
+class SegmentationExport(nn.Module):
+    """DeepLab's ``{"out": logits}`` as a plain tensor output."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.model(images)["out"]
+
+
+def _io_names(wrapper: nn.Module) -> tuple[list[str], dict[str, dict[int, str]]]:
+    if isinstance(wrapper, SegmentationExport):
+        return ["logits"], {"images": {0: "batch", 2: "height", 3: "width"},
+                            "logits": {0: "batch", 2: "height", 3: "width"}}
+    if wrapper.mode == "raw":
+        return ["cls_logits", "bbox_regression", "anchors"], {
+            "images": {0: "batch"}, "cls_logits": {0: "batch"}, "bbox_regression": {0: "batch"}, "anchors": {0: "batch"}}
+    names = ["boxes", "scores", "labels", "num_detections"]
+    return names, {"images": {0: "batch"}, **{k: {0: "batch"} for k in names}}
+
+
+def export_onnx(wrapper: nn.Module, path: str | Path, image_size: tuple[int, int], metadata: dict[str, Any],
+                opset: int = DEFAULT_OPSET) -> Path:
+    """Export ``wrapper`` (``DetectionExport`` or ``SegmentationExport``) to ``path`` with a dynamic batch and the
+    ``metadata`` (values JSON-encoded unless already strings) in the model's ``metadata_props``."""
+    if opset < 11:
+        raise ValueError(f"opset must be ≥ 11 (NonMaxSuppression, dynamic Resize), got {opset}")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    wrapper = wrapper.eval()
+    output_names, dynamic_axes = _io_names(wrapper)
+    # Batch 2 so that nothing specialises on a batch of one.
+    sample = torch.randn(2, 3, int(image_size[0]), int(image_size[1]))
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # TracerWarnings about Python ints from shapes: they are static here
+        torch.onnx.export(wrapper, (sample,), str(path), dynamo=False, opset_version=opset, input_names=["images"],
+                          output_names=output_names, dynamic_axes=dynamic_axes, do_constant_folding=True)
+    model = onnx.load(str(path))
+    props = {k: v if isinstance(v, str) else json.dumps(v) for k, v in metadata.items()}
+    onnx.helper.set_model_props(model, props)
+    model.doc_string = f"mnv2_vision {props.get('model_name', '')} ({props.get('task', '')}); see metadata_props"
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path
+
+
+def read_metadata(path: str | Path) -> dict[str, Any]:
+    """The ``metadata_props`` of an ONNX file, JSON values decoded."""
+    out: dict[str, Any] = {}
+    for prop in onnx.load(str(path), load_external_data=False).metadata_props:
+        try:
+            out[prop.key] = json.loads(prop.value)
+        except json.JSONDecodeError:
+            out[prop.key] = prop.value
+    return out
+
+
+def ort_session(path: str | Path, threads: int = 2):
+    """An ONNX Runtime CPU session with ``threads`` intra-op threads and full graph optimisation."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.log_severity_level = 3
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+
+
+class ParityError(AssertionError):
+    """The exported model's outputs differ from PyTorch's beyond the tolerance."""
+
+
+def match_detections(ref: dict[str, Tensor], got: dict[str, Tensor], box_atol: float = 1e-2,
+                     score_atol: float = 1e-4) -> list[str]:
+    """Differences between two detection sets of one image (empty list: the same detections).
+
+    Detections are matched by label, box (``box_atol`` pixels) and score (``score_atol``). Unmatched ones are
+    forgiven only where float rounding may legitimately decide: a pair of unmatched detections (one per side) of
+    the same label and score within ``score_atol`` (an NMS or top-k tie broken the other way), or an unmatched
+    detection whose score is within ``score_atol`` of the lowest kept score (a tie at the ``detections_per_img``
+    cut).
+    """
+    free = list(range(len(got["scores"])))
+    left: list[int] = []
+    for i in range(len(ref["scores"])):
+        hit = next((j for j in free if int(got["labels"][j]) == int(ref["labels"][i])
+                    and abs(float(got["scores"][j]) - float(ref["scores"][i])) <= score_atol
+                    and float((got["boxes"][j] - ref["boxes"][i]).abs().max()) <= box_atol), None)
+        if hit is None:
+            left.append(i)
+        else:
+            free.remove(hit)
+    for i in list(left):  # tie swaps
+        hit = next((j for j in free if int(got["labels"][j]) == int(ref["labels"][i])
+                    and abs(float(got["scores"][j]) - float(ref["scores"][i])) <= score_atol), None)
+        if hit is not None:
+            left.remove(i)
+            free.remove(hit)
+    cut = min([float(d["scores"].min()) for d in (ref, got) if len(d["scores"])], default=0.0)
+    problems = [f"reference detection {i} (label {int(ref['labels'][i])}, score {float(ref['scores'][i]):.6f}, "
+                f"box {[round(v, 2) for v in ref['boxes'][i].tolist()]}) missing"
+                for i in left if float(ref["scores"][i]) > cut + score_atol]
+    problems += [f"extra detection (label {int(got['labels'][j])}, score {float(got['scores'][j]):.6f}, "
+                 f"box {[round(v, 2) for v in got['boxes'][j].tolist()]})"
+                 for j in free if float(got["scores"][j]) > cut + score_atol]
+    return problems
+
+
+def _close(got: np.ndarray, ref: Tensor, atol: float, rtol: float) -> tuple[float, float, bool]:
+    """(max |got − ref|, allowed, ok) with allowed = atol + rtol · max |ref|: float32 rounding grows with the
+    magnitude of the outputs (an fp32 PyTorch forward differs from its own float64 result by about the same)."""
+    diff = float((torch.from_numpy(got) - ref).abs().max()) if ref.numel() else 0.0
+    allowed = atol + rtol * (float(ref.abs().max()) if ref.numel() else 0.0)
+    return diff, allowed, diff <= allowed
+
+
+@torch.no_grad()
+def check_parity(path: str | Path, model: nn.Module, kind: str, images: Tensor, *, mode: str = "nms",
+                 atol: float = 1e-4, rtol: float = 1e-4, postprocess: dict[str, Any] | None = None,
+                 threads: int = 2) -> dict[str, Any]:
+    """Run the ONNX file and the PyTorch ``model`` (eval mode) on ``images`` and raise ``ParityError`` on a mismatch.
+
+    Raw tensors (segmentation logits, detection logits, offsets, anchors) must agree within
+    ``atol + rtol · max |reference|`` (max absolute difference; 1e-4 for outputs of unit scale). Detection in
+    ``"nms"`` mode must give the same detections as ``postprocess_detections`` on the PyTorch outputs with the same
+    ``postprocess`` settings (ties handled by ``match_detections``). Returns the measured differences.
+    """
+    session = ort_session(path, threads)
+    outputs = session.run(None, {"images": images.numpy()})
+    model = model.eval()
+    report: dict[str, Any] = {"images": list(images.shape)}
+    if kind == "segmentation":
+        ref = model(images)["out"]
+        diff, allowed, ok = _close(outputs[0], ref, atol, rtol)
+        report.update(max_abs_diff=diff, allowed=allowed, argmax_agreement=float(
+            (torch.from_numpy(outputs[0]).argmax(1) == ref.argmax(1)).float().mean()))
+        if not ok:
+            raise ParityError(f"{path}: ONNX Runtime logits differ from PyTorch by {diff:.3g} > {allowed:.3g}")
+        return report
+    if kind != "detection":
+        raise ValueError(f"kind must be 'detection' or 'segmentation', got {kind!r}")
+    raw = model(images)
+    size = tuple(images.shape[-2:])
+    if mode == "raw":
+        refs = (raw["cls_logits"], raw["bbox_regression"], model.anchors(size).expand(images.shape[0], -1, -1))
+        checks = {name: _close(o, r, atol, rtol)
+                  for name, o, r in zip(("cls_logits", "bbox_regression", "anchors"), outputs, refs)}
+        report.update(max_abs_diff={k: v[0] for k, v in checks.items()}, allowed={k: v[1] for k, v in checks.items()})
+        bad = {k: f"{v[0]:.3g} > {v[1]:.3g}" for k, v in checks.items() if not v[2]}
+        if bad:
+            raise ParityError(f"{path}: ONNX Runtime outputs differ from PyTorch: {bad}")
+        return report
+    pp = dict(postprocess or {})
+    ref = postprocess_detections(raw["cls_logits"], raw["bbox_regression"], model.anchors(size), BoxCoder(), size,
+                                 [size] * images.shape[0], **pp)
+    boxes, scores, labels, counts = (torch.from_numpy(o) for o in outputs)
+    problems, total = [], 0
+    for i, r in enumerate(ref):
+        n = int(counts[i])
+        total += n
+        got = {"boxes": boxes[i, :n], "scores": scores[i, :n], "labels": labels[i, :n]}
+        problems += [f"image {i}: {p}" for p in match_detections(r, got)]
+    report.update(detections=total, reference_detections=sum(len(r["scores"]) for r in ref))
+    if problems:
+        raise ParityError(f"{path}: ONNX Runtime detections differ from postprocess_detections:\n  "
+                          + "\n  ".join(problems[:10]) + (f"\n  ... {len(problems) - 10} more" if len(problems) > 10
+                                                          else ""))
+    return report
+

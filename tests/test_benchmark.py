@@ -1,0 +1,74 @@
+"""Smoke test of tools/benchmark.py at tiny sizes: every row present, numbers sane. No timed assertions."""
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from mnv2_vision.deploy import bench
+from mnv2_vision.deploy.timing import matmul_madd_rate, time_round_robin
+from mnv2_vision.models import build_model
+
+VARIANTS = ("eager", "fused", "onnxruntime fp32", "onnxruntime int8")
+
+
+def _tool():
+    spec = importlib.util.spec_from_file_location("benchmark_tool", Path(__file__).parents[1] / "tools" / "benchmark.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    return tool
+
+
+def test_benchmark_tool_rows(tmp_path, shapes_root):
+    out = tmp_path / "bench.json"
+    _tool().main(["--det-size", "64", "--seg-size", "65", "--runs", "1", "--warmup", "0", "--calib-images", "1",
+                  "--peers", "--data", "--data-images", "1", "--no-memory", "--matmul-size", "256", "--json", str(out), "--topk", "20",
+                  "--detections", "10"])
+    result = json.loads(out.read_text())
+    rows = {(r["model"], r["variant"]): r for r in result["latency"]}
+    expected = [(m, v) for m in ("ssdlite320_mobilenet_v2", "deeplabv3_mobilenet_v2 (lite)") for v in VARIANTS]
+    expected += [(f"{m} (torchvision)", "eager") for m in ("ssdlite320_mobilenet_v3_large", "lraspp_mobilenet_v3_large",
+                                                           "deeplabv3_mobilenet_v3_large")]
+    assert sorted(rows) == sorted(expected)
+    # Parameter counts are independent of the input size: spec §2/§3/§4 figures.
+    assert rows[("ssdlite320_mobilenet_v2", "eager")]["params_m"] == pytest.approx(4.50, abs=0.01)
+    assert rows[("deeplabv3_mobilenet_v2 (lite)", "fused")]["params_m"] == pytest.approx(2.11, abs=0.01)
+    assert rows[("lraspp_mobilenet_v3_large (torchvision)", "eager")]["params_m"] == pytest.approx(3.22, abs=0.01)
+    assert rows[("deeplabv3_mobilenet_v3_large (torchvision)", "eager")]["params_m"] == pytest.approx(11.03, abs=0.01)
+    for r in rows.values():
+        assert r["median_ms"] > 0 and r["p10_ms"] <= r["median_ms"] <= r["p90_ms"]
+        assert r["floor_ms"] > 0 and r["x_floor"] == pytest.approx(r["median_ms"] / r["floor_ms"])
+        assert r["madds_b"] > 0
+    # MAdds scale with the input area (64² vs 320²): 0.804 B · (64/320)² ≈ 0.032 B (+ the extras' fixed 1×1 maps).
+    assert 0.025 < rows[("ssdlite320_mobilenet_v2", "eager")]["madds_b"] < 0.045
+    assert result["floor"]["matmul_gmadds_per_s"] > 1.0
+    assert result["floor"]["postprocess"]["topk_candidates"] == 20
+    assert set(result["ratios"]) >= {"ssdlite onnxruntime fp32 / floor", "ssdlite int8 / fp32 (onnxruntime)",
+                                     "ssdlite fused / torchvision ssdlite320_mobilenet_v3_large",
+                                     "deeplab fused / torchvision lraspp_mobilenet_v3_large"}
+    assert all(v > 0 for v in result["ratios"].values())
+    assert all(v > 0 for v in result["data_pipeline"].values()) and len(result["data_pipeline"]) >= 2
+    assert result["machine"]["threads"] == 2
+
+
+def test_training_throughput_and_timing_helpers():
+    model = build_model("ssdlite320_mobilenet_v2", num_classes=4, width_mult=0.35)
+    before = [p.detach().clone() for p in model.parameters()]
+    ips = bench.training_throughput(model, None, batch=2, size=64, steps=1, warmup=0)
+    assert set(ips) == {"ours"} and ips["ours"] > 0
+    assert not model.training  # left in eval mode
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))  # the step really updated
+    calls = []
+    timing = time_round_robin({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, runs=3, warmup=1)
+    assert calls == ["a", "b"] * 4  # interleaved rounds
+    assert timing["a"]["runs"] == 3 and timing["a"]["median_ms"] >= 0
+    assert matmul_madd_rate(size=128, runs=2) > 1e6
+
+
+def test_synthetic_targets_are_valid_boxes():
+    targets = bench.synthetic_targets(3, 100, num_classes=5)
+    for t in targets:
+        b = t["boxes"]
+        assert b.shape == (3, 4) and (b[:, 2:] > b[:, :2]).all() and (b >= 0).all() and (b <= 100).all()
+        assert ((t["labels"] >= 1) & (t["labels"] <= 4)).all()

@@ -1,0 +1,180 @@
+"""ONNX export (deploy/onnx_export.py, deploy/quantize.py, tools/export.py): ONNX Runtime parity for both models,
+NMS in the graph = postprocess_detections, dynamic batch, metadata, int8 with per-channel weights."""
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from mnv2_vision.config import load_config, to_dict
+from mnv2_vision.deploy.onnx_export import (DetectionExport, ParityError, SegmentationExport, check_parity, export_onnx,
+                                            match_detections, ort_session, read_metadata)
+from mnv2_vision.deploy.quantize import quantize_int8
+from mnv2_vision.models import build_model
+from mnv2_vision.ops.boxes import BoxCoder
+from mnv2_vision.ops.postprocess import postprocess_detections
+
+from test_fuse import randomise_bn
+
+SIZE = (128, 128)
+PP = dict(score_thresh=0.05, nms_iou=0.5, topk_candidates=50, detections_per_img=20)
+
+
+@pytest.fixture(scope="module")
+def detector():
+    torch.manual_seed(0)
+    model = randomise_bn(build_model("ssdlite320_mobilenet_v2", num_classes=5, width_mult=0.35))
+    with torch.no_grad():  # spread the class scores: a random head scores every class ~1/K, all near-ties
+        for head in model.head.cls_heads:
+            head[1].weight.mul_(20.0)
+    return model
+
+
+@pytest.fixture(scope="module")
+def det_onnx(detector, tmp_path_factory):
+    path = tmp_path_factory.mktemp("onnx") / "det.onnx"
+    meta = {"model_name": "ssdlite320_mobilenet_v2", "input_size": list(SIZE), "mean": [0.485, 0.456, 0.406],
+            "class_names": ["background", "a", "b", "c", "d"]}
+    return export_onnx(DetectionExport(detector, SIZE, "nms", **PP), path, SIZE, meta)
+
+
+def test_nms_graph_matches_postprocess_with_dynamic_batch(detector, det_onnx):
+    session = ort_session(det_onnx)
+    for batch in (1, 3):
+        x = torch.randn(batch, 3, *SIZE)
+        boxes, scores, labels, counts = session.run(None, {"images": x.numpy()})
+        assert boxes.shape == (batch, PP["detections_per_img"], 4) and labels.dtype == np.int64
+        with torch.no_grad():
+            raw = detector(x)
+        ref = postprocess_detections(raw["cls_logits"], raw["bbox_regression"], detector.anchors(SIZE), BoxCoder(),
+                                     SIZE, [SIZE] * batch, **PP)
+        for i, r in enumerate(ref):
+            n = int(counts[i])
+            assert n == len(r["scores"]) and n > 0
+            assert (labels[i, n:] == 0).all() and (scores[i, n:] == 0).all()  # padding rows
+            got = {k: torch.from_numpy(v[i, :n]) for k, v in (("boxes", boxes), ("scores", scores),
+                                                              ("labels", labels))}
+            assert match_detections(r, got) == []
+            np.testing.assert_allclose(scores[i, :n], r["scores"].numpy(), atol=1e-5)  # same order: sorted scores
+        report = check_parity(det_onnx, detector, "detection", x, mode="nms", postprocess=PP)
+        assert report["detections"] == report["reference_detections"] > 0
+
+
+def test_parity_check_fails_loudly(detector, det_onnx):
+    tampered = build_model("ssdlite320_mobilenet_v2", num_classes=5, width_mult=0.35).eval()
+    tampered.load_state_dict(detector.state_dict())
+    with torch.no_grad():
+        tampered.head.cls_heads[1][1].bias[1::5] += 20.0  # class 1 on the second level now wins everywhere
+    with pytest.raises(ParityError, match="differ"):
+        check_parity(det_onnx, tampered, "detection", torch.randn(2, 3, *SIZE), mode="nms", postprocess=PP)
+
+
+def test_metadata_round_trip(det_onnx):
+    meta = read_metadata(det_onnx)
+    assert meta["model_name"] == "ssdlite320_mobilenet_v2"
+    assert meta["input_size"] == [128, 128] and meta["class_names"][0] == "background"
+    assert meta["mean"] == [0.485, 0.456, 0.406]
+
+
+def test_raw_outputs_and_anchors(detector, tmp_path):
+    path = export_onnx(DetectionExport(detector, SIZE, "raw"), tmp_path / "raw.onnx", SIZE, {})
+    x = torch.randn(2, 3, *SIZE)
+    cls_logits, bbox_regression, anchors = ort_session(path).run(None, {"images": x.numpy()})
+    with torch.no_grad():
+        ref = detector(x)
+    assert float(ref["cls_logits"].abs().max()) > 1.0
+    assert np.abs(cls_logits - ref["cls_logits"].numpy()).max() <= 1e-4
+    assert np.abs(bbox_regression - ref["bbox_regression"].numpy()).max() <= 1e-4
+    assert anchors.shape == (2, *detector.anchors(SIZE).shape)
+    np.testing.assert_array_equal(anchors[1], detector.anchors(SIZE).numpy())
+
+
+@pytest.fixture(scope="module")
+def segmenter():
+    torch.manual_seed(0)
+    return randomise_bn(build_model("deeplabv3_mobilenet_v2", num_classes=5, width_mult=0.5))
+
+
+@pytest.fixture(scope="module")
+def seg_onnx(segmenter, tmp_path_factory):
+    path = tmp_path_factory.mktemp("onnx") / "seg.onnx"
+    return export_onnx(SegmentationExport(segmenter), path, (65, 65), {"model_name": "m"})
+
+
+def test_segmentation_dynamic_size_parity(segmenter, seg_onnx):
+    for shape in ((2, 3, 65, 65), (1, 3, 120, 75)):
+        x = torch.randn(*shape)
+        report = check_parity(seg_onnx, segmenter, "segmentation", x)
+        assert report["max_abs_diff"] <= 1e-4 and report["argmax_agreement"] == 1.0
+        logits = ort_session(seg_onnx).run(None, {"images": x.numpy()})[0]
+        assert logits.shape == (shape[0], 5, *shape[2:])
+
+
+def test_match_detections_forgives_ties_only():
+    ref = {"boxes": torch.tensor([[0.0, 0, 10, 10], [20, 20, 30, 30], [50, 50, 60, 60]]),
+           "scores": torch.tensor([0.9, 0.5, 0.5]), "labels": torch.tensor([1, 2, 2])}
+    swapped = {"boxes": torch.tensor([[0.0, 0, 10, 10], [21, 21, 31, 31]]), "scores": torch.tensor([0.9, 0.5]),
+               "labels": torch.tensor([1, 2])}
+    assert match_detections(ref, swapped) == []  # equal scores at the cut: either box may survive
+    moved = dict(ref, boxes=ref["boxes"] + torch.tensor([[0.0, 0, 0, 0], [0, 0, 0, 0], [5, 5, 5, 5]]))
+    moved["scores"] = torch.tensor([0.9, 0.6, 0.5])
+    problems = match_detections(dict(ref, scores=torch.tensor([0.9, 0.6, 0.5])), moved)
+    assert problems == []  # the moved box scores at the cut (0.5): a tie there is allowed
+    wrong = dict(ref, labels=torch.tensor([3, 2, 2]))
+    assert len(match_detections(ref, wrong)) == 2  # the 0.9 detection changed class: missing + extra
+
+
+def test_int8_per_channel_and_close(seg_onnx, tmp_path):
+    fp32 = seg_onnx
+    calib = [np.random.default_rng(i).standard_normal((1, 3, 65, 65)).astype(np.float32) for i in range(4)]
+    int8 = quantize_int8(fp32, tmp_path / "seg_int8.onnx", calib)
+    graph = onnx.load(str(int8)).graph
+    inits = {t.name: t for t in graph.initializer}
+    weight_scales = [onnx.numpy_helper.to_array(inits[n.input[1]]) for n in graph.node
+                     if n.op_type == "DequantizeLinear" and inits.get(n.input[0]) is not None
+                     and inits[n.input[0]].data_type == onnx.TensorProto.INT8]
+    assert weight_scales and all(s.ndim == 1 and s.size > 1 for s in weight_scales)  # per output channel
+    assert read_metadata(int8)["model_name"] == "m" and "per-channel" in read_metadata(int8)["quantization"]
+    ref = ort_session(fp32).run(None, {"images": calib[0]})[0]
+    out = ort_session(int8).run(None, {"images": calib[0]})[0]
+    # Per-channel int8 keeps the logits close: a collapsed model would correlate near 0.
+    assert np.corrcoef(ref.ravel(), out.ravel())[0, 1] > 0.98
+
+
+def _fake_checkpoint(path: Path, cfg_name: str, overrides: list[str], extra: dict) -> Path:
+    """A checkpoint as the train tools write it: model.* weights and the resolved config in hyper_parameters."""
+    from mnv2_vision.checkpoint import build_from_config
+
+    cfg = load_config(cfg_name, overrides)
+    torch.manual_seed(0)
+    model = randomise_bn(build_from_config(cfg, pretrained=False))
+    state = {f"model.{k}": v for k, v in model.state_dict().items()}
+    torch.save({"state_dict": state, "hyper_parameters": {"config": to_dict(cfg), **extra}}, path)
+    return path
+
+
+def _run_tool(argv: list[str]) -> dict:
+    spec = importlib.util.spec_from_file_location("export_tool", Path(__file__).parents[1] / "tools" / "export.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    return tool.main(argv)
+
+
+def test_export_tool_segmentation_int8(tmp_path, shapes_root):
+    ckpt = _fake_checkpoint(tmp_path / "seg.ckpt", "deeplabv3_shapes",
+                            ["model.num_classes=5", "model.width_mult=0.35", "data.subset=4", "data.num_workers=0"],
+                            {"class_names": ["background", "circle", "square", "star", "triangle"]})
+    out = tmp_path / "export"
+    report = _run_tool(["--ckpt", str(ckpt), "--out", str(out), "--int8", "--calib-images", "2", "--runs", "2",
+                        "--check-images", "1"])
+    meta = read_metadata(out / "model.onnx")
+    assert meta["task"] == "segmentation" and meta["color_order"] == "RGB"
+    assert meta["class_names"][1] == "circle" and meta["config"]["model"]["width_mult"] == 0.35
+    assert len(report["parity"]) == 2  # a random batch of 2, and a validation image at its own size
+    acc = report["accuracy"]
+    assert acc["onnx_fp32"]["miou"] == pytest.approx(acc["pytorch"]["miou"], abs=1e-6)
+    assert 0.0 <= acc["onnx_int8"]["miou"] <= 1.0 and report["latency_ms"]["int8"] > 0
+    assert json.loads((out / "export_report.json").read_text())["onnx"] == str(out / "model.onnx")

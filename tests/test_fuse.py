@@ -1,0 +1,80 @@
+"""Fused inference path (deploy/fuse.py): BN folding by hand-computed numbers, and fused == unfused on both models."""
+import pytest
+import torch
+from torch import nn
+
+from mnv2_vision.deploy.fuse import InferenceModel, fold_batchnorm, fuse_for_inference
+from mnv2_vision.models import build_model
+
+
+def randomise_bn(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Non-trivial BN statistics and affine terms, so folding has something to get wrong."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                n = m.num_features
+                m.running_mean.copy_(torch.rand(n, generator=g) - 0.5)
+                m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
+                m.weight.copy_(torch.rand(n, generator=g) + 0.5)
+                m.bias.copy_(torch.rand(n, generator=g) * 0.4 - 0.2)
+    return model.eval()
+
+
+def test_fold_by_hand():
+    # 1×1 conv with weight 2, no bias, then BN(γ=3, β=1, μ=0.5, σ²=4-ε): y = 3·(2x − 0.5)/2 + 1 = 3x + 0.25.
+    seq = nn.Sequential(nn.Conv2d(1, 1, 1, bias=False), nn.BatchNorm2d(1), nn.ReLU6())
+    with torch.no_grad():
+        seq[0].weight.fill_(2.0)
+        seq[1].weight.fill_(3.0)
+        seq[1].bias.fill_(1.0)
+        seq[1].running_mean.fill_(0.5)
+        seq[1].running_var.fill_(4.0 - seq[1].eps)
+    seq.eval()
+    assert fold_batchnorm(seq) == (1, 0)
+    assert isinstance(seq[1], nn.Identity)
+    assert seq[0].weight.item() == pytest.approx(3.0)
+    assert seq[0].bias.item() == pytest.approx(0.25)
+    x = torch.tensor([[[[-1.0]], [[0.5]], [[2.0]]]]).view(3, 1, 1, 1)
+    assert seq(x).flatten().tolist() == pytest.approx([0.0, 1.75, 6.0])  # ReLU6 of 3x + 0.25
+
+
+def test_fold_refuses_training_mode_and_counts_unfoldable():
+    seq = nn.Sequential(nn.BatchNorm2d(4), nn.ReLU6(), nn.Conv2d(4, 4, 1))  # pre-activation: no conv before BN
+    with pytest.raises(ValueError, match="eval mode"):
+        fold_batchnorm(seq.train())
+    assert fold_batchnorm(seq.eval()) == (0, 1)
+
+
+@pytest.mark.parametrize("name,size,kwargs", [
+    ("ssdlite320_mobilenet_v2", 160, dict(num_classes=6, width_mult=0.5)),
+    ("deeplabv3_mobilenet_v2", 129, dict(num_classes=5)),
+])
+def test_fused_equals_unfused(name, size, kwargs):
+    torch.manual_seed(0)
+    model = randomise_bn(build_model(name, **kwargs))
+    bn_before = sum(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+    x = torch.randn(2, 3, size, size)
+    with torch.no_grad():
+        ref = model(x)
+    fused = fuse_for_inference(model)
+    assert isinstance(fused, InferenceModel)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in fused.modules())
+    assert sum(isinstance(m, nn.BatchNorm2d) for m in model.modules()) == bn_before  # original untouched
+    assert fused.model.backbone.features[0][0].weight.is_contiguous(memory_format=torch.channels_last)
+    out = fused(x)
+    assert out.keys() == ref.keys()
+    for k in ref:
+        assert out[k].is_inference()
+        scale = float(ref[k].abs().max())
+        assert scale > 0.1  # the comparison means something only if the outputs are not all near zero
+        assert float((out[k] - ref[k]).abs().max()) <= 1e-4, k
+
+
+def test_wrapper_delegates_model_api():
+    model = build_model("ssdlite320_mobilenet_v2", num_classes=4, width_mult=0.35).eval()
+    fused = fuse_for_inference(model, channels_last=False)
+    assert fused.num_classes == 4
+    assert torch.equal(fused.anchors((96, 96)), model.anchors((96, 96)))
+    with pytest.raises(AttributeError):
+        fused.no_such_attribute

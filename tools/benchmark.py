@@ -1,0 +1,222 @@
+"""CPU benchmark: params, MAdds and median batch-1 latency of SSDLite-MobileNetV2 (320²) and DeepLabv3-MobileNetV2
+lite (513²) as eager PyTorch, fused PyTorch, ONNX Runtime fp32 and int8, against the machine's compute floor.
+
+    python tools/benchmark.py                                  # our models, floor, memory-efficient mode
+    python tools/benchmark.py --peers --train --data           # + torchvision peers, training step, data pipeline
+    python tools/benchmark.py --peers --det-ckpt D.ckpt --seg-ckpt S.ckpt --json runs/benchmark.json
+
+Every model runs in this process on ``--threads`` threads (PyTorch and ONNX Runtime alike), with random weights
+(timing does not depend on them) and the same detection post-processing settings (``--score-thresh`` etc.). The
+candidates are timed round-robin after warm-up, so load from other processes hits all of them alike. The compute
+floor of a model is its MAdds divided by the multiply-add rate of a large fp32 matrix product on the same threads.
+``--det-ckpt/--seg-ckpt`` add the int8 accuracy change of trained checkpoints on their validation sets (via
+``tools/export.py --int8``). Results go to stdout and ``--json``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Sequence
+
+# tools/profile.py would shadow the standard library's ``profile`` (which torch imports): repository root first.
+sys.path[0] = str(Path(__file__).resolve().parents[1])
+
+import onnxruntime  # noqa: E402
+import torch  # noqa: E402
+
+from mnv2_vision.deploy import bench  # noqa: E402
+from mnv2_vision.deploy.fuse import fuse_for_inference  # noqa: E402
+from mnv2_vision.deploy.onnx_export import DetectionExport, SegmentationExport, export_onnx, ort_session  # noqa: E402
+from mnv2_vision.deploy.quantize import detection_calibration, quantize_int8, segmentation_calibration  # noqa: E402
+from mnv2_vision.deploy.timing import matmul_madd_rate, time_round_robin  # noqa: E402
+from mnv2_vision.models import build_model  # noqa: E402
+from mnv2_vision.profiling import count_madds, count_params  # noqa: E402
+
+
+def _ort_variants(name: str, wrapper, size: tuple[int, int], calib, tmp: Path) -> dict:
+    fp32 = export_onnx(wrapper, tmp / f"{name}.onnx", size, {})
+    int8 = quantize_int8(fp32, tmp / f"{name}_int8.onnx", calib)
+    return {"onnxruntime fp32": fp32, "onnxruntime int8": int8}
+
+
+def _latency_table(args, tmp: Path) -> tuple[list[dict], dict]:
+    from mnv2_vision.data.synthetic import SHAPE_CLASSES, ensure_shapes
+
+    pp = dict(score_thresh=args.score_thresh, nms_iou=args.nms_iou, topk_candidates=args.topk,
+              detections_per_img=args.detections)
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    shapes = ensure_shapes()
+    det, seg = build_model("ssdlite320_mobilenet_v2").eval(), build_model("deeplabv3_mobilenet_v2").eval()
+    sd, ss = (args.det_size,) * 2, (args.seg_size,) * 2
+    xd, xs = torch.randn(1, 3, *sd), torch.randn(1, 3, *ss)
+    det_calib = detection_calibration(shapes / "coco", "train2017", args.det_size, mean, std, args.calib_images)
+    seg_calib = segmentation_calibration(shapes / "VOC2012", "train", mean, std, args.calib_images,
+                                         1 + len(SHAPE_CLASSES))
+    groups = {  # model → (input, params, madds, {variant: runner})
+        "ssdlite320_mobilenet_v2": (xd, det, {
+            "eager": bench.detection_runner(det, xd, pp), "fused": bench.detection_runner(fuse_for_inference(det), xd, pp),
+            **{k: bench.ort_runner(ort_session(p, args.threads), xd) for k, p in _ort_variants(
+                "det", DetectionExport(det, sd, "nms", **pp), sd, det_calib, tmp).items()}}),
+        "deeplabv3_mobilenet_v2 (lite)": (xs, seg, {
+            "eager": bench.segmentation_runner(seg, xs), "fused": bench.segmentation_runner(fuse_for_inference(seg), xs),
+            **{k: bench.ort_runner(ort_session(p, args.threads), xs) for k, p in _ort_variants(
+                "seg", SegmentationExport(seg), ss, seg_calib, tmp).items()}}),
+    }
+    if args.peers:
+        peers = bench.torchvision_peers(pp)
+        groups["ssdlite320_mobilenet_v3_large (torchvision)"] = (xd, peers["ssdlite320_mobilenet_v3_large"], {
+            "eager": (lambda m=peers["ssdlite320_mobilenet_v3_large"]: m(list(xd)))})
+        for name in ("lraspp_mobilenet_v3_large", "deeplabv3_mobilenet_v3_large"):
+            groups[f"{name} (torchvision)"] = (xs, peers[name], {"eager": bench.segmentation_runner(peers[name], xs)})
+    runners = {(g, v): fn for g, (_, _, variants) in groups.items() for v, fn in variants.items()}
+    print(f"timing {len(runners)} candidates, {args.runs} runs each after {args.warmup} warm-up rounds ...", flush=True)
+    rate = matmul_madd_rate(args.matmul_size)
+    with torch.inference_mode():
+        timing = time_round_robin({f"{g}|{v}": fn for (g, v), fn in runners.items()}, args.runs, args.warmup)
+    rate = max(rate, matmul_madd_rate(args.matmul_size))  # before and after: the better estimate of the peak
+    rows = []
+    for g, (x, model, variants) in groups.items():
+        madds = count_madds(model, tuple(x.shape[-2:]))
+        for v in variants:
+            t = timing[f"{g}|{v}"]
+            floor_ms = madds / rate * 1e3
+            rows.append({"model": g, "variant": v, "input": int(x.shape[-1]), "params_m": count_params(model) / 1e6,
+                         "madds_b": madds / 1e9, "median_ms": t["median_ms"], "p10_ms": t["p10_ms"],
+                         "p90_ms": t["p90_ms"], "floor_ms": floor_ms, "x_floor": t["median_ms"] / floor_ms})
+    return rows, {"matmul_gmadds_per_s": rate / 1e9, "postprocess": pp}
+
+
+def _ratios(rows: list[dict]) -> dict[str, float]:
+    ms = {(r["model"], r["variant"]): r["median_ms"] for r in rows}
+    x = {(r["model"], r["variant"]): r["x_floor"] for r in rows}
+    d, s = "ssdlite320_mobilenet_v2", "deeplabv3_mobilenet_v2 (lite)"
+    out = {"ssdlite onnxruntime fp32 / floor": x[(d, "onnxruntime fp32")],
+           "deeplab onnxruntime fp32 / floor": x[(s, "onnxruntime fp32")],
+           "ssdlite int8 / fp32 (onnxruntime)": ms[(d, "onnxruntime int8")] / ms[(d, "onnxruntime fp32")],
+           "deeplab int8 / fp32 (onnxruntime)": ms[(s, "onnxruntime int8")] / ms[(s, "onnxruntime fp32")]}
+    peers = {"ssdlite fused / torchvision ssdlite320_mobilenet_v3_large": (d, "ssdlite320_mobilenet_v3_large"),
+             "deeplab fused / torchvision lraspp_mobilenet_v3_large": (s, "lraspp_mobilenet_v3_large"),
+             "deeplab fused / torchvision deeplabv3_mobilenet_v3_large": (s, "deeplabv3_mobilenet_v3_large")}
+    for key, (ours, peer) in peers.items():
+        if (f"{peer} (torchvision)", "eager") in ms:
+            out[key] = ms[(ours, "fused")] / ms[(f"{peer} (torchvision)", "eager")]
+    return out
+
+
+def _export_accuracy(ckpt: str, args) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        cmd = [sys.executable, str(Path(__file__).with_name("export.py")), "--ckpt", ckpt, "--out", tmp, "--int8",
+               "--calib-images", str(args.calib_images), "--threads", str(args.threads), "--runs", str(args.runs)]
+        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL if args.quiet else None)
+        report = json.loads((Path(tmp) / "export_report.json").read_text())
+    return {"checkpoint": ckpt, "accuracy": report["accuracy"], "latency_ms": report["latency_ms"],
+            "speedup": report["speedup"]}
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--runs", type=int, default=30, help="timed runs per candidate (median reported)")
+    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--peers", action="store_true", help="add torchvision's MobileNetV3 SSDLite, LR-ASPP and DeepLabv3")
+    p.add_argument("--train", action="store_true", help="training-step images/s, ours vs torchvision's SSDLite")
+    p.add_argument("--train-steps", type=int, default=5)
+    p.add_argument("--train-batch", type=int, default=8)
+    p.add_argument("--det-size", type=int, default=320, help="SSDLite input side (the paper's 320)")
+    p.add_argument("--seg-size", type=int, default=513, help="DeepLab input side (the paper's 513)")
+    p.add_argument("--data", action="store_true", help="albumentations train pipeline images/s per worker")
+    p.add_argument("--data-images", type=int, default=100)
+    p.add_argument("--matmul-size", type=int, default=2048, help="side of the matrices measuring the fp32 peak")
+    p.add_argument("--no-memory", action="store_true", help="skip the memory-efficient-mode table")
+    p.add_argument("--calib-images", type=int, default=32, help="training images for int8 calibration")
+    p.add_argument("--det-ckpt", action="append", default=[], help="trained detector: int8 mAP change (repeatable)")
+    p.add_argument("--seg-ckpt", action="append", default=[], help="trained segmenter: int8 mIoU change (repeatable)")
+    p.add_argument("--score-thresh", type=float, default=0.001)
+    p.add_argument("--nms-iou", type=float, default=0.6)
+    p.add_argument("--topk", type=int, default=400)
+    p.add_argument("--detections", type=int, default=100)
+    p.add_argument("--json", default="runs/benchmark.json")
+    p.add_argument("--quiet", action="store_true", help="hide the export tool's output")
+    args = p.parse_args(argv)
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    result: dict = {"machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+                                "threads": args.threads, "torch": torch.__version__,
+                                "onnxruntime": onnxruntime.__version__, "python": platform.python_version()},
+                    "command": " ".join(["python tools/benchmark.py", *(argv if argv is not None else sys.argv[1:])])}
+    with tempfile.TemporaryDirectory() as tmp:
+        rows, floor = _latency_table(args, Path(tmp))
+    result.update(latency=rows, floor=floor, ratios=_ratios(rows))
+    print(f"\nfp32 matmul rate on {args.threads} threads: {floor['matmul_gmadds_per_s']:.1f} G multiply-adds/s")
+    print("| model | variant | input | params (M) | MAdds (B) | median ms | floor ms | × floor |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['model']} | {r['variant']} | {r['input']}² | {r['params_m']:.2f} | {r['madds_b']:.2f} | "
+              f"{r['median_ms']:.1f} | {r['floor_ms']:.1f} | {r['x_floor']:.2f} |")
+    print("\nratios:\n" + "\n".join(f"  {k}: {v:.2f}" for k, v in result["ratios"].items()))
+
+    if not args.no_memory:
+        det, seg = build_model("ssdlite320_mobilenet_v2").eval(), build_model("deeplabv3_mobilenet_v2").eval()
+        xd, xs = torch.randn(1, 3, args.det_size, args.det_size), torch.randn(1, 3, args.seg_size, args.seg_size)
+        result["memory"] = {
+            f"ssdlite320_mobilenet_v2 @{args.det_size}": bench.memory_rows(det, xd),
+            f"deeplabv3_mobilenet_v2 @{args.seg_size}": bench.memory_rows(seg, xs),
+            f"deeplabv3_mobilenet_v2 @{args.seg_size}, fused": bench.memory_rows(fuse_for_inference(seg).model, xs),
+        }
+        print("\npeak tensor memory of one forward, expansion in k chunks (torch.profiler allocator events):")
+        for name, mrows in result["memory"].items():
+            print(f"  {name}: " + ", ".join(f"k={r['chunks']} {r['peak_mib']:.1f} MiB ({-100 * r['reduction']:+.0f} %, "
+                                             f"max rel. diff {r['max_rel_diff']:.1e})" for r in mrows))
+    if args.train:
+        ours = build_model("ssdlite320_mobilenet_v2")
+        peer = bench.torchvision_peers(floor["postprocess"])["ssdlite320_mobilenet_v3_large"] if args.peers else None
+        result["training_images_per_s"] = bench.training_throughput(ours, peer, args.train_batch, args.det_size,
+                                                                    args.train_steps)
+        print(f"\ntraining step, batch {args.train_batch} at {args.det_size}², images/s: " + ", ".join(
+            f"{k} {v:.2f}" for k, v in result["training_images_per_s"].items()))
+    if args.data:
+        result["data_pipeline"] = _data_throughput(args.data_images, args.det_size, args.seg_size)
+        print("\ndata pipeline (one worker), images/s: " + ", ".join(
+            f"{k} {v:.1f}" for k, v in result["data_pipeline"].items()))
+    if args.det_ckpt or args.seg_ckpt:
+        result["int8_accuracy"] = [_export_accuracy(c, args) for c in [*args.det_ckpt, *args.seg_ckpt]]
+        for a in result["int8_accuracy"]:
+            key = "map" if "map" in a["accuracy"]["onnx_fp32"] else "miou"
+            acc = a["accuracy"]
+            print(f"\n{a['checkpoint']}: {key} fp32 {acc['onnx_fp32'][key]:.4f} → int8 {acc['onnx_int8'][key]:.4f} "
+                  f"({acc['onnx_int8'][key] - acc['onnx_fp32'][key]:+.4f}); ONNX Runtime speed-up "
+                  f"{a['speedup']:.2f}x")
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps(result, indent=1))
+    print(f"\nwrote {args.json}")
+    return result
+
+
+def _data_throughput(num_images: int, det_size: int, seg_size: int) -> dict[str, float]:
+    from mnv2_vision.data.coco import CocoDetection
+    from mnv2_vision.data.seg_transforms import SegTrainTransform
+    from mnv2_vision.data.synthetic import SHAPE_CLASSES, ensure_shapes
+    from mnv2_vision.data.transforms import detection_transform
+    from mnv2_vision.data.voc import VOCSegmentation
+
+    shapes = ensure_shapes()
+    sets = {f"detection ssdlite {det_size}, shapes": CocoDetection(shapes / "coco", "train2017",
+                                                                   detection_transform("ssdlite", True, det_size)),
+            f"segmentation {seg_size} crop, shapes": VOCSegmentation(
+                shapes / "VOC2012", "train", SegTrainTransform(seg_size), 1 + len(SHAPE_CLASSES))}
+    real = os.environ.get("MNV2_REAL_DATA")
+    if real and (Path(real) / "coco128").is_dir():
+        sets[f"detection ssdlite {det_size}, coco128"] = CocoDetection(
+            Path(real) / "coco128", "train2017", detection_transform("ssdlite", True, det_size))
+    return {k: bench.pipeline_throughput(ds, num_images) for k, ds in sets.items()}
+
+
+if __name__ == "__main__":
+    main()
