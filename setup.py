@@ -34,5 +34,10 @@ setup(
             "onnxruntime>=1.17",
             "onnxscript>=0.1",
         ],
+        # tools/export.py and tools/benchmark.py: ONNX export, ONNX Runtime parity check, int8 quantisation
+        "deploy": [
+            "onnx>=1.15",
+            "onnxruntime>=1.17",
+        ],
     },
 )

@@ -14,7 +14,8 @@ VARIANTS = ("eager", "fused", "onnxruntime fp32", "onnxruntime int8")
 
 
 def _tool():
-    spec = importlib.util.spec_from_file_location("benchmark_tool", Path(__file__).parents[1] / "tools" / "benchmark.py")
+    path = Path(__file__).parents[1] / "tools" / "benchmark.py"
+    spec = importlib.util.spec_from_file_location("benchmark_tool", path)
     tool = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tool)
     return tool
@@ -23,8 +24,8 @@ def _tool():
 def test_benchmark_tool_rows(tmp_path, shapes_root):
     out = tmp_path / "bench.json"
     _tool().main(["--det-size", "64", "--seg-size", "65", "--runs", "1", "--warmup", "0", "--calib-images", "1",
-                  "--peers", "--data", "--data-images", "1", "--no-memory", "--matmul-size", "256", "--json", str(out), "--topk", "20",
-                  "--detections", "10"])
+                  "--peers", "--data", "--data-images", "1", "--no-memory", "--matmul-size", "256",
+                  "--json", str(out), "--topk", "20", "--detections", "10"])
     result = json.loads(out.read_text())
     rows = {(r["model"], r["variant"]): r for r in result["latency"]}
     expected = [(m, v) for m in ("ssdlite320_mobilenet_v2", "deeplabv3_mobilenet_v2 (lite)") for v in VARIANTS]

@@ -78,3 +78,26 @@ def test_wrapper_delegates_model_api():
     assert torch.equal(fused.anchors((96, 96)), model.anchors((96, 96)))
     with pytest.raises(AttributeError):
         fused.no_such_attribute
+
+
+@pytest.mark.parametrize("logit_scale,settings", [
+    (0.1, {}),  # near-uniform scores: every class's top-k passes the threshold (the random-weight worst case)
+    (3.0, dict(score_thresh=0.05, detections_per_img=10)),
+    (0.1, dict(topk_candidates=500, detections_per_img=300)),  # needs several prefix doublings
+])
+def test_fast_postprocess_equals_postprocess(logit_scale, settings):
+    from mnv2_vision.deploy.postprocess import fast_postprocess_detections
+    from mnv2_vision.ops.boxes import BoxCoder
+    from mnv2_vision.ops.postprocess import postprocess_detections
+
+    g = torch.Generator().manual_seed(0)
+    xy = torch.rand(500, 2, generator=g) * 100
+    anchors = torch.cat([xy, xy + 5 + torch.rand(500, 2, generator=g) * 40], 1)
+    cls_logits = torch.randn(2, 500, 21, generator=g) * logit_scale
+    bbox_regression = torch.randn(2, 500, 4, generator=g) * 0.5
+    args = (cls_logits, bbox_regression, anchors, BoxCoder(), (128, 128), [(128, 128), (300, 200)])
+    ref, fast = postprocess_detections(*args, **settings), fast_postprocess_detections(*args, **settings)
+    assert len(ref[0]["scores"]) > 0
+    for r, f in zip(ref, fast):
+        for key in ("boxes", "scores", "labels"):
+            assert torch.equal(r[key], f[key]), key

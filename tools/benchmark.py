@@ -58,15 +58,17 @@ def _latency_table(args, tmp: Path) -> tuple[list[dict], dict]:
     det_calib = detection_calibration(shapes / "coco", "train2017", args.det_size, mean, std, args.calib_images)
     seg_calib = segmentation_calibration(shapes / "VOC2012", "train", mean, std, args.calib_images,
                                          1 + len(SHAPE_CLASSES))
-    groups = {  # model → (input, params, madds, {variant: runner})
+    det_ort = _ort_variants("det", DetectionExport(det, sd, "nms", **pp), sd, det_calib, tmp)
+    seg_ort = _ort_variants("seg", SegmentationExport(seg), ss, seg_calib, tmp)
+    groups = {  # model → (input, module, {variant: runner})
         "ssdlite320_mobilenet_v2": (xd, det, {
-            "eager": bench.detection_runner(det, xd, pp), "fused": bench.detection_runner(fuse_for_inference(det), xd, pp),
-            **{k: bench.ort_runner(ort_session(p, args.threads), xd) for k, p in _ort_variants(
-                "det", DetectionExport(det, sd, "nms", **pp), sd, det_calib, tmp).items()}}),
+            "eager": bench.detection_runner(det, xd, pp),
+            "fused": bench.detection_runner(fuse_for_inference(det), xd, pp, fast_nms=True),
+            **{k: bench.ort_runner(ort_session(p, args.threads), xd) for k, p in det_ort.items()}}),
         "deeplabv3_mobilenet_v2 (lite)": (xs, seg, {
-            "eager": bench.segmentation_runner(seg, xs), "fused": bench.segmentation_runner(fuse_for_inference(seg), xs),
-            **{k: bench.ort_runner(ort_session(p, args.threads), xs) for k, p in _ort_variants(
-                "seg", SegmentationExport(seg), ss, seg_calib, tmp).items()}}),
+            "eager": bench.segmentation_runner(seg, xs),
+            "fused": bench.segmentation_runner(fuse_for_inference(seg), xs),
+            **{k: bench.ort_runner(ort_session(p, args.threads), xs) for k, p in seg_ort.items()}}),
     }
     if args.peers:
         peers = bench.torchvision_peers(pp)

@@ -32,8 +32,8 @@ from mnv2_vision.cli import guarded  # noqa: E402
 from mnv2_vision.config import save_config, to_dict  # noqa: E402
 from mnv2_vision.data import resolve_root  # noqa: E402
 from mnv2_vision.deploy import evaluate as ev  # noqa: E402
-from mnv2_vision.deploy.onnx_export import (DetectionExport, SegmentationExport, check_parity, export_onnx,  # noqa: E402
-                                            ort_session)
+from mnv2_vision.deploy.onnx_export import (  # noqa: E402
+    DetectionExport, SegmentationExport, check_parity, export_onnx, ort_session)
 from mnv2_vision.deploy.quantize import detection_calibration, quantize_int8, segmentation_calibration  # noqa: E402
 from mnv2_vision.deploy.timing import time_round_robin  # noqa: E402
 from mnv2_vision.lit.detection import build_det_datamodule, categories_from  # noqa: E402

@@ -107,7 +107,10 @@ class Cifar10(Dataset):
             labels += [int(v) for v in batch["labels"]]
         self.images = np.ascontiguousarray(np.concatenate(images))
         self.targets = labels
-        self.classes = [str(c) for c in _unpickle(base / "batches.meta")["label_names"]]
+        names = _unpickle(base / "batches.meta").get("label_names")
+        if not isinstance(names, list):
+            raise ValueError(f"{base / 'batches.meta'}: expected a list under 'label_names'")
+        self.classes = [c.decode() if isinstance(c, bytes) else str(c) for c in names]
         bad = [t for t in labels if not 0 <= t < len(self.classes)]
         if bad:
             raise ValueError(f"{base}: labels {sorted(set(bad))[:5]} outside 0..{len(self.classes) - 1}")

@@ -21,6 +21,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 from torchvision.ops import box_convert
 
+from .check import load_or_skip
 from .images import load_rgb
 
 __all__ = ["CocoDetection", "check_coco_layout", "annotation_file"]
@@ -72,6 +73,9 @@ class CocoDetection(Dataset):
         subset: keep only the first ``subset`` image ids (sorted).
         category_ids: the label map to use (label i ↔ ``category_ids[i-1]``); default: this file's sorted ids.
             An annotation whose category is not in the map is an error naming the file.
+        skip_bad: instead of raising, skip an unusable image (missing, unreadable or truncated file, size differing
+            from the annotation file, unknown category id) with one warning naming it, and return the next usable
+            item (training's bad-data policy, ``data/check.py``).
     """
 
     def __init__(
@@ -81,6 +85,7 @@ class CocoDetection(Dataset):
         transform: DetTransform | None = None,
         subset: int | None = None,
         category_ids: Sequence[int] | None = None,
+        skip_bad: bool = False,
     ) -> None:
         self.root = Path(root)
         self.split = split
@@ -100,6 +105,7 @@ class CocoDetection(Dataset):
         self.category_names: list[str] = [names.get(c, str(c)) for c in self.category_ids]
         self.cat_to_label = {c: i + 1 for i, c in enumerate(self.category_ids)}
         self._warned: set[str] = set()
+        self.skip_bad = skip_bad
 
     @property
     def num_classes(self) -> int:
@@ -154,6 +160,11 @@ class CocoDetection(Dataset):
         return boxes[keep].to(torch.float32).numpy(), labels[keep.numpy()]
 
     def __getitem__(self, index: int) -> tuple[Tensor, dict]:
+        if self.skip_bad:
+            return load_or_skip(self._item, index, len(self), lambda i: str(self.image_path(i)), self._warned)
+        return self._item(index)
+
+    def _item(self, index: int) -> tuple[Tensor, dict]:
         image = self.load_image(index)
         size = (int(image.shape[0]), int(image.shape[1]))
         boxes, labels = self.load_annotations(index, size)

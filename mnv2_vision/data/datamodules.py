@@ -43,7 +43,9 @@ class DetectionDataModule(pl.LightningDataModule):
     """COCO-layout detection data: ``<root>/<split>/`` images and ``<root>/annotations/instances_<split>.json``.
 
     The label map comes from the training annotation file (sorted category ids → 1..C) unless ``category_ids`` is
-    given (e.g. from a checkpoint); the validation file must use the same categories.
+    given (e.g. from a checkpoint); the validation file must use the same categories. Unusable images are skipped
+    with one warning each (``CocoDetection(skip_bad=True)``, policy in ``data/check.py``), so an epoch never stops on
+    a bad file.
 
     Args:
         root: dataset folder.
@@ -98,7 +100,7 @@ class DetectionDataModule(pl.LightningDataModule):
     def train_dataset(self) -> CocoDetection:
         if self._train is None:
             tf = detection_transform(self.augment, True, self.image_size, self.mean, self.std)
-            self._train = CocoDetection(self.root, self.train_split, tf, self.subset, self._category_ids)
+            self._train = CocoDetection(self.root, self.train_split, tf, self.subset, self._category_ids, skip_bad=True)
             self._category_ids = self._train.category_ids
         return self._train
 
@@ -106,7 +108,7 @@ class DetectionDataModule(pl.LightningDataModule):
     def val_dataset(self) -> CocoDetection:
         if self._val is None:
             tf = detection_transform(self.augment, False, self.image_size, self.mean, self.std)
-            self._val = CocoDetection(self.root, self.val_split, tf, self.subset, self.category_ids)
+            self._val = CocoDetection(self.root, self.val_split, tf, self.subset, self.category_ids, skip_bad=True)
             if self._train is not None and self._val.category_names != self._train.category_names:
                 raise ValueError(f"{self._val.ann_file} and {self._train.ann_file} name their categories "
                                  f"differently: {self._val.category_names[:5]} vs {self._train.category_names[:5]}")

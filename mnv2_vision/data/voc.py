@@ -21,6 +21,7 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from .check import load_or_skip
 from .images import load_rgb
 
 __all__ = [
@@ -122,10 +123,13 @@ class VOCSegmentation(Dataset):
         transform: ``(image uint8, mask uint8) → (image tensor, mask tensor)``; see ``data/seg_transforms.py``.
         num_classes: labels are checked against 0..num_classes-1 (and 255).
         subset: keep only the first ``subset`` ids (quick runs, overfitting checks).
+        skip_bad: instead of raising, leave out ids whose image or label file is missing (one warning listing
+            them) and skip an unusable item (unreadable file, wrong label mode, mask size or values) with one
+            warning naming it, returning the next usable item (training's bad-data policy, ``data/check.py``).
     """
 
     def __init__(self, root: str | os.PathLike, split: str, transform: SegTransform, num_classes: int = 21,
-                 subset: int | None = None) -> None:
+                 subset: int | None = None, skip_bad: bool = False) -> None:
         self.root = find_voc_root(root)
         self.split, label_dir = resolve_split(self.root, split)
         self.label_dir = self.root / label_dir
@@ -139,10 +143,15 @@ class VOCSegmentation(Dataset):
         self.ids = ids[:subset] if subset is not None else ids
         missing = [i for i in self.ids if not (self.root / "JPEGImages" / f"{i}.jpg").is_file()
                    or not (self.label_dir / f"{i}.png").is_file()]
-        if missing:
+        if missing and skip_bad and len(missing) < len(self.ids):
+            log.warning("leaving out %d of %d ids in %s that lack JPEGImages/<id>.jpg or %s/<id>.png: %s",
+                        len(missing), len(self.ids), list_file, label_dir, missing)
+            self.ids = [i for i in self.ids if i not in set(missing)]
+        elif missing:
             raise FileNotFoundError(f"{len(missing)} of {len(self.ids)} ids in {list_file} lack "
                                     f"JPEGImages/<id>.jpg or {label_dir}/<id>.png, e.g. {missing[:3]}")
         self.transform, self.num_classes = transform, num_classes
+        self.skip_bad, self._warned = skip_bad, set()
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -161,6 +170,11 @@ class VOCSegmentation(Dataset):
         return image, label
 
     def __getitem__(self, index: int) -> dict:
+        if self.skip_bad:
+            return load_or_skip(self._item, index, len(self), lambda i: self.ids[i], self._warned)
+        return self._item(index)
+
+    def _item(self, index: int) -> dict:
         image, label = self.load(index)
         image_t, mask_t = self.transform(image, label)
         return {"image": image_t, "mask": mask_t, "id": self.ids[index]}

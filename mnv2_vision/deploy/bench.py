@@ -19,20 +19,24 @@ from ..ops.boxes import BoxCoder
 from ..ops.losses import ssd_multibox_loss
 from ..ops.postprocess import postprocess_detections
 from .memory import memory_efficient, peak_memory_bytes
+from .postprocess import fast_postprocess_detections
 
 __all__ = ["detection_runner", "segmentation_runner", "ort_runner", "torchvision_peers", "synthetic_targets",
            "training_throughput", "pipeline_throughput", "memory_rows"]
 
 
-def detection_runner(model: nn.Module, x: Tensor, postprocess: dict[str, Any]) -> Callable[[], list[dict]]:
-    """Our SSDLite end to end: network → ``postprocess_detections`` (boxes in network-input pixels)."""
+def detection_runner(model: nn.Module, x: Tensor, postprocess: dict[str, Any],
+                     fast_nms: bool = False) -> Callable[[], list[dict]]:
+    """Our SSDLite end to end: network → ``postprocess_detections`` (or, with ``fast_nms``, the fused path's
+    ``fast_postprocess_detections``, same detections), boxes in network-input pixels."""
     size = tuple(x.shape[-2:])
     anchors, coder = model.anchors(size), BoxCoder()
+    post = fast_postprocess_detections if fast_nms else postprocess_detections
 
     def run() -> list[dict]:
         out = model(x)
-        return postprocess_detections(out["cls_logits"], out["bbox_regression"], anchors, coder, size,
-                                      [size] * x.shape[0], **postprocess)
+        return post(out["cls_logits"], out["bbox_regression"], anchors, coder, size, [size] * x.shape[0],
+                    **postprocess)
 
     return run
 
@@ -46,7 +50,8 @@ def ort_runner(session, x: Tensor) -> Callable[[], list[np.ndarray]]:
     return lambda: session.run(None, feed)
 
 
-def torchvision_peers(postprocess: dict[str, Any], det_classes: int = 91, seg_classes: int = 21) -> dict[str, nn.Module]:
+def torchvision_peers(postprocess: dict[str, Any], det_classes: int = 91,
+                      seg_classes: int = 21) -> dict[str, nn.Module]:
     """torchvision's MobileNetV3 models with random weights (no download), in eval mode, detection post-processing
     set to ``postprocess`` (``score_thresh``, ``nms_iou``, ``topk_candidates``, ``detections_per_img``)."""
     from torchvision.models import detection, segmentation

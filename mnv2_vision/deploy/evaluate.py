@@ -59,9 +59,13 @@ def evaluate_detection(model: nn.Module, datamodule, category_ids: Sequence[int]
                        eval_cfg: EvalCfg) -> dict[str, Any]:
     """COCO summary (``map``, ``map50``, ``map75``, ``stats``, ``per_class``) of ``model`` on the datamodule's
     validation split, computed by ``DetectionModule``'s validation loop."""
+    import logging
+
     import pytorch_lightning as pl
 
     from ..lit.detection import DetectionModule
+
+    logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)  # no accelerator banner per evaluation
 
     # Optimiser, schedule and loss settings are required by the constructor and unused by validation.
     module = DetectionModule(model, optim=OptimCfg(), sched=SchedCfg(), eval_cfg=eval_cfg, loss=LossCfg(),

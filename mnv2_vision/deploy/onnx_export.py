@@ -17,6 +17,7 @@ and has a stable route for custom ONNX nodes (``autograd.Function.symbolic``) th
 from __future__ import annotations
 
 import json
+import math
 import warnings
 from pathlib import Path
 from typing import Any, Sequence
@@ -66,9 +67,13 @@ class _MultiClassNMS(torch.autograd.Function):
 class DetectionExport(nn.Module):
     """SSDLite + post-processing as one exportable module (see the module docstring for the two modes).
 
-    The ``"nms"`` mode reproduces ``postprocess_detections`` with ``original_sizes`` equal to the input size:
-    only each class's ``topk_candidates`` best anchors may compete (the others get score -1), NMS runs per class,
-    and the ``detections_per_img`` best survivors over all classes are kept.
+    The ``"nms"`` mode reproduces ``postprocess_detections`` with ``original_sizes`` equal to the input size: each
+    class's ``topk_candidates`` best anchors become candidates, NMS runs per class, and the ``detections_per_img``
+    best survivors over all classes are kept. Per-class NMS is run as one single-class ``NonMaxSuppression``: every
+    class's boxes are shifted to their own cell of a grid of image-sized tiles, so boxes of different classes never
+    overlap (torchvision's ``batched_nms`` coordinate trick, on a 2-D grid to keep the offsets, and so the float32
+    rounding of the IoUs, small). A single class lets ONNX Runtime stop as soon as ``detections_per_img`` boxes are
+    selected instead of running NMS to the end for every class.
 
     Args:
         model: returns ``{"cls_logits", "bbox_regression"}`` and offers ``anchors(size)``.
@@ -86,10 +91,19 @@ class DetectionExport(nn.Module):
             raise ValueError(f"detection export mode must be one of {DETECTION_MODES}, got {mode!r}")
         self.model, self.mode = model, mode
         self.image_size = (int(image_size[0]), int(image_size[1]))
-        self.register_buffer("anchors", model.anchors(self.image_size).clone(), persistent=False)
+        anchors = model.anchors(self.image_size).clone()
+        self.register_buffer("anchors", anchors, persistent=False)
         self.coder = coder or BoxCoder()
         self.score_thresh, self.nms_iou = float(score_thresh), float(nms_iou)
         self.topk_candidates, self.detections_per_img = int(topk_candidates), int(detections_per_img)
+        num_classes = model.num_classes - 1
+        self.k = min(self.topk_candidates, anchors.shape[0])
+        cls = torch.arange(num_classes).repeat_interleave(self.k)  # (C·k,): class of each candidate, in order
+        grid = math.ceil(math.sqrt(num_classes))
+        h, w = self.image_size
+        ox, oy = (cls % grid).float() * (w + 1), (cls // grid).float() * (h + 1)
+        self.register_buffer("labels", cls + 1, persistent=False)
+        self.register_buffer("offsets", torch.stack([ox, oy, ox, oy], dim=1), persistent=False)  # (C·k, 4)
 
     def forward(self, images: Tensor) -> tuple[Tensor, ...]:
         raw = self.model(images)
@@ -98,20 +112,23 @@ class DetectionExport(nn.Module):
             return raw["cls_logits"], raw["bbox_regression"], self.anchors.expand(images.shape[0], -1, -1)
         scores = torch.softmax(raw["cls_logits"], dim=-1)[..., 1:].transpose(1, 2)  # (N, C, A), background dropped
         boxes = clip_boxes_to_image(self.coder.decode(raw["bbox_regression"], self.anchors), self.image_size)
-        n, c, a = scores.shape
-        k = min(self.topk_candidates, a)
-        top, idx = scores.topk(k, dim=2)
-        # Outside a class's top-k an anchor may not compete at all (score −1 < any threshold).
-        candidates = torch.full_like(scores, -1.0).scatter(2, idx, top)
-        selected = _MultiClassNMS.apply(boxes, candidates, self.detections_per_img, self.nms_iou, self.score_thresh)
-        flat = (selected[:, 0] * c + selected[:, 1]) * a + selected[:, 2]
-        kept = torch.zeros(n * c * a, dtype=scores.dtype).scatter(0, flat, 1.0).view(n, c * a) > 0
-        kept_scores = torch.where(kept, candidates.reshape(n, c * a), torch.full_like(kept, -1.0, dtype=scores.dtype))
-        d = min(self.detections_per_img, c * a)
-        det_scores, det_idx = kept_scores.topk(d, dim=1)  # (N, D): best survivors over all classes
+        n, a, ck = scores.shape[0], scores.shape[2], self.labels.shape[0]
+        # Each class's candidates: membership is all that matters, so unsorted (a selection, not a sort).
+        top, idx = scores.topk(self.k, dim=2, sorted=False)  # (N, C, k)
+        cand_scores = top.reshape(n, ck)
+        # Row gathers from the flattened batch (ONNX Gather), cheaper than GatherElements on expanded indices.
+        rows = torch.arange(n, device=images.device).unsqueeze(1)
+        cand_boxes = boxes.reshape(n * a, 4)[idx.reshape(n, ck) + rows * a]  # (N, C·k, 4)
+        selected = _MultiClassNMS.apply(cand_boxes + self.offsets, cand_scores.unsqueeze(1), self.detections_per_img,
+                                        self.nms_iou, self.score_thresh)  # (M, 3): image, 0, candidate
+        flat = selected[:, 0] * ck + selected[:, 2]
+        kept = torch.zeros(n * ck, dtype=scores.dtype).scatter(0, flat, 1.0).view(n, ck) > 0
+        kept_scores = torch.where(kept, cand_scores, torch.full_like(cand_scores, -1.0))
+        d = min(self.detections_per_img, ck)
+        det_scores, det_idx = kept_scores.topk(d, dim=1)  # (N, D): the survivors, best first
         valid = det_scores > self.score_thresh
-        labels = torch.where(valid, det_idx // a + 1, torch.zeros_like(det_idx))
-        det_boxes = torch.gather(boxes, 1, (det_idx % a).unsqueeze(-1).expand(-1, -1, 4))
+        labels = torch.where(valid, self.labels[det_idx], torch.zeros_like(det_idx))
+        det_boxes = cand_boxes.reshape(n * ck, 4)[det_idx + rows * ck]
         det_boxes = det_boxes * valid.unsqueeze(-1).to(det_boxes.dtype)
         det_scores = det_scores * valid.to(det_scores.dtype)
         return det_boxes, det_scores, labels, valid.sum(dim=1)
@@ -134,7 +151,8 @@ def _io_names(wrapper: nn.Module) -> tuple[list[str], dict[str, dict[int, str]]]
                             "logits": {0: "batch", 2: "height", 3: "width"}}
     if wrapper.mode == "raw":
         return ["cls_logits", "bbox_regression", "anchors"], {
-            "images": {0: "batch"}, "cls_logits": {0: "batch"}, "bbox_regression": {0: "batch"}, "anchors": {0: "batch"}}
+            "images": {0: "batch"}, "cls_logits": {0: "batch"}, "bbox_regression": {0: "batch"},
+            "anchors": {0: "batch"}}
     names = ["boxes", "scores", "labels", "num_detections"]
     return names, {"images": {0: "batch"}, **{k: {0: "batch"} for k in names}}
 

@@ -126,6 +126,11 @@ class DetectionModule(pl.LightningModule):
         self._val_ids: list[int] = []
         self._channels_last = False
 
+    @staticmethod
+    def batch_ids(batch: tuple[Tensor, list[dict]]) -> list[int]:
+        """COCO image ids of a batch (named by ``FiniteLossGuard`` when the loss turns non-finite)."""
+        return [int(t["image_id"]) for t in batch[1]]
+
     def forward(self, images: Tensor) -> dict[str, Tensor]:
         return self.model(images)
 

@@ -165,6 +165,11 @@ class SegmentationModule(pl.LightningModule):
         self.optim_cfg, self.sched_cfg, self.label_smoothing = optim, sched, label_smoothing
         self.confmat: ConfusionMatrix | None = None
 
+    @staticmethod
+    def batch_ids(batch: dict) -> list[str]:
+        """VOC ids of a batch (named by ``FiniteLossGuard`` when the loss turns non-finite)."""
+        return list(batch["id"])
+
     def forward(self, images: Tensor) -> dict[str, Tensor]:
         return self.model(images)
 
