@@ -2,6 +2,7 @@
 NMS in the graph = postprocess_detections, dynamic batch, metadata, int8 with per-channel weights."""
 import importlib.util
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -178,3 +179,44 @@ def test_export_tool_segmentation_int8(tmp_path, shapes_root):
     assert acc["onnx_fp32"]["miou"] == pytest.approx(acc["pytorch"]["miou"], abs=1e-6)
     assert 0.0 <= acc["onnx_int8"]["miou"] <= 1.0 and report["latency_ms"]["int8"] > 0
     assert json.loads((out / "export_report.json").read_text())["onnx"] == str(out / "model.onnx")
+
+
+def test_export_tool_detection_nms_and_state_dict(tmp_path, shapes_root):
+    ckpt = _fake_checkpoint(tmp_path / "det.ckpt", "ssdlite_shapes",
+                            ["model.num_classes=5", "model.width_mult=0.35", "data.image_size=96"],
+                            {"category_ids": [1, 2, 3, 4], "category_names": ["circle", "square", "star", "triangle"]})
+    out = tmp_path / "export"
+    report = _run_tool(["--ckpt", str(ckpt), "--out", str(out), "--check-images", "2"])
+    meta = read_metadata(out / "model.onnx")
+    assert meta["task"] == "detection" and meta["detection_output"] == "nms"
+    assert meta["class_names"] == ["background", "circle", "square", "star", "triangle"]
+    assert meta["input_size"] == [96, 96] and meta["postprocess"]["nms_iou"] == 0.6
+    assert [p["images"] for p in report["parity"]] == [[2, 3, 96, 96], [2, 3, 96, 96]]  # random + 2 val images
+    _run_tool(["--ckpt", str(ckpt), "--out", str(out), "--format", "state_dict"])
+    sd = torch.load(out / "model.pt", weights_only=True)
+    assert torch.equal(sd["head.cls_heads.0.1.bias"], torch.load(ckpt, weights_only=True)["state_dict"][
+        "model.head.cls_heads.0.1.bias"])
+    assert (out / "config.yaml").is_file()
+
+
+@pytest.mark.skipif(not os.environ.get("MNV2_REAL_DATA"), reason="MNV2_REAL_DATA not set (real COCO/VOC subsets)")
+def test_parity_on_real_images(detector, det_onnx, segmenter, seg_onnx):
+    from mnv2_vision.deploy.quantize import detection_calibration, segmentation_calibration
+
+    root = Path(os.environ["MNV2_REAL_DATA"])
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    images = detection_calibration(root / "coco128", "val2017", SIZE[0], mean, std, 3)
+    check_parity(det_onnx, detector, "detection", torch.from_numpy(np.concatenate(images)), postprocess=PP)
+    for image in segmentation_calibration(root / "voc_coco" / "VOC2012", "val", mean, std, 2, 21):
+        report = check_parity(seg_onnx, segmenter, "segmentation", torch.from_numpy(image))
+        assert report["max_abs_diff"] <= 1e-4  # VOC images at their own size, e.g. 500 × 375
+
+
+def test_int8_leaves_postprocessing_float(det_onnx, tmp_path):
+    calib = [np.random.default_rng(0).standard_normal((1, 3, *SIZE)).astype(np.float32)]
+    graph = onnx.load(str(quantize_int8(det_onnx, tmp_path / "det_int8.onnx", calib))).graph
+    producer = {out: node for node in graph.node for out in node.output}
+    quantized_inputs = [producer[n.input[0]].name for n in graph.node
+                        if n.op_type == "QuantizeLinear" and n.input[0] in producer]
+    assert quantized_inputs and all(name.startswith("/model/") for name in quantized_inputs)
+    assert any(n.op_type == "NonMaxSuppression" for n in graph.node)

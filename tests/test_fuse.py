@@ -59,7 +59,7 @@ def test_fused_equals_unfused(name, size, kwargs):
         ref = model(x)
     fused = fuse_for_inference(model)
     assert isinstance(fused, InferenceModel)
-    assert not any(isinstance(m, nn.BatchNorm2d) for m in fused.modules())
+    assert not any(isinstance(m, (nn.BatchNorm2d, nn.Conv2d, nn.ReLU6, nn.ReLU)) for m in fused.modules())
     assert sum(isinstance(m, nn.BatchNorm2d) for m in model.modules()) == bn_before  # original untouched
     assert fused.model.backbone.features[0][0].weight.is_contiguous(memory_format=torch.channels_last)
     out = fused(x)
@@ -101,3 +101,19 @@ def test_fast_postprocess_equals_postprocess(logit_scale, settings):
     for r, f in zip(ref, fast):
         for key in ("boxes", "scores", "labels"):
             assert torch.equal(r[key], f[key]), key
+
+
+def test_conv_act_fallback_matches_onednn_path():
+    from mnv2_vision.deploy.fuse import ConvAct
+
+    torch.manual_seed(0)
+    conv = nn.Conv2d(8, 8, 3, stride=2, padding=2, dilation=2, groups=8)
+    x = torch.randn(1, 8, 13, 13) * 10
+    for act in (nn.ReLU6(), nn.ReLU(), None):
+        fused = ConvAct(conv, act)
+        with torch.no_grad():  # no grad: the oneDNN post-op path (where available)
+            ref = conv(x) if act is None else act(conv(x))
+            assert float((fused(x) - ref).abs().max()) <= 1e-5
+        assert torch.allclose(fused(x), ref, atol=1e-5)  # grad enabled: the F.conv2d fallback
+    with torch.no_grad():
+        assert float(ConvAct(conv, nn.ReLU6())(x).max()) == 6.0  # the clamp really happens

@@ -3,6 +3,7 @@ import math
 
 import pytest
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 from mnv2_vision.models import build_model, list_models
 from mnv2_vision.models.mobilenetv1 import DEPTHWISE_SEPARABLE_SETTING, MobileNetV1
@@ -114,3 +115,50 @@ def test_weights_round_trip(tmp_path, capsys):
     assert sd_dst["classifier.1.weight"].shape == (5, 256)
     out = capsys.readouterr().out
     assert "skipped 2" in out and "classifier.1.weight: shape (10, 256) in file vs (5, 256) in model" in out
+
+
+# ---------------------------------------------------------------------------------------------- V1 detector / segmenter
+def _size_on_meta(name: str, size: int, **kwargs) -> tuple[int, float]:
+    """(params, MAdds) counted on the meta device: the same flop counter without the arithmetic."""
+    with torch.device("meta"):
+        model = build_model(name, **kwargs).eval()
+        with FlopCounterMode(display=False) as fc:
+            model(torch.zeros(1, 3, size, size))
+    return count_params(model), fc.get_total_flops() / 2
+
+
+def test_ssdlite_v1_size_and_taps():
+    params, madds = _size_on_meta("ssdlite320_mobilenet_v1", 320, num_classes=91)
+    assert abs(params / 5.1e6 - 1) < 0.05 and abs(madds / 1.3e9 - 1) < 0.10  # paper Table 6
+    assert abs(params - 5.25e6) / 5.25e6 < 0.005 and abs(madds - 1.32e9) / 1.32e9 < 0.005  # spec §2 re-build
+    model = build_model("ssdlite320_mobilenet_v1", num_classes=5, width_mult=0.25).eval()
+    assert model.taps == ("Conv2d_11_pointwise", "Conv2d_13_pointwise") and model.tap_strides == (16, 32)
+    assert model.feature_channels[:2] == (128, 256)  # 512·0.25, 1024·0.25, read from feature_info
+    with torch.no_grad():
+        out = model(torch.zeros(1, 3, 320, 320))
+    assert out["cls_logits"].shape == (1, 2034, 5) and out["bbox_regression"].shape == (1, 2034, 4)
+
+
+def test_deeplabv3_v1_size():
+    params, madds = _size_on_meta("deeplabv3_mobilenet_v1", 513, num_classes=21, aspp="full", output_stride=16)
+    assert abs(params / 11.15e6 - 1) < 0.02 and abs(madds / 12.8e9 - 1) < 0.05
+    model = build_model("deeplabv3_mobilenet_v1", num_classes=3, width_mult=0.25, aspp="lite").eval()
+    assert model.head.branches[0][0].in_channels == 256 and model.output_stride == 16
+    with torch.no_grad():
+        assert model(torch.zeros(1, 3, 65, 97))["out"].shape == (1, 3, 65, 97)
+
+
+@pytest.mark.parametrize("name", ["ssdlite320_mobilenet_v1", "deeplabv3_mobilenet_v1"])
+def test_v1_classifier_checkpoint_loads_into_detector_and_segmenter(tmp_path, capsys, name):
+    torch.manual_seed(0)
+    classifier = MobileNetV1(num_classes=10, width_mult=0.25)
+    path = tmp_path / "cls.ckpt"  # the layout tools/train_cls.py writes: Lightning's state_dict with "model." keys
+    torch.save({"state_dict": {f"model.{k}": v for k, v in classifier.state_dict().items()},
+                "hyper_parameters": {"config": {}}}, path)
+    model = build_model(name, num_classes=3, width_mult=0.25, pretrained=str(path))
+    out = capsys.readouterr().out
+    own = model.backbone.state_dict()
+    assert all(torch.equal(v, classifier.state_dict()[k]) for k, v in own.items())
+    assert f"loaded {len(own)} tensors" in out and "classifier.1.weight: not in model" in out
+    with pytest.raises(ValueError, match="no ImageNet weights"):
+        build_model(name, num_classes=3, pretrained="imagenet")

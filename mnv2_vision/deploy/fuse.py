@@ -1,10 +1,14 @@
-"""Fused inference path: BatchNorm folded into the convolution before it, channels-last memory, inference mode.
+"""Fused inference path: BatchNorm folded into the convolution before it, the activation fused into the convolution,
+channels-last memory, inference mode.
 
 In evaluation BatchNorm is a per-channel affine map ``y = γ (x − μ) / √(σ² + ε) + β``; following a convolution it
-can be folded into that convolution's weights and bias, removing one full read and write of every feature map.
-Channels-last (NHWC) is the layout oneDNN's depthwise and 1×1 kernels prefer on CPU, so no reorders run between
-layers; SSDLite's head flattening ``(N, A·K, h, w) → (N, h·w·A, K)`` also becomes a view in that layout.
-``torch.inference_mode`` skips autograd bookkeeping (version counters, views tracking).
+folds into that convolution's weights and bias, removing one full read and write of every feature map. The ReLU6
+(or ReLU) after a convolution is then applied inside the convolution's oneDNN primitive as a post-op
+(``torch.ops.mkldnn._convolution_pointwise``, the kernel ``torch.compile`` emits for the same pattern on CPU), which
+removes another pass. Channels-last (NHWC) is the layout oneDNN's depthwise and 1×1 kernels prefer on CPU, so no
+reorders run between layers; SSDLite's head flattening ``(N, A·K, h, w) → (N, h·w·A, K)`` also becomes a view.
+``torch.inference_mode`` skips autograd bookkeeping. Without oneDNN the convolutions fall back to ``F.conv2d`` and
+the activation module.
 
 ``fuse_for_inference`` works on a copy and keeps the model's own class and methods (``anchors``, ``num_classes``…)
 reachable through the returned wrapper, so the tools can swap it in with one line.
@@ -15,9 +19,14 @@ import copy
 
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-__all__ = ["fold_batchnorm", "InferenceModel", "fuse_for_inference"]
+__all__ = ["fold_batchnorm", "ConvAct", "fuse_activations", "InferenceModel", "fuse_for_inference"]
+
+# Activation modules a convolution can absorb → (oneDNN post-op name, its scalars).
+_POST_OPS: dict[type, tuple[str, list[float]]] = {nn.ReLU6: ("hardtanh", [0.0, 6.0]), nn.ReLU: ("relu", [])}
+_HAS_POINTWISE = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_convolution_pointwise")
 
 
 def fold_batchnorm(model: nn.Module) -> tuple[int, int]:
@@ -44,6 +53,60 @@ def fold_batchnorm(model: nn.Module) -> tuple[int, int]:
                 folded += 1
     left = sum(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
     return folded, left
+
+
+class ConvAct(nn.Module):
+    """A 2-D convolution with an optional ReLU/ReLU6 applied in the same oneDNN primitive (inference only).
+
+    Args:
+        conv: the convolution (its parameters are shared, not copied).
+        activation: the activation module it absorbs, or ``None``.
+    """
+
+    def __init__(self, conv: nn.Conv2d, activation: nn.Module | None = None) -> None:
+        super().__init__()
+        self.weight, self.bias = conv.weight, conv.bias
+        self.stride, self.padding, self.dilation = list(conv.stride), list(conv.padding), list(conv.dilation)
+        self.groups = conv.groups
+        self.post_op, self.scalars = _POST_OPS[type(activation)] if activation is not None else ("none", [])
+
+    def forward(self, x: Tensor) -> Tensor:
+        if _HAS_POINTWISE and x.device.type == "cpu" and x.dtype == torch.float32 and not torch.is_grad_enabled():
+            return torch.ops.mkldnn._convolution_pointwise(x, self.weight, self.bias, self.padding, self.stride,
+                                                           self.dilation, self.groups, self.post_op, self.scalars, "")
+        y = F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
+        if self.post_op == "hardtanh":
+            return F.hardtanh_(y, *self.scalars)
+        return F.relu_(y) if self.post_op == "relu" else y
+
+
+def _fusable(conv: nn.Module) -> bool:
+    return (type(conv) is nn.Conv2d and conv.padding_mode == "zeros" and isinstance(conv.padding, tuple)
+            and conv.weight.dtype == torch.float32)
+
+
+def fuse_activations(model: nn.Module) -> int:
+    """Replace, in place, every plain ``Conv2d`` by a ``ConvAct``; one followed in its ``nn.Sequential`` by a
+    ReLU/ReLU6 (BatchNorms already folded, i.e. ``nn.Identity``, in between) absorbs it, the activation becoming
+    ``nn.Identity``. Returns the number of activations absorbed."""
+    absorbed = 0
+    todo = [(parent, name) for parent in model.modules() for name, child in parent._modules.items()
+            if _fusable(child)]
+    for parent, name in todo:
+        conv, activation = parent._modules[name], None
+        if isinstance(parent, nn.Sequential):
+            names = list(parent._modules)
+            for later in names[names.index(name) + 1:]:
+                nxt = parent._modules[later]
+                if isinstance(nxt, nn.Identity):
+                    continue
+                if type(nxt) in _POST_OPS:
+                    activation = nxt
+                    parent._modules[later] = nn.Identity()
+                    absorbed += 1
+                break
+        parent._modules[name] = ConvAct(conv, activation)
+    return absorbed
 
 
 class InferenceModel(nn.Module):
@@ -73,12 +136,13 @@ class InferenceModel(nn.Module):
 
 
 def fuse_for_inference(model: nn.Module, channels_last: bool = True) -> InferenceModel:
-    """A fused inference copy of ``model`` (the original is left untouched): BN folded, channels-last weights,
-    inference mode. Its outputs equal the eval-mode model's to float rounding (≲1e-5)."""
+    """A fused inference copy of ``model`` (the original is left untouched): BN folded, activations fused into the
+    convolutions, channels-last weights, inference mode. Outputs equal the eval-mode model's to float rounding."""
     fused = copy.deepcopy(model).eval()
+    for p in fused.parameters():
+        p.requires_grad_(False)
     fold_batchnorm(fused)
     if channels_last:
         fused = fused.to(memory_format=torch.channels_last)
-    for p in fused.parameters():
-        p.requires_grad_(False)
+    fuse_activations(fused)
     return InferenceModel(fused, channels_last).eval()

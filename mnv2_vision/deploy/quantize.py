@@ -4,8 +4,8 @@ Weights are quantised per output channel (symmetric int8) and activations per te
 seen on the calibration images). Per-tensor weight scales are what makes MobileNet int8 collapse (users.md §2.7.4,
 intel/neural-compressor#84): a depthwise layer's channels differ in range by orders of magnitude, so one scale
 rounds most of them to a handful of levels. Only the network's convolutions and matrix products, with the adds and
-concatenations between them, are quantised; post-processing (softmax, decoding, NMS) and the final upsampling of
-the segmentation logits stay in float.
+concatenations between them, are quantised, and only inside the network: post-processing (softmax, box decoding,
+NMS) and the final upsampling of the segmentation logits stay in float.
 """
 from __future__ import annotations
 
@@ -66,7 +66,7 @@ class ImageCalibrationReader(CalibrationDataReader):
 
 def quantize_int8(fp32_path: str | Path, int8_path: str | Path, images: Sequence[np.ndarray], *,
                   per_channel: bool = True, quant_format: str = "qdq", calibrate_method: str = "minmax",
-                  op_types: Sequence[str] = QUANT_OP_TYPES) -> Path:
+                  op_types: Sequence[str] = QUANT_OP_TYPES, network_scope: str | None = "/model/") -> Path:
     """Quantise the ONNX model at ``fp32_path`` to ``int8_path``, calibrated on ``images`` (preprocessed arrays).
 
     The model is first pre-processed (shape inference and graph optimisation, ORT's recommended step). The fp32
@@ -78,6 +78,9 @@ def quantize_int8(fp32_path: str | Path, int8_path: str | Path, images: Sequence
             ``"qoperator"`` (QLinearConv & co. written out).
         calibrate_method: ``"minmax"``, ``"percentile"`` or ``"entropy"``.
         op_types: ONNX op types to quantise.
+        network_scope: quantise only nodes whose names start with this (the exporters' wrappers hold the network
+            as ``self.model``, so its nodes are ``/model/...``): box decoding, its adds and concatenations, and
+            NMS stay float. ``None`` (or no such node) quantises the whole graph.
     """
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -98,8 +101,10 @@ def quantize_int8(fp32_path: str | Path, int8_path: str | Path, images: Sequence
             quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=False)
         except Exception:  # symbolic shape inference cannot follow every graph (e.g. NMS's data-dependent sizes)
             quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
+        names = [n.name for n in onnx.load(str(prepared)).graph.node]
+        scoped = [n for n in names if network_scope and n.startswith(network_scope)]
         quantize_static(
-            str(prepared), str(int8_path), ImageCalibrationReader(images),
+            str(prepared), str(int8_path), ImageCalibrationReader(images), nodes_to_quantize=scoped or None,
             quant_format=fmt, op_types_to_quantize=list(op_types), per_channel=per_channel,
             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, calibrate_method=method,
             # Symmetric weights let the int8 kernels skip the weight zero-point term; VNNI needs no 7-bit range.

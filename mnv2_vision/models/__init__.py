@@ -42,7 +42,9 @@ register_model(mobilenetv1.mobilenet_v1)
 from . import ssdlite  # noqa: E402
 
 register_model(ssdlite.ssdlite320_mobilenet_v2)
+register_model(ssdlite.ssdlite320_mobilenet_v1)
 
 from . import deeplabv3  # noqa: E402
 
 register_model(deeplabv3.deeplabv3_mobilenet_v2)
+register_model(deeplabv3.deeplabv3_mobilenet_v1)

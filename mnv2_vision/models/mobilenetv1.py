@@ -9,14 +9,17 @@ API uses to name its SSD taps. It serves as the MobileNetV2 paper's baseline bac
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import torch
 from torch import Tensor, nn
 
 from .layers import ConvNormAct, FeatureInfo
 
-__all__ = ["DEPTHWISE_SEPARABLE_SETTING", "DepthwiseSeparable", "MobileNetV1", "mobilenet_v1"]
+if TYPE_CHECKING:
+    from .weights import LoadReport
+
+__all__ = ["DEPTHWISE_SEPARABLE_SETTING", "DepthwiseSeparable", "MobileNetV1", "mobilenet_v1", "load_v1_weights"]
 
 # Paper Table 1: after the 3×3/s2 32-channel stem, 13 depthwise-separable layers, as (pointwise out channels,
 # depthwise stride). Row i is TF-slim's Conv2d_{i+1}.
@@ -178,13 +181,19 @@ def mobilenet_v1(
             PyTorch weights exist for V1), or ``None``. A classifier whose shape differs from the file's is reported
             and left at its init.
     """
-    from .weights import load_pretrained
-
     model = MobileNetV1(num_classes=num_classes, width_mult=width_mult, output_stride=output_stride, dropout=dropout,
                         bn_eps=bn_eps, bn_momentum=bn_momentum)
     if pretrained is not None:
-        if str(pretrained) == "imagenet":
-            raise ValueError("no ImageNet weights are published for mobilenet_v1 in PyTorch; train one with "
-                             "tools/train_cls.py --cfg mobilenet_v1_imagenet and pass its checkpoint path")
-        load_pretrained(model, pretrained, prefix="", optional=("classifier.",))
+        load_v1_weights(model, pretrained)
     return model
+
+
+def load_v1_weights(module: MobileNetV1, source: str | Path) -> "LoadReport":
+    """Fill a MobileNetV1 (classifier or body) from a state dict or classification checkpoint file; the file's
+    classifier is optional (skipped and reported when the module has none or another class count)."""
+    from .weights import load_pretrained
+
+    if str(source) == "imagenet":
+        raise ValueError("no ImageNet weights are published for mobilenet_v1 in PyTorch; train one with "
+                         "tools/train_cls.py --cfg mobilenet_v1_imagenet and pass its checkpoint path")
+    return load_pretrained(module, source, optional=("classifier.",))

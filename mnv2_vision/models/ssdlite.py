@@ -20,7 +20,8 @@ from ..ops.anchors import DEFAULT_ASPECT_RATIOS, num_anchors_per_location, ssd_a
 from .layers import ConvNormAct
 from .mobilenetv2 import MobileNetV2
 
-__all__ = ["EXTRA_DEPTHS", "extra_block", "prediction_block", "SSDLiteHead", "SSDLite", "ssdlite320_mobilenet_v2"]
+__all__ = ["EXTRA_DEPTHS", "extra_block", "prediction_block", "SSDLiteHead", "SSDLite", "ssdlite320_mobilenet_v2",
+           "ssdlite320_mobilenet_v1"]
 
 # Depths of the four extra layers after the backbone (TF feature_map_layout layer_depth [-1, -1, 512, 256, 256, 128]).
 EXTRA_DEPTHS: tuple[int, ...] = (512, 256, 256, 128)
@@ -231,4 +232,34 @@ def ssdlite320_mobilenet_v2(
                      min_scale=min_scale, max_scale=max_scale)
     if pretrained is not None:
         load_pretrained(model.backbone, pretrained, width_mult=width_mult, optional=("classifier.",))
+    return model
+
+
+def ssdlite320_mobilenet_v1(
+    *,
+    num_classes: int = 91,
+    width_mult: float = 1.0,
+    pretrained: str | Path | None = None,
+    bn_eps: float = 1e-3,
+    bn_momentum: float = 0.03,
+    min_scale: float = 0.2,
+    max_scale: float = 0.95,
+) -> SSDLite:
+    """SSDLite with a MobileNetV1 backbone, the paper's "MNetV1 + SSDLite" baseline (Table 6: 5.1 M params, 1.3 B
+    MAdds, 22.2 mAP). The same ``_ssdlite`` as the V2 builder; the backbone's ``DETECTION_TAPS`` place the head at
+    ``Conv2d_11_pointwise`` (512, stride 16) and ``Conv2d_13_pointwise`` (1024, stride 32), as the TF Object Detection
+    API's ``ssd_mobilenet_v1``.
+
+    Args:
+        num_classes, width_mult, bn_eps, bn_momentum, min_scale, max_scale: as ``ssdlite320_mobilenet_v2``.
+        pretrained: backbone weights: a MobileNetV1 classifier checkpoint or state dict (no official ImageNet
+            weights exist for V1 in PyTorch); its classifier is reported as skipped.
+    """
+    from .mobilenetv1 import MobileNetV1, load_v1_weights
+
+    backbone = MobileNetV1(num_classes=0, width_mult=width_mult, bn_eps=bn_eps, bn_momentum=bn_momentum)
+    model = _ssdlite(backbone, num_classes, width_mult=width_mult, bn_eps=bn_eps, bn_momentum=bn_momentum,
+                     min_scale=min_scale, max_scale=max_scale)
+    if pretrained is not None:
+        load_v1_weights(model.backbone, pretrained)
     return model
