@@ -45,7 +45,7 @@ def _write_study(path: Path, root: Path, t_small: int) -> Path:
     path.write_text(
         "base: mobilenet_v2_shapes\n"
         f"set: [data.synthetic=false, data.root={root}, data.image_size=32, model.width_mult=0.35,\n"
-        "      trainer.max_epochs=2, data.batch_size=6, data.val_batch_size=12]\n"
+        "      trainer.max_epochs=2, trainer.check_val_every_n_epoch=1, data.batch_size=6, data.val_batch_size=12]\n"
         "variants:\n"
         "  paper: []\n"
         f"  small_t: [model.expand_ratio={t_small}]\n")

@@ -205,7 +205,8 @@ def tiny_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("run")
     argv = ["--cfg", "mobilenet_v2_shapes", "--out", str(out), "--set", "data.synthetic=false",
             "--set", f"data.root={root}", "--set", "data.image_size=32", "--set", "model.width_mult=0.35",
-            "--set", "trainer.max_epochs=2", "--set", "data.batch_size=6", "--set", "data.val_batch_size=5"]
+            "--set", "trainer.max_epochs=2", "--set", "trainer.check_val_every_n_epoch=1", "--set", "data.batch_size=6",
+            "--set", "data.val_batch_size=5"]
     return out, train_cls.main(argv)
 
 

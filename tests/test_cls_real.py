@@ -63,5 +63,6 @@ def test_classifier_fits_64_real_crops(tmp_path):
         "--set", f"data.root={tmp_path / 'crops'}", "--set", "data.val_split=train", "--set", "data.augment=none",
         "--set", "data.image_size=64", "--set", "data.batch_size=16", "--set", "data.val_batch_size=64",
         "--set", "optim.name=adamw", "--set", "optim.lr=0.002", "--set", "optim.weight_decay=0.0",
-        "--set", "sched.warmup_epochs=0", "--set", "trainer.max_epochs=30"])
+        "--set", "sched.warmup_epochs=0", "--set", "trainer.max_epochs=30",
+        "--set", "trainer.check_val_every_n_epoch=1"])
     assert result["best_top1"] >= 0.95, result["history"]
