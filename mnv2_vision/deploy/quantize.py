@@ -94,7 +94,11 @@ def quantize_int8(fp32_path: str | Path, int8_path: str | Path, images: Sequence
     fp32_path, int8_path = Path(fp32_path), Path(int8_path)
     int8_path.parent.mkdir(parents=True, exist_ok=True)
     source = onnx.load(str(fp32_path))
-    logging.getLogger("root").setLevel(logging.ERROR)  # the quantiser logs every skipped node at WARNING
+    # The quantiser logs every skipped node at WARNING on the root logger: quiet it for this call only (a permanent
+    # change would hide every other library's warnings, ours included, for the rest of the process).
+    root = logging.getLogger()
+    root_level = root.level
+    root.setLevel(logging.ERROR)
     with tempfile.TemporaryDirectory() as tmp:
         prepared = Path(tmp) / "prepared.onnx"
         try:
@@ -110,6 +114,7 @@ def quantize_int8(fp32_path: str | Path, int8_path: str | Path, images: Sequence
             # Symmetric weights let the int8 kernels skip the weight zero-point term; VNNI needs no 7-bit range.
             extra_options={"WeightSymmetric": True, "ActivationSymmetric": False},
         )
+    root.setLevel(root_level)
     model = onnx.load(str(int8_path))
     props = {p.key: p.value for p in source.metadata_props}
     props.update(quantization=f"int8 static ({quant_format}, weights per-{'channel' if per_channel else 'tensor'}, "
