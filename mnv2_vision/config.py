@@ -107,6 +107,9 @@ class TrainerCfg:
     limit_train_batches: Union[int, float] = 1.0
     limit_val_batches: Union[int, float] = 1.0
     deterministic: bool = False
+    # Also write ckpt/last.ckpt after every N optimizer steps (null: only at the end of each epoch). Resuming from it
+    # continues exactly like an uninterrupted run: the training loaders save their place in the epoch (README, Resume).
+    ckpt_every_n_steps: int | None = None
 
 
 @dataclass
@@ -164,6 +167,9 @@ class Config:
                 raise ConfigError(f"{key} must be ≥ 1, got {v}")
         if self.optim.lr <= 0:
             raise ConfigError(f"optim.lr must be > 0, got {self.optim.lr}")
+        if self.trainer.ckpt_every_n_steps is not None and self.trainer.ckpt_every_n_steps < 1:
+            raise ConfigError(f"trainer.ckpt_every_n_steps must be ≥ 1 or null, got "
+                              f"{self.trainer.ckpt_every_n_steps}")
         if self.data.subset is not None and self.data.subset < 1:
             raise ConfigError(f"data.subset must be ≥ 1 or null, got {self.data.subset}")
         return self

@@ -198,10 +198,15 @@ def test_segmentation_loader_applies_the_policy(damaged):
         dm = SegmentationDataModule(damaged[0] / "VOC2012", num_classes=NUM_SEG_CLASSES, crop_size=64, batch_size=2,
                                     num_workers=0)
         dm.setup("fit")
-        ids = [i for batch in dm.train_dataloader() for i in batch["id"]]
+        bad = {Path(p).stem for p in damaged[2].values()}
+        loader = dm.train_dataloader()
+        # 11 ids in batches of 2: one is not read in an epoch. Take an epoch (the order is a function of the seed
+        # and the epoch, data/resumable.py) whose left-over id is undamaged, so that every damaged file is read.
+        bad_index = {k for k, i in enumerate(dm.train_dataset().ids) if i in bad}
+        loader.sampler.set_epoch(next(e for e in range(100) if loader.sampler.order(e)[-1] not in bad_index))
+        ids = [i for batch in loader for i in batch["id"]]
     finally:
         logging.getLogger("mnv2_vision").removeHandler(handler)
-    bad = {Path(p).stem for p in damaged[2].values()}
     assert len(dm.train_dataset()) == 11  # the id without a label file is left out
     assert len(ids) == 10 and not bad & set(ids)  # 5 full batches of 2, none of them damaged
     for damage, (_, action) in VOC_DAMAGE.items():

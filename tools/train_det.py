@@ -58,16 +58,20 @@ def main(argv: Sequence[str] | None = None) -> dict:
     # Final numbers from the best checkpoint over the whole validation set.
     best = trainer.checkpoint_callback.best_model_path
     trainer.validate(module, datamodule=dm, ckpt_path=best or None, verbose=False)
-    summary = module.coco_summary
-    torch.save(module.model.state_dict(), out_dir / "model.pt")
+    summary = module.coco_summary  # the same on every rank: the evaluation gathers all ranks' detections
     names = dict(zip(dm.category_ids, dm.category_names))
-    print(f"\nCOCO bbox evaluation of {best or 'the final model'} on {dm.val_split} ({len(dm.val_dataset)} images):")
-    print(format_coco_stats(summary, names))
     wall = time.time() - t0
-    print(f"mAP@[.5:.95] = {summary['map']:.4f}  mAP@.5 = {summary['map50']:.4f}  (wall time {wall:.0f} s)")
     per_class = {names[c]: (None if math.isnan(ap) else ap) for c, ap in summary["per_class"].items()}
     result = {"checkpoint": best, "split": dm.val_split, "stats": summary["stats"], "map": summary["map"],
-              "map50": summary["map50"], "per_class": per_class, "wall_time_s": wall}
+              "map50": summary["map50"], "per_class": per_class, "num_images": len(module.val_image_ids),
+              "wall_time_s": wall}
+    if not trainer.is_global_zero:  # under DDP only rank 0 writes files and prints the report
+        return result
+    torch.save(module.model.state_dict(), out_dir / "model.pt")
+    print(f"\nCOCO bbox evaluation of {best or 'the final model'} on {dm.val_split} "
+          f"({len(module.val_image_ids)} images):")
+    print(format_coco_stats(summary, names))
+    print(f"mAP@[.5:.95] = {summary['map']:.4f}  mAP@.5 = {summary['map50']:.4f}  (wall time {wall:.0f} s)")
     (out_dir / "final_metrics.json").write_text(json.dumps(result, indent=2))
     return result
 

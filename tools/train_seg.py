@@ -50,14 +50,18 @@ def main(argv: Sequence[str] | None = None) -> dict:
         raise FileNotFoundError(f"--resume: checkpoint not found: {resume}")
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
 
-    best = trainer.checkpoint_callback.best_model_path or trainer.checkpoint_callback.last_model_path
+    last = out_dir / "ckpt" / "last.ckpt"
+    best = trainer.checkpoint_callback.best_model_path or (str(last) if last.is_file() else "")
+    score = trainer.checkpoint_callback.best_model_score
+    miou = float(score) if score is not None else float("nan")
+    result = {"best_ckpt": best, "val_miou": miou, "out_dir": str(out_dir)}
+    if not trainer.is_global_zero:  # under DDP only rank 0 writes files and prints
+        return result
     if best:
         _, state, _ = load_checkpoint(best)
         torch.save(state, out_dir / "model.pt")
-    score = trainer.checkpoint_callback.best_model_score
-    miou = float(score) if score is not None else float("nan")
     print(f"best val/miou={miou:.4f} checkpoint={best}")
-    return {"best_ckpt": best, "val_miou": miou, "out_dir": str(out_dir)}
+    return result
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ from torchvision.ops import box_convert
 
 from .check import load_or_skip
 from .images import load_rgb
+from .resumable import seed_sample
 
 __all__ = ["CocoDetection", "check_coco_layout", "annotation_file"]
 
@@ -159,7 +160,9 @@ class CocoDetection(Dataset):
         labels = np.array([self.cat_to_label[a["category_id"]] for a in anns], np.int64)
         return boxes[keep].to(torch.float32).numpy(), labels[keep.numpy()]
 
-    def __getitem__(self, index: int) -> tuple[Tensor, dict]:
+    def __getitem__(self, index: int | tuple[int, int]) -> tuple[Tensor, dict]:
+        """Item ``index``; an ``(index, seed)`` pair (``data/resumable.py``) first reseeds the transform."""
+        index = seed_sample(self.transform, index)
         if self.skip_bad:
             return load_or_skip(self._item, index, len(self), lambda i: str(self.image_path(i)), self._warned)
         return self._item(index)

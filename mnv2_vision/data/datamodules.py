@@ -15,6 +15,8 @@ from torch.utils.data import DataLoader, get_worker_info
 
 from ..config import DataCfg
 from .coco import CocoDetection
+from .distributed import distributed_eval_loader
+from .resumable import ResumableDataLoader, ResumableSampler, replicas
 from .transforms import detection_transform
 
 __all__ = ["DetectionDataModule", "detection_collate", "worker_init"]
@@ -28,7 +30,8 @@ def detection_collate(batch: Sequence[tuple[Tensor, dict]]) -> tuple[Tensor, lis
 
 def worker_init(worker_id: int) -> None:
     """Per DataLoader worker: no OpenCV thread pool (it oversubscribes the CPU and can deadlock after fork) and
-    an augmentation RNG of its own (forked workers would otherwise repeat the parent's random stream)."""
+    RNGs of its own (forked workers would otherwise repeat the parent's random stream). The detection and
+    segmentation training loaders reseed the transform per sample (``data/resumable.py``), which overrides this."""
     cv2.setNumThreads(0)
     seed = torch.initial_seed() % 2**32  # differs per worker and per epoch (torch sets base_seed + worker_id)
     np.random.seed(seed)
@@ -56,6 +59,9 @@ class DetectionDataModule(pl.LightningDataModule):
         subset: first N images (sorted ids) of each split.
         mean, std: normalisation.
         category_ids: a fixed label map.
+        seed: training order and augmentation: an epoch's order depends only on (seed, epoch), an image's
+            augmentation only on (seed, epoch, index), and the loader's place in the epoch is saved in checkpoints
+            (``data/resumable.py``), so a resumed run continues exactly as an uninterrupted one.
     """
 
     def __init__(
@@ -72,6 +78,7 @@ class DetectionDataModule(pl.LightningDataModule):
         mean: Sequence[float] = (0.485, 0.456, 0.406),
         std: Sequence[float] = (0.229, 0.224, 0.225),
         category_ids: Sequence[int] | None = None,
+        seed: int = 0,
     ) -> None:
         super().__init__()
         self.root = Path(root)
@@ -83,17 +90,18 @@ class DetectionDataModule(pl.LightningDataModule):
         self.subset = subset
         self.mean, self.std = tuple(mean), tuple(std)
         self._category_ids = list(category_ids) if category_ids is not None else None
+        self.seed = seed
         self._train: CocoDetection | None = None
         self._val: CocoDetection | None = None
         detection_transform(augment, True, image_size)  # an unknown preset fails here, before any data is read
 
     @classmethod
     def from_config(cls, data: DataCfg, root: str | os.PathLike,
-                    category_ids: Sequence[int] | None = None) -> "DetectionDataModule":
+                    category_ids: Sequence[int] | None = None, seed: int = 0) -> "DetectionDataModule":
         return cls(root, train_split=data.train_split, val_split=data.val_split, image_size=data.image_size,
                    augment=data.augment, batch_size=data.batch_size, val_batch_size=data.val_batch_size,
                    num_workers=data.num_workers, subset=data.subset, mean=data.mean, std=data.std,
-                   category_ids=category_ids)
+                   category_ids=category_ids, seed=seed)
 
     # ------------------------------------------------------------------ datasets (built on first use)
     @property
@@ -151,8 +159,26 @@ class DetectionDataModule(pl.LightningDataModule):
             pin_memory=torch.cuda.is_available(),
         )
 
-    def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_dataset, self.batch_size, train=True)
+    def train_dataloader(self) -> ResumableDataLoader:
+        """Shuffled and augmented, resumable mid-epoch (``data/resumable.py``); each rank its share under DDP."""
+        dataset = self.train_dataset
+        num_replicas, rank = replicas(self.trainer)
+        sampler = ResumableSampler(dataset, num_replicas=num_replicas, rank=rank, seed=self.seed)
+        return ResumableDataLoader(
+            dataset,
+            sampler=sampler,
+            batch_size=self.batch_size,
+            # A lone last sample would reach BatchNorm on the 1×1 extra layers with one value per channel.
+            drop_last=len(sampler) >= self.batch_size,
+            num_workers=self.num_workers,
+            collate_fn=detection_collate,
+            worker_init_fn=worker_init,
+            persistent_workers=self.num_workers > 0,
+            pin_memory=torch.cuda.is_available(),
+        )
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_dataset, self.val_batch_size, train=False)
+        """In order, no augmentation. Under DDP each rank reads a disjoint share and no image is repeated
+        (``data/distributed.py``: Lightning's default sampler would pad the split by repeating images); the module
+        still de-duplicates by image id after gathering, so a padded loader gives the same mAP."""
+        return distributed_eval_loader(self._loader(self.val_dataset, self.val_batch_size, train=False), self.trainer)

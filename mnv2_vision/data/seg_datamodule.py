@@ -8,6 +8,8 @@ from typing import Sequence
 import pytorch_lightning as pl
 from torch.utils.data import DataLoader
 
+from .distributed import distributed_eval_loader
+from .resumable import ResumableDataLoader, ResumableSampler, replicas
 from .seg_transforms import SegEvalTransform, SegTrainTransform, pad_collate
 from .voc import VOCSegmentation
 
@@ -33,19 +35,22 @@ class SegmentationDataModule(pl.LightningDataModule):
             of a tiny batch are noise) unless that would leave no batch at all.
         num_workers: DataLoader workers.
         subset: first N ids of each split.
+        seed: training order and augmentation: an epoch's order depends only on (seed, epoch), an image's
+            augmentation only on (seed, epoch, index), and the loader's place in the epoch is saved in checkpoints
+            (``data/resumable.py``), so a resumed run continues exactly as an uninterrupted one.
     """
 
     def __init__(self, root: str | os.PathLike, *, train_split: str = "train", val_split: str = "val",
                  num_classes: int = 21, crop_size: int = 513, scale_range: Sequence[float] = (0.5, 2.0),
                  mean: Sequence[float] = (0.485, 0.456, 0.406), std: Sequence[float] = (0.229, 0.224, 0.225),
                  batch_size: int = 16, val_batch_size: int = 1, num_workers: int = 4,
-                 subset: int | None = None) -> None:
+                 subset: int | None = None, seed: int = 0) -> None:
         super().__init__()
         self.root, self.train_split, self.val_split = root, train_split, val_split
         self.num_classes, self.crop_size, self.scale_range = num_classes, crop_size, tuple(scale_range)
         self.mean, self.std = tuple(mean), tuple(std)
         self.batch_size, self.val_batch_size, self.num_workers = batch_size, val_batch_size, num_workers
-        self.subset = subset
+        self.subset, self.seed = subset, seed
         self.train_set: VOCSegmentation | None = None
         self.val_set: VOCSegmentation | None = None
 
@@ -77,8 +82,21 @@ class SegmentationDataModule(pl.LightningDataModule):
                           num_workers=self.num_workers, collate_fn=pad_collate,
                           persistent_workers=self.num_workers > 0, pin_memory=False)
 
-    def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_dataset(), self.batch_size, train=True)
+    def train_dataloader(self) -> ResumableDataLoader:
+        """Shuffled random crops, resumable mid-epoch (``data/resumable.py``); each rank its share under DDP."""
+        dataset = self.train_dataset()
+        num_replicas, rank = replicas(self.trainer)
+        sampler = ResumableSampler(dataset, num_replicas=num_replicas, rank=rank, seed=self.seed)
+        drop_last = len(sampler) >= self.batch_size
+        if not drop_last:
+            log.warning("training set has %d images, fewer than batch_size=%d: using one batch of %d",
+                        len(sampler), self.batch_size, len(sampler))
+        return ResumableDataLoader(dataset, sampler=sampler, batch_size=self.batch_size, drop_last=drop_last,
+                                   num_workers=self.num_workers, collate_fn=pad_collate,
+                                   persistent_workers=self.num_workers > 0, pin_memory=False)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_dataset(), self.val_batch_size, train=False)
+        """Full-size images in order. Under DDP each rank reads a disjoint share and no image is repeated
+        (``data/distributed.py``): the ranks' confusion matrices are summed, so an image that Lightning's default
+        (padding) sampler repeats would be counted twice."""
+        return distributed_eval_loader(self._loader(self.val_dataset(), self.val_batch_size, train=False), self.trainer)

@@ -18,6 +18,7 @@ import torch
 from albumentations.pytorch import ToTensorV2
 from torch import Tensor
 
+from .transforms import seed_compose
 from .voc import IGNORE_INDEX
 
 __all__ = ["SegTrainTransform", "SegEvalTransform", "pad_collate"]
@@ -29,6 +30,10 @@ cv2.setNumThreads(0)
 class _Pipeline:
     def __init__(self, ops: list[A.BasicTransform]) -> None:
         self.pipeline = A.Compose(ops)
+
+    def set_random_seed(self, seed: int) -> None:
+        """Reseed the augmentation RNG (``seed_compose``); the training sampler does it per sample."""
+        seed_compose(self.pipeline, seed)
 
     def __call__(self, image: np.ndarray, mask: np.ndarray) -> tuple[Tensor, Tensor]:
         out = self.pipeline(image=image, mask=mask)

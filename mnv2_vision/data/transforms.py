@@ -14,6 +14,7 @@ drops those narrower or lower than one pixel; the IoU crop itself keeps only box
 """
 from __future__ import annotations
 
+import random
 from typing import Any, Sequence
 
 import albumentations as A
@@ -24,10 +25,21 @@ from albumentations.core.type_definitions import Targets
 from albumentations.pytorch import ToTensorV2
 from torch import Tensor
 
-__all__ = ["IoURandomCrop", "ZoomOut", "DetectionTransform", "detection_transform", "DETECTION_PRESETS"]
+__all__ = ["IoURandomCrop", "ZoomOut", "DetectionTransform", "detection_transform", "DETECTION_PRESETS",
+           "seed_compose"]
 
 DETECTION_PRESETS = ("ssdlite", "none")
 SSD_MIN_IOUS: tuple[float | None, ...] = (None, 0.0, 0.1, 0.3, 0.5, 0.7, 0.9)
+
+
+def seed_compose(compose: A.BaseCompose, seed: int) -> None:
+    """Reseed an albumentations pipeline: ONE numpy and ONE Python stream from ``seed``, shared by all its steps.
+
+    Not ``Compose.set_random_seed``: that gives every step its own stream with the *same* seed, so right after a
+    reseed (every sample, with ``data/resumable.py``) all the steps draw the same first number, and e.g. the p=0.5
+    colour jitter, zoom-out and flip would always fire together or not at all.
+    """
+    compose.set_random_state(np.random.default_rng(seed), random.Random(seed))
 
 
 def _box_iou(boxes: np.ndarray, crop: np.ndarray) -> np.ndarray:
@@ -183,8 +195,8 @@ class DetectionTransform:
         )
 
     def set_random_seed(self, seed: int) -> None:
-        """Reseed the augmentation RNG (every DataLoader worker needs its own stream)."""
-        self.compose.set_random_seed(seed)
+        """Reseed the augmentation RNG (``seed_compose``): per sample from the training sampler, or per worker."""
+        seed_compose(self.compose, seed)
 
     def __call__(self, image: np.ndarray, boxes: np.ndarray, labels: np.ndarray) -> tuple[Tensor, Tensor, Tensor]:
         boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)

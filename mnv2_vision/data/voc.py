@@ -23,6 +23,7 @@ from torch.utils.data import Dataset
 
 from .check import load_or_skip
 from .images import load_rgb
+from .resumable import seed_sample
 
 __all__ = [
     "VOC_CLASSES", "IGNORE_INDEX", "find_voc_root", "resolve_split", "read_label", "write_label", "VOCSegmentation",
@@ -169,7 +170,9 @@ class VOCSegmentation(Dataset):
                              f"{self.image_path(index)} is {image.shape[1]}×{image.shape[0]}")
         return image, label
 
-    def __getitem__(self, index: int) -> dict:
+    def __getitem__(self, index: int | tuple[int, int]) -> dict:
+        """Item ``index``; an ``(index, seed)`` pair (``data/resumable.py``) first reseeds the transform."""
+        index = seed_sample(self.transform, index)
         if self.skip_bad:
             return load_or_skip(self._item, index, len(self), lambda i: self.ids[i], self._warned)
         return self._item(index)

@@ -11,15 +11,16 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
+from pytorch_lightning.callbacks import Callback, Checkpoint, LearningRateMonitor, ModelCheckpoint
 from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 from torch import nn
 
 from ..config import Config, OptimCfg, SchedCfg
+from ..data.resumable import derive_seed
 
 __all__ = ["build_optimizer", "build_scheduler", "LRSchedule", "make_trainer", "EpochLine", "FiniteLossGuard",
-           "AtomicCheckpointIO", "NonFiniteLossError"]
+           "AtomicCheckpointIO", "NonFiniteLossError", "LastCheckpoint", "StepSeed"]
 
 
 def build_optimizer(optim: OptimCfg, model: nn.Module) -> torch.optim.Optimizer:
@@ -152,6 +153,62 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                 tmp.unlink()
 
 
+class LastCheckpoint(Checkpoint):
+    """Write ``<dirpath>/last.ckpt`` at the end of every training epoch (after its validation) and, with
+    ``every_n_train_steps=N``, after every N-th optimiser step, so a killed run loses at most N steps; on a resume,
+    make sure the training loaders get their saved place in the epoch back (``data/resumable.py``).
+
+    Separate from the best-metric ``ModelCheckpoint``: with a monitor, Lightning 2.6 rewrites that callback's
+    ``save_last`` file only in an epoch where the metric improved, so its ``last.ckpt`` could be epochs old.
+    """
+
+    def __init__(self, dirpath: str | Path, every_n_train_steps: int | None = None) -> None:
+        super().__init__()
+        self.dirpath = Path(dirpath)
+        self.every_n_train_steps = every_n_train_steps or 0
+        self.last_model_path = ""
+        self._last_step_saved = -1
+
+    def _save(self, trainer: pl.Trainer) -> None:
+        path = self.dirpath / "last.ckpt"
+        # Through the strategy: rank 0 writes (AtomicCheckpointIO: never a truncated file), all ranks wait.
+        trainer.save_checkpoint(path, weights_only=False)
+        self.last_model_path, self._last_step_saved = str(path), trainer.global_step
+
+    def on_train_start(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        # Lightning 2.6 skips restoring the training loaders' state when configure_optimizers reads
+        # trainer.estimated_stepping_batches (ours do): that sets the loaders up before the checkpoint is restored,
+        # and the restore step, which lives in that set-up, never runs again (Lightning-AI/pytorch-lightning#20550).
+        # Run it here, before the first batch is drawn; it does nothing unless resuming mid-epoch with saved states.
+        trainer.fit_loop._load_combined_loader_states()
+
+    def on_train_batch_end(self, trainer: pl.Trainer, module: pl.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        n, step = self.every_n_train_steps, trainer.global_step
+        if not n or step % n or step == self._last_step_saved or trainer.sanity_checking or trainer.fast_dev_run:
+            return
+        self._save(trainer)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        if not trainer.sanity_checking and not trainer.fast_dev_run:
+            self._save(trainer)
+
+
+class StepSeed(Callback):
+    """Seed torch's global RNG before every training batch from (seed, epoch, batch index, rank).
+
+    Dropout (DeepLab's head, the classifiers) then draws the same masks in a resumed run as in an uninterrupted
+    one: the global RNG state is in no checkpoint, and every DataLoader iterator that starts draws from it.
+    """
+
+    def __init__(self, seed: int) -> None:
+        self.seed = seed
+
+    def on_train_batch_start(self, trainer: pl.Trainer, module: pl.LightningModule, batch: Any,
+                             batch_idx: int) -> None:
+        torch.manual_seed(derive_seed(0x7374, self.seed, trainer.current_epoch, batch_idx, trainer.global_rank))
+
+
 def warn_small_batch(batch_size: int, devices: Any, sync_batchnorm: bool) -> None:
     """BatchNorm statistics from a handful of images are noisy (users.md §2.2.2): say so once, up front."""
     if batch_size < 8 and not sync_batchnorm:
@@ -160,16 +217,20 @@ def warn_small_batch(batch_size: int, devices: Any, sync_batchnorm: bool) -> Non
 
 
 def make_trainer(cfg: Config, out_dir: str | Path, monitor: str, mode: str = "max", **overrides: Any) -> pl.Trainer:
-    """Trainer from ``cfg.trainer``: best-``monitor`` + last checkpoints in ``out_dir/ckpt``, CSV and TensorBoard logs
-    in ``out_dir``, an LR monitor, a progress bar in a terminal and one line per epoch otherwise."""
+    """Trainer from ``cfg.trainer``: best-``monitor`` checkpoint (``trainer.checkpoint_callback``) and ``last.ckpt``
+    (every epoch, and every ``trainer.ckpt_every_n_steps`` steps) in ``out_dir/ckpt``, CSV and TensorBoard logs in
+    ``out_dir``, an LR monitor, per-batch seeding (``StepSeed``), a progress bar in a terminal and one line per epoch
+    otherwise."""
     out_dir = Path(out_dir)
     t = cfg.trainer
     short = monitor.split("/")[-1]
-    ckpt = ModelCheckpoint(dirpath=out_dir / "ckpt", monitor=monitor, mode=mode, save_last=True,
+    best = ModelCheckpoint(dirpath=out_dir / "ckpt", monitor=monitor, mode=mode, save_last=False,
                            filename=f"best-epoch={{epoch:03d}}-{short}={{{monitor}:.4f}}",
                            auto_insert_metric_name=False)
+    last = LastCheckpoint(out_dir / "ckpt", every_n_train_steps=t.ckpt_every_n_steps)
     tty = sys.stdout.isatty()
-    callbacks: list[Callback] = [ckpt, LearningRateMonitor(logging_interval="step"), FiniteLossGuard()]
+    callbacks: list[Callback] = [best, last, LearningRateMonitor(logging_interval="step"), FiniteLossGuard(),
+                                 StepSeed(cfg.seed)]
     if not tty:
         callbacks.append(EpochLine())
     loggers = [CSVLogger(out_dir, name="", version=""), TensorBoardLogger(out_dir, name="tb", version="")]

@@ -36,7 +36,7 @@ def build_det_datamodule(cfg: Config, category_ids: Sequence[int] | None = None)
 
     if cfg.data.format != "coco":
         raise ValueError(f"detection reads the COCO layout: data.format must be 'coco', got {cfg.data.format!r}")
-    return DetectionDataModule.from_config(cfg.data, resolve_root(cfg.data), category_ids=category_ids)
+    return DetectionDataModule.from_config(cfg.data, resolve_root(cfg.data), category_ids=category_ids, seed=cfg.seed)
 
 
 def resolve_det_classes(cfg: Config, num_classes: int) -> Config:
@@ -99,9 +99,10 @@ class DetectionModule(pl.LightningModule):
         category_names: names for the per-class AP log keys (``val/ap_<name>``).
         config: the resolved config as a dict, stored in every checkpoint (``hyper_parameters["config"]``).
 
-    Logs ``train/loss``, ``train/loss_cls``, ``train/loss_box``, ``val/map``, ``val/map50``, ``val/map75`` and
-    ``val/ap_<name>``; the last evaluation's full summary (12 stats, per-class AP) is in ``coco_summary`` and its
-    COCO results in ``coco_results``.
+    Logs ``train/loss``, ``train/loss_cls``, ``train/loss_box``, ``val/map``, ``val/map50``, ``val/map75``,
+    ``val/ap_<name>`` and ``val/num_images`` (images evaluated, over all ranks, each once); the last evaluation's full
+    summary (12 stats, per-class AP) is in ``coco_summary``, its COCO results in ``coco_results`` and its image ids
+    in ``val_image_ids``.
     """
 
     def __init__(self, model: nn.Module, *, optim: OptimCfg, sched: SchedCfg, eval_cfg: EvalCfg, loss: LossCfg,
@@ -122,6 +123,7 @@ class DetectionModule(pl.LightningModule):
         self.category_ids, self.category_names = [int(c) for c in category_ids], names
         self.coco_summary: dict[str, Any] | None = None
         self.coco_results: list[dict[str, Any]] = []
+        self.val_image_ids: list[int] = []
         self._val_dets: list[dict[str, Tensor]] = []
         self._val_ids: list[int] = []
         self._channels_last = False
@@ -138,13 +140,23 @@ class DetectionModule(pl.LightningModule):
         """On CPU, the network runs in channels-last layout: oneDNN's convolutions (the depthwise ones above all)
         train about 2x faster on NHWC tensors (measured on 2 cores, SSDLite at 160 px, width 0.5). GPUs keep the
         default layout. ``Module.to`` converts the parameters in place, so the optimiser keeps its references, and
-        values and state-dict keys do not change."""
+        values and state-dict keys do not change. Under a Trainer the parameters are converted in ``setup`` (before
+        DDP wraps the model); the conversion here covers a module used outside one."""
         if images.device.type != "cpu":
             return images
         if not self._channels_last:
             self.model.to(memory_format=torch.channels_last)
             self._channels_last = True
         return images.contiguous(memory_format=torch.channels_last)
+
+    def setup(self, stage: str) -> None:
+        """On CPU, switch the network to channels-last *before* the strategy wraps it: converted lazily inside the
+        first DDP forward (``_inputs``), the parameters change layout under DistributedDataParallel's gradient
+        buckets, which warns "grad strides do not match bucket view strides" and gave a different, run-to-run
+        varying loss (measured: 2 CPU ranks, step-0 loss 24.4 instead of 15.8; ``tests/test_ddp.py``)."""
+        if self.trainer.strategy.root_device.type == "cpu" and not self._channels_last:
+            self.model.to(memory_format=torch.channels_last)
+            self._channels_last = True
 
     def _anchors(self, images: Tensor) -> Tensor:
         return self.model.anchors(tuple(images.shape[-2:]), images.device)
@@ -199,10 +211,11 @@ class DetectionModule(pl.LightningModule):
         # Every rank computes the same numbers from the same gathered list, so logs agree without a reduction.
         self.coco_results = to_coco_results(dets, ids, self.category_ids)
         summary = evaluate_coco(self._val_coco(), self.coco_results, image_ids=ids)
-        self.coco_summary = summary
+        self.coco_summary, self.val_image_ids = summary, ids
         self.log("val/map", summary["map"], prog_bar=True)
         self.log("val/map50", summary["map50"])
         self.log("val/map75", summary["map75"])
+        self.log("val/num_images", float(len(ids)))
         for cat_id, name in zip(self.category_ids, self.category_names):
             ap = summary["per_class"].get(cat_id, float("nan"))
             if not math.isnan(ap):

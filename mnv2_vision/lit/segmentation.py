@@ -133,7 +133,7 @@ def build_seg_datamodule(cfg: Config):
         resolve_root(d), train_split=d.train_split, val_split=d.val_split,
         num_classes=len(segmentation_class_names(cfg)), crop_size=d.image_size, scale_range=d.scale_range,
         mean=d.mean, std=d.std, batch_size=d.batch_size, val_batch_size=d.val_batch_size,
-        num_workers=d.num_workers, subset=d.subset)
+        num_workers=d.num_workers, subset=d.subset, seed=cfg.seed)
 
 
 # ---------------------------------------------------------------------------------------------- training system
@@ -148,8 +148,11 @@ class SegmentationModule(pl.LightningModule):
         label_smoothing: cross-entropy label smoothing.
         config: the resolved config as a dict, stored in every checkpoint (``hyper_parameters["config"]``).
 
-    Logs ``train/loss``, ``val/loss``, ``val/miou``, ``val/pixel_acc`` and ``val/iou_<name>`` (NaN for a class absent
-    from both the targets and the predictions of the whole set).
+    Logs ``train/loss``, ``val/loss``, ``val/miou``, ``val/pixel_acc``, ``val/iou_<name>`` (NaN for a class absent
+    from both the targets and the predictions of the whole set) and ``val/num_images`` (images evaluated, summed over
+    ranks). Under DDP each rank accumulates its own matrix and the matrices are summed once, at the end of the epoch
+    (no collective per step, so ranks may run different batch counts); the validation loader gives every image to
+    exactly one rank (``data/distributed.py``), so no image is counted twice.
     """
 
     def __init__(self, model: nn.Module, *, num_classes: int, optim: OptimCfg, sched: SchedCfg,
@@ -183,9 +186,11 @@ class SegmentationModule(pl.LightningModule):
         self.confmat = ConfusionMatrix(self.num_classes, IGNORE_INDEX, device=self.device)
         self._val_loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
         self._val_pixels = torch.zeros((), dtype=torch.float64, device=self.device)
+        self._val_images = torch.zeros((), dtype=torch.float64, device=self.device)
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         images, masks = batch["image"], batch["mask"]
+        self._val_images += images.shape[0]
         # Each image at its own size (images of one size together): the collate's padding never enters the network.
         for (h, w), idx in size_groups(batch["size"]).items():
             logits = self.model(images[idx, :, :h, :w])["out"]
@@ -199,10 +204,12 @@ class SegmentationModule(pl.LightningModule):
         reduce = self.trainer.strategy.reduce
         self.confmat.matrix = reduce(self.confmat.matrix, reduce_op="sum")
         loss = reduce(self._val_loss_sum, reduce_op="sum") / reduce(self._val_pixels, reduce_op="sum").clamp(min=1)
+        images = reduce(self._val_images, reduce_op="sum")
         metrics = self.confmat.compute()
         self.log("val/loss", loss.float())
         self.log("val/miou", metrics.miou, prog_bar=True)
         self.log("val/pixel_acc", metrics.pixel_acc)
+        self.log("val/num_images", images.float())
         for name, iou in metrics.per_class(self.class_names).items():
             self.log(f"val/iou_{name}", iou)
 
