@@ -58,7 +58,7 @@ class DataCfg:
     val_split: str = "val2017"
     image_size: int = 320  # detection: network input; segmentation: training crop; classification: crop
     crop_scale: tuple[float, float] = (0.08, 1.0)  # classification: RandomResizedCrop area range (augment=cls)
-    augment: str = "ssdlite"  # ssdlite | seg | cls (ImageNet crop) | cls_invariant | cifar | none
+    augment: str = "ssdlite"  # ssdlite | light (flip + colour) | seg | cls (ImageNet crop) | cls_invariant | cifar | none
     scale_range: tuple[float, float] = (0.5, 2.0)  # segmentation random scale
     batch_size: int = 24
     val_batch_size: int = 8
@@ -148,7 +148,7 @@ class Config:
 
         choice("task", self.task, ("detection", "segmentation", "classification"))
         choice("data.format", self.data.format, ("coco", "voc", "imagefolder", "cifar10", "flowers102"))
-        choice("data.augment", self.data.augment, ("ssdlite", "seg", "cls", "cls_invariant", "cifar", "none"))
+        choice("data.augment", self.data.augment, ("ssdlite", "light", "seg", "cls", "cls_invariant", "cifar", "none"))
         choice("optim.name", self.optim.name, ("sgd", "rmsprop", "adamw"))
         choice("sched.name", self.sched.name, ("cosine", "poly", "exponential", "constant"))
         if self.model.aspp is not None:

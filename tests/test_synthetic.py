@@ -202,16 +202,16 @@ def tiny_generator(monkeypatch):
 
 
 def test_ensure_shapes_is_idempotent_and_cleans_leftovers(tmp_path, tiny_generator, monkeypatch):
-    leftover = tmp_path / ".shapes-v1-seed3.tmp-999-deadbeef"
+    leftover = tmp_path / ".shapes-v2-seed3.tmp-999-deadbeef"
     (leftover / "coco").mkdir(parents=True)  # an interrupted run's half dataset
     monkeypatch.setenv("MNV2_CACHE", str(tmp_path))
     root = ensure_shapes(seed=3)
-    assert root == tmp_path / "shapes-v1-seed3"
+    assert root == tmp_path / "shapes-v2-seed3"
     assert json.loads((root / "meta.json").read_text())["seed"] == 3
     assert not leftover.exists()
     assert ensure_shapes(tmp_path, seed=3) == root
     assert len(tiny_generator) == 1  # the second call found the cache
-    assert sorted(p.name for p in tmp_path.iterdir()) == [".shapes-v1-seed3.lock", "shapes-v1-seed3"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".shapes-v2-seed3.lock", "shapes-v2-seed3"]
 
 
 def test_ensure_shapes_interrupted_run_leaves_nothing(tmp_path, monkeypatch):
@@ -222,19 +222,19 @@ def test_ensure_shapes_interrupted_run_leaves_nothing(tmp_path, monkeypatch):
     monkeypatch.setattr(synthetic, "generate_shapes", crash)
     with pytest.raises(KeyboardInterrupt):
         ensure_shapes(tmp_path, seed=0)
-    assert [p.name for p in tmp_path.iterdir()] == [".shapes-v1-seed0.lock"]
+    assert [p.name for p in tmp_path.iterdir()] == [".shapes-v2-seed0.lock"]
 
 
 def test_ensure_shapes_tolerates_a_concurrent_generator(tmp_path, monkeypatch):
     real = functools.partial(generate_shapes, **TINY)
 
     def racing(root, *, seed=0):  # another process renames its finished copy into place while we generate
-        real(tmp_path / "shapes-v1-seed0", seed=seed)
+        real(tmp_path / "shapes-v2-seed0", seed=seed)
         return real(root, seed=seed)
 
     monkeypatch.setattr(synthetic, "generate_shapes", racing)
-    assert ensure_shapes(tmp_path, seed=0) == tmp_path / "shapes-v1-seed0"
-    assert sorted(p.name for p in tmp_path.iterdir()) == [".shapes-v1-seed0.lock", "shapes-v1-seed0"]
+    assert ensure_shapes(tmp_path, seed=0) == tmp_path / "shapes-v2-seed0"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".shapes-v2-seed0.lock", "shapes-v2-seed0"]
 
 
 def test_ensure_shapes_concurrent_callers_generate_once(tmp_path, tiny_generator):
@@ -244,12 +244,12 @@ def test_ensure_shapes_concurrent_callers_generate_once(tmp_path, tiny_generator
         t.start()
     for t in threads:
         t.join()
-    assert results == [tmp_path / "shapes-v1-seed5"] * 2
+    assert results == [tmp_path / "shapes-v2-seed5"] * 2
     assert len(tiny_generator) == 1
 
 
 def test_default_dataset_in_cache(shapes_root):
     meta = json.loads((shapes_root / "meta.json").read_text())
-    assert meta["counts"]["train_images"] == 480 and meta["counts"]["val_images"] == 96
-    assert len(list((shapes_root / "classification/train/circle").glob("*.jpg"))) == 100
+    assert meta["counts"]["train_images"] == 2000 and meta["counts"]["val_images"] == 96
+    assert len(list((shapes_root / "classification/train/circle").glob("*.jpg"))) == 500
     assert ensure_shapes() == shapes_root

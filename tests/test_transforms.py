@@ -128,3 +128,18 @@ def test_unknown_preset_is_an_error():
     with pytest.raises(ValueError, match="unknown detection augmentation preset 'mosaic'"):
         detection_transform("mosaic", train=True, image_size=32)
     assert isinstance(detection_transform("none", train=True, image_size=32), DetectionTransform)
+
+
+def test_light_preset_only_flips_geometry():
+    # 320×120 image resized to 160×60 (factor 0.5 in both axes); a flip maps x to 160 - x.
+    tf = detection_transform("light", train=True, image_size=(60, 160))
+    tf.set_random_seed(3)
+    img = np.random.default_rng(2).integers(0, 255, (120, 320, 3), dtype=np.uint8)
+    seen = set()
+    for _ in range(30):
+        _, b, lab = tf(img, np.array([[32, 12, 64, 48]], np.float32), np.array([4]))
+        assert lab.tolist() == [4]
+        got = tuple(round(v, 3) for v in b[0].tolist())
+        assert got in {(16.0, 6.0, 32.0, 24.0), (128.0, 6.0, 144.0, 24.0)}, got
+        seen.add(got)
+    assert len(seen) == 2  # both the plain and the flipped box occur

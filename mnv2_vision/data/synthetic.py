@@ -36,7 +36,7 @@ __all__ = [
     "render_classification_image", "generate_shapes", "ensure_shapes", "default_cache_dir",
 ]
 
-VERSION = 1
+VERSION = 2  # 2: 2,000 training scenes and 500 classification images per class (was 480 / 100)
 # Alphabetical, so ImageFolder's class index (sorted folder names) equals the index here and VOC label = index + 1.
 SHAPE_CLASSES: tuple[str, ...] = ("circle", "square", "star", "triangle")
 # Deliberately not contiguous (like COCO's 1..90 with gaps) so loaders must map category ids to labels and back.
@@ -299,7 +299,7 @@ def _write_detection_splits(root: Path, seed: int, counts: dict[str, int]) -> di
     return stats
 
 
-def generate_shapes(root: Path, *, seed: int = 0, num_train: int = 480, num_val: int = 96, num_cls_train: int = 100,
+def generate_shapes(root: Path, *, seed: int = 0, num_train: int = 2000, num_val: int = 96, num_cls_train: int = 500,
                     num_cls_val: int = 25) -> Path:
     """Write the shapes dataset (COCO, VOC 2012 and ImageFolder layouts plus ``meta.json``) into ``root``.
 
@@ -352,7 +352,7 @@ def _file_lock(path: Path) -> Iterator[None]:
 
 
 def ensure_shapes(cache_dir: Path | None = None, seed: int = 0) -> Path:
-    """Return ``<cache>/shapes-v1-seed<seed>``, generating it (default sizes) on first use.
+    """Return ``<cache>/shapes-v<VERSION>-seed<seed>``, generating it (default sizes) on first use.
 
     Generation goes into a temporary sibling folder that is renamed into place only when complete, so an interrupted
     run never leaves a half dataset; leftovers of such runs are removed by the next generator.
@@ -390,7 +390,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--root", type=Path, help="output folder; default: the cache folder used by ensure_shapes "
                         "(which always holds the default counts)")
     parser.add_argument("--seed", type=int, default=0)
-    counts = {"num_train": 480, "num_val": 96, "num_cls_train": 100, "num_cls_val": 25}
+    counts = {"num_train": 2000, "num_val": 96, "num_cls_train": 500, "num_cls_val": 25}
     for key, default in counts.items():
         parser.add_argument("--" + key.replace("_", "-"), type=int, default=default, help="needs --root")
     args = parser.parse_args(argv)

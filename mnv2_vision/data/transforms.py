@@ -28,7 +28,7 @@ from torch import Tensor
 __all__ = ["IoURandomCrop", "ZoomOut", "DetectionTransform", "detection_transform", "DETECTION_PRESETS",
            "seed_compose"]
 
-DETECTION_PRESETS = ("ssdlite", "none")
+DETECTION_PRESETS = ("ssdlite", "light", "none")
 SSD_MIN_IOUS: tuple[float | None, ...] = (None, 0.0, 0.1, 0.3, 0.5, 0.7, 0.9)
 
 
@@ -235,6 +235,15 @@ def detection_transform(
     ]
     if not train or preset == "none":
         return DetectionTransform(tail)
+    if preset == "light":
+        # Geometry-preserving only (flip + colour): for short CPU runs on data whose object sizes already match the
+        # test distribution (the built-in shapes), where the SSD crop/zoom-out needs far more steps to pay off.
+        return DetectionTransform([
+            A.ColorJitter(brightness=(0.875, 1.125), contrast=(0.5, 1.5), saturation=(0.5, 1.5), hue=(-0.05, 0.05),
+                          p=0.5),
+            A.HorizontalFlip(p=0.5),
+            *tail,
+        ])
     return DetectionTransform([
         # torchvision's RandomPhotometricDistort ranges; SSD's brightness delta 32/255 ≈ 0.125.
         A.ColorJitter(brightness=(0.875, 1.125), contrast=(0.5, 1.5), saturation=(0.5, 1.5), hue=(-0.05, 0.05),
