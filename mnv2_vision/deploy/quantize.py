@@ -21,7 +21,7 @@ from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, Q
 __all__ = ["QUANT_OP_TYPES", "detection_calibration", "segmentation_calibration", "ImageCalibrationReader",
            "quantize_int8"]
 
-QUANT_OP_TYPES: tuple[str, ...] = ("Conv", "MatMul", "Gemm", "Add", "Concat", "GlobalAveragePool")
+QUANT_OP_TYPES: tuple[str, ...] = ("Conv", "MatMul", "Gemm", "Add", "Concat", "GlobalAveragePool", "Clip", "Relu")
 
 
 def detection_calibration(root: str | Path, split: str, image_size: int, mean: Sequence[float],
@@ -99,22 +99,24 @@ def quantize_int8(fp32_path: str | Path, int8_path: str | Path, images: Sequence
     root = logging.getLogger()
     root_level = root.level
     root.setLevel(logging.ERROR)
-    with tempfile.TemporaryDirectory() as tmp:
-        prepared = Path(tmp) / "prepared.onnx"
-        try:
-            quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=False)
-        except Exception:  # symbolic shape inference cannot follow every graph (e.g. NMS's data-dependent sizes)
-            quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
-        names = [n.name for n in onnx.load(str(prepared)).graph.node]
-        scoped = [n for n in names if network_scope and n.startswith(network_scope)]
-        quantize_static(
-            str(prepared), str(int8_path), ImageCalibrationReader(images), nodes_to_quantize=scoped or None,
-            quant_format=fmt, op_types_to_quantize=list(op_types), per_channel=per_channel,
-            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, calibrate_method=method,
-            # Symmetric weights let the int8 kernels skip the weight zero-point term; VNNI needs no 7-bit range.
-            extra_options={"WeightSymmetric": True, "ActivationSymmetric": False},
-        )
-    root.setLevel(root_level)
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            prepared = Path(tmp) / "prepared.onnx"
+            try:
+                quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=False)
+            except Exception:  # symbolic shape inference cannot follow every graph (e.g. NMS's data-dependent sizes)
+                quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
+            names = [n.name for n in onnx.load(str(prepared)).graph.node]
+            scoped = [n for n in names if network_scope and n.startswith(network_scope)]
+            quantize_static(
+                str(prepared), str(int8_path), ImageCalibrationReader(images), nodes_to_quantize=scoped or None,
+                quant_format=fmt, op_types_to_quantize=list(op_types), per_channel=per_channel,
+                activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, calibrate_method=method,
+                # Symmetric weights let the int8 kernels skip the weight zero-point term; VNNI needs no 7-bit range.
+                extra_options={"WeightSymmetric": True, "ActivationSymmetric": False},
+            )
+    finally:
+        root.setLevel(root_level)
     model = onnx.load(str(int8_path))
     props = {p.key: p.value for p in source.metadata_props}
     props.update(quantization=f"int8 static ({quant_format}, weights per-{'channel' if per_channel else 'tensor'}, "

@@ -168,11 +168,13 @@ def deeplabv3_mobilenet_v2(
         width_mult: backbone width multiplier α.
         output_stride: 16 (default) or 8; the backbone is dilated past it and the atrous rates double at 8.
         aspp: ``"lite"`` (1×1 + image pooling) or ``"full"`` (+ 3×3 at rates 6/12/18, or 12/24/36 at OS 8).
-        pretrained: backbone weights: ``"imagenet"`` or a MobileNetV2 classifier file (its classifier is skipped);
-            ``None`` for random init. The head always starts from random init.
+        pretrained: backbone weights: ``"imagenet"`` or a MobileNetV2 classifier file (its classifier is skipped;
+            the head starts from random init), a whole DeepLabV3 checkpoint / state dict to fine-tune (every tensor
+            that fits is loaded; the last 1×1 conv is re-initialised and reported when ``num_classes`` differs), or
+            ``None`` for random init.
     """
     from .mobilenetv2 import MobileNetV2
-    from .weights import load_pretrained
+    from .weights import holds_whole_model, load_pretrained
 
     if aspp not in ASPP_KINDS:
         raise ValueError(f"deeplabv3_mobilenet_v2: aspp must be one of {ASPP_KINDS}, got {aspp!r}")
@@ -180,10 +182,14 @@ def deeplabv3_mobilenet_v2(
         raise ValueError(f"deeplabv3_mobilenet_v2: output_stride must be 8 or 16 (dense prediction), "
                          f"got {output_stride}")
     backbone = MobileNetV2(num_classes=0, width_mult=width_mult, output_stride=output_stride)
-    if pretrained is not None:
+    whole = pretrained is not None and holds_whole_model(pretrained)
+    if pretrained is not None and not whole:
         # Loaded before DeepLabV3 truncates the backbone, so the file's full body (incl. the 1280 conv) matches.
         load_pretrained(backbone, pretrained, width_mult=width_mult, optional=("classifier.",))
-    return DeepLabV3(backbone, num_classes=num_classes, aspp=aspp)
+    model = DeepLabV3(backbone, num_classes=num_classes, aspp=aspp)
+    if whole:  # fine-tuning a trained segmenter: the last 1×1 conv is re-initialised if the class count differs
+        load_pretrained(model, pretrained, width_mult=width_mult, optional=("classifier.",))
+    return model
 
 
 def deeplabv3_mobilenet_v1(

@@ -219,18 +219,24 @@ def ssdlite320_mobilenet_v2(
     Args:
         num_classes: outputs per box including background: 91 = background + COCO's category ids 1..90.
         width_mult: backbone width multiplier α; the extra layers scale with it too (TF ``depth_multiplier``).
-        pretrained: backbone weights: ``"imagenet"`` (torchvision's, α = 1) or a classifier file; the ImageNet
-            classifier is reported as skipped. Extra layers and head always start from their init.
+        pretrained: backbone weights: ``"imagenet"`` (torchvision's, α = 1) or a classifier file (the ImageNet
+            classifier is reported as skipped; extra layers and head start from their init), or a whole SSDLite
+            checkpoint / state dict to fine-tune: every tensor that fits is loaded, and the class heads' last convs
+            are re-initialised (and reported as skipped) when ``num_classes`` differs from the file's.
         bn_eps, bn_momentum: BatchNorm settings for the whole network (TF: ε 1e-3; torchvision's SSDLite recipe
             uses momentum 0.03).
         min_scale, max_scale: anchor scales of the lowest and highest level.
     """
-    from .weights import load_pretrained
+    from .weights import holds_whole_model, load_pretrained
 
     backbone = MobileNetV2(num_classes=0, width_mult=width_mult, bn_eps=bn_eps, bn_momentum=bn_momentum)
     model = _ssdlite(backbone, num_classes, width_mult=width_mult, bn_eps=bn_eps, bn_momentum=bn_momentum,
                      min_scale=min_scale, max_scale=max_scale)
-    if pretrained is not None:
+    if pretrained is not None and holds_whole_model(pretrained):
+        # Fine-tuning a trained detector, possibly to other classes: every tensor whose shape fits is loaded; the
+        # class heads' last convs (sized by num_classes) are re-initialised when the class count differs.
+        load_pretrained(model, pretrained, width_mult=width_mult, optional=("head.cls_heads.",))
+    elif pretrained is not None:
         load_pretrained(model.backbone, pretrained, width_mult=width_mult, optional=("classifier.",))
     return model
 

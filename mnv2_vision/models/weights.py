@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-__all__ = ["LoadReport", "read_state_dict", "load_pretrained"]
+__all__ = ["LoadReport", "read_state_dict", "load_pretrained", "holds_whole_model"]
 
 log = logging.getLogger("mnv2_vision")
 
@@ -62,6 +62,15 @@ def read_state_dict(source: str | Path, width_mult: float = 1.0) -> tuple[dict[s
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise ValueError(f"{path} does not hold a state dict (a mapping of names to tensors)")
     return _strip(dict(obj)), str(path)
+
+
+def holds_whole_model(source: str | Path) -> bool:
+    """Whether ``source`` is a whole detector / segmenter (a train_det / train_seg checkpoint or its ``model.pt``:
+    keys under ``backbone.``) rather than a backbone or classifier file. Such a file fine-tunes the whole network."""
+    if str(source) == "imagenet":
+        return False
+    sd, _ = read_state_dict(source)
+    return any(k.startswith("backbone.") for k in sd)
 
 
 def load_pretrained(
