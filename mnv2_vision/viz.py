@@ -7,7 +7,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-__all__ = ["class_color", "draw_detections", "overlay_segmentation"]
+__all__ = ["class_color", "draw_detections", "overlay_segmentation", "plot_pr_curves"]
 
 
 def class_color(label: int) -> tuple[int, int, int]:
@@ -78,3 +78,33 @@ def overlay_segmentation(image: np.ndarray, label_map: np.ndarray, palette: Sequ
     blend = (1 - alpha) * image.astype(np.float32) + alpha * colors
     fg = ((labels != 0) & (labels != ignore_index))[..., None]
     return np.where(fg, blend, image.astype(np.float32)).round().astype(np.uint8)
+
+
+def plot_pr_curves(pr: dict, category_names: dict[int, str], path: str, title: str = "") -> str:
+    """Precision–recall curves (``evaluate_coco(...)["pr"]``): one panel per IoU threshold, one line per category
+    with its AP in the legend, written as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = [k for k in ("iou50", "iou75") if k in pr]
+    if not keys:
+        raise ValueError("no precision–recall data to plot (the evaluation had no detections)")
+    recall = np.asarray(pr["recall"])
+    fig, axes = plt.subplots(1, len(keys), figsize=(6 * len(keys), 4.5), squeeze=False)
+    for ax, key in zip(axes[0], keys):
+        for cat_id, precision in pr[key].items():
+            p = np.asarray(precision, dtype=float)
+            if np.isnan(p).all():
+                continue  # no ground truth of this category
+            ap = float(np.nan_to_num(p).mean())
+            ax.plot(recall, np.nan_to_num(p), label=f"{category_names.get(int(cat_id), cat_id)} (AP {ap:.3f})")
+        ax.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02),
+               title=f"{title} IoU 0.{key[3:]}".strip())
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, loc="lower left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return str(path)

@@ -118,3 +118,24 @@ def test_oracle_outputs_through_postprocess_score_one(shapes_root):
         ids.append(t["image_id"])
     s = evaluate_coco(ds.coco, to_coco_results(dets, ids, ds.category_ids), image_ids=ds.ids)
     assert s["map"] == pytest.approx(1.0)
+
+
+def test_precision_recall_curves_by_hand(tmp_path):
+    # The case above: a false positive (0.9) before the true positive (0.8) of IoU 0.64 → at IoU 0.5 the
+    # interpolated precision is 1/2 at every recall point up to 1; at IoU 0.75 the object is never found (0).
+    gt = _gt([{"image_id": 10, "category_id": 3, "bbox": [0, 0, 100, 100]}], num_images=1)
+    dets = [_det([[150, 0, 190, 40], [0, 0, 64, 100]], [0.9, 0.8], [1, 1])]
+    pr = evaluate_coco(gt, to_coco_results(dets, [10], [3, 7]))["pr"]
+    assert len(pr["recall"]) == 101 and pr["recall"][0] == 0.0 and pr["recall"][-1] == 1.0
+    assert pr["iou50"][3] == pytest.approx([0.5] * 101)
+    assert pr["iou75"][3] == pytest.approx([0.0] * 101)
+    assert all(math.isnan(v) for v in pr["iou50"][7])  # no ground truth of category 7
+
+    from PIL import Image
+
+    from mnv2_vision.viz import plot_pr_curves
+
+    path = plot_pr_curves(pr, {3: "car", 7: "train"}, str(tmp_path / "pr.png"))
+    img = Image.open(path)
+    assert img.format == "PNG" and img.size[0] > 500
+    assert len(img.convert("L").getcolors(1 << 16)) > 20  # axes, text and a curve: not a blank canvas

@@ -59,7 +59,7 @@ def test_train_det_writes_checkpoints_config_and_metrics(trained, capsys):
 def test_eval_det_prints_what_pycocotools_gives_on_its_json(trained, tmp_path, capsys, shapes_root):
     out, result = trained
     ev = _tool("eval_det").main(["--ckpt", str(out / "ckpt" / "last.ckpt"), "--out", str(tmp_path),
-                                 "--set", "data.num_workers=0"])
+                                 "--set", "data.num_workers=0", "--pr-plot"])
     printed = capsys.readouterr().out
     results = json.loads((tmp_path / "detections_val2017.json").read_text())
     assert results and {"image_id", "category_id", "bbox", "score"} <= set(results[0])
@@ -74,6 +74,8 @@ def test_eval_det_prints_what_pycocotools_gives_on_its_json(trained, tmp_path, c
     assert "triangle" in printed  # the per-class table
     # Same weights (last == best after one epoch), same images, same metric as the training run's final evaluation.
     assert ev["map"] == pytest.approx(result["map"], abs=1e-9)
+    pr = Image.open(tmp_path / "pr_val2017.png")
+    assert ev["pr_plot"] == str(tmp_path / "pr_val2017.png") and pr.format == "PNG" and pr.size[0] > 500
 
 
 def test_predict_detection_writes_images_and_json(trained, tmp_path, shapes_root):

@@ -112,3 +112,36 @@ def test_nan_loss_stops_with_step_and_image_ids(tmp_path):
         loader = DataLoader(_Ids(), batch_size=2)
         trainer.fit(module, loader)
     assert torch.isfinite(module.lin.weight).all()  # stopped before the update
+
+
+class _Counting(pl.LightningModule):
+    """Records the epochs at which validation ran."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = torch.nn.Linear(1, 1)
+        self.validated: list[int] = []
+
+    def training_step(self, batch, batch_idx):
+        return self.lin(torch.ones(1, 1)).sum()
+
+    def validation_step(self, batch, batch_idx):
+        self.log("val/score", float(self.current_epoch))
+
+    def on_validation_epoch_end(self):
+        self.validated.append(self.current_epoch)
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.01)
+
+
+def test_the_last_epoch_is_always_validated(tmp_path):
+    # 7 epochs, validation every 2: without ValidateLastEpoch the final weights (epoch index 6) are never evaluated.
+    cfg = load_config(None, ["trainer.max_epochs=7", "trainer.check_val_every_n_epoch=2", "data.batch_size=8",
+                             "trainer.accelerator=cpu", "trainer.devices=1"])
+    trainer = make_trainer(cfg, tmp_path, monitor="val/score", mode="max")
+    module = _Counting()
+    loader = DataLoader(_Ids(), batch_size=2)
+    trainer.fit(module, loader, loader)
+    assert module.validated == [1, 3, 5, 6]
+    assert "epoch=006" in trainer.checkpoint_callback.best_model_path  # the final weights were scored and kept

@@ -37,6 +37,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a value of the checkpoint's config (repeatable), e.g. data.val_split=val2017")
     p.add_argument("--out", default=None, help="output folder (default: <checkpoint's run folder>/eval)")
+    p.add_argument("--pr-plot", action="store_true", help="also write <out>/pr_<split>.png (precision-recall curves)")
     p.add_argument("--fuse", action="store_true",
                    help="fused inference: BatchNorm folded into the convs, channels-last, inference mode")
     args = p.parse_args(argv)
@@ -77,6 +78,11 @@ def main(argv: Sequence[str] | None = None) -> dict:
     metrics = {"checkpoint": str(ckpt_path), "split": split, "results": str(results_path),
                "stats": summary["stats"], "map": summary["map"], "map50": summary["map50"], "per_class": per_class}
     (out_dir / f"metrics_{split}.json").write_text(json.dumps(metrics, indent=2))
+    if args.pr_plot:
+        from mnv2_vision.viz import plot_pr_curves
+
+        metrics["pr_plot"] = plot_pr_curves(summary["pr"], names, str(out_dir / f"pr_{split}.png"), title=split)
+        print(f"wrote {metrics['pr_plot']}")
     return metrics
 
 

@@ -91,7 +91,9 @@ def evaluate_coco(
     """Standard COCO bbox evaluation of ``results`` against ``coco_gt`` on ``image_ids`` (default: all).
 
     Returns a dict with ``stats`` (the 12 ``COCOeval.stats``, named by ``STAT_NAMES``; -1 where pycocotools has no
-    ground truth for a row), ``map`` (AP@[.5:.95]), ``map50``, ``map75`` and ``per_class`` ``{category_id: AP}``.
+    ground truth for a row), ``map`` (AP@[.5:.95]), ``map50``, ``map75``, ``per_class`` ``{category_id: AP}`` and
+    ``pr`` (precision–recall curves at IoU 0.5 / 0.75 per category, ``{"recall": [...], "iou50": {id: [...]}, ...}``;
+    empty when there are no results).
     An empty ``results`` list is a valid outcome (a model that finds nothing) and scores 0.
     """
     image_ids = sorted(coco_gt.getImgIds()) if image_ids is None else [int(i) for i in image_ids]
@@ -116,11 +118,26 @@ def evaluate_coco(
         cocoeval.evaluate()
         cocoeval.accumulate()
         cocoeval.summarize()
-    return _summary([float(s) for s in cocoeval.stats], _per_class_ap(cocoeval))
+    return _summary([float(s) for s in cocoeval.stats], _per_class_ap(cocoeval), _pr_curves(cocoeval))
 
 
-def _summary(stats: list[float], per_class: dict[int, float]) -> dict[str, Any]:
-    return {"stats": stats, "map": stats[0], "map50": stats[1], "map75": stats[2], "per_class": per_class}
+def _pr_curves(cocoeval: COCOeval) -> dict[str, Any]:
+    """Precision at pycocotools' 101 recall points (area all, 100 detections) at IoU 0.5 and 0.75, per category id
+    (NaN where a category has no ground truth) — the curves behind AP50 / AP75, for plotting."""
+    precision = cocoeval.eval["precision"]
+    ious = [round(float(t), 2) for t in cocoeval.params.iouThrs]
+    out: dict[str, Any] = {"recall": [float(r) for r in cocoeval.params.recThrs]}
+    for iou in (0.5, 0.75):
+        t = ious.index(iou)
+        out[f"iou{int(iou * 100)}"] = {
+            int(c): [float("nan") if v < 0 else float(v) for v in precision[t, :, k, 0, -1]]
+            for k, c in enumerate(cocoeval.params.catIds)}
+    return out
+
+
+def _summary(stats: list[float], per_class: dict[int, float], pr: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {"stats": stats, "map": stats[0], "map50": stats[1], "map75": stats[2], "per_class": per_class,
+            "pr": pr or {}}
 
 
 def format_coco_stats(summary: dict[str, Any], category_names: dict[int, str] | None = None) -> str:

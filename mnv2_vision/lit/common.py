@@ -20,7 +20,7 @@ from ..config import Config, OptimCfg, SchedCfg
 from ..data.resumable import derive_seed
 
 __all__ = ["build_optimizer", "build_scheduler", "LRSchedule", "make_trainer", "EpochLine", "FiniteLossGuard",
-           "AtomicCheckpointIO", "NonFiniteLossError", "LastCheckpoint", "StepSeed"]
+           "AtomicCheckpointIO", "NonFiniteLossError", "LastCheckpoint", "StepSeed", "ValidateLastEpoch"]
 
 
 def build_optimizer(optim: OptimCfg, model: nn.Module) -> torch.optim.Optimizer:
@@ -209,6 +209,19 @@ class StepSeed(Callback):
         torch.manual_seed(derive_seed(0x7374, self.seed, trainer.current_epoch, batch_idx, trainer.global_rank))
 
 
+class ValidateLastEpoch(Callback):
+    """Always validate after the final epoch, whatever ``check_val_every_n_epoch`` says: otherwise a run of 7 epochs
+    validated every 2 ends on weights that were never evaluated, and the best checkpoint, the reported metric and
+    ``model.pt`` come from epoch 6 (seen with the shapes demo). Lightning reads ``trainer.check_val_every_n_epoch``
+    afresh at every epoch end, so it is set to 1 when the last epoch starts."""
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        last = trainer.max_epochs is not None and trainer.max_epochs > 0 and \
+            trainer.current_epoch == trainer.max_epochs - 1
+        if last and trainer.check_val_every_n_epoch not in (None, 1):
+            trainer.check_val_every_n_epoch = 1
+
+
 def warn_small_batch(batch_size: int, devices: Any, sync_batchnorm: bool) -> None:
     """BatchNorm statistics from a handful of images are noisy (users.md §2.2.2): say so once, up front."""
     if batch_size < 8 and not sync_batchnorm:
@@ -219,8 +232,8 @@ def warn_small_batch(batch_size: int, devices: Any, sync_batchnorm: bool) -> Non
 def make_trainer(cfg: Config, out_dir: str | Path, monitor: str, mode: str = "max", **overrides: Any) -> pl.Trainer:
     """Trainer from ``cfg.trainer``: best-``monitor`` checkpoint (``trainer.checkpoint_callback``) and ``last.ckpt``
     (every epoch, and every ``trainer.ckpt_every_n_steps`` steps) in ``out_dir/ckpt``, CSV and TensorBoard logs in
-    ``out_dir``, an LR monitor, per-batch seeding (``StepSeed``), a progress bar in a terminal and one line per epoch
-    otherwise."""
+    ``out_dir``, an LR monitor, per-batch seeding (``StepSeed``), validation after the last epoch
+    (``ValidateLastEpoch``), a progress bar in a terminal and one line per epoch otherwise."""
     out_dir = Path(out_dir)
     t = cfg.trainer
     short = monitor.split("/")[-1]
@@ -230,7 +243,7 @@ def make_trainer(cfg: Config, out_dir: str | Path, monitor: str, mode: str = "ma
     last = LastCheckpoint(out_dir / "ckpt", every_n_train_steps=t.ckpt_every_n_steps)
     tty = sys.stdout.isatty()
     callbacks: list[Callback] = [best, last, LearningRateMonitor(logging_interval="step"), FiniteLossGuard(),
-                                 StepSeed(cfg.seed)]
+                                 StepSeed(cfg.seed), ValidateLastEpoch()]
     if not tty:
         callbacks.append(EpochLine())
     loggers = [CSVLogger(out_dir, name="", version=""), TensorBoardLogger(out_dir, name="tb", version="")]
