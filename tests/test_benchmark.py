@@ -57,13 +57,22 @@ def test_training_throughput_and_timing_helpers():
     model = build_model("ssdlite320_mobilenet_v2", num_classes=4, width_mult=0.35)
     before = [p.detach().clone() for p in model.parameters()]
     ips = bench.training_throughput(model, None, batch=2, size=64, steps=1, warmup=0)
-    assert set(ips) == {"ours"} and ips["ours"] > 0
+    assert set(ips) == {"ours", "ours NCHW"} and ips["ours"] > 0 and ips["ours NCHW"] > 0
     assert not model.training  # left in eval mode
     assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))  # the step really updated
+    # trained as DetectionModule trains on a CPU: channels-last parameters
+    assert model.backbone.features[0][0].weight.is_contiguous(memory_format=torch.channels_last)
     calls = []
     timing = time_round_robin({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, runs=3, warmup=1)
     assert calls == ["a", "b"] * 4  # interleaved rounds
     assert timing["a"]["runs"] == 3 and timing["a"]["median_ms"] >= 0
+    calls.clear()
+    timing = time_round_robin({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, runs=2, warmup=0,
+                              block=3)
+    assert calls == ["a"] * 3 + ["b"] * 3 + ["a"] * 3 + ["b"] * 3  # blocks of 3, the first of each untimed
+    assert timing["a"]["runs"] == timing["b"]["runs"] == 4
+    with pytest.raises(ValueError, match="block"):
+        time_round_robin({"a": lambda: None}, block=0)
     assert matmul_madd_rate(size=128, runs=2) > 1e6
 
 

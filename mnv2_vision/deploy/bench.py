@@ -82,37 +82,76 @@ def synthetic_targets(batch: int, size: int, num_classes: int, seed: int = 0) ->
 
 
 def training_throughput(ours: nn.Module, peer: nn.Module | None, batch: int = 8, size: int = 320, steps: int = 5,
-                        warmup: int = 2) -> dict[str, float]:
+                        warmup: int = 2, compile: bool = False) -> dict[str, float]:
     """Images/s of one SGD training step (forward, loss, backward, update) on the CPU, timed round-robin.
 
-    Ours: ``ssd_multibox_loss`` on the raw outputs. The peer (torchvision's SSD) computes its own loss in
-    ``forward(images, targets)``. Both see the same images and boxes.
+    ``"ours"`` is the step ``DetectionModule`` takes on a CPU: network and images in channels-last layout (the module
+    converts both, since oneDNN's depthwise kernels train much faster on NHWC), then ``ssd_multibox_loss`` on the
+    raw outputs. The peer (torchvision's SSD, which computes its loss in ``forward(images, targets)``) is timed in
+    its default layout, the one torchvision's reference training script uses. For transparency each model is also
+    timed in the other layout, on a copy: ``"ours NCHW"`` and ``"peer channels-last"``. All see the same images
+    and boxes. ``ours`` itself is the model trained (and left in channels-last, eval mode).
+
+    With ``compile``, two more candidates train through ``torch.compile``: ``"ours torch.compile"`` (the network,
+    channels-last, as ``trainer.compile=true`` trains it) and ``"peer torch.compile"`` (its backbone and head, the
+    network parts of torchvision's SSD). Their compilation happens in the warm-up steps and is not timed.
     """
+    import copy
+
+    from ..lit.common import TrainForward
+
     images = torch.randn(batch, 3, size, size)
     targets = synthetic_targets(batch, size, ours.num_classes)
     coder, anchors = BoxCoder(), ours.anchors((size, size))
+    nhwc = torch.channels_last
 
-    def step_ours(opt=torch.optim.SGD(ours.parameters(), lr=1e-4, momentum=0.9)) -> None:
-        out = ours(images)
-        loss = ssd_multibox_loss(out["cls_logits"], out["bbox_regression"], anchors, targets, coder)["loss"]
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+    def step_ours(model: nn.Module, x: Tensor, compiled: bool = False) -> Callable[[], None]:
+        opt = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
+        forward = TrainForward(compiled)
 
-    steps_fn: dict[str, Callable[[], None]] = {"ours": step_ours}
-    if peer is not None:
-        peer_images = list(images)
-
-        def step_peer(opt=torch.optim.SGD(peer.parameters(), lr=1e-4, momentum=0.9)) -> None:
-            loss = sum(peer(peer_images, targets).values())
+        def step() -> None:
+            out = forward(model, x)
+            loss = ssd_multibox_loss(out["cls_logits"], out["bbox_regression"], anchors, targets, coder)["loss"]
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
 
-        steps_fn["peer"] = step_peer
-    ours.train()
+        return step
+
+    def step_peer(model: nn.Module, x: Tensor) -> Callable[[], None]:
+        opt = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
+        peer_images = list(x)
+
+        def step() -> None:
+            loss = sum(model(peer_images, targets).values())
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+
+        return step
+
+    models: dict[str, nn.Module] = {"ours NCHW": copy.deepcopy(ours), "ours": ours.to(memory_format=nhwc)}
+    steps_fn: dict[str, Callable[[], None]] = {
+        "ours": step_ours(models["ours"], images.contiguous(memory_format=nhwc)),
+        "ours NCHW": step_ours(models["ours NCHW"], images)}
     if peer is not None:
-        peer.train()
+        models["peer"] = peer
+        models["peer channels-last"] = copy.deepcopy(peer).to(memory_format=nhwc)
+        steps_fn["peer"] = step_peer(peer, images)
+        steps_fn["peer channels-last"] = step_peer(models["peer channels-last"],
+                                                   images.contiguous(memory_format=nhwc))
+    if compile:
+        models["ours torch.compile"] = copy.deepcopy(models["ours NCHW"]).to(memory_format=nhwc)
+        steps_fn["ours torch.compile"] = step_ours(models["ours torch.compile"],
+                                                   images.contiguous(memory_format=nhwc), compiled=True)
+        if peer is not None:
+            compiled_peer = copy.deepcopy(peer)
+            compiled_peer.backbone, compiled_peer.head = (torch.compile(compiled_peer.backbone),
+                                                          torch.compile(compiled_peer.head))
+            models["peer torch.compile"] = compiled_peer
+            steps_fn["peer torch.compile"] = step_peer(compiled_peer, images)
+    for m in models.values():
+        m.train()
     samples: dict[str, list[float]] = {k: [] for k in steps_fn}
     try:
         for i in range(warmup + steps):
@@ -122,9 +161,8 @@ def training_throughput(ours: nn.Module, peer: nn.Module | None, batch: int = 8,
                 if i >= warmup:
                     samples[name].append(time.perf_counter() - t0)
     finally:
-        ours.eval()
-        if peer is not None:
-            peer.eval()
+        for m in models.values():
+            m.eval()
     return {k: batch / float(np.median(v)) for k, v in samples.items()}
 
 
