@@ -110,10 +110,6 @@ class TrainerCfg:
     # Also write ckpt/last.ckpt after every N optimizer steps (null: only at the end of each epoch). Resuming from it
     # continues exactly like an uninterrupted run: the training loaders save their place in the epoch (README, Resume).
     ckpt_every_n_steps: int | None = None
-    # Detection and segmentation: train through torch.compile (TorchInductor fuses each BatchNorm → ReLU6 pass into its
-    # neighbours, forward and backward, the memory-bound passes that dominate a MobileNetV2 training step on a CPU).
-    # Costs a compilation of about a minute at start-up; validation and checkpoints use the eager network.
-    compile: bool = False
 
 
 @dataclass

@@ -56,7 +56,7 @@ def test_benchmark_tool_rows(tmp_path, shapes_root):
 def test_training_throughput_and_timing_helpers():
     model = build_model("ssdlite320_mobilenet_v2", num_classes=4, width_mult=0.35)
     before = [p.detach().clone() for p in model.parameters()]
-    ips = bench.training_throughput(model, None, batch=2, size=64, steps=1, warmup=0)
+    ips = bench.training_throughput(model, None, batch=2, size=64, rounds=1, block=2, warmup=0)
     assert set(ips) == {"ours", "ours NCHW"} and ips["ours"] > 0 and ips["ours NCHW"] > 0
     assert not model.training  # left in eval mode
     assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))  # the step really updated

@@ -139,10 +139,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
                         "1 = strict call-by-call interleaving")
     p.add_argument("--peers", action="store_true", help="add torchvision's MobileNetV3 SSDLite, LR-ASPP and DeepLabv3")
     p.add_argument("--train", action="store_true", help="training-step images/s, ours vs torchvision's SSDLite")
-    p.add_argument("--train-steps", type=int, default=5)
-    p.add_argument("--compile", action="store_true",
-                   help="with --train: also time both training steps through torch.compile (about a minute each to "
-                        "compile, untimed)")
+    p.add_argument("--train-rounds", type=int, default=2, help="round-robin rounds of training steps")
+    p.add_argument("--train-block", type=int, default=4, help="training steps per candidate per round, first untimed")
     p.add_argument("--train-batch", type=int, default=8)
     p.add_argument("--det-size", type=int, default=320, help="SSDLite input side (the paper's 320)")
     p.add_argument("--seg-size", type=int, default=513, help="DeepLab input side (the paper's 513)")
@@ -194,22 +192,18 @@ def main(argv: Sequence[str] | None = None) -> dict:
         ours = build_model("ssdlite320_mobilenet_v2")
         peer = bench.torchvision_peers(floor["postprocess"])["ssdlite320_mobilenet_v3_large"] if args.peers else None
         result["training_images_per_s"] = bench.training_throughput(ours, peer, args.train_batch, args.det_size,
-                                                                    args.train_steps, compile=args.compile)
+                                                                    args.train_rounds, args.train_block)
         ips = result["training_images_per_s"]
         if "peer" in ips:
             result["ratios"]["ssdlite training images/s, ours / torchvision ssdlite320_mobilenet_v3_large"] = (
                 ips["ours"] / ips["peer"])
-        if "peer torch.compile" in ips:
-            result["ratios"]["ssdlite training images/s, both torch.compile, ours / torchvision"] = (
-                ips["ours torch.compile"] / ips["peer torch.compile"])
+
         print(f"\ntraining step, batch {args.train_batch} at {args.det_size}², images/s (ours: channels-last, as "
               f"DetectionModule trains on a CPU; peer: torchvision's default layout): " + ", ".join(
                   f"{k} {v:.2f}" for k, v in ips.items()))
         if "peer" in ips:
             print(f"  ours / torchvision: {ips['ours'] / ips['peer']:.2f}")
-        if "peer torch.compile" in ips:
-            print(f"  both through torch.compile, ours / torchvision: "
-                  f"{ips['ours torch.compile'] / ips['peer torch.compile']:.2f}")
+
     if args.data:
         result["data_pipeline"] = _data_throughput(args.data_images, args.det_size, args.seg_size)
         print("\ndata pipeline (one worker), images/s: " + ", ".join(

@@ -48,8 +48,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
     model = build_from_config(cfg)
     module = DetectionModule(model, optim=cfg.optim, sched=cfg.sched, eval_cfg=cfg.eval, loss=cfg.loss,
-                             category_ids=dm.category_ids, category_names=dm.category_names, config=to_dict(cfg),
-                             compile=cfg.trainer.compile)
+                             category_ids=dm.category_ids, category_names=dm.category_names, config=to_dict(cfg))
     trainer = make_trainer(cfg, out_dir, monitor="val/map", mode="max")
     resume = str(out_dir / "ckpt" / "last.ckpt") if args.resume == "last" else args.resume
     if resume and not Path(resume).is_file():

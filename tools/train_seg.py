@@ -43,8 +43,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     names = segmentation_class_names(cfg)
     model = build_from_config(cfg)
     module = SegmentationModule(model, num_classes=len(names), optim=cfg.optim, sched=cfg.sched, class_names=names,
-                                label_smoothing=cfg.loss.label_smoothing, config=to_dict(cfg),
-                                compile=cfg.trainer.compile)
+                                label_smoothing=cfg.loss.label_smoothing, config=to_dict(cfg))
     trainer = make_trainer(cfg, out_dir, monitor="val/miou", mode="max")
     resume = str(out_dir / "ckpt" / "last.ckpt") if args.resume == "last" else args.resume
     if resume is not None and not Path(resume).is_file():

@@ -81,9 +81,14 @@ def synthetic_targets(batch: int, size: int, num_classes: int, seed: int = 0) ->
     return targets
 
 
-def training_throughput(ours: nn.Module, peer: nn.Module | None, batch: int = 8, size: int = 320, steps: int = 5,
-                        warmup: int = 2, compile: bool = False) -> dict[str, float]:
-    """Images/s of one SGD training step (forward, loss, backward, update) on the CPU, timed round-robin.
+def training_throughput(ours: nn.Module, peer: nn.Module | None, batch: int = 8, size: int = 320, rounds: int = 2,
+                        block: int = 4, warmup: int = 2) -> dict[str, float]:
+    """Images/s of one SGD training step (forward, loss, backward, update) on the CPU: the median over ``rounds``
+    round-robin rounds of ``block`` consecutive steps per candidate, the first step of each block untimed.
+
+    Blocks, as in ``timing.time_round_robin``: a step allocates and frees about a GiB of activations, and right after
+    a switch the other model's memory and caches are in the way (measured: our step 0.66 s alone, 1.0 s interleaved
+    step by step with three other candidates).
 
     ``"ours"`` is the step ``DetectionModule`` takes on a CPU: network and images in channels-last layout (the module
     converts both, since oneDNN's depthwise kernels train much faster on NHWC), then ``ssd_multibox_loss`` on the
@@ -91,26 +96,21 @@ def training_throughput(ours: nn.Module, peer: nn.Module | None, batch: int = 8,
     its default layout, the one torchvision's reference training script uses. For transparency each model is also
     timed in the other layout, on a copy: ``"ours NCHW"`` and ``"peer channels-last"``. All see the same images
     and boxes. ``ours`` itself is the model trained (and left in channels-last, eval mode).
-
-    With ``compile``, two more candidates train through ``torch.compile``: ``"ours torch.compile"`` (the network,
-    channels-last, as ``trainer.compile=true`` trains it) and ``"peer torch.compile"`` (its backbone and head, the
-    network parts of torchvision's SSD). Their compilation happens in the warm-up steps and is not timed.
     """
     import copy
 
-    from ..lit.common import TrainForward
-
+    if rounds < 1 or block < 1:
+        raise ValueError(f"rounds and block must be ≥ 1, got {rounds} and {block}")
     images = torch.randn(batch, 3, size, size)
     targets = synthetic_targets(batch, size, ours.num_classes)
     coder, anchors = BoxCoder(), ours.anchors((size, size))
     nhwc = torch.channels_last
 
-    def step_ours(model: nn.Module, x: Tensor, compiled: bool = False) -> Callable[[], None]:
+    def step_ours(model: nn.Module, x: Tensor) -> Callable[[], None]:
         opt = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
-        forward = TrainForward(compiled)
 
         def step() -> None:
-            out = forward(model, x)
+            out = model(x)
             loss = ssd_multibox_loss(out["cls_logits"], out["bbox_regression"], anchors, targets, coder)["loss"]
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -140,26 +140,20 @@ def training_throughput(ours: nn.Module, peer: nn.Module | None, batch: int = 8,
         steps_fn["peer"] = step_peer(peer, images)
         steps_fn["peer channels-last"] = step_peer(models["peer channels-last"],
                                                    images.contiguous(memory_format=nhwc))
-    if compile:
-        models["ours torch.compile"] = copy.deepcopy(models["ours NCHW"]).to(memory_format=nhwc)
-        steps_fn["ours torch.compile"] = step_ours(models["ours torch.compile"],
-                                                   images.contiguous(memory_format=nhwc), compiled=True)
-        if peer is not None:
-            compiled_peer = copy.deepcopy(peer)
-            compiled_peer.backbone, compiled_peer.head = (torch.compile(compiled_peer.backbone),
-                                                          torch.compile(compiled_peer.head))
-            models["peer torch.compile"] = compiled_peer
-            steps_fn["peer torch.compile"] = step_peer(compiled_peer, images)
     for m in models.values():
         m.train()
     samples: dict[str, list[float]] = {k: [] for k in steps_fn}
     try:
-        for i in range(warmup + steps):
-            for name, fn in steps_fn.items():
-                t0 = time.perf_counter()
+        for _ in range(warmup):
+            for fn in steps_fn.values():
                 fn()
-                if i >= warmup:
-                    samples[name].append(time.perf_counter() - t0)
+        for _ in range(rounds):
+            for name, fn in steps_fn.items():
+                for i in range(block):
+                    t0 = time.perf_counter()
+                    fn()
+                    if i > 0 or block == 1:
+                        samples[name].append(time.perf_counter() - t0)
     finally:
         for m in models.values():
             m.eval()

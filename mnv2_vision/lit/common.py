@@ -20,8 +20,7 @@ from ..config import Config, OptimCfg, SchedCfg
 from ..data.resumable import derive_seed
 
 __all__ = ["build_optimizer", "build_scheduler", "LRSchedule", "make_trainer", "EpochLine", "FiniteLossGuard",
-           "AtomicCheckpointIO", "NonFiniteLossError", "LastCheckpoint", "StepSeed", "ValidateLastEpoch",
-           "TrainForward"]
+           "AtomicCheckpointIO", "NonFiniteLossError", "LastCheckpoint", "StepSeed", "ValidateLastEpoch"]
 
 
 def build_optimizer(optim: OptimCfg, model: nn.Module) -> torch.optim.Optimizer:
@@ -46,28 +45,6 @@ def build_optimizer(optim: OptimCfg, model: nn.Module) -> torch.optim.Optimizer:
     if optim.name == "adamw":
         return torch.optim.AdamW(groups, lr=optim.lr)
     raise ValueError(f"unknown optim.name {optim.name!r}")
-
-
-class TrainForward:
-    """The forward pass of training steps, eager or through ``torch.compile``.
-
-    The compiled callable is made on first use and held here, outside the module tree: the Lightning module's
-    state-dict keys (no ``_orig_mod.`` prefix), its checkpoints and every evaluation stay those of the eager network,
-    and a module with ``compile=False`` is unchanged. Compiling the network rather than the step leaves the loss,
-    matching and logging in eager code, where their data-dependent shapes belong. It is a plain attribute, so
-    DistributedDataParallel's gradient hooks (on the shared parameters) work as usual.
-    """
-
-    def __init__(self, compile: bool = False) -> None:
-        self.compile = bool(compile)
-        self._compiled: Any = None
-
-    def __call__(self, model: nn.Module, x: torch.Tensor) -> Any:
-        if not self.compile:
-            return model(x)
-        if self._compiled is None:
-            self._compiled = torch.compile(model)
-        return self._compiled(x)
 
 
 class LRSchedule:

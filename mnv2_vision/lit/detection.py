@@ -24,7 +24,7 @@ from ..eval.coco import evaluate_coco, to_coco_results
 from ..ops.boxes import BoxCoder
 from ..ops.losses import ssd_multibox_loss
 from ..ops.postprocess import postprocess_detections
-from .common import TrainForward, build_optimizer, build_scheduler
+from .common import build_optimizer, build_scheduler
 
 __all__ = ["DetectionModule", "build_det_datamodule", "resolve_det_classes", "detect_images", "categories_from"]
 
@@ -98,7 +98,6 @@ class DetectionModule(pl.LightningModule):
         category_ids: label ``i`` (1..C) ↔ COCO category id ``category_ids[i-1]``.
         category_names: names for the per-class AP log keys (``val/ap_<name>``).
         config: the resolved config as a dict, stored in every checkpoint (``hyper_parameters["config"]``).
-        compile: run the training forward pass through ``torch.compile`` (``TrainForward``; ``trainer.compile``).
 
     Logs ``train/loss``, ``train/loss_cls``, ``train/loss_box``, ``val/map``, ``val/map50``, ``val/map75``,
     ``val/ap_<name>`` and ``val/num_images`` (images evaluated, over all ranks, each once); the last evaluation's full
@@ -108,7 +107,7 @@ class DetectionModule(pl.LightningModule):
 
     def __init__(self, model: nn.Module, *, optim: OptimCfg, sched: SchedCfg, eval_cfg: EvalCfg, loss: LossCfg,
                  category_ids: Sequence[int], category_names: Sequence[str] | None = None,
-                 config: dict[str, Any] | None = None, compile: bool = False) -> None:
+                 config: dict[str, Any] | None = None) -> None:
         super().__init__()
         names = list(category_names) if category_names is not None else [str(c) for c in category_ids]
         if len(names) != len(category_ids):
@@ -128,7 +127,6 @@ class DetectionModule(pl.LightningModule):
         self._val_dets: list[dict[str, Tensor]] = []
         self._val_ids: list[int] = []
         self._channels_last = False
-        self.train_forward = TrainForward(compile)
 
     @staticmethod
     def batch_ids(batch: tuple[Tensor, list[dict]]) -> list[int]:
@@ -165,7 +163,7 @@ class DetectionModule(pl.LightningModule):
 
     def training_step(self, batch: tuple[Tensor, list[dict]], batch_idx: int) -> Tensor:
         images, targets = batch
-        out = self.train_forward(self.model, self._inputs(images))
+        out = self.model(self._inputs(images))
         losses = ssd_multibox_loss(out["cls_logits"], out["bbox_regression"], self._anchors(images), targets,
                                    self.coder, neg_pos_ratio=self.loss_cfg.neg_pos_ratio,
                                    box_weight=self.loss_cfg.box_weight, label_smoothing=self.loss_cfg.label_smoothing)

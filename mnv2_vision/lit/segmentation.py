@@ -20,7 +20,7 @@ from ..config import Config, ConfigError, OptimCfg, SchedCfg
 from ..data.voc import IGNORE_INDEX, VOC_CLASSES
 from ..eval.miou import ConfusionMatrix
 from ..ops.losses import seg_loss
-from .common import TrainForward, build_optimizer, build_scheduler
+from .common import build_optimizer, build_scheduler
 
 __all__ = [
     "SegmentationModule", "size_groups", "predict_probs", "predict_batch", "predict_segmentation", "segmentation_class_names",
@@ -147,7 +147,6 @@ class SegmentationModule(pl.LightningModule):
         class_names: K names used in the per-class IoU log keys (``val/iou_<name>``).
         label_smoothing: cross-entropy label smoothing.
         config: the resolved config as a dict, stored in every checkpoint (``hyper_parameters["config"]``).
-        compile: run the training forward pass through ``torch.compile`` (``TrainForward``; ``trainer.compile``).
 
     Logs ``train/loss``, ``val/loss``, ``val/miou``, ``val/pixel_acc``, ``val/iou_<name>`` (NaN for a class absent
     from both the targets and the predictions of the whole set) and ``val/num_images`` (images evaluated, summed over
@@ -158,7 +157,7 @@ class SegmentationModule(pl.LightningModule):
 
     def __init__(self, model: nn.Module, *, num_classes: int, optim: OptimCfg, sched: SchedCfg,
                  class_names: Sequence[str] | None = None, label_smoothing: float = 0.0,
-                 config: dict[str, Any] | None = None, compile: bool = False) -> None:
+                 config: dict[str, Any] | None = None) -> None:
         super().__init__()
         names = tuple(class_names) if class_names is not None else tuple(str(i) for i in range(num_classes))
         if len(names) != num_classes:
@@ -168,7 +167,6 @@ class SegmentationModule(pl.LightningModule):
         self.num_classes, self.class_names = num_classes, names
         self.optim_cfg, self.sched_cfg, self.label_smoothing = optim, sched, label_smoothing
         self.confmat: ConfusionMatrix | None = None
-        self.train_forward = TrainForward(compile)
 
     @staticmethod
     def batch_ids(batch: dict) -> list[str]:
@@ -179,7 +177,7 @@ class SegmentationModule(pl.LightningModule):
         return self.model(images)
 
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
-        logits = self.train_forward(self.model, batch["image"])["out"]
+        logits = self.model(batch["image"])["out"]
         loss = seg_loss(logits, batch["mask"], IGNORE_INDEX, self.label_smoothing)
         self.log("train/loss", loss, prog_bar=True, batch_size=batch["image"].shape[0])
         return loss
