@@ -82,3 +82,11 @@ def test_synthetic_targets_are_valid_boxes():
         b = t["boxes"]
         assert b.shape == (3, 4) and (b[:, 2:] > b[:, :2]).all() and (b >= 0).all() and (b <= 100).all()
         assert ((t["labels"] >= 1) & (t["labels"] <= 4)).all()
+
+
+def test_isolated_training_throughput_runs_each_candidate_in_its_own_process():
+    ips = bench.isolated_training_throughput(("ours", "ours NCHW"), batch=2, size=64, rounds=1, steps=1, warmup=0)
+    assert set(ips) == {"ours", "ours NCHW"} and all(v > 0 for v in ips.values())
+    with pytest.raises(ValueError, match="unknown training candidates"):
+        bench.training_steps(build_model("ssdlite320_mobilenet_v2", num_classes=3, width_mult=0.35), None,
+                             only=("theirs",))

@@ -139,8 +139,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
                         "1 = strict call-by-call interleaving")
     p.add_argument("--peers", action="store_true", help="add torchvision's MobileNetV3 SSDLite, LR-ASPP and DeepLabv3")
     p.add_argument("--train", action="store_true", help="training-step images/s, ours vs torchvision's SSDLite")
-    p.add_argument("--train-rounds", type=int, default=2, help="round-robin rounds of training steps")
-    p.add_argument("--train-block", type=int, default=4, help="training steps per candidate per round, first untimed")
+    p.add_argument("--train-rounds", type=int, default=2,
+                   help="rounds in which every training candidate runs once, each in a fresh process")
+    p.add_argument("--train-steps", type=int, default=3, help="timed steps per candidate and round (after 2 warm-up)")
     p.add_argument("--train-batch", type=int, default=8)
     p.add_argument("--det-size", type=int, default=320, help="SSDLite input side (the paper's 320)")
     p.add_argument("--seg-size", type=int, default=513, help="DeepLab input side (the paper's 513)")
@@ -189,17 +190,18 @@ def main(argv: Sequence[str] | None = None) -> dict:
             print(f"  {name}: " + ", ".join(f"k={r['chunks']} {r['peak_mib']:.1f} MiB ({-100 * r['reduction']:+.0f} %, "
                                              f"max rel. diff {r['max_rel_diff']:.1e})" for r in mrows))
     if args.train:
-        ours = build_model("ssdlite320_mobilenet_v2")
-        peer = bench.torchvision_peers(floor["postprocess"])["ssdlite320_mobilenet_v3_large"] if args.peers else None
-        result["training_images_per_s"] = bench.training_throughput(ours, peer, args.train_batch, args.det_size,
-                                                                    args.train_rounds, args.train_block)
+        candidates = bench.TRAIN_CANDIDATES if args.peers else ("ours", "ours NCHW")
+        result["training_images_per_s"] = bench.isolated_training_throughput(
+            candidates, args.train_batch, args.det_size, args.train_rounds, args.train_steps, threads=args.threads,
+            postprocess=floor["postprocess"])
         ips = result["training_images_per_s"]
         if "peer" in ips:
             result["ratios"]["ssdlite training images/s, ours / torchvision ssdlite320_mobilenet_v3_large"] = (
                 ips["ours"] / ips["peer"])
 
-        print(f"\ntraining step, batch {args.train_batch} at {args.det_size}², images/s (ours: channels-last, as "
-              f"DetectionModule trains on a CPU; peer: torchvision's default layout): " + ", ".join(
+        print(f"\ntraining step, batch {args.train_batch} at {args.det_size}², images/s, each candidate in a process "
+              f"of its own (ours: channels-last, as DetectionModule trains on a CPU; peer: torchvision's default "
+              f"layout): " + ", ".join(
                   f"{k} {v:.2f}" for k, v in ips.items()))
         if "peer" in ips:
             print(f"  ours / torchvision: {ips['ours'] / ips['peer']:.2f}")
