@@ -135,7 +135,7 @@ class _Counting(pl.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=0.01)
 
 
-def test_the_last_epoch_is_always_validated(tmp_path):
+def test_the_last_epoch_is_always_validated(tmp_path, capsys):
     # 7 epochs, validation every 2: without ValidateLastEpoch the final weights (epoch index 6) are never evaluated.
     cfg = load_config(None, ["trainer.max_epochs=7", "trainer.check_val_every_n_epoch=2", "data.batch_size=8",
                              "trainer.accelerator=cpu", "trainer.devices=1"])
@@ -145,3 +145,8 @@ def test_the_last_epoch_is_always_validated(tmp_path):
     trainer.fit(module, loader, loader)
     assert module.validated == [1, 3, 5, 6]
     assert "epoch=006" in trainer.checkpoint_callback.best_model_path  # the final weights were scored and kept
+    # One line per epoch (stdout is not a TTY here); validation numbers only on the epochs that validated, never the
+    # previous validation's numbers repeated as if they were this epoch's.
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("epoch ")]
+    assert [ln.split()[1] for ln in lines] == [f"{e}/7" for e in range(1, 8)]
+    assert [("val/score=" in ln) for ln in lines] == [False, True, False, True, False, True, True]

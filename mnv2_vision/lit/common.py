@@ -93,17 +93,20 @@ class EpochLine(Callback):
     def on_validation_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
         if trainer.sanity_checking:
             return
-        self._print(trainer)
+        self._print(trainer, with_val=True)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
         if (trainer.current_epoch + 1) % (trainer.check_val_every_n_epoch or 1) != 0 or not trainer.val_dataloaders:
-            self._print(trainer)
+            self._print(trainer, with_val=False)
 
-    def _print(self, trainer: pl.Trainer) -> None:
+    def _print(self, trainer: pl.Trainer, with_val: bool) -> None:
+        """``with_val``: this epoch validated. Otherwise ``callback_metrics`` still holds the last validation's
+        numbers, which would read as this epoch's, so only the training ones are printed."""
         if trainer.global_rank != 0:
             return
         m = trainer.callback_metrics
-        keys = [k for k in sorted(m) if k.startswith(("train/loss", "val/")) and "/ap_" not in k and "/iou_" not in k]
+        prefixes = ("train/loss", "val/") if with_val else ("train/loss",)
+        keys = [k for k in sorted(m) if k.startswith(prefixes) and "/ap_" not in k and "/iou_" not in k]
         parts = " ".join(f"{k}={float(m[k]):.4f}" for k in keys)
         dt = time.time() - getattr(self, "_t0", time.time())
         print(f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs} step {trainer.global_step} "
