@@ -7,10 +7,11 @@ lite (513²) as eager PyTorch, fused PyTorch, ONNX Runtime fp32 and int8, agains
 
 Every model runs in this process on ``--threads`` threads (PyTorch and ONNX Runtime alike), with random weights
 (the networks' timing does not depend on them; detection's post-processing does, and random scores put every
-class's top-k above the 0.001 threshold: its worst case, for every model alike) and the same detection post-processing settings (``--score-thresh`` etc.). The
-candidates are timed round-robin in blocks of ``--block`` calls after warm-up, so load from other processes hits
-all of them alike while each timed call finds the cores and caches as a deployment running one model would. The compute
-floor of a model is its MAdds divided by the multiply-add rate of a large fp32 matrix product on the same threads.
+class's top-k above the 0.001 threshold: its worst case, for every model alike) and the same detection
+post-processing settings (``--score-thresh`` etc.). The candidates are timed round-robin in blocks of ``--block``
+calls after warm-up, so load from other processes hits all of them alike while each timed call finds the cores and
+caches as a deployment running one model would; training-step candidates each run in a process of their own. The
+compute floor of a model is its MAdds divided by the multiply-add rate of a large fp32 matrix product on the same threads.
 ``--det-ckpt/--seg-ckpt`` add the int8 accuracy change of trained checkpoints on their validation sets (via
 ``tools/export.py --int8``). Results go to stdout and ``--json``.
 """
@@ -198,14 +199,11 @@ def main(argv: Sequence[str] | None = None) -> dict:
         if "peer" in ips:
             result["ratios"]["ssdlite training images/s, ours / torchvision ssdlite320_mobilenet_v3_large"] = (
                 ips["ours"] / ips["peer"])
-
         print(f"\ntraining step, batch {args.train_batch} at {args.det_size}², images/s, each candidate in a process "
               f"of its own (ours: channels-last, as DetectionModule trains on a CPU; peer: torchvision's default "
-              f"layout): " + ", ".join(
-                  f"{k} {v:.2f}" for k, v in ips.items()))
+              f"layout): " + ", ".join(f"{k} {v:.2f}" for k, v in ips.items()))
         if "peer" in ips:
             print(f"  ours / torchvision: {ips['ours'] / ips['peer']:.2f}")
-
     if args.data:
         result["data_pipeline"] = _data_throughput(args.data_images, args.det_size, args.seg_size)
         print("\ndata pipeline (one worker), images/s: " + ", ".join(

@@ -298,7 +298,7 @@ def read_sbd_label(path: Path) -> np.ndarray:
     """The (H, W) uint8 class map of an SBD ``cls/<id>.mat`` file (struct ``GTcls``, field ``Segmentation``)."""
     try:
         mat = scipy.io.loadmat(path, variable_names=["GTcls"], squeeze_me=True, struct_as_record=False)
-    except (OSError, ValueError, TypeError, NotImplementedError) as err:
+    except (OSError, ValueError, TypeError, NotImplementedError) as err:  # the last: scipy on a v7.3 (HDF5) .mat
         raise DatasetError(f"cannot read SBD label {path}: {err}") from err
     seg = getattr(mat.get("GTcls"), "Segmentation", None)
     if seg is None or np.ndim(seg) != 2:

@@ -20,6 +20,7 @@ from ..ops.losses import ssd_multibox_loss
 from ..ops.postprocess import postprocess_detections
 from .memory import memory_efficient, peak_memory_bytes
 from .postprocess import fast_postprocess_detections
+from .timing import time_round_robin
 
 __all__ = ["detection_runner", "segmentation_runner", "ort_runner", "torchvision_peers", "synthetic_targets",
            "TRAIN_CANDIDATES", "training_steps", "training_throughput", "isolated_training_throughput",
@@ -151,28 +152,17 @@ def training_steps(ours: nn.Module, peer: nn.Module | None, batch: int = 8, size
 
 def training_throughput(ours: nn.Module, peer: nn.Module | None, batch: int = 8, size: int = 320, rounds: int = 2,
                         block: int = 4, warmup: int = 2) -> dict[str, float]:
-    """Images/s of the ``training_steps`` candidates in this process: the median over ``rounds`` round-robin rounds of
-    ``block`` consecutive steps per candidate, the first step of each block untimed. The models are left in eval
-    mode. ``isolated_training_throughput`` gives each candidate a process of its own (what the benchmark reports)."""
-    if rounds < 1 or block < 1:
-        raise ValueError(f"rounds and block must be ≥ 1, got {rounds} and {block}")
+    """Images/s of the ``training_steps`` candidates in this process, timed by ``timing.time_round_robin``:
+    ``rounds`` rounds of ``block`` consecutive steps per candidate, the first of each block untimed. The models are
+    left in eval mode. ``isolated_training_throughput`` gives each candidate a process of its own (what the
+    benchmark reports)."""
     steps_fn, models = training_steps(ours, peer, batch, size)
-    samples: dict[str, list[float]] = {k: [] for k in steps_fn}
     try:
-        for _ in range(warmup):
-            for fn in steps_fn.values():
-                fn()
-        for _ in range(rounds):
-            for name, fn in steps_fn.items():
-                for i in range(block):
-                    t0 = time.perf_counter()
-                    fn()
-                    if i > 0 or block == 1:
-                        samples[name].append(time.perf_counter() - t0)
+        timing = time_round_robin(steps_fn, runs=rounds, warmup=warmup, block=block)
     finally:
         for m in models:
             m.eval()
-    return {k: batch / float(np.median(v)) for k, v in samples.items()}
+    return {k: batch / (t["median_ms"] / 1e3) for k, t in timing.items()}
 
 
 def _time_one_training_candidate(name: str, batch: int, size: int, steps: int, warmup: int, threads: int,
