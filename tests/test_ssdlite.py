@@ -96,13 +96,26 @@ def test_every_parameter_gets_a_gradient():
 
 
 def test_head_flattening_matches_anchor_order():
-    # Head channel a·K + k at cell (y, x) must land in row (y·w + x)·A + a, column k: the order of ops.anchors.
-    A, K, h, w = 3, 4, 2, 5
-    a, k, y, x = torch.meshgrid(torch.arange(A), torch.arange(K), torch.arange(h), torch.arange(w), indexing="ij")
-    code = (1000 * a + 100 * k + 10 * y + x).reshape(1, A * K, h, w).float()
-    flat = SSDLiteHead._flatten(code, K)[0]  # (h·w·A, K)
-    for yy, xx, aa, kk in [(0, 0, 0, 0), (1, 3, 2, 1), (0, 4, 1, 3), (1, 0, 0, 2)]:
-        assert flat[(yy * w + xx) * A + aa, kk].item() == 1000 * aa + 100 * kk + 10 * yy + xx
+    # Head channel a·K + k at cell (y, x) of level l must land in row offset_l + (y·w + x)·A + a, column k: the
+    # order of ops.anchors. The prediction convs are replaced by identities so the codes pass through unchanged.
+    A, K = 3, 4
+    head = SSDLiteHead([A * K, A * K], [A, A], K)
+    head.cls_heads = nn.ModuleList([nn.Identity(), nn.Identity()])
+    head.box_heads = nn.ModuleList([nn.Identity(), nn.Identity()])
+    levels = [(2, 5), (3, 2)]
+    features = []
+    for level, (h, w) in enumerate(levels):
+        a, k, y, x = torch.meshgrid(torch.arange(A), torch.arange(K), torch.arange(h), torch.arange(w), indexing="ij")
+        code = 10000 * level + 1000 * a + 100 * k + 10 * y + x
+        features.append(code.reshape(1, A * K, h, w).float().repeat(2, 1, 1, 1))
+    for channels_last in (False, True):
+        feats = [f.contiguous(memory_format=torch.channels_last) if channels_last else f for f in features]
+        cls, box = head(feats)
+        assert cls.shape == box.shape == (2, (10 + 6) * A, K)
+        for level, yy, xx, aa, kk in [(0, 0, 0, 0, 0), (0, 1, 3, 2, 1), (0, 0, 4, 1, 3), (1, 2, 1, 2, 3), (1, 1, 0, 0, 2)]:
+            h, w = levels[level]
+            row = (10 * A if level else 0) + (yy * w + xx) * A + aa
+            assert cls[1, row, kk].item() == 10000 * level + 1000 * aa + 100 * kk + 10 * yy + xx
 
 
 def test_backbone_loads_torchvision_weights(tmp_path):

@@ -72,16 +72,13 @@ class SSDLiteHead(nn.Module):
         self.box_heads = nn.ModuleList(
             prediction_block(c, a * 4, bn_eps, bn_momentum) for c, a in zip(in_channels, num_anchors))
 
-    @staticmethod
-    def _flatten(x: Tensor, size: int) -> Tensor:
-        # (N, A·size, h, w) → (N, h·w·A, size): rows ordered y, x, box, as ops.anchors orders the anchors.
-        n, _, h, w = x.shape
-        return x.view(n, -1, size, h, w).permute(0, 3, 4, 1, 2).reshape(n, -1, size)
-
     def forward(self, features: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
-        cls = [self._flatten(head(f), self.num_classes) for head, f in zip(self.cls_heads, features)]
-        box = [self._flatten(head(f), 4) for head, f in zip(self.box_heads, features)]
-        return torch.cat(cls, dim=1), torch.cat(box, dim=1)  # (N, A, K), (N, A, 4)
+        # (N, A·K, h, w) → (N, h·w·A, K): rows ordered y, x, box, as ops.anchors orders the anchors. Each level is
+        # flattened to (N, h·w·A·K) (a view when the convs run channels-last) and the levels are concatenated
+        # before the one reshape, so an exported graph computes the dynamic batch's shape twice, not per level.
+        cls = torch.cat([head(f).permute(0, 2, 3, 1).flatten(1) for head, f in zip(self.cls_heads, features)], 1)
+        box = torch.cat([head(f).permute(0, 2, 3, 1).flatten(1) for head, f in zip(self.box_heads, features)], 1)
+        return cls.view(cls.shape[0], -1, self.num_classes), box.view(box.shape[0], -1, 4)  # (N, A, K), (N, A, 4)
 
 
 class SSDLite(nn.Module):
