@@ -51,6 +51,17 @@ def test_benchmark_tool_rows(tmp_path, shapes_root):
     assert all(v > 0 for v in result["ratios"].values())
     assert all(v > 0 for v in result["data_pipeline"].values()) and len(result["data_pipeline"]) >= 2
     assert result["machine"]["threads"] == 2
+    kernels = result["onnxruntime_fp32_kernels"]
+    assert sorted(kernels) == ["deeplabv3_mobilenet_v2 (lite)", "ssdlite320_mobilenet_v2"]
+    for name, parts in kernels.items():
+        convs = {r["part"]: r for r in parts if r["madds"] is not None}
+        assert set(convs) == {"conv 1×1", "conv depthwise", "conv other"}
+        # Executed MAdds: the model's, plus ONNX Runtime's channel padding (a few per cent), never less.
+        executed = sum(r["madds"] for r in convs.values()) / 1e9
+        assert rows[(name, "onnxruntime fp32")]["madds_b"] <= executed < 1.15 * rows[(name, "onnxruntime fp32")]["madds_b"]
+        assert all(r["of_matmul_rate"] == pytest.approx(r["gmadds_per_s"] / result["floor"]["matmul_gmadds_per_s"])
+                   for r in convs.values())
+    assert any(r["part"] == "NonMaxSuppression" for r in kernels["ssdlite320_mobilenet_v2"])
 
 
 def test_training_throughput_and_timing_helpers():

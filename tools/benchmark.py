@@ -12,6 +12,9 @@ post-processing settings (``--score-thresh`` etc.). The candidates are timed rou
 calls after warm-up, so load from other processes hits all of them alike while each timed call finds the cores and
 caches as a deployment running one model would; training-step candidates each run in a process of their own. The
 compute floor of a model is its MAdds divided by the multiply-add rate of a large fp32 matrix product on the same threads.
+ONNX Runtime's profiler then splits each fp32 model's time into convolution kinds (1×1, depthwise, other; each with
+its multiply-add rate as a fraction of the matrix product's) and the other operators, which says where the gap to
+the floor is.
 ``--det-ckpt/--seg-ckpt`` add the int8 accuracy change of trained checkpoints on their validation sets (via
 ``tools/export.py --int8``). Results go to stdout and ``--json``.
 """
@@ -37,6 +40,7 @@ import torch  # noqa: E402
 from mnv2_vision.deploy import bench  # noqa: E402
 from mnv2_vision.deploy.fuse import fold_batchnorm, fuse_for_inference  # noqa: E402
 from mnv2_vision.deploy.onnx_export import DetectionExport, SegmentationExport, export_onnx, ort_session  # noqa: E402
+from mnv2_vision.deploy.ort_profile import kernel_breakdown  # noqa: E402
 from mnv2_vision.deploy.quantize import detection_calibration, quantize_int8, segmentation_calibration  # noqa: E402
 from mnv2_vision.deploy.timing import matmul_madd_rate, time_round_robin  # noqa: E402
 from mnv2_vision.models import build_model  # noqa: E402
@@ -49,7 +53,7 @@ def _ort_variants(name: str, wrapper, size: tuple[int, int], calib, tmp: Path) -
     return {"onnxruntime fp32": fp32, "onnxruntime int8": int8}
 
 
-def _latency_table(args, tmp: Path) -> tuple[list[dict], dict]:
+def _latency_table(args, tmp: Path) -> tuple[list[dict], dict, dict]:
     from mnv2_vision.data.synthetic import SHAPE_CLASSES, ensure_shapes
 
     pp = dict(score_thresh=args.score_thresh, nms_iou=args.nms_iou, topk_candidates=args.topk,
@@ -97,7 +101,15 @@ def _latency_table(args, tmp: Path) -> tuple[list[dict], dict]:
             rows.append({"model": g, "variant": v, "input": int(x.shape[-1]), "params_m": count_params(model) / 1e6,
                          "madds_b": madds / 1e9, "median_ms": t["median_ms"], "p10_ms": t["p10_ms"],
                          "p90_ms": t["p90_ms"], "floor_ms": floor_ms, "x_floor": t["median_ms"] / floor_ms})
-    return rows, {"matmul_gmadds_per_s": rate / 1e9, "postprocess": pp}
+    breakdown = {}
+    for name, path, x in (("ssdlite320_mobilenet_v2", det_ort["onnxruntime fp32"], xd),
+                          ("deeplabv3_mobilenet_v2 (lite)", seg_ort["onnxruntime fp32"], xs)):
+        breakdown[name] = kernel_breakdown(path, {"images": x.numpy()}, runs=args.runs * max(1, args.block - 1),
+                                           warmup=args.warmup, threads=args.threads)
+        for r in breakdown[name]:
+            if r["madds"] is not None:
+                r.update(floor_ms=r["madds"] / rate * 1e3, of_matmul_rate=r["gmadds_per_s"] * 1e9 / rate)
+    return rows, {"matmul_gmadds_per_s": rate / 1e9, "postprocess": pp}, breakdown
 
 
 def _ratios(rows: list[dict]) -> dict[str, float]:
@@ -168,8 +180,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
                                 "onnxruntime": onnxruntime.__version__, "python": platform.python_version()},
                     "command": " ".join(["python tools/benchmark.py", *(argv if argv is not None else sys.argv[1:])])}
     with tempfile.TemporaryDirectory() as tmp:
-        rows, floor = _latency_table(args, Path(tmp))
-    result.update(latency=rows, floor=floor, ratios=_ratios(rows))
+        rows, floor, breakdown = _latency_table(args, Path(tmp))
+    result.update(latency=rows, floor=floor, ratios=_ratios(rows), onnxruntime_fp32_kernels=breakdown)
     print(f"\nfp32 matmul rate on {args.threads} threads: {floor['matmul_gmadds_per_s']:.1f} G multiply-adds/s")
     print("| model | variant | input | params (M) | MAdds (B) | median ms | floor ms | × floor |")
     print("|---|---|---|---|---|---|---|---|")
@@ -177,6 +189,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         print(f"| {r['model']} | {r['variant']} | {r['input']}² | {r['params_m']:.2f} | {r['madds_b']:.2f} | "
               f"{r['median_ms']:.1f} | {r['floor_ms']:.1f} | {r['x_floor']:.2f} |")
     print("\nratios:\n" + "\n".join(f"  {k}: {v:.2f}" for k, v in result["ratios"].items()))
+    _print_breakdown(breakdown)
 
     if not args.no_memory:
         det, seg = build_model("ssdlite320_mobilenet_v2").eval(), build_model("deeplabv3_mobilenet_v2").eval()
@@ -220,6 +233,28 @@ def main(argv: Sequence[str] | None = None) -> dict:
     Path(args.json).write_text(json.dumps(result, indent=1))
     print(f"\nwrote {args.json}")
     return result
+
+
+def _print_breakdown(breakdown: dict[str, list[dict]]) -> None:
+    print("\nwhere ONNX Runtime fp32 spends its time (profiler kernel times per run; MAdds as executed, channels "
+          "padded to ONNX Runtime's SIMD blocks):")
+    print("| model | part | nodes | ms | MAdds (B) | G MAdds/s | of matmul rate | floor ms |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name, parts in breakdown.items():
+        small = [r for r in parts if r["madds"] is None and r["ms"] < 0.1]
+        for r in parts:
+            if r in small:
+                continue
+            conv = r["madds"] is not None
+            print(f"| {name} | {r['part']} | {r['nodes']} | {r['ms']:.2f} | "
+                  + (f"{r['madds'] / 1e9:.3f} | {r['gmadds_per_s']:.0f} | {r['of_matmul_rate']:.2f} | "
+                     f"{r['floor_ms']:.2f} |" if conv else "| | | |"))
+        if small:
+            print(f"| {name} | {len(small)} other op types | {sum(r['nodes'] for r in small)} | "
+                  f"{sum(r['ms'] for r in small):.2f} | | | | |")
+        print(f"| {name} | **all kernels** | {sum(r['nodes'] for r in parts)} | {sum(r['ms'] for r in parts):.2f} "
+              f"| {sum(r['madds'] or 0 for r in parts) / 1e9:.3f} | | | "
+              f"{sum(r.get('floor_ms', 0) for r in parts):.2f} |")
 
 
 def _folded(model: torch.nn.Module) -> torch.nn.Module:
