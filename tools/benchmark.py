@@ -152,9 +152,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
                         "1 = strict call-by-call interleaving")
     p.add_argument("--peers", action="store_true", help="add torchvision's MobileNetV3 SSDLite, LR-ASPP and DeepLabv3")
     p.add_argument("--train", action="store_true", help="training-step images/s, ours vs torchvision's SSDLite")
-    p.add_argument("--train-rounds", type=int, default=2,
+    p.add_argument("--train-rounds", type=int, default=3,
                    help="rounds in which every training candidate runs once, each in a fresh process")
-    p.add_argument("--train-steps", type=int, default=3, help="timed steps per candidate and round (after 2 warm-up)")
+    p.add_argument("--train-steps", type=int, default=4, help="timed steps per candidate and round (after 2 warm-up)")
     p.add_argument("--train-batch", type=int, default=8)
     p.add_argument("--det-size", type=int, default=320, help="SSDLite input side (the paper's 320)")
     p.add_argument("--seg-size", type=int, default=513, help="DeepLab input side (the paper's 513)")
