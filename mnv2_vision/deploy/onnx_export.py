@@ -193,8 +193,9 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
     return out
 
 
-def ort_session(path: str | Path, threads: int = 2):
-    """An ONNX Runtime CPU session with ``threads`` intra-op threads and full graph optimisation."""
+def ort_session(path: str | Path, threads: int = 2, profile_prefix: str | Path | None = None):
+    """An ONNX Runtime CPU session with ``threads`` intra-op threads and full graph optimisation; with
+    ``profile_prefix``, ONNX Runtime's profiler on (its JSON goes to ``<profile_prefix>_<time>.json``)."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()
@@ -203,6 +204,9 @@ def ort_session(path: str | Path, threads: int = 2):
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.log_severity_level = 3
+    if profile_prefix is not None:
+        so.enable_profiling = True
+        so.profile_file_prefix = str(profile_prefix)
     return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
 
 

@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from .onnx_export import ort_session
+
 __all__ = ["conv_kind", "kernel_breakdown", "CONV_KINDS"]
 
 CONV_KINDS = ("conv 1×1", "conv depthwise", "conv other")
@@ -41,26 +43,16 @@ def kernel_breakdown(path: str | Path, feeds: dict[str, np.ndarray], runs: int =
                      threads: int = 2) -> list[dict[str, Any]]:
     """Mean per-run kernel time of each part of the model at ``path`` on ``feeds``, from ONNX Runtime's profiler.
 
-    The session is set up like ``onnx_export.ort_session`` (``threads`` intra-op threads, full optimisation), runs
-    ``warmup`` untimed and ``runs`` profiled times. Returns rows ``{"part", "nodes", "ms", "madds", "gmadds_per_s"}``,
+    The session is ``onnx_export.ort_session``'s (``threads`` intra-op threads, full optimisation) with profiling
+    on; it runs ``warmup`` untimed and ``runs`` profiled times. Returns rows ``{"part", "nodes", "ms", "madds", "gmadds_per_s"}``,
     convolution kinds first (``madds`` per run, ``gmadds_per_s`` = madds / kernel time; ``None`` for other
     operators), then the other operator types by decreasing time. Profiling adds a little overhead per node, so the
     kernel times sum to somewhat more than an unprofiled run's compute and omit the time between nodes.
     """
-    import onnxruntime as ort
-
     if runs < 1:
         raise ValueError(f"runs must be ≥ 1, got {runs}")
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    so.inter_op_num_threads = 1
-    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    so.log_severity_level = 3
     with tempfile.TemporaryDirectory() as tmp:
-        so.enable_profiling = True
-        so.profile_file_prefix = str(Path(tmp) / "ort")
-        session = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        session = ort_session(path, threads, profile_prefix=Path(tmp) / "ort")
         for _ in range(warmup + runs):
             session.run(None, feeds)
         events = json.loads(Path(session.end_profiling()).read_text())
