@@ -77,6 +77,7 @@ def test_training_throughput_and_timing_helpers():
     timing = time_round_robin({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, runs=3, warmup=1)
     assert calls == ["a", "b"] * 4  # interleaved rounds
     assert timing["a"]["runs"] == 3 and timing["a"]["median_ms"] >= 0
+    assert len(timing["a"]["samples_ms"]) == 3 and sorted(timing["a"]["samples_ms"])[1] == timing["a"]["median_ms"]
     calls.clear()
     timing = time_round_robin({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, runs=2, warmup=0,
                               block=3)

@@ -175,14 +175,7 @@ def _time_one_training_candidate(name: str, batch: int, size: int, steps: int, w
     ours = build_model("ssdlite320_mobilenet_v2")
     peer = torchvision_peers(postprocess)["ssdlite320_mobilenet_v3_large"] if name.startswith("peer") else None
     step = training_steps(ours, peer, batch, size, only=(name,))[0][name]
-    for _ in range(warmup):
-        step()
-    times = []
-    for _ in range(steps):
-        t0 = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - t0)
-    return times
+    return [t / 1e3 for t in time_round_robin({name: step}, runs=steps, warmup=warmup)[name]["samples_ms"]]
 
 
 def isolated_training_throughput(candidates: Sequence[str] = TRAIN_CANDIDATES, batch: int = 8, size: int = 320,

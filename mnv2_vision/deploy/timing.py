@@ -20,13 +20,15 @@ __all__ = ["Timing", "time_round_robin", "matmul_madd_rate"]
 
 
 class Timing(dict):
-    """``{"median_ms", "p10_ms", "p90_ms", "runs"}`` of one candidate."""
+    """``{"median_ms", "p10_ms", "p90_ms", "runs", "samples_ms"}`` of one candidate (``samples_ms``: every timed
+    call, in order, for pooling with samples from elsewhere)."""
 
 
 def _stats(samples: list[float]) -> Timing:
     s = sorted(samples)
     q = lambda f: s[min(len(s) - 1, int(f * len(s)))]  # noqa: E731
-    return Timing(median_ms=statistics.median(s) * 1e3, p10_ms=q(0.1) * 1e3, p90_ms=q(0.9) * 1e3, runs=len(s))
+    return Timing(median_ms=statistics.median(s) * 1e3, p10_ms=q(0.1) * 1e3, p90_ms=q(0.9) * 1e3, runs=len(s),
+                  samples_ms=[t * 1e3 for t in samples])
 
 
 def time_round_robin(candidates: dict[str, Callable[[], object]], runs: int = 20, warmup: int = 3,
