@@ -1,15 +1,33 @@
-"""What every tool shares: ``--cfg/--set/--out/--print-config/--resume`` and the run folder set-up."""
+"""What every tool shares: ``--cfg/--set/--out/--print-config/--resume/--overwrite/--debug``, the run folder set-up,
+and one place that turns a user's mistake into one line and an exit status.
+
+Exit status: 0 done; 1 the data has problems (``check_data`` found some, ``predict`` skipped images, no usable
+image); 2 a mistake in what was given (config key or value, missing or unreadable file, wrong checkpoint, run folder
+in use, full disk); 128 + N stopped by signal N after saving ``last.ckpt`` (143 SIGTERM, 130 Ctrl-C). ``--debug``
+shows the traceback instead.
+"""
 from __future__ import annotations
 
 import argparse
 import functools
+import logging
 import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
 from .config import Config, ConfigError, load_config, save_config, to_yaml
+from .errors import RunInterrupted, UserError
+from .files import is_disk_full
+from .runfolder import RunFolder
 
-__all__ = ["base_parser", "setup_run", "guarded", "resolve_resume"]
+__all__ = ["base_parser", "setup_run", "write_config", "guarded", "add_debug_flag"]
+
+log = logging.getLogger("mnv2_vision")
+
+
+def add_debug_flag(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    p.add_argument("--debug", action="store_true", help="show the full traceback of an error instead of one line")
+    return p
 
 
 def base_parser(description: str) -> argparse.ArgumentParser:
@@ -21,40 +39,77 @@ def base_parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     p.add_argument("--resume", default=None, metavar="CKPT",
                    help="resume training from a checkpoint (a path, or 'last' for <out>/ckpt/last.ckpt)")
-    return p
+    p.add_argument("--overwrite", action="store_true",
+                   help="start afresh in a run folder that holds an earlier run (its checkpoints, logs and results "
+                        "are deleted first)")
+    return add_debug_flag(p)
 
 
-def setup_run(args: argparse.Namespace) -> tuple[Config, Path]:
-    """Resolve the config (defaults < file < --set), print it, and save it as ``<out>/config.yaml``."""
+def setup_run(args: argparse.Namespace, task: str | None = None) -> tuple[Config, RunFolder]:
+    """Resolve the config (defaults < file < --set), check its task, and open the run folder (locked; a fresh run
+    never lands in a folder holding another run). ``--print-config`` prints the config and exits. The config is
+    written to ``<out>/config.yaml`` by ``write_config`` once the data is known to be there, so a failed start
+    leaves no run files behind."""
     cfg = load_config(args.cfg, args.set)
-    print(to_yaml(cfg), end="", flush=True)
     if args.print_config:
+        print(to_yaml(cfg), end="", flush=True)
         raise SystemExit(0)
+    if task is not None and cfg.task != task:
+        raise ConfigError(f"config {args.cfg!r} has task={cfg.task!r}; this tool trains {task} (task: {task})")
     out_dir = Path(args.out) if args.out else Path("runs") / Path(args.cfg).stem
-    save_config(cfg, out_dir / "config.yaml")
-    return cfg, out_dir
+    if args.resume is not None and args.overwrite:
+        raise ConfigError("--resume continues the run in --out and --overwrite deletes it: give one of them")
+    run = RunFolder(out_dir, resume=args.resume, overwrite=args.overwrite).open()
+    if run.removed_temp:
+        print(f"removed {len(run.removed_temp)} temporary file(s) left by an interrupted run in {out_dir}", flush=True)
+    return cfg, run
 
 
-def resolve_resume(resume: str | None, out_dir: Path) -> str | None:
-    """``--resume last`` → ``<out>/ckpt/last.ckpt``; a path that does not exist is an error, never a fresh start."""
-    if resume is None:
-        return None
-    path = out_dir / "ckpt" / "last.ckpt" if resume == "last" else Path(resume)
-    if not path.is_file():
-        raise FileNotFoundError(f"--resume {resume}: no checkpoint at {path}")
-    return str(path)
+def write_config(cfg: Config, folder: str | Path) -> Path:
+    """``<folder>/config.yaml`` (the resolved config: ``--print-config`` shows the same), announced in one line."""
+    path = save_config(cfg, Path(folder) / "config.yaml")
+    print(f"config: {path} (python {Path(sys.argv[0]).name} ... --print-config shows it)", flush=True)
+    return path
+
+
+def _one_line(error: BaseException) -> str:
+    """The message of ``error``; for one re-raised from a DataLoader worker, its original message (the last line
+    of the worker's traceback, without the exception's class name)."""
+    msg = str(error.args[0]) if isinstance(error, KeyError) and error.args else str(error)
+    if "Original Traceback" in msg:
+        last = [line for line in msg.splitlines() if line.strip()][-1]
+        msg = last.split(": ", 1)[1] if ": " in last and last.split(": ", 1)[0].isidentifier() else last
+    return msg
+
+
+def _wants_traceback(argv: Sequence[str] | None) -> bool:
+    return "--debug" in (sys.argv[1:] if argv is None else argv)
 
 
 def guarded(main: Callable[[Sequence[str] | None], object]) -> Callable[[Sequence[str] | None], object]:
-    """Turn user errors (bad config key/value, missing dataset or checkpoint) into a one-line message and exit 2."""
+    """Run a tool's ``main``; a user's mistake (``errors.UserError``, a missing file, a full disk) becomes one line
+    on stderr and its exit status, a run stopped by a signal exits with 128 + the signal number. Other exceptions
+    are bugs and keep their traceback."""
 
     @functools.wraps(main)
     def wrapper(argv: Sequence[str] | None = None) -> object:
         try:
             return main(argv)
-        except (ConfigError, FileNotFoundError, KeyError) as e:
-            msg = e.args[0] if isinstance(e, KeyError) and e.args else e
-            print(f"error: {msg}", file=sys.stderr)
+        except RunInterrupted as e:
+            print(f"stopped: {e}", file=sys.stderr, flush=True)
+            raise SystemExit(e.exit_code) from None
+        except (UserError, FileNotFoundError, KeyError, PermissionError, IsADirectoryError, NotADirectoryError) as e:
+            if _wants_traceback(argv):
+                raise
+            print(f"error: {_one_line(e)}", file=sys.stderr, flush=True)
+            raise SystemExit(getattr(e, "exit_code", 2)) from None
+        except OSError as e:
+            if not is_disk_full(e) or _wants_traceback(argv):
+                raise
+            where = f" while writing {e.filename}" if e.filename else ""
+            print(f"error: the disk is full{where} ({e.strerror}); every file written so far is complete. Free some "
+                  "space, then run the same command again (a training run: add --resume last)", file=sys.stderr,
+                  flush=True)
             raise SystemExit(2) from None
 
     return wrapper

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import os
 import types
 import typing
@@ -16,6 +17,8 @@ from typing import Any, Sequence, Union
 
 import yaml
 
+from .errors import UserError
+
 __all__ = [
     "ModelCfg", "DataCfg", "OptimCfg", "SchedCfg", "TrainerCfg", "EvalCfg", "LossCfg", "Config",
     "ConfigError", "load_config", "config_from_dict", "to_dict", "to_yaml", "save_config", "config_dir",
@@ -23,7 +26,7 @@ __all__ = [
 ]
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A config file, key or value is wrong; the message names it."""
 
 
@@ -110,6 +113,11 @@ class TrainerCfg:
     # Also write ckpt/last.ckpt after every N optimizer steps (null: only at the end of each epoch). Resuming from it
     # continues exactly like an uninterrupted run: the training loaders save their place in the epoch (README, Resume).
     ckpt_every_n_steps: int | None = None
+    # Intra-op CPU threads of the training process; null = from the cores this process may use (affinity, cgroup
+    # quota), less the data workers and the cores other processes keep busy (lit/common.py: choose_num_threads).
+    num_threads: int | None = None
+    # Without a terminal (nohup, CI, a pipe): a progress line at least every this many seconds.
+    progress_interval_s: float = 60.0
 
 
 @dataclass
@@ -167,6 +175,27 @@ class Config:
                 raise ConfigError(f"{key} must be ≥ 1, got {v}")
         if self.optim.lr <= 0:
             raise ConfigError(f"optim.lr must be > 0, got {self.optim.lr}")
+        if any(v <= 0 for v in self.data.std):
+            raise ConfigError(f"data.std must be > 0 for every channel (it divides the image), got {list(self.data.std)}")
+        if self.model.width_mult <= 0:
+            raise ConfigError(f"model.width_mult must be > 0, got {self.model.width_mult}")
+        for key, v in (("data.num_workers", self.data.num_workers), ("optim.weight_decay", self.optim.weight_decay),
+                       ("sched.warmup_epochs", self.sched.warmup_epochs), ("sched.min_lr", self.sched.min_lr)):
+            if v < 0:
+                raise ConfigError(f"{key} must be ≥ 0, got {v}")
+        t = self.trainer
+        if t.max_epochs == 0 or t.max_epochs < -1:
+            raise ConfigError(f"trainer.max_epochs must be ≥ 1 (or -1 with trainer.max_steps > 0), got {t.max_epochs}")
+        if t.max_epochs == -1 and t.max_steps <= 0:
+            raise ConfigError("trainer.max_epochs=-1 (no epoch limit) needs trainer.max_steps > 0")
+        if t.max_steps == 0 or t.max_steps < -1:
+            raise ConfigError(f"trainer.max_steps must be ≥ 1 or -1 (no step limit), got {t.max_steps}")
+        if t.check_val_every_n_epoch < 1:
+            raise ConfigError(f"trainer.check_val_every_n_epoch must be ≥ 1, got {t.check_val_every_n_epoch}")
+        if t.num_threads is not None and t.num_threads < 1:
+            raise ConfigError(f"trainer.num_threads must be ≥ 1 or null (auto), got {t.num_threads}")
+        if t.progress_interval_s <= 0:
+            raise ConfigError(f"trainer.progress_interval_s must be > 0, got {t.progress_interval_s}")
         if self.trainer.ckpt_every_n_steps is not None and self.trainer.ckpt_every_n_steps < 1:
             raise ConfigError(f"trainer.ckpt_every_n_steps must be ≥ 1 or null, got "
                               f"{self.trainer.ckpt_every_n_steps}")
@@ -207,6 +236,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key}: expected float, got {value!r} ({type(value).__name__})")
+        if not math.isfinite(value):  # YAML's .nan / .inf: training would save NaN weights
+            raise ConfigError(f"{key}: expected a finite number, got {value!r}")
         return float(value)
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
@@ -328,13 +359,10 @@ def to_yaml(cfg: Config) -> str:
 
 
 def save_config(cfg: Config, path: str | os.PathLike) -> Path:
-    """Write the resolved config atomically (write to a temporary name, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(to_yaml(cfg))
-    os.replace(tmp, path)
-    return path
+    """Write the resolved config atomically (``files.atomic_write``)."""
+    from .files import write_text
+
+    return write_text(path, to_yaml(cfg))
 
 
 # ---------------------------------------------------------------------------------------------- ablation studies

@@ -4,9 +4,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import inspect
-import json
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Sequence
 
 import torch
@@ -14,8 +12,9 @@ from torch import nn
 import yaml
 from torch.utils.flop_counter import FlopCounterMode
 
-from .cli import guarded
+from .cli import add_debug_flag, guarded
 from .config import ConfigError
+from .files import write_json
 from .models import MODELS, build_model, list_models
 
 __all__ = ["StageRow", "Profile", "count_params", "count_madds", "profile_model", "main"]
@@ -128,7 +127,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     p.add_argument("--set", action="append", default=[], metavar="ARG=VALUE",
                    help="builder keyword argument, YAML-parsed (e.g. width_mult=0.5, output_stride=8)")
     p.add_argument("--json", default=None, help="also write the numbers to this JSON file")
-    args = p.parse_args(argv)
+    args = add_debug_flag(p).parse_args(argv)
 
     kwargs = {}
     for item in args.set:
@@ -152,5 +151,5 @@ def main(argv: Sequence[str] | None = None) -> dict:
     print(f"params: {prof.params:,} ({prof.params / 1e6:.2f} M)   MAdds: {prof.madds:,} ({prof.madds / 1e9:.3f} B)")
     result = {"model": args.model, "kwargs": kwargs, "size": list(size), "params": prof.params, "madds": prof.madds}
     if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2))
+        write_json(args.json, result)
     return result

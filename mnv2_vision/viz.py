@@ -105,6 +105,8 @@ def plot_pr_curves(pr: dict, category_names: dict[int, str], path: str, title: s
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8, loc="lower left")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    from .files import save_figure
+
+    save_figure(fig, path, dpi=100)
     plt.close(fig)
     return str(path)

@@ -163,8 +163,8 @@ def test_datamodule_label_map_collate_and_loaders(coco_root):
                              num_workers=0)
     assert dm.num_classes == 4 and dm.category_ids == [2, 5, 90]
     assert dm.category_names == ["bicycle", "airplane", "toothbrush"]
-    images, targets = next(iter(dm.val_dataloader()))
-    assert images.shape == (2, 3, 32, 32) and images.dtype == torch.float32
+    images, targets, skipped = next(iter(dm.val_dataloader()))  # evaluation batches list the images left out
+    assert images.shape == (2, 3, 32, 32) and images.dtype == torch.float32 and skipped == []
     assert [t["image_id"] for t in targets] == [100, 101]
     # Eval resize 80×60 → 32×32: x scales by 0.4, y by 32/60.
     torch.testing.assert_close(targets[0]["boxes"][0], torch.tensor([4.0, 5 * 32 / 60, 12.0, 35 * 32 / 60]))

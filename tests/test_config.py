@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from mnv2_vision.checkpoint import model_kwargs
-from mnv2_vision.cli import base_parser, guarded, setup_run
+from mnv2_vision.cli import base_parser, guarded, setup_run, write_config
 from mnv2_vision.config import (Config, ConfigError, config_from_dict, list_configs, load_config, save_config,
                                 to_dict)
 
@@ -83,9 +83,16 @@ def test_round_trip(tmp_path):
 
 def test_cli_setup_run_saves_resolved_config(tmp_path, capsys):
     args = base_parser("t").parse_args(["--cfg", str(_write(tmp_path)), "--set", "seed=3", "--out", str(tmp_path / "o")])
-    cfg, out = setup_run(args)
-    assert cfg.seed == 3 and load_config(out / "config.yaml").seed == 3
-    assert "seed: 3" in capsys.readouterr().out
+    cfg, run = setup_run(args)
+    with run:
+        assert not (run.path / "config.yaml").exists()  # written once the data is found (write_config)
+        write_config(cfg, run.path)
+    assert cfg.seed == 3 and load_config(tmp_path / "o" / "config.yaml").seed == 3
+    printed = capsys.readouterr().out
+    assert "seed: 3" not in printed and f"config: {tmp_path / 'o' / 'config.yaml'}" in printed  # one line, no dump
+    with pytest.raises(SystemExit) as e:  # --print-config still shows the whole resolved config
+        setup_run(base_parser("t").parse_args(["--cfg", str(_write(tmp_path)), "--set", "seed=3", "--print-config"]))
+    assert e.value.code == 0 and "seed: 3" in capsys.readouterr().out
 
 
 def test_cli_errors_exit_nonzero_with_message(tmp_path, capsys):

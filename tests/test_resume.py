@@ -332,14 +332,16 @@ def test_detection_killed_mid_epoch_resumes_exactly(det_runs):
     assert (_load(ref)["epoch"], _load(ref)["global_step"]) == (1, 12)
 
 
-def test_resume_from_a_checkpoint_of_another_model_fails(det_runs, tmp_path):
+def test_resume_from_a_checkpoint_of_another_model_fails(det_runs, tmp_path, capsys):
     ref, _, _ = det_runs
     train_det = importlib.util.spec_from_file_location("resume_train_det", TOOLS / "train_det.py")
     module = importlib.util.module_from_spec(train_det)
     train_det.loader.exec_module(module)
     args = [a if a != "model.width_mult=0.35" else "model.width_mult=1.0" for a in DET_ARGS]  # other tensor shapes
-    with pytest.raises(RuntimeError, match="size mismatch"):
+    with pytest.raises(SystemExit) as e:  # one line naming the differing key, before Lightning loads anything
         module.main([*args, "--out", str(tmp_path / "wide"), "--resume", str(ref)])
+    assert e.value.code == 2
+    assert "model.width_mult: 0.35 in the checkpoint, 1.0 now" in capsys.readouterr().err
     with pytest.raises(SystemExit) as e:  # a missing checkpoint is an error, never a fresh start
         module.main([*DET_ARGS, "--out", str(tmp_path / "none"), "--resume", str(tmp_path / "nope.ckpt")])
     assert e.value.code == 2
@@ -356,7 +358,8 @@ def test_segmentation_killed_at_epoch_end_resumes_exactly_with_other_num_workers
     # with a fresh loader and only calls set_epoch). DeepLab's head has dropout (per-batch seeding, StepSeed), and
     # the killed run loads its data in a worker process.
     ref, run, at_kill = _killed_and_uninterrupted(
-        "train_seg", tmp_path, [*SEG_ARGS, "--set", "data.num_workers=0"], kill_at="4:2",  # 2nd save at step 4
+        "train_seg", tmp_path, [*SEG_ARGS, "--set", "data.num_workers=0"], kill_at="4",  # the epoch-end save (no step save
+        # on an epoch's last batch: LastCheckpoint)
         killed_args=["--set", "data.num_workers=1"])
     assert (at_kill["epoch"], at_kill["global_step"]) == (0, 4)
     progress = at_kill["loops"]["fit_loop"]["epoch_progress"]["current"]

@@ -27,8 +27,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from mnv2_vision.checkpoint import build_from_config, model_kwargs  # noqa: E402
-from mnv2_vision.cli import guarded  # noqa: E402
+from mnv2_vision.cli import add_debug_flag, guarded  # noqa: E402
 from mnv2_vision.config import Study, load_study, to_dict  # noqa: E402
+from mnv2_vision.files import save_figure, write_json, write_text  # noqa: E402
 from mnv2_vision.lit.classification import fit_classifier  # noqa: E402
 from mnv2_vision.profiling import count_madds, count_params  # noqa: E402
 
@@ -52,7 +53,7 @@ def run_variant(study: Study, name: str, out: Path) -> dict:
     model = build_from_config(cfg, num_classes=len(result["classes"]), pretrained=False)
     result.update(variant=name, overrides=list(study.variants[name]), params=count_params(model),
                   madds=count_madds(model, (cfg.data.image_size, cfg.data.image_size)), study_config=to_dict(cfg))
-    done.write_text(json.dumps(result, indent=2))  # written last: its presence marks the variant finished
+    write_json(done, result)  # written last: its presence marks the variant finished
     return result
 
 
@@ -66,7 +67,7 @@ def write_table(study: Study, results: list[dict], path: Path) -> Path:
         overrides = " ".join(f"`{o}`" for o in r["overrides"]) or "(base)"
         lines.append(f"| {r['variant']} | {overrides} | {r['params'] / 1e6:.3f} M | {r['madds'] / 1e6:.1f} M | "
                      f"{r['best_top1']:.4f} | {r['final_top1']:.4f} | {r['epochs']} | {r['wall_time_s'] / 60:.1f} min |")
-    path.write_text("\n".join(lines) + "\n")
+    write_text(path, "\n".join(lines) + "\n")
     return path
 
 
@@ -81,7 +82,7 @@ def plot_curves(study: Study, results: list[dict], path: Path) -> Path:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    save_figure(fig, path, dpi=100)
     plt.close(fig)
     return path
 
@@ -93,7 +94,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
     p.add_argument("--out", default=None, help="study folder (default: runs/ablate/<study>)")
     p.add_argument("--only", default=None, help="comma-separated variants to run now (the table lists every finished)")
     p.add_argument("--print", action="store_true", help="print each variant's overrides and model and exit")
-    args = p.parse_args(argv)
+    args = add_debug_flag(p).parse_args(argv)
     study = load_study(args.cfg)
     names = list(study.variants)
     if args.only:
@@ -124,8 +125,8 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
         results.sort(key=lambda r: order.index(r["variant"]))
     table = write_table(study, results, out / "results.md")
     plot_curves(study, results, out / "curves.png")
-    (out / "results.json").write_text(json.dumps([{k: v for k, v in r.items() if k != "study_config"}
-                                                  for r in results], indent=2))
+    write_json(out / "results.json", [{k: v for k, v in r.items() if k != "study_config"}
+                                            for r in results])
     print(table.read_text(), end="")
     print(f"[ablate] wrote {table} and {out / 'curves.png'}")
     return results

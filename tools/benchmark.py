@@ -37,12 +37,14 @@ sys.path[0] = str(Path(__file__).resolve().parents[1])
 import onnxruntime  # noqa: E402
 import torch  # noqa: E402
 
+from mnv2_vision.cli import add_debug_flag  # noqa: E402
 from mnv2_vision.deploy import bench  # noqa: E402
 from mnv2_vision.deploy.fuse import fold_batchnorm, fuse_for_inference  # noqa: E402
 from mnv2_vision.deploy.onnx_export import DetectionExport, SegmentationExport, export_onnx, ort_session  # noqa: E402
 from mnv2_vision.deploy.ort_profile import kernel_breakdown  # noqa: E402
 from mnv2_vision.deploy.quantize import detection_calibration, quantize_int8, segmentation_calibration  # noqa: E402
 from mnv2_vision.deploy.timing import matmul_madd_rate, time_round_robin  # noqa: E402
+from mnv2_vision.files import write_json  # noqa: E402
 from mnv2_vision.models import build_model  # noqa: E402
 from mnv2_vision.profiling import count_madds, count_params  # noqa: E402
 
@@ -171,7 +173,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     p.add_argument("--detections", type=int, default=100)
     p.add_argument("--json", default="runs/benchmark.json")
     p.add_argument("--quiet", action="store_true", help="hide the export tool's output")
-    args = p.parse_args(argv)
+    args = add_debug_flag(p).parse_args(argv)
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -230,7 +232,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
                   f"({acc['onnx_int8'][key] - acc['onnx_fp32'][key]:+.4f}); ONNX Runtime speed-up "
                   f"{a['speedup']:.2f}x")
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(result, indent=1))
+    write_json(args.json, result, indent=1)
     print(f"\nwrote {args.json}")
     return result
 

@@ -20,7 +20,7 @@ from typing import Sequence
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mnv2_vision.cli import guarded  # noqa: E402
+from mnv2_vision.cli import add_debug_flag, guarded  # noqa: E402
 from mnv2_vision.config import load_config  # noqa: E402
 from mnv2_vision.data import resolve_root  # noqa: E402
 from mnv2_vision.data.check import Problem, check_coco, check_voc  # noqa: E402
@@ -49,7 +49,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--cfg", required=True, help="config name in configs/ or a YAML path")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override (repeatable)")
     p.add_argument("--split", action="append", default=[], help="split to scan (repeatable; default: train + val)")
-    args = p.parse_args(argv)
+    args = add_debug_flag(p).parse_args(argv)
     problems = scan(args.cfg, args.set, args.split)
     by_file: dict[str, list[Problem]] = {}
     for prob in problems:

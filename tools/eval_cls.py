@@ -10,7 +10,6 @@ next to the checkpoint's ``ckpt/`` folder).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -25,10 +24,11 @@ import numpy as np  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 
 from mnv2_vision.checkpoint import load_model  # noqa: E402
-from mnv2_vision.cli import guarded  # noqa: E402
+from mnv2_vision.cli import add_debug_flag, guarded  # noqa: E402
 from mnv2_vision.data import resolve_root  # noqa: E402
 from mnv2_vision.data.classification import (  # noqa: E402
     TransformedDataset, classification_transform, read_classification_split)
+from mnv2_vision.files import save_figure, write_json  # noqa: E402
 from mnv2_vision.lit.classification import evaluate_classifier  # noqa: E402
 
 
@@ -55,7 +55,7 @@ def plot_confusion(matrix: np.ndarray, classes: Sequence[str], path: Path, title
     ax.set_title(title)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
+    save_figure(fig, path, dpi=100)
     plt.close(fig)
     return path
 
@@ -68,7 +68,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     p.add_argument("--split", default=None, help="split to evaluate (default: the config's data.val_split)")
     p.add_argument("--batch-size", type=int, default=None, help="default: the config's data.val_batch_size")
     p.add_argument("--out", default=None, help="output folder (default: <run>/eval)")
-    args = p.parse_args(argv)
+    args = add_debug_flag(p).parse_args(argv)
 
     cfg, model, hparams = load_model(args.ckpt)
     if cfg.task != "classification":
@@ -99,7 +99,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     result = {"checkpoint": str(ckpt), "root": str(root), "split": split, "images": res["images"],
               "top1": res["top1"], "top5": res["top5"], "per_class": per_class, "confusion": matrix.tolist(),
               "confusion_png": str(png)}
-    (out / "metrics.json").write_text(json.dumps(result, indent=2))
+    write_json(out / "metrics.json", result)
     print(f"wrote {out / 'metrics.json'} and {png}")
     return result
 

@@ -12,7 +12,6 @@ pycocotools' on exactly that JSON.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 from pathlib import Path
@@ -24,9 +23,10 @@ sys.path[0] = str(Path(__file__).resolve().parents[1])
 import pytorch_lightning as pl  # noqa: E402
 
 from mnv2_vision.checkpoint import load_model  # noqa: E402
-from mnv2_vision.cli import guarded  # noqa: E402
+from mnv2_vision.cli import add_debug_flag, guarded  # noqa: E402
 from mnv2_vision.config import load_config, save_config  # noqa: E402
 from mnv2_vision.eval.coco import format_coco_stats, save_results  # noqa: E402
+from mnv2_vision.files import write_json  # noqa: E402
 from mnv2_vision.lit.detection import DetectionModule, build_det_datamodule, categories_from  # noqa: E402
 
 
@@ -40,7 +40,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     p.add_argument("--pr-plot", action="store_true", help="also write <out>/pr_<split>.png (precision-recall curves)")
     p.add_argument("--fuse", action="store_true",
                    help="fused inference: BatchNorm folded into the convs, channels-last, inference mode")
-    args = p.parse_args(argv)
+    args = add_debug_flag(p).parse_args(argv)
 
     ckpt_cfg, model, hparams = load_model(args.ckpt)
     if args.fuse:
@@ -70,14 +70,16 @@ def main(argv: Sequence[str] | None = None) -> dict:
     split = cfg.data.val_split
     results_path = save_results(module.coco_results, out_dir / f"detections_{split}.json")
     names = dict(zip(category_ids, category_names))
-    print(f"COCO bbox evaluation on {split} ({len(dataset)} images, {len(module.coco_results)} detections):")
+    print(f"COCO bbox evaluation on {split} ({len(module.val_image_ids)} images, {len(module.coco_results)} "
+          f"detections{module.skipped_note()}):")
     print(format_coco_stats(summary, names))
     print(f"mAP@[.5:.95] = {summary['map']:.4f}  mAP@.5 = {summary['map50']:.4f}")
     print(f"wrote {results_path}")
     per_class = {names[c]: (None if math.isnan(ap) else ap) for c, ap in summary["per_class"].items()}
     metrics = {"checkpoint": str(ckpt_path), "split": split, "results": str(results_path),
-               "stats": summary["stats"], "map": summary["map"], "map50": summary["map50"], "per_class": per_class}
-    (out_dir / f"metrics_{split}.json").write_text(json.dumps(metrics, indent=2))
+               "stats": summary["stats"], "map": summary["map"], "map50": summary["map50"], "per_class": per_class,
+               "num_images": len(module.val_image_ids), "skipped_images": module.val_skipped}
+    write_json(out_dir / f"metrics_{split}.json", metrics)
     if args.pr_plot:
         from mnv2_vision.viz import plot_pr_curves
 

@@ -12,7 +12,6 @@ left out of the mean).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 from pathlib import Path
@@ -26,10 +25,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from mnv2_vision.checkpoint import load_model  # noqa: E402
-from mnv2_vision.cli import guarded  # noqa: E402
+from mnv2_vision.cli import add_debug_flag, guarded  # noqa: E402
 from mnv2_vision.config import load_config, save_config  # noqa: E402
 from mnv2_vision.data.voc import IGNORE_INDEX, write_label  # noqa: E402
 from mnv2_vision.eval.miou import ConfusionMatrix  # noqa: E402
+from mnv2_vision.files import write_json  # noqa: E402
+from mnv2_vision.lit.common import skipped_note  # noqa: E402
 from mnv2_vision.lit.segmentation import build_seg_datamodule, predict_batch, segmentation_class_names  # noqa: E402
 
 
@@ -43,7 +44,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--fuse", action="store_true",
                    help="fused inference: BatchNorm folded into the convs, channels-last, inference mode")
-    args = p.parse_args(argv)
+    args = add_debug_flag(p).parse_args(argv)
 
     cfg, model, hparams = load_model(args.ckpt)
     if args.set:  # the stored config, then the overrides, through the normal loader (same checks as training)
@@ -61,7 +62,14 @@ def main(argv: Sequence[str] | None = None) -> dict:
     save_dir = Path(args.save_dir) if args.save_dir else None
 
     confmat = ConfusionMatrix(len(names), IGNORE_INDEX, device=args.device)
+    dataset = datamodule.val_dataset()
+    skipped = [f"{i} (image or label file missing)" for i in dataset.missing]
+    num_images = 0
     for batch in datamodule.val_dataloader():
+        skipped += [str(s) for s in batch["skipped"]]  # unusable images are left out, never replaced
+        num_images += len(batch["id"])
+        if not batch["id"]:
+            continue
         preds = predict_batch(model, batch["image"].to(args.device), batch["size"], scales, flip)
         for pred, mask, (h, w), image_id in zip(preds, batch["mask"], batch["size"].tolist(), batch["id"]):
             confmat.update(pred, mask[:h, :w])
@@ -70,15 +78,15 @@ def main(argv: Sequence[str] | None = None) -> dict:
     metrics = confmat.compute()
 
     mode = f"multi-scale {list(scales)}" + (" + flip" if flip else "") if args.ms_flip else "single-scale"
-    print(f"{args.ckpt}: {len(datamodule.val_dataset())} images of split {cfg.data.val_split!r}, {mode}")
+    print(f"{args.ckpt}: {num_images} images of split {cfg.data.val_split!r}, {mode}{skipped_note(skipped)}")
     print(f"mIoU {metrics.miou:.4f}   pixel accuracy {metrics.pixel_acc:.4f}")
     for name, iou in metrics.per_class(names).items():
         print(f"  {name:<14} {iou:.4f}" if iou == iou else f"  {name:<14}    -   (absent)")
     result = {"miou": metrics.miou, "pixel_acc": metrics.pixel_acc, "per_class_iou": metrics.per_class(names),
-              "ms_flip": args.ms_flip, "scales": list(scales), "flip": flip, "ckpt": str(args.ckpt)}
+              "ms_flip": args.ms_flip, "scales": list(scales), "flip": flip, "ckpt": str(args.ckpt),
+              "num_images": num_images, "skipped_images": skipped}
     if save_dir is not None:
-        save_dir.mkdir(parents=True, exist_ok=True)
-        (save_dir / "metrics.json").write_text(json.dumps(result, indent=1, allow_nan=True))
+        write_json(save_dir / "metrics.json", result, indent=1)
     return result
 
 

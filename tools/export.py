@@ -28,7 +28,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from mnv2_vision.checkpoint import load_model  # noqa: E402
-from mnv2_vision.cli import guarded  # noqa: E402
+from mnv2_vision.cli import add_debug_flag, guarded  # noqa: E402
 from mnv2_vision.config import save_config, to_dict  # noqa: E402
 from mnv2_vision.data import resolve_root  # noqa: E402
 from mnv2_vision.deploy import evaluate as ev  # noqa: E402
@@ -36,6 +36,7 @@ from mnv2_vision.deploy.onnx_export import (  # noqa: E402
     DetectionExport, SegmentationExport, check_parity, export_onnx, ort_session)
 from mnv2_vision.deploy.quantize import detection_calibration, quantize_int8, segmentation_calibration  # noqa: E402
 from mnv2_vision.deploy.timing import time_round_robin  # noqa: E402
+from mnv2_vision.files import save_torch, write_json  # noqa: E402
 from mnv2_vision.lit.detection import build_det_datamodule, categories_from  # noqa: E402
 from mnv2_vision.lit.segmentation import build_seg_datamodule, segmentation_class_names  # noqa: E402
 from mnv2_vision.version import __version__  # noqa: E402
@@ -91,14 +92,14 @@ def main(argv: Sequence[str] | None = None) -> dict:
     p.add_argument("--calib-images", type=int, default=64, help="training images for int8 calibration")
     p.add_argument("--threads", type=int, default=2, help="threads for ONNX Runtime and PyTorch")
     p.add_argument("--runs", type=int, default=30, help="timed runs (in blocks of 10) for the fp32 vs int8 latency")
-    args = p.parse_args(argv)
+    args = add_debug_flag(p).parse_args(argv)
 
     torch.set_num_threads(args.threads)
     cfg, model, hparams = load_model(args.ckpt)
     out_dir = Path(args.out) if args.out else Path(args.ckpt).resolve().parent.parent / "export"
     out_dir.mkdir(parents=True, exist_ok=True)
     if args.format == "state_dict":
-        torch.save(model.state_dict(), out_dir / "model.pt")
+        save_torch(model.state_dict(), out_dir / "model.pt")
         save_config(cfg, out_dir / "config.yaml")
         print(f"wrote {out_dir / 'model.pt'} and {out_dir / 'config.yaml'}")
         return {"state_dict": str(out_dir / "model.pt")}
@@ -142,7 +143,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         print(f"ONNX Runtime latency, batch 1 at {tuple(x.shape[-2:])}, {args.threads} threads: fp32 "
               f"{report['latency_ms']['fp32']:.1f} ms, int8 {report['latency_ms']['int8']:.1f} ms "
               f"(speed-up {report['speedup']:.2f}x)")
-    (out_dir / "export_report.json").write_text(json.dumps(report, indent=1))
+    write_json(out_dir / "export_report.json", report, indent=1)
     return report
 
 

@@ -15,7 +15,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from mnv2_vision.cli import guarded  # noqa: E402
+from mnv2_vision.cli import add_debug_flag, guarded  # noqa: E402
+from mnv2_vision.files import save_figure  # noqa: E402
 
 PANELS = (
     ("loss", lambda k: k.startswith("train/loss")),
@@ -47,7 +48,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run_dir", help="a run folder written by tools/train_*.py (holds metrics.csv)")
     p.add_argument("--out", default=None, help="PNG path (default: RUN_DIR/curves.png)")
-    args = p.parse_args(argv)
+    args = add_debug_flag(p).parse_args(argv)
     run = Path(args.run_dir)
     csv_path = run / "metrics.csv"
     if not csv_path.is_file():
@@ -69,7 +70,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
     fig.suptitle(run.name)
     fig.tight_layout()
     out = Path(args.out) if args.out else run / "curves.png"
-    fig.savefig(out, dpi=100)
+    save_figure(fig, out, dpi=100)
     plt.close(fig)
     print(f"wrote {out}")
     return out

@@ -7,11 +7,18 @@ The task is read from the checkpoint's config. Detection: ``<out>/<name>.jpg`` w
 ``--score-thresh`` drawn, and ``<out>/predictions.json`` with every kept box (xyxy in original pixels, score, label,
 COCO category id, name). Segmentation: ``<out>/<name>.png`` (palette label map), ``<out>/<name>_overlay.jpg`` and
 ``<out>/predictions.json`` with the pixel count of each predicted class.
+
+Nothing is overwritten but this tool's own earlier outputs: an output name taken by an input image, by another
+output of this call (``photo.jpg`` and ``photo.png``) or by any other existing file gets ``_1``, ``_2``, ... after
+the stem; each record of ``predictions.json`` lists its image's output files. An image that cannot be read is
+skipped with a warning; the others are still predicted and written, and the tool ends with a list of the skipped
+files and exit status 1.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -21,21 +28,34 @@ sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from PIL import Image  # noqa: E402
 
 from mnv2_vision.checkpoint import load_model  # noqa: E402
-from mnv2_vision.cli import guarded  # noqa: E402
+from mnv2_vision.cli import add_debug_flag, guarded  # noqa: E402
 from mnv2_vision.data.images import load_rgb  # noqa: E402
+from mnv2_vision.data.voc import write_label  # noqa: E402
+from mnv2_vision.errors import CheckpointError, DataError  # noqa: E402
+from mnv2_vision.files import plan_outputs, remove_temp_files, save_image, write_json  # noqa: E402
 from mnv2_vision.viz import draw_detections, overlay_segmentation  # noqa: E402
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
+log = logging.getLogger("mnv2_vision")
+
+
+def _our_outputs(folder: Path) -> set[Path]:
+    """The files an earlier run of this tool wrote into ``folder`` (from its predictions.json)."""
+    try:
+        records = json.loads((folder / "predictions.json").read_text())
+        return {(folder / Path(o).name).resolve() for r in records for o in r.get("outputs", [])}
+    except (OSError, ValueError, TypeError, AttributeError):
+        return set()
 
 
 def _collect(paths: Sequence[str]) -> list[Path]:
     files: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir():
-            files += sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
+            earlier = _our_outputs(p)  # predicting into the input folder again must not read our own drawings
+            files += sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES and f.resolve() not in earlier)
         elif p.is_file():
             files.append(p)
         else:
@@ -43,6 +63,21 @@ def _collect(paths: Sequence[str]) -> list[Path]:
     if not files:
         raise FileNotFoundError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in {list(paths)}")
     return files
+
+
+def _json_path(out_dir: Path) -> Path:
+    """``predictions.json``, unless a file of that name that this tool did not write is there."""
+    for k in range(1000):
+        path = out_dir / ("predictions.json" if k == 0 else f"predictions_{k}.json")
+        if not path.exists():
+            return path
+        try:
+            records = json.loads(path.read_text())
+            if isinstance(records, list) and all(isinstance(r, dict) and "file" in r for r in records):
+                return path
+        except (OSError, ValueError):
+            pass
+    raise FileExistsError(f"no free name for predictions.json in {out_dir}")
 
 
 @guarded
@@ -55,10 +90,13 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--fuse", action="store_true",
                    help="fused inference: BatchNorm folded into the convs, channels-last, inference mode")
-    args = p.parse_args(argv)
+    args = add_debug_flag(p).parse_args(argv)
 
     files = _collect(args.images)
     cfg, model, hparams = load_model(args.ckpt)
+    if cfg.task not in ("detection", "segmentation"):
+        raise CheckpointError(f"{args.ckpt} holds a {cfg.task} model; tools/predict.py handles detection and "
+                              "segmentation checkpoints")
     model.to(args.device)
     if args.fuse:
         from mnv2_vision.deploy.fuse import fuse_for_inference
@@ -66,43 +104,56 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
         model = fuse_for_inference(model)
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
+    remove_temp_files(out_dir)
+    suffixes = (".jpg",) if cfg.task == "detection" else (".png", "_overlay.jpg")
+    outputs = plan_outputs(files, out_dir, suffixes, replaceable=_our_outputs(out_dir))
+    json_path = _json_path(out_dir)
     records: list[dict] = []
+    skipped: list[str] = []
     if cfg.task == "detection":
         from mnv2_vision.lit.detection import categories_from, detect_images
 
         category_ids, names = categories_from(hparams)
         label_names = ["background", *names]
-        for f in files:
-            image = load_rgb(f)
-            det = detect_images(model, [image], cfg.data.image_size, cfg.data.mean, cfg.data.std, cfg.eval)[0]
-            keep = det["scores"] >= args.score_thresh
-            boxes, scores, labels = det["boxes"][keep], det["scores"][keep], det["labels"][keep]
-            drawn = draw_detections(image, boxes.numpy(), labels.tolist(), scores.tolist(), label_names)
-            Image.fromarray(drawn).save(out_dir / f"{f.stem}.jpg", quality=95)
-            records.append({"file": str(f), "height": image.shape[0], "width": image.shape[1], "detections": [
-                {"bbox_xyxy": [round(v, 2) for v in b], "score": round(s, 4), "label": lab,
-                 "category_id": category_ids[lab - 1], "name": names[lab - 1]}
-                for b, s, lab in zip(boxes.tolist(), scores.tolist(), labels.tolist())]})
-            print(f"{f}: {len(labels)} detection(s) with score >= {args.score_thresh}")
-    elif cfg.task == "segmentation":
-        from mnv2_vision.data.voc import write_label
+    else:
         from mnv2_vision.lit.segmentation import predict_segmentation, segmentation_class_names
 
         class_names = segmentation_class_names(cfg)
-        for f in files:
+    for f, outs in zip(files, outputs):
+        try:
             image = load_rgb(f)
+        except (ValueError, OSError) as e:  # one bad file must not cost the results of the others
+            log.warning("skipping %s", e)
+            skipped.append(str(e))
+            continue
+        record = {"file": str(f), "height": image.shape[0], "width": image.shape[1],
+                  "outputs": [str(o) for o in outs]}
+        if cfg.task == "detection":
+            det = detect_images(model, [image], cfg.data.image_size, cfg.data.mean, cfg.data.std, cfg.eval)[0]
+            keep = det["scores"] >= args.score_thresh
+            boxes, scores, labels = det["boxes"][keep], det["scores"][keep], det["labels"][keep]
+            save_image(draw_detections(image, boxes.numpy(), labels.tolist(), scores.tolist(), label_names),
+                       outs[0], quality=95)
+            record["detections"] = [
+                {"bbox_xyxy": [round(v, 2) for v in b], "score": round(s, 4), "label": lab,
+                 "category_id": category_ids[lab - 1], "name": names[lab - 1]}
+                for b, s, lab in zip(boxes.tolist(), scores.tolist(), labels.tolist())]
+            print(f"{f}: {len(labels)} detection(s) with score >= {args.score_thresh} → {outs[0]}")
+        else:
             label_map = predict_segmentation(model, image, cfg)
-            write_label(out_dir / f"{f.stem}.png", label_map)
-            Image.fromarray(overlay_segmentation(image, label_map)).save(out_dir / f"{f.stem}_overlay.jpg", quality=95)
+            write_label(outs[0], label_map)
+            save_image(overlay_segmentation(image, label_map), outs[1], quality=95)
             ids, counts = np.unique(label_map, return_counts=True)
-            records.append({"file": str(f), "height": image.shape[0], "width": image.shape[1], "pixels": {
-                (class_names[i] if i < len(class_names) else str(i)): int(c) for i, c in zip(ids, counts)}})
-            print(f"{f}: classes {[class_names[i] for i in ids if i < len(class_names)]}")
-    else:
-        raise SystemExit(f"error: tools/predict.py handles detection and segmentation checkpoints, "
-                         f"not {cfg.task!r}")
-    (out_dir / "predictions.json").write_text(json.dumps(records, indent=2))
-    print(f"wrote {len(files)} image(s) and {out_dir / 'predictions.json'}")
+            record["pixels"] = {(class_names[i] if i < len(class_names) else str(i)): int(c)
+                                for i, c in zip(ids, counts)}
+            print(f"{f}: classes {[class_names[i] for i in ids if i < len(class_names)]} → {outs[0]}")
+        records.append(record)
+    write_json(json_path, records)
+    print(f"wrote {len(records)} image(s)' outputs to {out_dir} and {json_path}")
+    if skipped:
+        raise DataError(f"skipped {len(skipped)} of {len(files)} image(s) that could not be read: "
+                        + "; ".join(skipped[:10]) + ("; ..." if len(skipped) > 10 else "")
+                        + f". The other {len(records)} are in {json_path}")
     return records
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
+from mnv2_vision.cli import add_debug_flag, guarded  # noqa: E402
 from mnv2_vision.data.prepare import ARCHIVES, DATASETS, STEPS, DatasetError, prepare, verify  # noqa: E402
 
 ROOTS = """what --root is (the folder a config's data.root names):
@@ -28,6 +29,7 @@ Archives are downloaded to <root>/archives/ unless --archives is given; they can
 Steps whose folders are already under --root are skipped and need no archive. A run ends with the --verify check."""
 
 
+@guarded
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog=ROOTS,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -38,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--verify", action="store_true",
                         help="only check the existing dataset (counts, images, labels, JSON); exit 1 on any problem")
     parser.add_argument("--retries", type=int, default=3, help="reconnections per download before giving up")
-    args = parser.parse_args(argv)
+    args = add_debug_flag(parser).parse_args(argv)
 
     if not args.verify:
         try:

@@ -19,7 +19,7 @@ from typing import Sequence
 # tools/profile.py would shadow the standard library's ``profile`` (which torch imports): repository root first.
 sys.path[0] = str(Path(__file__).resolve().parents[1])
 
-from mnv2_vision.cli import base_parser, guarded, resolve_resume, setup_run  # noqa: E402
+from mnv2_vision.cli import base_parser, guarded, setup_run  # noqa: E402
 from mnv2_vision.lit.classification import fit_classifier  # noqa: E402
 
 
@@ -29,10 +29,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser.add_argument("--download", action="store_true",
                         help="let torchvision download CIFAR-10 / Flowers102 into data.root (needs internet)")
     args = parser.parse_args(argv)
-    cfg, out_dir = setup_run(args)
-    if cfg.task != "classification":
-        raise SystemExit(f"error: {args.cfg} is a {cfg.task!r} config; tools/train_cls.py trains classification")
-    result = fit_classifier(cfg, out_dir, download=args.download, resume=resolve_resume(args.resume, out_dir))
+    cfg, run = setup_run(args, task="classification")
+    with run:
+        result = fit_classifier(cfg, run.path, download=args.download, resume=run.resume_path)
     print(f"best val top-1 {result['best_top1']:.4f}, final top-1 {result['final_top1']:.4f} / top-5 "
           f"{result['final_top5']:.4f} after {result['epochs']} epochs ({result['wall_time_s']:.0f} s); "
           f"best checkpoint {result['checkpoint']}")

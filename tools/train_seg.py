@@ -19,12 +19,12 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__)
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import pytorch_lightning as pl  # noqa: E402
-import torch  # noqa: E402
 
-from mnv2_vision.checkpoint import build_from_config, load_checkpoint  # noqa: E402
-from mnv2_vision.cli import base_parser, guarded, setup_run  # noqa: E402
-from mnv2_vision.config import ConfigError, save_config, to_dict  # noqa: E402
-from mnv2_vision.lit.common import make_trainer  # noqa: E402
+from mnv2_vision.checkpoint import build_from_config, inspect_resume, load_checkpoint  # noqa: E402
+from mnv2_vision.cli import base_parser, guarded, setup_run, write_config  # noqa: E402
+from mnv2_vision.config import to_dict  # noqa: E402
+from mnv2_vision.files import save_torch, write_json  # noqa: E402
+from mnv2_vision.lit.common import make_trainer, set_num_threads  # noqa: E402
 from mnv2_vision.lit.segmentation import (SegmentationModule, build_seg_datamodule, resolve_num_classes,  # noqa: E402
                                           segmentation_class_names)
 
@@ -32,36 +32,42 @@ from mnv2_vision.lit.segmentation import (SegmentationModule, build_seg_datamodu
 @guarded
 def main(argv: Sequence[str] | None = None) -> dict:
     args = base_parser(__doc__.splitlines()[0]).parse_args(argv)
-    cfg, out_dir = setup_run(args)
-    if cfg.task != "segmentation":
-        raise ConfigError(f"config {args.cfg!r} has task={cfg.task!r}; train_seg.py needs task: segmentation")
-    cfg = resolve_num_classes(cfg)  # the checkpoint must rebuild the same head without the dataset
-    save_config(cfg, out_dir / "config.yaml")
-    pl.seed_everything(cfg.seed, workers=True)
+    cfg, run = setup_run(args, task="segmentation")
+    with run:
+        cfg = resolve_num_classes(cfg)  # the checkpoint must rebuild the same head without the dataset
+        pl.seed_everything(cfg.seed, workers=True)
+        datamodule = build_seg_datamodule(cfg)
+        datamodule.setup("fit")  # a missing or empty dataset fails here, before anything is written
+        resume = inspect_resume(run.resume_path, cfg, run.path) if args.resume else None
+        write_config(cfg, run.path)
+        set_num_threads(cfg)
 
-    datamodule = build_seg_datamodule(cfg)
-    names = segmentation_class_names(cfg)
-    model = build_from_config(cfg)
-    module = SegmentationModule(model, num_classes=len(names), optim=cfg.optim, sched=cfg.sched, class_names=names,
-                                label_smoothing=cfg.loss.label_smoothing, config=to_dict(cfg))
-    trainer = make_trainer(cfg, out_dir, monitor="val/miou", mode="max")
-    resume = str(out_dir / "ckpt" / "last.ckpt") if args.resume == "last" else args.resume
-    if resume is not None and not Path(resume).is_file():
-        raise FileNotFoundError(f"--resume: checkpoint not found: {resume}")
-    trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
+        names = segmentation_class_names(cfg)
+        model = build_from_config(cfg)
+        module = SegmentationModule(model, num_classes=len(names), optim=cfg.optim, sched=cfg.sched,
+                                    class_names=names, label_smoothing=cfg.loss.label_smoothing, config=to_dict(cfg))
+        trainer = make_trainer(cfg, run.path, monitor="val/miou", mode="max",
+                               resume_from=resume.log_step if resume else None)
+        if resume and resume.finished:
+            print(f"{resume.path} finished training: redoing the result files", flush=True)
+        trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume.path) if resume else None)
 
-    last = out_dir / "ckpt" / "last.ckpt"
-    best = trainer.checkpoint_callback.best_model_path or (str(last) if last.is_file() else "")
-    score = trainer.checkpoint_callback.best_model_score
-    miou = float(score) if score is not None else float("nan")
-    result = {"best_ckpt": best, "val_miou": miou, "out_dir": str(out_dir)}
-    if not trainer.is_global_zero:  # under DDP only rank 0 writes files and prints
+        last = run.path / "ckpt" / "last.ckpt"
+        best = trainer.checkpoint_callback.best_model_path or (str(last) if last.is_file() else "")
+        score = trainer.checkpoint_callback.best_model_score
+        miou = float(score) if score is not None else float("nan")
+        result = {"best_ckpt": best, "val_miou": miou, "out_dir": str(run.path),
+                  "num_images": module.val_num_images, "skipped_images": module.val_skipped}
+        if not trainer.is_global_zero:  # under DDP only rank 0 writes files and prints
+            return result
+        if best:
+            _, state, _ = load_checkpoint(best)
+            save_torch(state, run.path / "model.pt")
+        write_json(run.path / "final_metrics.json", result)
+        print(f"best val/miou={miou:.4f} checkpoint={best} ({module.val_num_images} val images"
+              f"{module.skipped_note()})")
+        print(f"wrote {run.path / 'model.pt'} and {run.path / 'final_metrics.json'}")
         return result
-    if best:
-        _, state, _ = load_checkpoint(best)
-        torch.save(state, out_dir / "model.pt")
-    print(f"best val/miou={miou:.4f} checkpoint={best}")
-    return result
 
 
 if __name__ == "__main__":

@@ -9,9 +9,11 @@ per defect, naming the file. Training does not stop on such defects; it applies 
   with one warning per image file;
 - image that cannot be used as annotated (missing, unreadable, corrupt or truncated file, size differing from the
   annotation file, a category id outside the label map, a VOC mask of the wrong size/mode or with values outside
-  ``0..K-1`` ∪ {255}): skipped, with one warning naming the file; the loader returns the next usable sample instead
-  (``load_or_skip``), so batches keep their size. Labels are never rewritten: an image whose labels cannot be
-  trusted is left out, not "repaired".
+  ``0..K-1`` ∪ {255}): skipped, with one warning naming the file. In training the loader returns the next usable
+  sample instead (``load_or_skip``, ``on_bad="replace"``), so batches keep their size; in validation and evaluation
+  the image is left out (``on_bad="drop"``: the collate drops the ``Skipped`` record and lists it in the batch), so
+  every usable image is scored exactly once and the skipped files are reported. Labels are never rewritten: an
+  image whose labels cannot be trusted is left out, not "repaired".
 """
 from __future__ import annotations
 
@@ -28,7 +30,11 @@ from PIL import Image
 
 from .images import load_rgb
 
-__all__ = ["Problem", "check_coco", "check_voc", "load_or_skip", "OVERFLOW_TOLERANCE"]
+__all__ = ["Problem", "Skipped", "check_coco", "check_voc", "load_or_skip", "OVERFLOW_TOLERANCE", "BAD_POLICIES"]
+
+# What a dataset does with an unusable item: raise (datasets used directly), give the next usable item instead
+# (training), or return a ``Skipped`` record (validation / evaluation: the image is left out and reported).
+BAD_POLICIES = ("raise", "replace", "drop")
 
 log = logging.getLogger("mnv2_vision")
 T = TypeVar("T")
@@ -36,6 +42,17 @@ T = TypeVar("T")
 # Boxes may overflow the image by this many pixels before check_data reports them: real COCO boxes often end a
 # fraction of a pixel past the border (float rounding), and training clips them anyway.
 OVERFLOW_TOLERANCE = 1.0
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """An unusable item left out of validation / evaluation: its file (or id) and why."""
+
+    name: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.reason})"
 
 
 @dataclass(frozen=True)
@@ -165,10 +182,24 @@ def check_voc(root: str | os.PathLike, split: str, num_classes: int) -> list[Pro
 
 
 def load_or_skip(load: Callable[[int], T], index: int, length: int, name: Callable[[int], str],
-                 warned: set[str]) -> T:
-    """``load(index)``, or, when that sample is unusable (``ValueError``/``OSError``: missing, corrupt, mislabelled),
-    the next usable one (wrapping around), with one warning per bad file (per process: each DataLoader worker has
-    its own copy of the dataset)."""
+                 warned: set[str], policy: str = "replace") -> T | Skipped:
+    """``load(index)``; when that sample is unusable (``ValueError``/``OSError``: missing, corrupt, mislabelled),
+    one warning per bad file (per process: each DataLoader worker has its own copy of the dataset), then by
+    ``policy``: ``"replace"`` the next usable sample (wrapping around), ``"drop"`` a ``Skipped`` record, ``"raise"``
+    the error."""
+    if policy not in BAD_POLICIES:
+        raise ValueError(f"on_bad must be one of {BAD_POLICIES}, got {policy!r}")
+    if policy != "replace":
+        try:
+            return load(index)
+        except (ValueError, OSError) as e:
+            if policy == "raise":
+                raise
+            key = name(index)
+            if key not in warned:
+                warned.add(key)
+                log.warning("skipping %s: %s", key, e)
+            return Skipped(key, str(e).replace(f"{key}: ", "").replace(f" {key}", ""))
     for k in range(length):
         i = (index + k) % length
         try:
@@ -178,5 +209,7 @@ def load_or_skip(load: Callable[[int], T], index: int, length: int, name: Callab
             if key not in warned:
                 warned.add(key)
                 log.warning("skipping %s: %s", key, e)
-    raise RuntimeError(f"none of the {length} samples could be loaded (see the warnings above); "
-                       "run tools/check_data.py on this dataset")
+    from ..errors import DataError
+
+    raise DataError(f"none of the {length} samples could be loaded (see the warnings above); "
+                    "run tools/check_data.py on this dataset")

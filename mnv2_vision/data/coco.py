@@ -21,7 +21,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 from torchvision.ops import box_convert
 
-from .check import load_or_skip
+from .check import Skipped, load_or_skip
 from .images import load_rgb
 from .resumable import seed_sample
 
@@ -74,9 +74,10 @@ class CocoDetection(Dataset):
         subset: keep only the first ``subset`` image ids (sorted).
         category_ids: the label map to use (label i ↔ ``category_ids[i-1]``); default: this file's sorted ids.
             An annotation whose category is not in the map is an error naming the file.
-        skip_bad: instead of raising, skip an unusable image (missing, unreadable or truncated file, size differing
-            from the annotation file, unknown category id) with one warning naming it, and return the next usable
-            item (training's bad-data policy, ``data/check.py``).
+        on_bad: what to do with an unusable image (missing, unreadable or truncated file, size differing from the
+            annotation file, unknown category id): ``"raise"``; ``"replace"`` it by the next usable item (training);
+            ``"drop"`` it, returning a ``check.Skipped`` record (evaluation). Both warn once naming the file
+            (the bad-data policy, ``data/check.py``).
     """
 
     def __init__(
@@ -86,7 +87,7 @@ class CocoDetection(Dataset):
         transform: DetTransform | None = None,
         subset: int | None = None,
         category_ids: Sequence[int] | None = None,
-        skip_bad: bool = False,
+        on_bad: str = "raise",
     ) -> None:
         self.root = Path(root)
         self.split = split
@@ -106,7 +107,7 @@ class CocoDetection(Dataset):
         self.category_names: list[str] = [names.get(c, str(c)) for c in self.category_ids]
         self.cat_to_label = {c: i + 1 for i, c in enumerate(self.category_ids)}
         self._warned: set[str] = set()
-        self.skip_bad = skip_bad
+        self.on_bad = on_bad
 
     @property
     def num_classes(self) -> int:
@@ -160,12 +161,17 @@ class CocoDetection(Dataset):
         labels = np.array([self.cat_to_label[a["category_id"]] for a in anns], np.int64)
         return boxes[keep].to(torch.float32).numpy(), labels[keep.numpy()]
 
-    def __getitem__(self, index: int | tuple[int, int]) -> tuple[Tensor, dict]:
+    def __getitem__(self, index: int | tuple[int, int]) -> tuple[Tensor, dict] | Skipped:
         """Item ``index``; an ``(index, seed)`` pair (``data/resumable.py``) first reseeds the transform."""
         index = seed_sample(self.transform, index)
-        if self.skip_bad:
-            return load_or_skip(self._item, index, len(self), lambda i: str(self.image_path(i)), self._warned)
-        return self._item(index)
+        if self.on_bad == "raise":
+            return self._item(index)
+        return load_or_skip(self._item, index, len(self), lambda i: str(self.image_path(i)), self._warned,
+                            self.on_bad)
+
+    def num_annotations(self) -> int:
+        """Non-crowd annotations of the images in this dataset (``subset`` applied)."""
+        return sum(1 for i in self.ids for a in self.coco.imgToAnns.get(i, []) if not a.get("iscrowd", 0))
 
     def _item(self, index: int) -> tuple[Tensor, dict]:
         image = self.load_image(index)

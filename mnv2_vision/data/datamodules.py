@@ -14,18 +14,30 @@ from torch import Tensor
 from torch.utils.data import DataLoader, get_worker_info
 
 from ..config import DataCfg
+from .check import Skipped
 from .coco import CocoDetection
 from .distributed import distributed_eval_loader
 from .resumable import ResumableDataLoader, ResumableSampler, replicas
 from .transforms import detection_transform
 
-__all__ = ["DetectionDataModule", "detection_collate", "worker_init"]
+__all__ = ["DetectionDataModule", "detection_collate", "detection_eval_collate", "worker_init"]
 
 
 def detection_collate(batch: Sequence[tuple[Tensor, dict]]) -> tuple[Tensor, list[dict]]:
     """Images of one size stacked to ``(N, 3, H, W)``; targets stay a list (each image has its own box count)."""
     images, targets = zip(*batch)
     return torch.stack(images), list(targets)
+
+
+def detection_eval_collate(batch: Sequence[tuple[Tensor, dict] | Skipped]) -> tuple[Tensor, list[dict], list[Skipped]]:
+    """``detection_collate`` for validation / evaluation: unusable images (``Skipped``, ``on_bad="drop"``) are left
+    out and listed as the third element; a batch of only such images has an empty ``(0,)`` image tensor."""
+    skipped = [b for b in batch if isinstance(b, Skipped)]
+    usable = [b for b in batch if not isinstance(b, Skipped)]
+    if not usable:
+        return torch.zeros(0), [], skipped
+    images, targets = detection_collate(usable)
+    return images, targets, skipped
 
 
 def worker_init(worker_id: int) -> None:
@@ -47,8 +59,9 @@ class DetectionDataModule(pl.LightningDataModule):
 
     The label map comes from the training annotation file (sorted category ids → 1..C) unless ``category_ids`` is
     given (e.g. from a checkpoint); the validation file must use the same categories. Unusable images are skipped
-    with one warning each (``CocoDetection(skip_bad=True)``, policy in ``data/check.py``), so an epoch never stops on
-    a bad file.
+    with one warning each (``CocoDetection(on_bad=...)``, policy in ``data/check.py``), so an epoch never stops on
+    a bad file: in training the next usable image takes its place, in validation the image is left out and listed
+    (each usable image is scored exactly once).
 
     Args:
         root: dataset folder.
@@ -108,7 +121,8 @@ class DetectionDataModule(pl.LightningDataModule):
     def train_dataset(self) -> CocoDetection:
         if self._train is None:
             tf = detection_transform(self.augment, True, self.image_size, self.mean, self.std)
-            self._train = CocoDetection(self.root, self.train_split, tf, self.subset, self._category_ids, skip_bad=True)
+            self._train = CocoDetection(self.root, self.train_split, tf, self.subset, self._category_ids,
+                                        on_bad="replace")
             self._category_ids = self._train.category_ids
         return self._train
 
@@ -116,7 +130,7 @@ class DetectionDataModule(pl.LightningDataModule):
     def val_dataset(self) -> CocoDetection:
         if self._val is None:
             tf = detection_transform(self.augment, False, self.image_size, self.mean, self.std)
-            self._val = CocoDetection(self.root, self.val_split, tf, self.subset, self.category_ids, skip_bad=True)
+            self._val = CocoDetection(self.root, self.val_split, tf, self.subset, self.category_ids, on_bad="drop")
             if self._train is not None and self._val.category_names != self._train.category_names:
                 raise ValueError(f"{self._val.ann_file} and {self._train.ann_file} name their categories "
                                  f"differently: {self._val.category_names[:5]} vs {self._train.category_names[:5]}")
@@ -153,7 +167,7 @@ class DetectionDataModule(pl.LightningDataModule):
             # A lone last sample would reach BatchNorm on the 1×1 extra layers with one value per channel.
             drop_last=train and len(dataset) >= batch_size,
             num_workers=self.num_workers,
-            collate_fn=detection_collate,
+            collate_fn=detection_collate if train else detection_eval_collate,
             worker_init_fn=worker_init,
             persistent_workers=self.num_workers > 0,
             pin_memory=torch.cuda.is_available(),

@@ -21,8 +21,9 @@ log = logging.getLogger("mnv2_vision")
 class SegmentationDataModule(pl.LightningDataModule):
     """Training crops (``SegTrainTransform``) and full-size validation images (``SegEvalTransform``).
 
-    Unusable items are skipped with one warning each (``VOCSegmentation(skip_bad=True)``, policy in
-    ``data/check.py``), so an epoch never stops on a bad file.
+    Unusable items are skipped with one warning each (``VOCSegmentation(on_bad=...)``, policy in ``data/check.py``),
+    so an epoch never stops on a bad file: in training the next usable image takes its place, in validation the
+    image is left out and listed (each usable image is scored exactly once).
 
     Args:
         root: VOC2012 folder (or its VOCdevkit parent).
@@ -58,13 +59,13 @@ class SegmentationDataModule(pl.LightningDataModule):
         if self.train_set is None:
             self.train_set = VOCSegmentation(
                 self.root, self.train_split, SegTrainTransform(self.crop_size, self.scale_range, self.mean, self.std),
-                num_classes=self.num_classes, subset=self.subset, skip_bad=True)
+                num_classes=self.num_classes, subset=self.subset, on_bad="replace")
         return self.train_set
 
     def val_dataset(self) -> VOCSegmentation:
         if self.val_set is None:
             self.val_set = VOCSegmentation(self.root, self.val_split, SegEvalTransform(self.mean, self.std),
-                                           num_classes=self.num_classes, subset=self.subset, skip_bad=True)
+                                           num_classes=self.num_classes, subset=self.subset, on_bad="drop")
         return self.val_set
 
     def setup(self, stage: str | None = None) -> None:

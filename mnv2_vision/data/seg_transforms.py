@@ -18,6 +18,7 @@ import torch
 from albumentations.pytorch import ToTensorV2
 from torch import Tensor
 
+from .check import Skipped
 from .transforms import seed_compose
 from .voc import IGNORE_INDEX
 
@@ -82,9 +83,15 @@ class SegEvalTransform(_Pipeline):
 def pad_collate(items: list[dict]) -> dict:
     """Stack items of possibly different sizes: images padded with 0 (the mean after normalising), masks with 255.
 
-    Returns ``{"image": (N, 3, H, W), "mask": (N, H, W), "size": (N, 2) true (h, w), "id": [str]}``. Consumers run
-    the network per true size (``lit/segmentation.py``), so the padding only serves the batching.
+    Returns ``{"image": (N, 3, H, W), "mask": (N, H, W), "size": (N, 2) true (h, w), "id": [str], "skipped": [...]}``.
+    Consumers run the network per true size (``lit/segmentation.py``), so the padding only serves the batching.
+    Unusable items (``check.Skipped``, evaluation's ``on_bad="drop"``) are left out and listed under ``"skipped"``.
     """
+    skipped = [it for it in items if isinstance(it, Skipped)]
+    items = [it for it in items if not isinstance(it, Skipped)]
+    if not items:
+        return {"image": torch.zeros(0, 3, 0, 0), "mask": torch.zeros(0, 0, 0, dtype=torch.int64),
+                "size": torch.zeros(0, 2, dtype=torch.int64), "id": [], "skipped": skipped}
     h = max(it["image"].shape[-2] for it in items)
     w = max(it["image"].shape[-1] for it in items)
     images = torch.zeros(len(items), items[0]["image"].shape[0], h, w, dtype=items[0]["image"].dtype)
@@ -94,4 +101,4 @@ def pad_collate(items: list[dict]) -> dict:
         images[i, :, :ih, :iw] = it["image"]
         masks[i, :ih, :iw] = it["mask"]
     sizes = torch.tensor([list(it["image"].shape[-2:]) for it in items], dtype=torch.int64)
-    return {"image": images, "mask": masks, "size": sizes, "id": [it["id"] for it in items]}
+    return {"image": images, "mask": masks, "size": sizes, "id": [it["id"] for it in items], "skipped": skipped}

@@ -21,7 +21,7 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from .check import load_or_skip
+from .check import Skipped, load_or_skip
 from .images import load_rgb
 from .resumable import seed_sample
 
@@ -109,10 +109,9 @@ def write_label(path: str | os.PathLike, label: np.ndarray) -> Path:
         raise ValueError(f"label values must fit 0..255 for a palette PNG, got {label.min()}..{label.max()}")
     img = Image.fromarray(label.astype(np.uint8), mode="P")
     img.putpalette(voc_palette())
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    img.save(path)
-    return path
+    from ..files import save_image
+
+    return save_image(img, path)
 
 
 class VOCSegmentation(Dataset):
@@ -124,13 +123,14 @@ class VOCSegmentation(Dataset):
         transform: ``(image uint8, mask uint8) → (image tensor, mask tensor)``; see ``data/seg_transforms.py``.
         num_classes: labels are checked against 0..num_classes-1 (and 255).
         subset: keep only the first ``subset`` ids (quick runs, overfitting checks).
-        skip_bad: instead of raising, leave out ids whose image or label file is missing (one warning listing
-            them) and skip an unusable item (unreadable file, wrong label mode, mask size or values) with one
-            warning naming it, returning the next usable item (training's bad-data policy, ``data/check.py``).
+        on_bad: ``"raise"`` on a missing or unusable item; otherwise ids whose image or label file is missing are left
+            out (one warning listing them), and an unusable item (unreadable file, wrong label mode, mask size or
+            values) is, with one warning naming it, ``"replace"``d by the next usable item (training) or ``"drop"``ped
+            as a ``check.Skipped`` record (evaluation) (the bad-data policy, ``data/check.py``).
     """
 
     def __init__(self, root: str | os.PathLike, split: str, transform: SegTransform, num_classes: int = 21,
-                 subset: int | None = None, skip_bad: bool = False) -> None:
+                 subset: int | None = None, on_bad: str = "raise") -> None:
         self.root = find_voc_root(root)
         self.split, label_dir = resolve_split(self.root, split)
         self.label_dir = self.root / label_dir
@@ -144,7 +144,8 @@ class VOCSegmentation(Dataset):
         self.ids = ids[:subset] if subset is not None else ids
         missing = [i for i in self.ids if not (self.root / "JPEGImages" / f"{i}.jpg").is_file()
                    or not (self.label_dir / f"{i}.png").is_file()]
-        if missing and skip_bad and len(missing) < len(self.ids):
+        self.missing = missing
+        if missing and on_bad != "raise" and len(missing) < len(self.ids):
             log.warning("leaving out %d of %d ids in %s that lack JPEGImages/<id>.jpg or %s/<id>.png: %s",
                         len(missing), len(self.ids), list_file, label_dir, missing)
             self.ids = [i for i in self.ids if i not in set(missing)]
@@ -152,7 +153,7 @@ class VOCSegmentation(Dataset):
             raise FileNotFoundError(f"{len(missing)} of {len(self.ids)} ids in {list_file} lack "
                                     f"JPEGImages/<id>.jpg or {label_dir}/<id>.png, e.g. {missing[:3]}")
         self.transform, self.num_classes = transform, num_classes
-        self.skip_bad, self._warned = skip_bad, set()
+        self.on_bad, self._warned = on_bad, set()
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -170,12 +171,12 @@ class VOCSegmentation(Dataset):
                              f"{self.image_path(index)} is {image.shape[1]}×{image.shape[0]}")
         return image, label
 
-    def __getitem__(self, index: int | tuple[int, int]) -> dict:
+    def __getitem__(self, index: int | tuple[int, int]) -> dict | Skipped:
         """Item ``index``; an ``(index, seed)`` pair (``data/resumable.py``) first reseeds the transform."""
         index = seed_sample(self.transform, index)
-        if self.skip_bad:
-            return load_or_skip(self._item, index, len(self), lambda i: self.ids[i], self._warned)
-        return self._item(index)
+        if self.on_bad == "raise":
+            return self._item(index)
+        return load_or_skip(self._item, index, len(self), lambda i: self.ids[i], self._warned, self.on_bad)
 
     def _item(self, index: int) -> dict:
         image, label = self.load(index)

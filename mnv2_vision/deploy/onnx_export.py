@@ -28,6 +28,7 @@ import torch
 from torch import Tensor, nn
 from torchvision.ops import clip_boxes_to_image, nms
 
+from ..files import atomic_write, temp_name
 from ..ops.boxes import BoxCoder
 from ..ops.postprocess import postprocess_detections
 
@@ -171,14 +172,20 @@ def export_onnx(wrapper: nn.Module, path: str | Path, image_size: tuple[int, int
     sample = torch.randn(2, 3, int(image_size[0]), int(image_size[1]))
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # TracerWarnings about Python ints from shapes: they are static here
-        torch.onnx.export(wrapper, (sample,), str(path), dynamo=False, opset_version=opset, input_names=["images"],
-                          output_names=output_names, dynamic_axes=dynamic_axes, do_constant_folding=True)
-    model = onnx.load(str(path))
+        raw = temp_name(path).with_suffix(".raw")  # the exporter writes in place: never at the final name
+        try:
+            torch.onnx.export(wrapper, (sample,), str(raw), dynamo=False, opset_version=opset,
+                              input_names=["images"], output_names=output_names, dynamic_axes=dynamic_axes,
+                              do_constant_folding=True)
+            model = onnx.load(str(raw))
+        finally:
+            raw.unlink(missing_ok=True)
     props = {k: v if isinstance(v, str) else json.dumps(v) for k, v in metadata.items()}
     onnx.helper.set_model_props(model, props)
     model.doc_string = f"mnv2_vision {props.get('model_name', '')} ({props.get('task', '')}); see metadata_props"
     onnx.checker.check_model(model)
-    onnx.save(model, str(path))
+    with atomic_write(path) as f:
+        onnx.save(model, f)
     return path
 
 

@@ -18,6 +18,8 @@ import numpy as np
 import onnx
 from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
 
+from ..files import atomic_write
+
 __all__ = ["QUANT_OP_TYPES", "detection_calibration", "segmentation_calibration", "ImageCalibrationReader",
            "quantize_int8"]
 
@@ -108,20 +110,22 @@ def quantize_int8(fp32_path: str | Path, int8_path: str | Path, images: Sequence
                 quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
             names = [n.name for n in onnx.load(str(prepared)).graph.node]
             scoped = [n for n in names if network_scope and n.startswith(network_scope)]
+            quantized = Path(tmp) / "int8.onnx"
             quantize_static(
-                str(prepared), str(int8_path), ImageCalibrationReader(images), nodes_to_quantize=scoped or None,
+                str(prepared), str(quantized), ImageCalibrationReader(images), nodes_to_quantize=scoped or None,
                 quant_format=fmt, op_types_to_quantize=list(op_types), per_channel=per_channel,
                 activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, calibrate_method=method,
                 # Symmetric weights let the int8 kernels skip the weight zero-point term; VNNI needs no 7-bit range.
                 extra_options={"WeightSymmetric": True, "ActivationSymmetric": False},
             )
+            model = onnx.load(str(quantized))
     finally:
         root.setLevel(root_level)
-    model = onnx.load(str(int8_path))
     props = {p.key: p.value for p in source.metadata_props}
     props.update(quantization=f"int8 static ({quant_format}, weights per-{'channel' if per_channel else 'tensor'}, "
                               f"{calibrate_method} calibration on {len(images)} training images)")
     onnx.helper.set_model_props(model, props)
-    onnx.save(model, str(int8_path))
+    with atomic_write(int8_path) as f:
+        onnx.save(model, f)
     return int8_path
 

@@ -153,12 +153,9 @@ def format_coco_stats(summary: dict[str, Any], category_names: dict[int, str] | 
 
 def save_results(results: list[dict[str, Any]], path: str | os.PathLike) -> Path:
     """Write COCO results JSON (the format pycocotools' ``loadRes`` and the COCO server read)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(results))
-    os.replace(tmp, path)
-    return path
+    from ..files import write_text
+
+    return write_text(path, json.dumps(results))
 
 
 def load_results(path: str | os.PathLike) -> list[dict[str, Any]]:

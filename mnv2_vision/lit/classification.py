@@ -7,7 +7,6 @@ targets, columns: predictions), so it never depends on the batch size; top-5 is 
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import time
 from pathlib import Path
@@ -17,7 +16,7 @@ import pytorch_lightning as pl
 import torch
 from torch import Tensor, nn
 
-from ..config import Config, OptimCfg, SchedCfg, save_config, to_dict
+from ..config import Config, OptimCfg, SchedCfg, to_dict
 from ..data.classification import ClassificationDataModule
 from ..eval.miou import ConfusionMatrix
 from .common import build_optimizer, build_scheduler, make_trainer
@@ -138,12 +137,17 @@ def resolve_cls_classes(cfg: Config, num_classes: int) -> Config:
     return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, num_classes=num_classes))
 
 
-def fit_classifier(cfg: Config, out_dir: str | Path, *, download: bool = False, resume: str | None = None,
+def fit_classifier(cfg: Config, out_dir: str | Path, *, download: bool = False, resume: str | Path | None = None,
                    **trainer_overrides: Any) -> dict[str, Any]:
     """Train ``cfg`` into ``out_dir`` and return its summary (also written to ``out_dir/result.json``): best and final
-    validation top-1/top-5, the per-epoch history, parameters, the best checkpoint and the wall time."""
-    from ..checkpoint import build_from_config
+    validation top-1/top-5, the per-epoch history, parameters, the best checkpoint and the wall time. ``resume``:
+    a checkpoint to continue (checked with ``checkpoint.inspect_resume``). The caller owns the folder (``RunFolder``).
+    """
+    from ..checkpoint import build_from_config, inspect_resume
+    from ..cli import write_config
+    from ..files import load_torch, save_torch, write_json
     from ..profiling import count_params
+    from .common import set_num_threads
 
     t0 = time.time()
     out_dir = Path(out_dir)
@@ -152,16 +156,17 @@ def fit_classifier(cfg: Config, out_dir: str | Path, *, download: bool = False, 
     pl.seed_everything(cfg.seed, workers=True)
     dm = build_cls_datamodule(cfg, download)
     cfg = resolve_cls_classes(cfg, dm.num_classes)  # the checkpoint must rebuild the same classifier
-    save_config(cfg, out_dir / "config.yaml")
+    info = inspect_resume(resume, cfg, out_dir) if resume is not None else None
+    write_config(cfg, out_dir)
     print(f"data: {len(dm.train_dataset)} train / {len(dm.val_dataset)} val images, {dm.num_classes} classes",
           flush=True)
+    set_num_threads(cfg)
     model = build_from_config(cfg)
     module = ClassificationModule(model, num_classes=dm.num_classes, optim=cfg.optim, sched=cfg.sched,
                                   label_smoothing=cfg.loss.label_smoothing, classes=dm.classes, config=to_dict(cfg))
-    trainer = make_trainer(cfg, out_dir, monitor="val/top1", mode="max", **trainer_overrides)
-    if resume and not Path(resume).is_file():
-        raise FileNotFoundError(f"--resume checkpoint not found: {resume}")
-    trainer.fit(module, datamodule=dm, ckpt_path=resume)
+    trainer = make_trainer(cfg, out_dir, monitor="val/top1", mode="max",
+                           resume_from=info.log_step if info else None, **trainer_overrides)
+    trainer.fit(module, datamodule=dm, ckpt_path=str(info.path) if info else None)
     ckpt_cb = trainer.checkpoint_callback
     best_path = getattr(ckpt_cb, "best_model_path", "") or ""
     history = module.history
@@ -173,10 +178,12 @@ def fit_classifier(cfg: Config, out_dir: str | Path, *, download: bool = False, 
         "params": count_params(module.model), "checkpoint": best_path, "classes": dm.classes,
         "wall_time_s": time.time() - t0,
     }
+    if not trainer.is_global_zero:
+        return result
     if best_path:
-        best = torch.load(best_path, map_location="cpu", weights_only=True)["state_dict"]
-        torch.save({k[len("model."):]: v for k, v in best.items() if k.startswith("model.")}, out_dir / "model.pt")
-    (out_dir / "result.json").write_text(json.dumps(result, indent=2))
+        best = load_torch(best_path)["state_dict"]
+        save_torch({k[len("model."):]: v for k, v in best.items() if k.startswith("model.")}, out_dir / "model.pt")
+    write_json(out_dir / "result.json", result)
     return result
 
 

@@ -1,8 +1,8 @@
-"""Shared by the Lightning modules and train tools: optimiser, per-step LR schedule, and the Trainer set-up."""
+"""Shared by the Lightning modules and train tools: optimiser, per-step LR schedule, the Trainer set-up and the
+progress lines. Checkpoint writing lives in ``lit/checkpointing.py``, the safety stops in ``lit/guards.py``."""
 from __future__ import annotations
 
 import math
-import os
 import sys
 import time
 import warnings
@@ -11,16 +11,19 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.callbacks import Callback, Checkpoint, LearningRateMonitor, ModelCheckpoint
-from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
-from pytorch_lightning.plugins.io import TorchCheckpointIO
+from pytorch_lightning.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
+from pytorch_lightning.loggers import TensorBoardLogger
 from torch import nn
 
 from ..config import Config, OptimCfg, SchedCfg
+from ..cpu import choose_num_threads
 from ..data.resumable import derive_seed
+from .checkpointing import AtomicCheckpointIO, LastCheckpoint, NonFiniteWeightsError, RunCSVLogger
+from .guards import FiniteLossGuard, NonFiniteLossError, StopOnSignal
 
 __all__ = ["build_optimizer", "build_scheduler", "LRSchedule", "make_trainer", "EpochLine", "FiniteLossGuard",
-           "AtomicCheckpointIO", "NonFiniteLossError", "LastCheckpoint", "StepSeed", "ValidateLastEpoch"]
+           "AtomicCheckpointIO", "NonFiniteLossError", "NonFiniteWeightsError", "LastCheckpoint", "StepSeed",
+           "ValidateLastEpoch", "StopOnSignal", "set_num_threads", "gather_lists", "skipped_note"]
 
 
 def build_optimizer(optim: OptimCfg, model: nn.Module) -> torch.optim.Optimizer:
@@ -85,13 +88,41 @@ def build_scheduler(sched: SchedCfg, optimizer: torch.optim.Optimizer, total_ste
 
 
 class EpochLine(Callback):
-    """One line per epoch (for logs and CI, where a live progress bar floods the output)."""
+    """Without a terminal (logs, CI, nohup): one line per epoch and a progress line at least every ``interval_s``
+    seconds (and after the first step), so a long epoch never looks hung. Only while fitting: the final evaluation
+    (``trainer.validate``) prints nothing here, so no "epoch 16/15" line."""
+
+    def __init__(self, interval_s: float = 60.0) -> None:
+        self.interval_s = interval_s
+        self._last_line = 0.0
+
+    def on_train_start(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        self._run_t0 = time.time()
+        self._run_step0 = trainer.global_step
+        self._last_line = 0.0
 
     def on_train_epoch_start(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
         self._t0 = time.time()
 
+    def on_train_batch_end(self, trainer: pl.Trainer, module: pl.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        now = time.time()
+        first = trainer.global_step == self._run_step0 + 1
+        if trainer.global_rank != 0 or not (first or now - self._last_line >= self.interval_s):
+            return
+        self._last_line = now
+        done = trainer.global_step - self._run_step0
+        rate = done / max(now - self._run_t0, 1e-9)
+        total = trainer.estimated_stepping_batches
+        eta = f", ETA {_duration((total - trainer.global_step) / rate)}" if math.isfinite(total) and rate > 0 else ""
+        loss = trainer.callback_metrics.get("train/loss")
+        loss_s = f" train/loss={float(loss):.4f}" if loss is not None else ""
+        print(f"  step {trainer.global_step}/{int(total) if math.isfinite(total) else '?'} (epoch "
+              f"{trainer.current_epoch + 1}, batch {batch_idx + 1}/{trainer.num_training_batches}) "
+              f"{rate:.2f} steps/s{eta}{loss_s}", flush=True)
+
     def on_validation_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
-        if trainer.sanity_checking:
+        if trainer.sanity_checking or trainer.state.fn != "fit":
             return
         self._print(trainer, with_val=True)
 
@@ -106,95 +137,20 @@ class EpochLine(Callback):
             return
         m = trainer.callback_metrics
         prefixes = ("train/loss", "val/") if with_val else ("train/loss",)
-        keys = [k for k in sorted(m) if k.startswith(prefixes) and "/ap_" not in k and "/iou_" not in k]
+        keys = [k for k in sorted(m) if k.startswith(prefixes) and "/ap_" not in k and "/iou_" not in k
+                and k != "val/num_images"]
         parts = " ".join(f"{k}={float(m[k]):.4f}" for k in keys)
+        if with_val and "val/num_images" in m:
+            parts += f" ({int(m['val/num_images'])} val images)"
         dt = time.time() - getattr(self, "_t0", time.time())
-        print(f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs} step {trainer.global_step} "
-              f"({dt:.0f}s) {parts}", flush=True)
+        epochs = f"/{trainer.max_epochs}" if trainer.max_epochs and trainer.max_epochs > 0 else ""
+        print(f"epoch {trainer.current_epoch + 1}{epochs} step {trainer.global_step} ({dt:.0f}s) {parts}", flush=True)
+        self._last_line = time.time()
 
 
-class NonFiniteLossError(RuntimeError):
-    """Training stopped because the loss became NaN or infinite."""
-
-
-class FiniteLossGuard(Callback):
-    """Stop on a non-finite loss *before* backward, naming the step and the images of the batch.
-
-    The LightningModule may define ``batch_ids(batch) -> list`` (COCO image ids, VOC ids or file names).
-    """
-
-    def on_train_batch_start(self, trainer: pl.Trainer, module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
-        self._batch, self._batch_idx = batch, batch_idx
-
-    def on_before_backward(self, trainer: pl.Trainer, module: pl.LightningModule, loss: torch.Tensor) -> None:
-        if torch.isfinite(loss.detach()).all():
-            return
-        ids_fn = getattr(module, "batch_ids", None)
-        ids = ids_fn(self._batch) if ids_fn is not None else "unknown"
-        raise NonFiniteLossError(
-            f"non-finite loss ({float(loss.detach())}) at global step {trainer.global_step} (epoch "
-            f"{trainer.current_epoch}, batch {self._batch_idx}); images in this batch: {ids}. Check these files "
-            "with tools/check_data.py, lower optim.lr, or turn off mixed precision.")
-
-
-class AtomicCheckpointIO(TorchCheckpointIO):
-    """Write each checkpoint to a temporary name, fsync, then rename: a crash mid-save never truncates
-    ``last.ckpt`` (``os.replace`` is atomic on POSIX and Windows)."""
-
-    def save_checkpoint(self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any = None) -> None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        try:
-            with open(tmp, "wb") as f:
-                torch.save(checkpoint, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        finally:
-            if tmp.exists():
-                tmp.unlink()
-
-
-class LastCheckpoint(Checkpoint):
-    """Write ``<dirpath>/last.ckpt`` at the end of every training epoch (after its validation) and, with
-    ``every_n_train_steps=N``, after every N-th optimiser step, so a killed run loses at most N steps; on a resume,
-    make sure the training loaders get their saved place in the epoch back (``data/resumable.py``).
-
-    Separate from the best-metric ``ModelCheckpoint``: with a monitor, Lightning 2.6 rewrites that callback's
-    ``save_last`` file only in an epoch where the metric improved, so its ``last.ckpt`` could be epochs old.
-    """
-
-    def __init__(self, dirpath: str | Path, every_n_train_steps: int | None = None) -> None:
-        super().__init__()
-        self.dirpath = Path(dirpath)
-        self.every_n_train_steps = every_n_train_steps or 0
-        self.last_model_path = ""
-        self._last_step_saved = -1
-
-    def _save(self, trainer: pl.Trainer) -> None:
-        path = self.dirpath / "last.ckpt"
-        # Through the strategy: rank 0 writes (AtomicCheckpointIO: never a truncated file), all ranks wait.
-        trainer.save_checkpoint(path, weights_only=False)
-        self.last_model_path, self._last_step_saved = str(path), trainer.global_step
-
-    def on_train_start(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
-        # Lightning 2.6 skips restoring the training loaders' state when configure_optimizers reads
-        # trainer.estimated_stepping_batches (ours do): that sets the loaders up before the checkpoint is restored,
-        # and the restore step, which lives in that set-up, never runs again (Lightning-AI/pytorch-lightning#20550).
-        # Run it here, before the first batch is drawn; it does nothing unless resuming mid-epoch with saved states.
-        trainer.fit_loop._load_combined_loader_states()
-
-    def on_train_batch_end(self, trainer: pl.Trainer, module: pl.LightningModule, outputs: Any, batch: Any,
-                           batch_idx: int) -> None:
-        n, step = self.every_n_train_steps, trainer.global_step
-        if not n or step % n or step == self._last_step_saved or trainer.sanity_checking or trainer.fast_dev_run:
-            return
-        self._save(trainer)
-
-    def on_train_epoch_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
-        if not trainer.sanity_checking and not trainer.fast_dev_run:
-            self._save(trainer)
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
 
 
 class StepSeed(Callback):
@@ -232,24 +188,59 @@ def warn_small_batch(batch_size: int, devices: Any, sync_batchnorm: bool) -> Non
                       "noisy); prefer ≥ 8 per device, or trainer.sync_batchnorm=true across devices", stacklevel=2)
 
 
-def make_trainer(cfg: Config, out_dir: str | Path, monitor: str, mode: str = "max", **overrides: Any) -> pl.Trainer:
+def gather_lists(items: list[Any]) -> list[Any]:
+    """The concatenation of ``items`` over all ranks (``items`` itself when not distributed)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        parts: list[Any] = [None] * dist.get_world_size()
+        dist.all_gather_object(parts, items)
+        return [x for part in parts for x in part]
+    return list(items)
+
+
+def skipped_note(skipped: list[Any], shown: int = 5) -> str:
+    """", 2 unusable file(s) skipped: a.jpg (reason), ..."" for a report line; empty when nothing was skipped."""
+    if not skipped:
+        return ""
+    names = ", ".join(str(s) for s in skipped[:shown]) + (", ..." if len(skipped) > shown else "")
+    return f"; {len(skipped)} unusable file(s) skipped: {names}"
+
+
+def set_num_threads(cfg: Config) -> int:
+    """Set torch's intra-op threads from ``trainer.num_threads`` (or the available cores, ``cpu.py``); one line says
+    how many and why."""
+    threads, why = choose_num_threads(cfg.trainer.num_threads, cfg.data.num_workers)
+    torch.set_num_threads(threads)
+    print(f"threads: {threads} ({why})", flush=True)
+    return threads
+
+
+def make_trainer(cfg: Config, out_dir: str | Path, monitor: str, mode: str = "max", resume_from: int | None = None,
+                 **overrides: Any) -> pl.Trainer:
     """Trainer from ``cfg.trainer``: best-``monitor`` checkpoint (``trainer.checkpoint_callback``) and ``last.ckpt``
-    (every epoch, and every ``trainer.ckpt_every_n_steps`` steps) in ``out_dir/ckpt``, CSV and TensorBoard logs in
-    ``out_dir``, an LR monitor, per-batch seeding (``StepSeed``), validation after the last epoch
-    (``ValidateLastEpoch``), a progress bar in a terminal and one line per epoch otherwise."""
+    (every epoch, and every ``trainer.ckpt_every_n_steps`` steps) in ``out_dir/ckpt``, ``metrics.csv`` and TensorBoard
+    logs in ``out_dir``, an LR monitor, per-batch seeding (``StepSeed``), validation after the last epoch
+    (``ValidateLastEpoch``), a clean stop on SIGTERM / Ctrl-C (``StopOnSignal``), a progress bar in a terminal and
+    progress lines otherwise. ``resume_from``: the logging step a resumed run continues at
+    (``checkpointing.resume_step``): the logs drop what was written after it."""
     out_dir = Path(out_dir)
     t = cfg.trainer
     short = monitor.split("/")[-1]
+    # No version counter: a resumed run that redoes an epoch's validation writes the same best file again rather than
+    # a "-v1" copy next to the one the killed run wrote.
     best = ModelCheckpoint(dirpath=out_dir / "ckpt", monitor=monitor, mode=mode, save_last=False,
                            filename=f"best-epoch={{epoch:03d}}-{short}={{{monitor}:.4f}}",
-                           auto_insert_metric_name=False)
+                           auto_insert_metric_name=False, enable_version_counter=False)
     last = LastCheckpoint(out_dir / "ckpt", every_n_train_steps=t.ckpt_every_n_steps)
     tty = sys.stdout.isatty()
     callbacks: list[Callback] = [best, last, LearningRateMonitor(logging_interval="step"), FiniteLossGuard(),
-                                 StepSeed(cfg.seed), ValidateLastEpoch()]
+                                 StepSeed(cfg.seed), ValidateLastEpoch(), StopOnSignal(last)]
     if not tty:
-        callbacks.append(EpochLine())
-    loggers = [CSVLogger(out_dir, name="", version=""), TensorBoardLogger(out_dir, name="tb", version="")]
+        callbacks.append(EpochLine(t.progress_interval_s))
+    tb_kwargs = {"purge_step": resume_from} if resume_from else {}  # TensorBoard drops the replayed steps too
+    loggers = [RunCSVLogger(out_dir, resume_from=resume_from),
+               TensorBoardLogger(out_dir, name="tb", version="", default_hp_metric=False, **tb_kwargs)]
     kwargs: dict[str, Any] = dict(
         default_root_dir=str(out_dir), max_epochs=t.max_epochs, max_steps=t.max_steps, accelerator=t.accelerator,
         devices=t.devices, num_nodes=t.num_nodes, strategy=t.strategy, precision=t.precision,

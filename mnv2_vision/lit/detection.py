@@ -15,7 +15,6 @@ from typing import Any, Sequence
 import numpy as np
 import pytorch_lightning as pl
 import torch
-import torch.distributed as dist
 from torch import Tensor, nn
 
 from ..config import Config, EvalCfg, LossCfg, OptimCfg, SchedCfg
@@ -24,9 +23,10 @@ from ..eval.coco import evaluate_coco, to_coco_results
 from ..ops.boxes import BoxCoder
 from ..ops.losses import ssd_multibox_loss
 from ..ops.postprocess import postprocess_detections
-from .common import build_optimizer, build_scheduler
+from .common import build_optimizer, build_scheduler, gather_lists, skipped_note
 
-__all__ = ["DetectionModule", "build_det_datamodule", "resolve_det_classes", "detect_images", "categories_from"]
+__all__ = ["DetectionModule", "build_det_datamodule", "resolve_det_classes", "detect_images", "categories_from",
+           "check_annotations"]
 
 
 # ---------------------------------------------------------------------------------------------- config → parts
@@ -45,6 +45,18 @@ def resolve_det_classes(cfg: Config, num_classes: int) -> Config:
         raise ValueError(f"model.num_classes={cfg.model.num_classes} but the dataset has {num_classes - 1} "
                          f"categories (+ background = {num_classes}); set model.num_classes=null")
     return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, num_classes=num_classes))
+
+
+def check_annotations(dm: DetectionDataModule) -> None:
+    """A split without a single (non-crowd) box cannot train (nothing to learn) nor validate (mAP is undefined:
+    pycocotools reports -1 and the "best" checkpoint would be chosen on it): a ``DataError`` naming the file."""
+    from ..errors import DataError
+
+    for what, dataset in (("training", dm.train_dataset), ("validation", dm.val_dataset)):
+        if dataset.num_annotations() == 0:
+            raise DataError(f"{dataset.ann_file} holds no boxes for the {len(dataset)} {what} image(s) used "
+                            f"(data.subset={dm.subset}); detection needs annotated images in both splits — check "
+                            "the file with tools/check_data.py")
 
 
 def categories_from(hparams: dict[str, Any]) -> tuple[list[int], list[str]]:
@@ -101,8 +113,8 @@ class DetectionModule(pl.LightningModule):
 
     Logs ``train/loss``, ``train/loss_cls``, ``train/loss_box``, ``val/map``, ``val/map50``, ``val/map75``,
     ``val/ap_<name>`` and ``val/num_images`` (images evaluated, over all ranks, each once); the last evaluation's full
-    summary (12 stats, per-class AP) is in ``coco_summary``, its COCO results in ``coco_results`` and its image ids
-    in ``val_image_ids``.
+    summary (12 stats, per-class AP) is in ``coco_summary``, its COCO results in ``coco_results``, its image ids
+    in ``val_image_ids`` and the unusable images it left out (``check.Skipped``) in ``val_skipped``.
     """
 
     def __init__(self, model: nn.Module, *, optim: OptimCfg, sched: SchedCfg, eval_cfg: EvalCfg, loss: LossCfg,
@@ -124,8 +136,10 @@ class DetectionModule(pl.LightningModule):
         self.coco_summary: dict[str, Any] | None = None
         self.coco_results: list[dict[str, Any]] = []
         self.val_image_ids: list[int] = []
+        self.val_skipped: list[str] = []
         self._val_dets: list[dict[str, Tensor]] = []
         self._val_ids: list[int] = []
+        self._val_skipped: list[str] = []
         self._channels_last = False
 
     @staticmethod
@@ -173,11 +187,18 @@ class DetectionModule(pl.LightningModule):
         self.log("train/loss_box", losses["loss_box"], batch_size=n)
         return losses["loss"]
 
-    def on_validation_epoch_start(self) -> None:
-        self._val_dets, self._val_ids = [], []
+    def skipped_note(self) -> str:
+        return skipped_note(self.val_skipped)
 
-    def validation_step(self, batch: tuple[Tensor, list[dict]], batch_idx: int) -> None:
-        images, targets = batch
+    def on_validation_epoch_start(self) -> None:
+        self._val_dets, self._val_ids, self._val_skipped = [], [], []
+
+    def validation_step(self, batch: tuple, batch_idx: int) -> None:
+        images, targets = batch[0], batch[1]
+        if len(batch) > 2:  # the evaluation collate lists the unusable images it left out
+            self._val_skipped += [str(s) for s in batch[2]]
+        if not targets:
+            return
         out = self.model(self._inputs(images))
         e = self.eval_cfg
         dets = postprocess_detections(
@@ -189,12 +210,7 @@ class DetectionModule(pl.LightningModule):
 
     def _gathered(self) -> tuple[list[dict[str, Tensor]], list[int]]:
         """Detections of every rank, each image once (a distributed sampler pads by repeating images)."""
-        pairs = list(zip(self._val_ids, self._val_dets))
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            parts: list[Any] = [None] * dist.get_world_size()
-            dist.all_gather_object(parts, pairs)
-            pairs = [p for part in parts for p in part]
-        unique = dict(pairs)
+        unique = dict(gather_lists(list(zip(self._val_ids, self._val_dets))))
         ids = sorted(unique)
         return [unique[i] for i in ids], ids
 
@@ -212,6 +228,7 @@ class DetectionModule(pl.LightningModule):
         self.coco_results = to_coco_results(dets, ids, self.category_ids)
         summary = evaluate_coco(self._val_coco(), self.coco_results, image_ids=ids)
         self.coco_summary, self.val_image_ids = summary, ids
+        self.val_skipped = sorted(set(gather_lists(self._val_skipped)))
         self.log("val/map", summary["map"], prog_bar=True)
         self.log("val/map50", summary["map50"])
         self.log("val/map75", summary["map75"])
@@ -220,7 +237,7 @@ class DetectionModule(pl.LightningModule):
             ap = summary["per_class"].get(cat_id, float("nan"))
             if not math.isnan(ap):
                 self.log(f"val/ap_{re.sub(r'[^0-9A-Za-z_]+', '_', name)}", ap)
-        self._val_dets, self._val_ids = [], []
+        self._val_dets, self._val_ids, self._val_skipped = [], [], []
 
     def configure_optimizers(self) -> dict[str, Any]:
         optimizer = build_optimizer(self.optim_cfg, self.model)

@@ -20,7 +20,7 @@ from ..config import Config, ConfigError, OptimCfg, SchedCfg
 from ..data.voc import IGNORE_INDEX, VOC_CLASSES
 from ..eval.miou import ConfusionMatrix
 from ..ops.losses import seg_loss
-from .common import build_optimizer, build_scheduler
+from .common import build_optimizer, build_scheduler, gather_lists, skipped_note
 
 __all__ = [
     "SegmentationModule", "size_groups", "predict_probs", "predict_batch", "predict_segmentation", "segmentation_class_names",
@@ -150,7 +150,8 @@ class SegmentationModule(pl.LightningModule):
 
     Logs ``train/loss``, ``val/loss``, ``val/miou``, ``val/pixel_acc``, ``val/iou_<name>`` (NaN for a class absent
     from both the targets and the predictions of the whole set) and ``val/num_images`` (images evaluated, summed over
-    ranks). Under DDP each rank accumulates its own matrix and the matrices are summed once, at the end of the epoch
+    ranks; ``val_skipped`` lists the unusable images left out, each usable image is scored once). Under DDP each rank
+    accumulates its own matrix and the matrices are summed once, at the end of the epoch
     (no collective per step, so ranks may run different batch counts); the validation loader gives every image to
     exactly one rank (``data/distributed.py``), so no image is counted twice.
     """
@@ -167,6 +168,11 @@ class SegmentationModule(pl.LightningModule):
         self.num_classes, self.class_names = num_classes, names
         self.optim_cfg, self.sched_cfg, self.label_smoothing = optim, sched, label_smoothing
         self.confmat: ConfusionMatrix | None = None
+        self.val_skipped: list[str] = []
+        self.val_num_images = 0
+
+    def skipped_note(self) -> str:
+        return skipped_note(self.val_skipped)
 
     @staticmethod
     def batch_ids(batch: dict) -> list[str]:
@@ -187,10 +193,14 @@ class SegmentationModule(pl.LightningModule):
         self._val_loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
         self._val_pixels = torch.zeros((), dtype=torch.float64, device=self.device)
         self._val_images = torch.zeros((), dtype=torch.float64, device=self.device)
+        self._val_skipped: list[str] = []
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         images, masks = batch["image"], batch["mask"]
+        self._val_skipped += [str(s) for s in batch.get("skipped", [])]
         self._val_images += images.shape[0]
+        if images.shape[0] == 0:
+            return
         # Each image at its own size (images of one size together): the collate's padding never enters the network.
         for (h, w), idx in size_groups(batch["size"]).items():
             logits = self.model(images[idx, :, :h, :w])["out"]
@@ -205,6 +215,10 @@ class SegmentationModule(pl.LightningModule):
         self.confmat.matrix = reduce(self.confmat.matrix, reduce_op="sum")
         loss = reduce(self._val_loss_sum, reduce_op="sum") / reduce(self._val_pixels, reduce_op="sum").clamp(min=1)
         images = reduce(self._val_images, reduce_op="sum")
+        self.val_num_images = int(images)
+        dataset = getattr(self.trainer.val_dataloaders, "dataset", None)
+        missing = [f"{i} (image or label file missing)" for i in getattr(dataset, "missing", [])]
+        self.val_skipped = sorted(set(gather_lists(self._val_skipped))) + missing
         metrics = self.confmat.compute()
         self.log("val/loss", loss.float())
         self.log("val/miou", metrics.miou, prog_bar=True)

@@ -1,0 +1,189 @@
+"""Every file the toolkit writes goes through one path: a hidden temporary file in the same folder, fsync, rename.
+
+A crash, ``kill -9`` or a full disk in the middle of a write then leaves the previous version of the file (or no
+file), never a truncated one: ``os.replace`` is atomic on POSIX and Windows. What a killed process leaves behind is a
+temporary ``.<name>.tmp-<pid>`` file, which ``remove_temp_files`` deletes on the next start (the run folder does it
+under its lock, ``runfolder.py``).
+"""
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import re
+import warnings
+from pathlib import Path
+from typing import IO, Any, Iterator
+
+__all__ = ["atomic_write", "write_text", "write_json", "save_torch", "save_image", "save_figure", "temp_name",
+           "remove_temp_files", "is_disk_full", "load_torch", "plan_outputs"]
+
+_TEMP = re.compile(r"^\..+\.tmp-(\d+)$")
+
+
+def temp_name(path: Path) -> Path:
+    """The temporary sibling that ``atomic_write`` writes ``path`` through."""
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make the rename itself durable (POSIX: the directory entry lives in the folder)."""
+    with contextlib.suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike, mode: str = "wb", **open_kwargs: Any) -> Iterator[IO]:
+    """``with atomic_write(path) as f: f.write(...)``: ``path`` appears complete when the block ends, or not at all.
+
+    On any error (a full disk included) the temporary file is removed and the error re-raised; the previous version
+    of ``path``, if any, is untouched.
+    """
+    if "w" not in mode:
+        raise ValueError(f"atomic_write writes whole files (mode 'w' or 'wb'), got mode {mode!r}")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_name(path)
+    try:
+        with open(tmp, mode, **open_kwargs) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as e:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        if isinstance(e, OSError) and e.filename is None:
+            e.filename = str(path)  # name the file in the message of a full disk
+        raise
+    _fsync_dir(path.parent)
+
+
+def write_text(path: str | os.PathLike, text: str) -> Path:
+    with atomic_write(path, "w", encoding="utf-8") as f:
+        f.write(text)
+    return Path(path)
+
+
+def write_json(path: str | os.PathLike, obj: Any, **dumps_kwargs: Any) -> Path:
+    return write_text(path, json.dumps(obj, **{"indent": 2, **dumps_kwargs}))
+
+
+def save_torch(obj: Any, path: str | os.PathLike) -> Path:
+    import torch
+
+    with atomic_write(path) as f:
+        torch.save(obj, f)
+    return Path(path)
+
+
+def save_image(image: Any, path: str | os.PathLike, **save_kwargs: Any) -> Path:
+    """Save a PIL image or an (H, W[, 3]) uint8 array; the format follows the suffix (``.jpg``, ``.png``, ...)."""
+    from PIL import Image
+
+    path = Path(path)
+    img = image if isinstance(image, Image.Image) else Image.fromarray(image)
+    fmt = Image.registered_extensions().get(path.suffix.lower())
+    if fmt is None:
+        raise ValueError(f"cannot tell the image format of {path} from its suffix")
+    with atomic_write(path) as f:
+        img.save(f, format=fmt, **save_kwargs)
+    return path
+
+
+def save_figure(fig: Any, path: str | os.PathLike, **savefig_kwargs: Any) -> Path:
+    """A matplotlib figure, format from the suffix."""
+    path = Path(path)
+    with atomic_write(path) as f:
+        fig.savefig(f, format=path.suffix.lstrip(".").lower() or "png", **savefig_kwargs)
+    return path
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_temp_files(folder: str | os.PathLike, *, all_pids: bool = False) -> list[Path]:
+    """Delete the ``atomic_write`` leftovers of killed processes below ``folder``; returns what was removed.
+
+    Without ``all_pids`` only files of processes that no longer exist are removed (another process may be writing);
+    the run folder passes ``all_pids=True`` while it holds its lock.
+    """
+    folder = Path(folder)
+    removed: list[Path] = []
+    if not folder.is_dir():
+        return removed
+    for p in folder.rglob(".*.tmp-*"):
+        m = _TEMP.match(p.name)
+        if not m or not p.is_file():
+            continue
+        pid = int(m.group(1))
+        if all_pids or (pid != os.getpid() and not _alive(pid)):
+            with contextlib.suppress(OSError):
+                p.unlink()
+                removed.append(p)
+    return removed
+
+
+def is_disk_full(error: BaseException) -> bool:
+    return isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+def load_torch(path: str | os.PathLike, what: str = "checkpoint") -> Any:
+    """``torch.load(path, weights_only=True)`` on CPU, whatever ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD`` says (an explicit
+    ``weights_only=True`` wins over it), with PyTorch's errors turned into one ``CheckpointError`` line naming the
+    file: a truncated or foreign file, or one that holds code, is the user's file problem, not a PyTorch bug."""
+    import pickle
+
+    import torch
+
+    from .errors import CheckpointError
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} not found: {path}")
+    try:
+        with warnings.catch_warnings():  # the unpickler warns about pickle protocols before it fails on them
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        found = re.search(r"unsupported(?: global:)? GLOBAL ([\w.]+)", str(e), re.IGNORECASE)
+        if found:
+            raise CheckpointError(f"refusing to load {what} {path}: it holds Python objects beyond tensors and "
+                                  f"plain data ({found.group(1)}), which could run code. Checkpoints written by "
+                                  "mnv2_vision never do; use a file from a source you trust") from None
+        raise CheckpointError(f"{path} is not a readable {what} (not a PyTorch file, or damaged)") from None
+    except (RuntimeError, EOFError, KeyError, ValueError, IndexError, AttributeError, ImportError) as e:
+        reason = "truncated or corrupted" if "zip archive" in str(e) or isinstance(e, EOFError) else \
+            "not a PyTorch file, or damaged"
+        raise CheckpointError(f"{path} is not a readable {what} ({reason}); was it copied completely?") from None
+
+
+def plan_outputs(inputs: list[Path], out_dir: Path, suffixes: tuple[str, ...],
+                 replaceable: set[Path] = frozenset()) -> list[tuple[Path, ...]]:
+    """Output paths ``out_dir/<stem><suffix>`` for each input (one per suffix), never the path of an input, of another
+    planned output, or of an existing file, except those in ``replaceable`` (an earlier run's outputs). A taken name
+    gets ``_1``, ``_2``, ... after the stem, the same number for all of one input's outputs (they stay a set)."""
+    taken = {p.resolve() for p in inputs}
+    planned: list[tuple[Path, ...]] = []
+    for f in inputs:
+        for k in range(len(inputs) + len(taken) + 2):
+            stem = f.stem if k == 0 else f"{f.stem}_{k}"
+            outs = tuple(out_dir / f"{stem}{s}" for s in suffixes)
+            free = all(o.resolve() not in taken and (not o.exists() or o.resolve() in replaceable) for o in outs)
+            if free:
+                break
+        taken.update(o.resolve() for o in outs)
+        planned.append(outs)
+    return planned
