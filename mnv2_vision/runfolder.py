@@ -69,14 +69,16 @@ class RunFolder:
         resume: the ``--resume`` value: a checkpoint path, ``"last"`` (``<path>/ckpt/last.ckpt``) or ``None``.
         overwrite: remove a previous run's files (``RUN_FILES``) instead of refusing to start.
         lock: take the lock and run the checks (default: only in the launching process, ``launched_as_rank_zero``).
+        existing_ok: only lock; a folder with earlier results is fine (an ablation study continues its variants).
     """
 
     def __init__(self, path: str | os.PathLike, *, resume: str | None = None, overwrite: bool = False,
-                 lock: bool | None = None) -> None:
+                 lock: bool | None = None, existing_ok: bool = False) -> None:
         self.path = Path(path)
         self.resume_arg = resume
         self.overwrite = overwrite
         self.locking = launched_as_rank_zero() if lock is None else lock
+        self.existing_ok = existing_ok
         self._fd: int | None = None
         self._created = False
         self.removed_temp: list[Path] = []
@@ -150,7 +152,7 @@ class RunFolder:
         return self
 
     def _check_start(self) -> None:
-        if self.resume_arg is not None:
+        if self.resume_arg is not None or self.existing_ok:
             return  # continuing a run here is what --resume asks for (the checkpoint is checked by the tool)
         existing = self.existing_run_files()
         if not existing:

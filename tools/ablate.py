@@ -32,6 +32,7 @@ from mnv2_vision.config import Study, load_study, to_dict  # noqa: E402
 from mnv2_vision.files import save_figure, write_json, write_text  # noqa: E402
 from mnv2_vision.lit.classification import fit_classifier  # noqa: E402
 from mnv2_vision.profiling import count_madds, count_params  # noqa: E402
+from mnv2_vision.runfolder import RunFolder  # noqa: E402
 
 
 def run_variant(study: Study, name: str, out: Path) -> dict:
@@ -112,24 +113,23 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
                   f"MAdds ({k} classes)")
         return []
     out = Path(args.out) if args.out else Path("runs") / "ablate" / study.name
-    out.mkdir(parents=True, exist_ok=True)
-    results = [run_variant(study, n, out) for n in names]
-    if args.only:  # the table still shows every finished variant, in study order
-        for n in study.variants:
-            f = out / n / "result.json"
-            if n not in names and f.is_file():
-                r = json.loads(f.read_text())
-                if r.get("study_config") == to_dict(study.config(n)):
-                    results.append(r)
-        order = list(study.variants)
-        results.sort(key=lambda r: order.index(r["variant"]))
-    table = write_table(study, results, out / "results.md")
-    plot_curves(study, results, out / "curves.png")
-    write_json(out / "results.json", [{k: v for k, v in r.items() if k != "study_config"}
-                                            for r in results])
-    print(table.read_text(), end="")
-    print(f"[ablate] wrote {table} and {out / 'curves.png'}")
-    return results
+    with RunFolder(out, existing_ok=True):  # one study process per folder; finished variants are kept
+        results = [run_variant(study, n, out) for n in names]
+        if args.only:  # the table still shows every finished variant, in study order
+            for n in study.variants:
+                f = out / n / "result.json"
+                if n not in names and f.is_file():
+                    r = json.loads(f.read_text())
+                    if r.get("study_config") == to_dict(study.config(n)):
+                        results.append(r)
+            order = list(study.variants)
+            results.sort(key=lambda r: order.index(r["variant"]))
+        table = write_table(study, results, out / "results.md")
+        plot_curves(study, results, out / "curves.png")
+        write_json(out / "results.json", [{k: v for k, v in r.items() if k != "study_config"} for r in results])
+        print(table.read_text(), end="")
+        print(f"[ablate] wrote {table} and {out / 'curves.png'}")
+        return results
 
 
 if __name__ == "__main__":

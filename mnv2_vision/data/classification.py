@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader, Dataset
 from ..config import DataCfg
 from .images import load_rgb
 
-__all__ = ["CLASSIFICATION_FORMATS", "CLASSIFICATION_PRESETS", "ImageFolderClassification", "Cifar10", "Flowers102",
+__all__ = ["read_cifar_batch", "CLASSIFICATION_FORMATS", "CLASSIFICATION_PRESETS", "ImageFolderClassification", "Cifar10", "Flowers102",
            "classification_transform", "TransformedDataset", "ClassificationDataModule",
            "read_classification_split"]
 
@@ -68,7 +68,9 @@ class _NumpyOnlyUnpickler(pickle.Unpickler):
         return super().find_class(module, name)
 
 
-def _unpickle(path: Path) -> dict:
+def read_cifar_batch(path: Path) -> dict:
+    """One CIFAR-10 python batch (a pickled dict) read with ``_NumpyOnlyUnpickler``: a planted payload is refused,
+    never run (``ValueError`` naming the file)."""
     if not path.is_file():
         raise FileNotFoundError(f"CIFAR-10 file not found: {path}; expected <root>/cifar-10-batches-py/"
                                 "{data_batch_1..5,test_batch,batches.meta} (python version of the dataset)")
@@ -96,7 +98,7 @@ class Cifar10(Dataset):
         names = [f"data_batch_{i}" for i in range(1, 6)] if split == "train" else ["test_batch"]
         images, labels = [], []
         for name in names:
-            batch = _unpickle(base / name)
+            batch = read_cifar_batch(base / name)
             if "data" not in batch or "labels" not in batch:
                 raise ValueError(f"{base / name}: expected keys 'data' and 'labels', got {sorted(batch)}")
             data = np.asarray(batch["data"], dtype=np.uint8)
@@ -107,7 +109,7 @@ class Cifar10(Dataset):
             labels += [int(v) for v in batch["labels"]]
         self.images = np.ascontiguousarray(np.concatenate(images))
         self.targets = labels
-        names = _unpickle(base / "batches.meta").get("label_names")
+        names = read_cifar_batch(base / "batches.meta").get("label_names")
         if not isinstance(names, list):
             raise ValueError(f"{base / 'batches.meta'}: expected a list under 'label_names'")
         self.classes = [c.decode() if isinstance(c, bytes) else str(c) for c in names]

@@ -16,18 +16,18 @@ __all__ = ["load_rgb"]
 
 
 def _to_uint8(arr: np.ndarray) -> np.ndarray:
-    """Scale a high-bit-depth or float single-channel array to 0..255 (a plain cast would wrap or saturate)."""
+    """Scale a 16-bit or float single-channel array to 0..255 (a plain cast would wrap or saturate)."""
     if arr.dtype == np.uint8:
         return arr
     if np.issubdtype(arr.dtype, np.floating):
         arr = np.nan_to_num(arr.astype(np.float64))
         peak = 1.0 if arr.size == 0 or arr.max() <= 1.0 else 255.0
         return np.clip(arr / peak * 255.0 + 0.5, 0, 255).astype(np.uint8)
-    arr = arr.astype(np.int64)
-    # 16-bit data (PNG "I;16" opens as mode "I"): 65535 → 255. Values that already fit 8 bits are kept.
-    if arr.size and arr.max() > 255:
-        arr = arr // 257
-    return np.clip(arr, 0, 255).astype(np.uint8)
+    # Integer modes ("I;16*", and "I", which older Pillow gives 16-bit PNGs) hold 16-bit data: 65535 → 255 always.
+    # Scaling by the image's own maximum would make its brightness depend on its brightest pixel (one pixel at 256
+    # blacked out an image whose other pixels were 0..255).
+    arr = np.clip(arr.astype(np.int64), 0, 65535)
+    return (arr // 257).astype(np.uint8)
 
 
 def load_rgb(path: str | os.PathLike) -> np.ndarray:

@@ -12,9 +12,15 @@ from pathlib import Path
 import torch
 from torch import nn
 
-__all__ = ["LoadReport", "read_state_dict", "load_pretrained", "holds_whole_model"]
+from ..errors import CheckpointError
+
+__all__ = ["WeightsMismatchError", "LoadReport", "read_state_dict", "load_pretrained", "holds_whole_model"]
 
 log = logging.getLogger("mnv2_vision")
+
+
+class WeightsMismatchError(CheckpointError, RuntimeError):
+    """A weights file whose keys or shapes do not fit the model (one line naming them; exit status 2 in the tools)."""
 
 
 @dataclass
@@ -56,12 +62,17 @@ def read_state_dict(source: str | Path, width_mult: float = 1.0) -> tuple[dict[s
     path = Path(source)
     if not path.is_file():
         raise FileNotFoundError(f"pretrained weights file not found: {path}")
-    obj = torch.load(path, map_location="cpu", weights_only=True)
+    from ..files import load_torch
+
+    obj = load_torch(path, "weights file")
+    desc = str(path)
     if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
+        model = ((obj.get("hyper_parameters") or {}).get("config") or {}).get("model", {}).get("name")
+        desc = f"{path} (a {model} checkpoint)" if model else desc
         obj = obj["state_dict"]  # a Lightning checkpoint
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise ValueError(f"{path} does not hold a state dict (a mapping of names to tensors)")
-    return _strip(dict(obj)), str(path)
+        raise CheckpointError(f"{path} does not hold a state dict (a mapping of names to tensors)")
+    return _strip(dict(obj)), desc
 
 
 def holds_whole_model(source: str | Path) -> bool:
@@ -113,7 +124,17 @@ def load_pretrained(
             else:
                 errors.append(f"{k}: in file but not in model")
     if errors:
-        raise RuntimeError(f"cannot load {desc}: {len(errors)} problem(s):\n  " + "\n  ".join(errors[:20]))
+        def tops(keys: list[str]) -> str:
+            return ", ".join(sorted({k.split(".")[0] + ".*" for k in keys}))
+
+        absent = [e.split(":")[0] for e in errors if e.endswith("missing from file")]
+        extra = [e.split(":")[0] for e in errors if e.endswith("in file but not in model")]
+        if absent and extra and not any("shape" in e for e in errors):
+            raise WeightsMismatchError(f"cannot load {desc} into {type(module).__name__}: it holds another kind of model "
+                                  f"(it has {tops(extra)}, which this model lacks; it lacks {tops(absent)}). Give "
+                                  "a backbone/classifier file, 'imagenet', or a checkpoint of the same model")
+        raise WeightsMismatchError(f"cannot load {desc} into {type(module).__name__}: {len(errors)} problem(s): "
+                              + "; ".join(errors[:6]) + ("; ..." if len(errors) > 6 else ""))
     module.load_state_dict(to_load, strict=False)
     report.loaded = sorted(to_load)
     log.info("%s", report)
