@@ -11,12 +11,13 @@ from __future__ import annotations
 import argparse
 import functools
 import logging
+import signal
 import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
 from .config import Config, ConfigError, load_config, save_config, to_yaml
-from .errors import RunInterrupted, UserError
+from .errors import UserError
 from .files import is_disk_full
 from .runfolder import RunFolder
 
@@ -95,9 +96,15 @@ def guarded(main: Callable[[Sequence[str] | None], object]) -> Callable[[Sequenc
     def wrapper(argv: Sequence[str] | None = None) -> object:
         try:
             return main(argv)
-        except RunInterrupted as e:
-            print(f"stopped: {e}", file=sys.stderr, flush=True)
-            raise SystemExit(e.exit_code) from None
+        except SystemExit as e:
+            stopped = sys.modules.get("pytorch_lightning.utilities.exceptions")
+            if stopped is None or not isinstance(e, stopped.SIGTERMException):
+                raise
+            # Lightning's stop on a signal is a SystemExit without a code (exit 0): a stopped run must not pass.
+            signum = getattr(e, "signum", signal.SIGTERM)
+            print(f"stopped: {signal.Signals(signum).name} {getattr(e, 'where', '')}; run the same command with "
+                  "--resume last to continue", file=sys.stderr, flush=True)
+            raise SystemExit(128 + signum) from None
         except (UserError, FileNotFoundError, KeyError, PermissionError, IsADirectoryError, NotADirectoryError) as e:
             if _wants_traceback(argv):
                 raise

@@ -6,9 +6,7 @@ would catch without knowing ours (``ValueError``, ``RuntimeError``).
 """
 from __future__ import annotations
 
-import signal
-
-__all__ = ["UserError", "CheckpointError", "DataError", "RunFolderError", "RunInterrupted"]
+__all__ = ["UserError", "CheckpointError", "DataError", "RunFolderError"]
 
 
 class UserError(Exception):
@@ -29,20 +27,3 @@ class DataError(UserError, ValueError):
 
 class RunFolderError(UserError):
     """The run folder is in use by another process, or holds another run that would be mixed with this one."""
-
-
-class RunInterrupted(Exception):
-    """Training was stopped by a signal after saving ``last.ckpt``; exit status 128 + the signal's number (143 for
-    SIGTERM, 130 for SIGINT), the shell's convention, so scripts and CI never count a stopped run as passed."""
-
-    def __init__(self, signum: int, message: str) -> None:
-        super().__init__(message)
-        self.signum = int(signum)
-
-    @property
-    def exit_code(self) -> int:
-        return 128 + self.signum
-
-    @property
-    def signal_name(self) -> str:
-        return signal.Signals(self.signum).name

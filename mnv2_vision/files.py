@@ -12,6 +12,7 @@ import errno
 import json
 import os
 import re
+import shutil
 import warnings
 from pathlib import Path
 from typing import IO, Any, Iterator
@@ -56,12 +57,24 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb", **open_kwargs: Any) 
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException as e:
+        full = isinstance(e, Exception) and not isinstance(e, OSError) and _nearly_full(path.parent)
         with contextlib.suppress(OSError):
             tmp.unlink()
         if isinstance(e, OSError) and e.filename is None:
             e.filename = str(path)  # name the file in the message of a full disk
+        if full:
+            # Writers that buffer (torch.save's zip writer) report a failed write as their own error
+            # ("unexpected pos ..."): a write that fails on a full disk is a full disk.
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)) from e
         raise
     _fsync_dir(path.parent)
+
+
+def _nearly_full(folder: Path, margin: int = 1 << 20) -> bool:
+    try:
+        return shutil.disk_usage(folder).free < margin
+    except OSError:
+        return False
 
 
 def write_text(path: str | os.PathLike, text: str) -> Path:
@@ -163,11 +176,12 @@ def load_torch(path: str | os.PathLike, what: str = "checkpoint") -> Any:
             raise CheckpointError(f"refusing to load {what} {path}: it holds Python objects beyond tensors and "
                                   f"plain data ({found.group(1)}), which could run code. Checkpoints written by "
                                   "mnv2_vision never do; use a file from a source you trust") from None
-        raise CheckpointError(f"{path} is not a readable {what} (not a PyTorch file, or damaged)") from None
-    except (RuntimeError, EOFError, KeyError, ValueError, IndexError, AttributeError, ImportError) as e:
-        reason = "truncated or corrupted" if "zip archive" in str(e) or isinstance(e, EOFError) else \
-            "not a PyTorch file, or damaged"
-        raise CheckpointError(f"{path} is not a readable {what} ({reason}); was it copied completely?") from None
+        raise CheckpointError(f"{path} is not a readable {what}: truncated, damaged or not a PyTorch file") from None
+    except PermissionError:
+        raise
+    except (RuntimeError, EOFError, KeyError, ValueError, IndexError, AttributeError, ImportError, OSError):
+        raise CheckpointError(f"{path} is not a readable {what}: truncated, damaged or not a PyTorch file; was it "
+                              "copied completely?") from None
 
 
 def plan_outputs(inputs: list[Path], out_dir: Path, suffixes: tuple[str, ...],

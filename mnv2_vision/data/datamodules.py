@@ -29,10 +29,11 @@ def detection_collate(batch: Sequence[tuple[Tensor, dict]]) -> tuple[Tensor, lis
     return torch.stack(images), list(targets)
 
 
-def detection_eval_collate(batch: Sequence[tuple[Tensor, dict] | Skipped]) -> tuple[Tensor, list[dict], list[Skipped]]:
+def detection_eval_collate(batch: Sequence[tuple[Tensor, dict] | Skipped]) -> tuple[Tensor, list[dict], list[str]]:
     """``detection_collate`` for validation / evaluation: unusable images (``Skipped``, ``on_bad="drop"``) are left
-    out and listed as the third element; a batch of only such images has an empty ``(0,)`` image tensor."""
-    skipped = [b for b in batch if isinstance(b, Skipped)]
+    out and listed, as "file (reason)" strings, in the third element; a batch of only such images has an empty
+    ``(0,)`` image tensor."""
+    skipped = [str(b) for b in batch if isinstance(b, Skipped)]
     usable = [b for b in batch if not isinstance(b, Skipped)]
     if not usable:
         return torch.zeros(0), [], skipped

@@ -85,9 +85,10 @@ def pad_collate(items: list[dict]) -> dict:
 
     Returns ``{"image": (N, 3, H, W), "mask": (N, H, W), "size": (N, 2) true (h, w), "id": [str], "skipped": [...]}``.
     Consumers run the network per true size (``lit/segmentation.py``), so the padding only serves the batching.
-    Unusable items (``check.Skipped``, evaluation's ``on_bad="drop"``) are left out and listed under ``"skipped"``.
+    Unusable items (``check.Skipped``, evaluation's ``on_bad="drop"``) are left out and listed under ``"skipped"``
+    as "id (reason)" strings.
     """
-    skipped = [it for it in items if isinstance(it, Skipped)]
+    skipped = [str(it) for it in items if isinstance(it, Skipped)]  # plain strings: batches are traversed
     items = [it for it in items if not isinstance(it, Skipped)]
     if not items:
         return {"image": torch.zeros(0, 3, 0, 0), "mask": torch.zeros(0, 0, 0, dtype=torch.int64),

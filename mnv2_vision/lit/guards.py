@@ -2,9 +2,8 @@
 
 Lightning's own SIGTERM handling raises ``SIGTERMException``, a ``SystemExit`` with no code, so a run stopped by a
 scheduler or ``kill`` printed "Received SIGTERM" and exited 0: scripts and CI counted it as passed. ``StopOnSignal``
-replaces it for the run: the current batch finishes, ``last.ckpt`` is written at that batch end (the same point as
-the periodic step saves, so ``--resume last`` continues exactly), and ``errors.RunInterrupted`` makes the tool exit
-with 128 + the signal number.
+saves ``last.ckpt`` at the point where Lightning stops (so ``--resume last`` continues exactly) and ``cli.guarded``
+exits with 128 + the signal number (143 for SIGTERM, 130 for Ctrl-C).
 """
 from __future__ import annotations
 
@@ -18,7 +17,7 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import Callback
 
-from ..errors import RunInterrupted, UserError
+from ..errors import UserError
 from .checkpointing import LastCheckpoint
 
 __all__ = ["NonFiniteLossError", "FiniteLossGuard", "StopOnSignal"]
@@ -85,12 +84,15 @@ class FiniteLossGuard(Callback):
 
 
 class StopOnSignal(Callback):
-    """SIGTERM or Ctrl-C: finish the current batch, write ``last.ckpt`` there, and raise ``RunInterrupted``.
+    """SIGTERM or Ctrl-C: stop at the next clean point with ``last.ckpt`` saved, then exit 128 + the signal number.
 
-    On an epoch's last batch or during validation no new ``last.ckpt`` is written (one written there would skip the
-    unfinished validation on resume, ``LastCheckpoint``): the run stops at once and ``--resume last`` redoes the
-    steps since the last save. A second Ctrl-C stops at once. Handlers are installed when training or validation
-    starts (after Lightning's, which they replace; Lightning restores the previous ones at its teardown).
+    The stop itself is Lightning's: its loops raise ``SIGTERMException`` once the current training batch is complete
+    (its update, logs and progress counters done), or after the current validation batch. Ctrl-C is routed the same
+    way (a second one stops at once). Here, in ``on_exception``: a stop after a training batch writes ``last.ckpt``
+    at that point; a stop during validation writes nothing (``last.ckpt`` from before the validation is kept, and
+    the validation is redone on resume; see ``LastCheckpoint``). ``cli.guarded`` turns the exception into the exit
+    status, with ``signum`` and ``where`` set on it here. Handlers are installed when training or validation starts
+    (after Lightning's; it restores the previous ones at its teardown).
     """
 
     SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -98,52 +100,41 @@ class StopOnSignal(Callback):
     def __init__(self, last: LastCheckpoint) -> None:
         self.last = last
         self.signum: int | None = None
+        self._trainer: pl.Trainer | None = None
 
     def _handler(self, signum: int, frame: Any) -> None:
         if self.signum is not None and signum == signal.SIGINT:
             raise KeyboardInterrupt
         self.signum = signum
+        if self._trainer is not None:
+            self._trainer._signal_connector.received_sigterm = True  # Lightning's loops stop at the next clean point
         print(f"\nreceived {signal.Signals(signum).name}: stopping after the current batch", file=sys.stderr,
               flush=True)
 
-    def _install(self) -> None:
+    def _install(self, trainer: pl.Trainer) -> None:
+        self._trainer = trainer
         if threading.current_thread() is threading.main_thread():
             for s in self.SIGNALS:
                 signal.signal(s, self._handler)
 
     def on_train_start(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
-        self._install()
+        self._install(trainer)
 
     def on_validation_start(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
-        self._install()
+        self._install(trainer)
 
-    def _requested(self, trainer: pl.Trainer) -> bool:
-        flag = self.signum is not None
-        if trainer.world_size > 1:  # every rank must stop at the same batch (the save is collective)
-            flag = trainer.strategy.reduce_boolean_decision(flag, all=False)
-        return flag
+    def on_exception(self, trainer: pl.Trainer, module: pl.LightningModule, exception: BaseException) -> None:
+        from pytorch_lightning.utilities.exceptions import SIGTERMException
 
-    def _stop(self, trainer: pl.Trainer, what: str) -> None:
-        signum = self.signum if self.signum is not None else signal.SIGTERM
-        raise RunInterrupted(signum, f"{signal.Signals(signum).name} {what}; run the same command with --resume last "
-                                     "to continue")
-
-    def on_train_batch_end(self, trainer: pl.Trainer, module: pl.LightningModule, outputs: Any, batch: Any,
-                           batch_idx: int) -> None:
-        if not self._requested(trainer):
+        if not isinstance(exception, SIGTERMException):
             return
-        if LastCheckpoint.at_epoch_end(trainer) or trainer.fit_loop.epoch_loop._is_training_done:
-            self._stop(trainer, f"at global step {trainer.global_step}, the last batch of epoch "
-                                f"{trainer.current_epoch}: the last saved last.ckpt is kept (the epoch's end is redone "
-                                "on resume)")
-        self.last.save(trainer)
-        self._stop(trainer, f"at global step {trainer.global_step}: {self.last.last_model_path} saved")
-
-    def on_validation_batch_end(self, trainer: pl.Trainer, module: pl.LightningModule, outputs: Any, batch: Any,
-                                batch_idx: int, dataloader_idx: int = 0) -> None:
-        if trainer.sanity_checking or not self._requested(trainer):
-            return
-        if trainer.state.fn == "fit":
-            self._stop(trainer, f"during the validation of epoch {trainer.current_epoch}: the last saved last.ckpt is "
-                                "kept and the validation is redone on resume")
-        self._stop(trainer, "during the final evaluation")
+        exception.signum = self.signum if self.signum is not None else signal.SIGTERM  # type: ignore[attr-defined]
+        if trainer.state.fn == "fit" and trainer.training and not trainer.sanity_checking:
+            self.last.save(trainer)
+            where = f"at global step {trainer.global_step}: {self.last.last_model_path} saved"
+        elif trainer.state.fn == "fit":
+            where = (f"during the validation of epoch {trainer.current_epoch}: the last saved last.ckpt is kept and "
+                     "the validation is redone on resume")
+        else:
+            where = "during the final evaluation"
+        exception.where = where  # type: ignore[attr-defined]
