@@ -8,10 +8,12 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -120,6 +122,7 @@ def _assert_same_run(ref: Path, run: Path) -> None:
     assert a["global_step"] == b["global_step"]
     for k in a["state_dict"]:
         torch.testing.assert_close(b["state_dict"][k], a["state_dict"][k], atol=1e-6, rtol=0)
+    assert load_torch(run / "ckpt" / "last.ckpt")["global_step"] == load_torch(ref / "ckpt" / "last.ckpt")["global_step"]
     # the same final metrics
     fa, fb = json.loads((ref / "final_metrics.json").read_text()), json.loads((run / "final_metrics.json").read_text())
     assert Path(fb["checkpoint"]).name == Path(fa["checkpoint"]).name
@@ -130,45 +133,55 @@ def _assert_same_run(ref: Path, run: Path) -> None:
     assert not [p for p in run.rglob(".*.tmp-*")]
 
 
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory, shapes_root) -> Path:
-    out = tmp_path_factory.mktemp("faults") / "uninterrupted"
-    r = _run(out)
-    assert r.returncode == 0, r.stderr[-3000:]
-    return out
-
-
 MOMENTS = {
     "mid_step": ("step", "3"),                    # the last batch of epoch 2; last.ckpt from step 3
     "during_last_ckpt": ("write", "last.ckpt:2"),  # the end-of-epoch-1 last.ckpt (after the step-1 one)
     "during_best_ckpt": ("write", "best-:1"),      # the best checkpoint of epoch 1
     "during_model_pt": ("write", "model.pt:1"),    # after training, while writing the final weights
     "during_validation": ("validation", "2"),      # the last epoch's validation
+    "sigterm": ("sigterm", "4"),                   # SIGTERM in the first batch of epoch 3
 }
 
 
-@pytest.mark.parametrize("moment", list(MOMENTS))
-def test_sigkill_then_resume_matches_the_uninterrupted_run(moment, reference, tmp_path):
-    out = tmp_path / "run"
-    killed = _run(out, fault=MOMENTS[moment])
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, shapes_root) -> dict:
+    """The uninterrupted run and every faulty run, then their resumes; two processes at a time (one thread each)."""
+    tmp = tmp_path_factory.mktemp("faults")
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        first = {"reference": pool.submit(_run, tmp / "uninterrupted")}
+        first.update({m: pool.submit(_run, tmp / m, fault=fault) for m, fault in MOMENTS.items()})
+        first = {k: f.result() for k, f in first.items()}
+        temps = {m: list((tmp / m).rglob(".*.tmp-*")) for m in MOMENTS}
+        resumed = {m: pool.submit(_run, tmp / m, "--resume", "last") for m in MOMENTS}
+        resumed = {k: f.result() for k, f in resumed.items()}
+    return {"tmp": tmp, "first": first, "temps": temps, "resumed": resumed}
+
+
+def _check_resumed(runs: dict, moment: str) -> None:
+    r = runs["resumed"][moment]
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert not re.search(r"^epoch (\d+)/(\d+) ", r.stdout, re.M) or all(
+        int(a) <= int(b) for a, b in re.findall(r"^epoch (\d+)/(\d+) ", r.stdout, re.M))  # never "epoch 4/3"
+    ref = runs["first"]["reference"]
+    assert ref.returncode == 0, ref.stderr[-3000:]
+    _assert_same_run(runs["tmp"] / "uninterrupted", runs["tmp"] / moment)
+
+
+@pytest.mark.parametrize("moment", [m for m in MOMENTS if m != "sigterm"])
+def test_sigkill_then_resume_matches_the_uninterrupted_run(moment, runs):
+    killed = runs["first"][moment]
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
     if MOMENTS[moment][0] == "write":
-        assert list(out.rglob(".*.tmp-*")), "the fault must leave a half-written temporary file"
-    resumed = _run(out, "--resume", "last")
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    _assert_same_run(reference, out)
+        assert runs["temps"][moment], "the fault must leave a half-written temporary file"
+    _check_resumed(runs, moment)
 
 
-def test_sigterm_saves_last_ckpt_exits_143_and_resumes_exactly(reference, tmp_path):
-    out = tmp_path / "run"
-    stopped = _run(out, fault=("sigterm", "4"))  # the first batch of epoch 3
+def test_sigterm_saves_last_ckpt_exits_143_and_resumes_exactly(runs):
+    stopped = runs["first"]["sigterm"]
     assert stopped.returncode == 143, stopped.stderr[-3000:]
     last_line = stopped.stderr.strip().splitlines()[-1]
     assert last_line.startswith("stopped: SIGTERM at global step 5") and "--resume last" in last_line
-    assert load_torch(out / "ckpt" / "last.ckpt")["global_step"] == 5  # saved at the batch where it stopped
-    resumed = _run(out, "--resume", "last")
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    _assert_same_run(reference, out)
+    _check_resumed(runs, "sigterm")
 
 
 # ---------------------------------------------------------------------------------------------- full disk
