@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-__all__ = ["load_rgb"]
+__all__ = ["load_rgb", "pil_to_rgb"]
 
 
 def _to_uint8(arr: np.ndarray) -> np.ndarray:
@@ -30,12 +30,26 @@ def _to_uint8(arr: np.ndarray) -> np.ndarray:
     return (arr // 257).astype(np.uint8)
 
 
-def load_rgb(path: str | os.PathLike) -> np.ndarray:
-    """Read an image as an upright ``(H, W, 3)`` uint8 RGB array.
+def pil_to_rgb(img: Image.Image) -> np.ndarray:
+    """An upright ``(H, W, 3)`` uint8 RGB array from an opened PIL image: EXIF orientation applied; grayscale,
+    palette (with or without transparency), RGBA/LA, CMYK and 16-bit/float images converted to RGB (alpha dropped)."""
+    img = ImageOps.exif_transpose(img)
+    mode = img.mode
+    if mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
+        gray = _to_uint8(np.asarray(img))
+        return np.ascontiguousarray(np.repeat(gray[:, :, None], 3, axis=2))
+    if mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")  # Pillow warns when a palette image with transparency goes straight to RGB
+    if img.mode != "RGB":
+        img = img.convert("RGB")
+    return np.array(img, dtype=np.uint8)  # a writable copy (torch.from_numpy needs one)
 
-    EXIF orientation is applied; grayscale, palette (with or without transparency), RGBA/LA, CMYK and 16-bit/float
-    images are converted to RGB (alpha is dropped). Missing, unreadable, corrupt or truncated files raise
-    ``ValueError`` (``FileNotFoundError`` for a missing one) naming the file.
+
+def load_rgb(path: str | os.PathLike) -> np.ndarray:
+    """Read an image as an upright ``(H, W, 3)`` uint8 RGB array (``pil_to_rgb``'s conversions).
+
+    Missing, unreadable, corrupt or truncated files raise ``ValueError`` (``FileNotFoundError`` for a missing one)
+    naming the file.
     """
     path = Path(path)
     if not path.is_file():
@@ -43,16 +57,7 @@ def load_rgb(path: str | os.PathLike) -> np.ndarray:
     try:
         with Image.open(path) as img:
             img.load()  # decode now, so truncated files fail here with their name rather than later
-            img = ImageOps.exif_transpose(img)
-            mode = img.mode
-            if mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
-                gray = _to_uint8(np.asarray(img))
-                return np.ascontiguousarray(np.repeat(gray[:, :, None], 3, axis=2))
-            if mode == "P" and "transparency" in img.info:
-                img = img.convert("RGBA")  # Pillow warns when a palette image with transparency goes straight to RGB
-            if img.mode != "RGB":
-                img = img.convert("RGB")
-            arr = np.array(img, dtype=np.uint8)  # a writable copy (torch.from_numpy needs one)
+            arr = pil_to_rgb(img)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         raise ValueError(f"cannot read image {path}: {type(e).__name__}: {e}") from e
     if arr.ndim != 3 or arr.shape[2] != 3 or arr.shape[0] == 0 or arr.shape[1] == 0:

@@ -1,0 +1,382 @@
+"""Use a trained model from Python: ``mnv2_vision.load(path).predict(inputs)``.
+
+    import mnv2_vision
+    model = mnv2_vision.load("runs/ssdlite_coco/ckpt/best.ckpt")     # or model.pt (+ its run folder), or model.onnx
+    [result] = model.predict("photo.jpg")                             # result["boxes"], ["scores"], ["labels"], ...
+    results = model.predict(["a.jpg", "photos/", pil_image, rgb_array, tensor], batch_size=8)
+
+Outputs follow torchvision's conventions, in the pixels of each original image (after its EXIF orientation):
+detection ``boxes`` (D, 4) float xyxy, ``scores`` (D,), ``labels`` (D,) int64 (1..C, 0 is background), plus ``names``
+and COCO ``category_ids``; segmentation a ``mask`` (H, W) int64 of label indices (and ``probs`` (K, H, W) on
+request). Every result also carries ``size`` (H, W) and, for a file, its ``path``.
+
+Inputs are preprocessed exactly as in evaluation (``data.images.load_rgb``'s conversions — EXIF orientation,
+grayscale / RGBA / palette / CMYK / 16-bit to RGB — then the evaluation resize and normalisation stored in the
+checkpoint's config or the ONNX file's metadata), so ``predict`` gives ``tools/eval_det.py``'s detections.
+Backends: PyTorch for checkpoints and ``model.pt`` (fused and compiled on CPU, autocast on GPU), ONNX Runtime for
+``.onnx`` files written by ``tools/export.py``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor, nn
+
+from .data.images import load_rgb, pil_to_rgb
+from .errors import CheckpointError, UserError
+
+__all__ = ["load", "Predictor", "IMAGE_SUFFIXES", "to_rgb", "expand_inputs"]
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+
+
+# ---------------------------------------------------------------------------------------------- inputs
+def to_rgb(item: Any) -> np.ndarray:
+    """An ``(H, W, 3)`` uint8 RGB array from a path, PIL image, numpy array or tensor, converted as training reads
+    files: EXIF orientation, grayscale / RGBA / palette / CMYK / 16-bit to RGB.
+
+    Arrays are HWC (or HW grayscale) RGB, uint8 or 16-bit (65535 → 255) or float in [0, 1]; tensors are CHW
+    (torchvision's layout), uint8 or float in [0, 1]."""
+    if isinstance(item, (str, os.PathLike)):
+        return load_rgb(item)
+    if isinstance(item, Image.Image):
+        return pil_to_rgb(item)
+    if isinstance(item, Tensor):
+        t = item.detach().cpu()
+        if t.ndim == 3 and t.shape[0] in (1, 3, 4):
+            t = t.permute(1, 2, 0)
+        item = t.numpy()
+    if isinstance(item, np.ndarray):
+        a = item
+        if a.ndim == 3 and a.shape[2] == 1:
+            a = a[:, :, 0]
+        if a.ndim == 2:
+            a = np.repeat(a[:, :, None], 3, axis=2)
+        if a.ndim != 3 or a.shape[2] not in (3, 4) or 0 in a.shape[:2]:
+            raise ValueError(f"expected an (H, W, 3) RGB image array, got shape {item.shape}")
+        a = a[:, :, :3]
+        if a.dtype == np.uint8:
+            return np.ascontiguousarray(a)
+        if a.dtype == np.uint16:
+            return (a // 257).astype(np.uint8)
+        if np.issubdtype(a.dtype, np.floating):
+            if np.isfinite(a).all() and a.min() >= 0 and a.max() <= 1:
+                return np.round(a * 255).astype(np.uint8)
+            raise ValueError("a float image must hold values in [0, 1] (torchvision's convention)")
+        raise ValueError(f"unsupported image dtype {a.dtype}; give uint8, uint16 or float in [0, 1]")
+    raise TypeError(f"cannot read an image from {type(item).__name__}; give a path, a folder, a PIL image, an "
+                    "(H, W, 3) uint8 array or a (3, H, W) tensor")
+
+
+def expand_inputs(inputs: Any) -> list[Any]:
+    """One entry per image: a folder becomes its images (sorted), a 4-D tensor/array its batch, a list its items."""
+    if isinstance(inputs, (str, os.PathLike)):
+        p = Path(inputs)
+        if p.is_dir():
+            files = sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
+            if not files:
+                raise FileNotFoundError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in folder {p}")
+            return files
+        if not p.exists():
+            raise FileNotFoundError(f"no such image or folder: {p}")
+        return [p]
+    if isinstance(inputs, (Tensor, np.ndarray)) and inputs.ndim == 4:
+        return list(inputs)
+    if isinstance(inputs, (list, tuple)):
+        return [x for item in inputs for x in expand_inputs(item)]
+    return [inputs]
+
+
+def _batches(items: Sequence[Any], size: int) -> Iterator[list[Any]]:
+    for i in range(0, len(items), size):
+        yield list(items[i:i + size])
+
+
+# ---------------------------------------------------------------------------------------------- what a model needs
+@dataclass
+class _Spec:
+    """What preprocessing and post-processing need, from a checkpoint's config or an ONNX file's metadata."""
+
+    task: str
+    image_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    names: list[str]  # index = label (0 = background)
+    category_ids: list[int]  # label i ↔ category_ids[i - 1] (detection)
+    postprocess: dict[str, Any]
+
+
+def _spec_from_config(cfg: Any, hparams: dict[str, Any]) -> _Spec:
+    from .lit.segmentation import segmentation_class_names
+
+    e = cfg.eval
+    pp = {"score_thresh": e.score_thresh, "nms_iou": e.nms_iou, "topk_candidates": e.topk_candidates,
+          "detections_per_img": e.detections_per_img}
+    ids = [int(c) for c in hparams.get("category_ids", [])]
+    if cfg.task == "segmentation":
+        names = list(hparams.get("class_names") or segmentation_class_names(cfg))
+    elif ids:
+        names = ["background", *map(str, hparams.get("category_names", ids))]
+    else:
+        k = cfg.model.num_classes or 1
+        names = ["background", *(f"class{i}" for i in range(1, k))]
+        ids = list(range(1, k))
+    return _Spec(cfg.task, cfg.data.image_size, tuple(cfg.data.mean), tuple(cfg.data.std), names, ids, pp)
+
+
+# ---------------------------------------------------------------------------------------------- backends
+class _TorchBackend:
+    """The network in PyTorch: fused (BatchNorm folded, activations in the convolutions, channels-last) and traced
+    into a frozen graph on CPU; autocast (bf16 where supported, else fp16) on GPU."""
+
+    def __init__(self, model: nn.Module, device: torch.device, fuse: bool, precision: str) -> None:
+        self.device = device
+        self.raw = model.eval().to(device)
+        self.net: nn.Module = self.raw
+        self.fuse = fuse
+        if fuse:
+            from .deploy.fuse import fuse_for_inference
+
+            self.net = fuse_for_inference(self.raw, channels_last=True)
+        if precision == "auto":
+            precision = ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if device.type == "cuda" else "fp32"
+        if precision not in ("fp32", "bf16", "fp16"):
+            raise ValueError(f"precision must be 'auto', 'fp32', 'bf16' or 'fp16', got {precision!r}")
+        self.precision = precision
+
+    def anchors(self, size: tuple[int, int]) -> Tensor:
+        return self.raw.anchors(size, self.device)
+
+    def _run(self, x: Tensor) -> dict[str, Tensor]:
+        if self.precision != "fp32":
+            dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
+            with torch.autocast(self.device.type, dtype=dtype), torch.inference_mode():
+                return {k: v.float() for k, v in self.net(x).items()}
+        with torch.inference_mode():
+            return self.net(x)
+
+    def __call__(self, x: Tensor) -> dict[str, Tensor]:
+        return self._run(x.to(self.device))
+
+
+class _OnnxBackend:
+    """An ``.onnx`` file written by ``tools/export.py``, in ONNX Runtime (CPU, or CUDA when its provider exists)."""
+
+    def __init__(self, path: Path, device: torch.device, threads: int | None) -> None:
+        import onnxruntime as ort
+
+        from .deploy.onnx_export import read_metadata
+
+        self.meta = read_metadata(path)
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = threads or 0
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        so.log_severity_level = 3
+        providers = ["CPUExecutionProvider"]
+        if device.type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
+            providers.insert(0, "CUDAExecutionProvider")
+        self.session = ort.InferenceSession(str(path), so, providers=providers)
+        self.outputs = [o.name for o in self.session.get_outputs()]
+
+    def __call__(self, x: Tensor) -> dict[str, Tensor]:
+        out = self.session.run(None, {"images": np.ascontiguousarray(x.cpu().numpy(), dtype=np.float32)})
+        return {name: torch.from_numpy(o) for name, o in zip(self.outputs, out)}
+
+
+# ---------------------------------------------------------------------------------------------- predictor
+class Predictor:
+    """A trained model ready for images (made by ``load``).
+
+    Attributes:
+        task: ``"detection"`` or ``"segmentation"``.
+        names: class names by label (0 = background).
+        category_ids: detection: the COCO category id of label ``i`` is ``category_ids[i - 1]``.
+        device: where the network runs.
+    """
+
+    def __init__(self, backend: _TorchBackend | _OnnxBackend, spec: _Spec, device: torch.device,
+                 source: str) -> None:
+        self.backend, self.spec, self.device, self.source = backend, spec, device, source
+        self.task, self.names, self.category_ids = spec.task, spec.names, spec.category_ids
+        if self.task == "detection":
+            from .data.transforms import detection_transform
+            from .ops.boxes import BoxCoder
+
+            self._det_tf = detection_transform("none", False, spec.image_size, spec.mean, spec.std)
+            self._coder = BoxCoder()
+        self._mean = torch.tensor(spec.mean).view(3, 1, 1)
+        self._std = torch.tensor(spec.std).view(3, 1, 1)
+
+    def __repr__(self) -> str:
+        backend = "onnxruntime" if isinstance(self.backend, _OnnxBackend) else "pytorch"
+        return (f"Predictor({self.task}, {len(self.names) - 1} classes, {backend} on {self.device}, "
+                f"source={self.source})")
+
+    # ------------------------------------------------------------------ preprocessing
+    def _det_input(self, image: np.ndarray) -> Tensor:
+        x, _, _ = self._det_tf(image, np.zeros((0, 4), np.float32), np.zeros((0,), np.int64))
+        return x
+
+    def _seg_input(self, image: np.ndarray) -> Tensor:
+        x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255.0)
+        return (x - self._mean) / self._std
+
+    # ------------------------------------------------------------------ prediction
+    def predict(self, inputs: Any, *, batch_size: int = 1, score_thresh: float | None = None,
+                probs: bool = False) -> list[dict[str, Any]]:
+        """Predictions for ``inputs``: a path, a folder, a PIL image, an (H, W, 3) uint8 array, a (3, H, W) tensor,
+        a (N, 3, H, W) batch, or a list of any of these; one result per image, in order.
+
+        Args:
+            batch_size: images per forward pass (images of any sizes can share a batch).
+            score_thresh: detection: the lowest score kept (default: the checkpoint's ``eval.score_thresh``, the
+                value its mAP was measured with; raise it, e.g. to 0.3, to draw boxes).
+            probs: segmentation: also return ``probs`` (K, H, W) softmax probabilities.
+        """
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be ≥ 1, got {batch_size}")
+        items = expand_inputs(inputs)
+        results: list[dict[str, Any]] = []
+        for chunk in _batches(items, batch_size):
+            images = [to_rgb(x) for x in chunk]
+            batch = self._detect(images, score_thresh) if self.task == "detection" else self._segment(images, probs)
+            for item, image, r in zip(chunk, images, batch):
+                r["size"] = tuple(image.shape[:2])
+                if isinstance(item, (str, os.PathLike)):
+                    r["path"] = str(item)
+                results.append(r)
+        return results
+
+    __call__ = predict
+
+    def _detect(self, images: list[np.ndarray], score_thresh: float | None) -> list[dict[str, Any]]:
+        from .ops.postprocess import postprocess_detections, resize_boxes
+
+        pp = dict(self.spec.postprocess)
+        if score_thresh is not None:
+            pp["score_thresh"] = float(score_thresh)
+        x = torch.stack([self._det_input(im) for im in images])
+        size = tuple(x.shape[-2:])
+        sizes = [im.shape[:2] for im in images]
+        out = self.backend(x)
+        if "cls_logits" in out:
+            anchors = out["anchors"][0] if "anchors" in out else self.backend.anchors(size)
+            dets = postprocess_detections(out["cls_logits"].float(), out["bbox_regression"].float(),
+                                          anchors.to(out["cls_logits"].device), self._coder, size, sizes, **pp)
+        else:  # an ONNX export with NMS in the graph: boxes in network-input pixels, padded rows
+            dets = []
+            for i, s in enumerate(sizes):
+                n = int(out["num_detections"][i])
+                keep = out["scores"][i, :n] > pp["score_thresh"]
+                dets.append({"boxes": resize_boxes(out["boxes"][i, :n][keep], size, s),
+                             "scores": out["scores"][i, :n][keep], "labels": out["labels"][i, :n][keep]})
+        results = []
+        for d in dets:
+            labels = d["labels"].cpu().to(torch.int64)
+            results.append({"boxes": d["boxes"].cpu().float(), "scores": d["scores"].cpu().float(), "labels": labels,
+                            "names": [self.names[i] for i in labels.tolist()],
+                            "category_ids": [self.category_ids[i - 1] for i in labels.tolist()]})
+        return results
+
+    def _segment(self, images: list[np.ndarray], probs: bool) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = [{} for _ in images]
+        groups: dict[tuple[int, int], list[int]] = {}
+        for i, im in enumerate(images):  # images of one size share a forward pass; no padding enters the network
+            groups.setdefault(tuple(im.shape[:2]), []).append(i)
+        for idx in groups.values():
+            x = torch.stack([self._seg_input(images[i]) for i in idx])
+            res = self.backend(x)
+            logits = (res["out"] if "out" in res else res["logits"]).float()
+            if logits.shape[-2:] != x.shape[-2:]:
+                logits = torch.nn.functional.interpolate(logits, size=x.shape[-2:], mode="bilinear",
+                                                         align_corners=False)
+            p = logits.softmax(1)
+            for j, i in enumerate(idx):
+                out[i]["mask"] = p[j].argmax(0).cpu().to(torch.int64)
+                if probs:
+                    out[i]["probs"] = p[j].cpu()
+        return out
+
+
+# ---------------------------------------------------------------------------------------------- load
+def _device(device: str | torch.device | None) -> torch.device:
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def _run_folder_files(path: Path) -> tuple[Path | None, Path | None]:
+    """``config.yaml`` and ``classes.json`` of the run folder a ``model.pt`` lies in."""
+    folder = path.parent
+    cfg = folder / "config.yaml"
+    classes = folder / "classes.json"
+    return (cfg if cfg.is_file() else None), (classes if classes.is_file() else None)
+
+
+def load(source: str | os.PathLike, *, device: str | torch.device | None = None, fuse: bool | None = None,
+         precision: str = "auto", config: str | os.PathLike | None = None, threads: int | None = None) -> Predictor:
+    """A ``Predictor`` for a trained model.
+
+    Args:
+        source: a training checkpoint (``ckpt/best-*.ckpt`` / ``last.ckpt``), a ``model.pt`` (its run folder's
+            ``config.yaml`` and ``classes.json`` are read, or give ``config``), or an ``.onnx`` file written by
+            ``tools/export.py`` (ONNX Runtime; preprocessing from its metadata).
+        device: ``"cpu"``, ``"cuda"``, ...; default cuda when available.
+        fuse: fold BatchNorm and fuse activations (default: on CPU).
+        precision: ``"auto"`` (bf16/fp16 autocast on GPU, fp32 on CPU), ``"fp32"``, ``"bf16"`` or ``"fp16"``.
+        config: the config of a ``model.pt`` outside its run folder.
+        threads: intra-op CPU threads (default: PyTorch's / ONNX Runtime's own choice).
+    """
+    from .checkpoint import build_from_config, load_model
+    from .config import load_config
+
+    path = Path(source)
+    if not path.is_file():
+        raise FileNotFoundError(f"model file not found: {path}")
+    dev = _device(device)
+    if threads is not None:
+        torch.set_num_threads(threads)
+    if path.suffix == ".onnx":
+        backend = _OnnxBackend(path, dev, threads)
+        m = backend.meta
+        if m.get("task") not in ("detection", "segmentation"):
+            raise CheckpointError(f"{path} has no mnv2_vision metadata (task); export it with tools/export.py")
+        pp = m.get("postprocess") or {}
+        size = int((m.get("input_size") or [0])[0])
+        spec = _Spec(m["task"], size, tuple(m["mean"]), tuple(m["std"]), list(m["class_names"]),
+                     [int(c) for c in m.get("category_ids", [])], pp)
+        return Predictor(backend, spec, dev, str(path))
+    if path.suffix == ".ckpt":
+        cfg, model, hparams = load_model(path)
+    else:
+        cfg_path, classes_path = _run_folder_files(path)
+        cfg_path = Path(config) if config is not None else cfg_path
+        if cfg_path is None:
+            raise UserError(f"{path} is a plain state dict: its model needs a config. Keep it in its run folder "
+                            "(next to config.yaml) or pass config=<config.yaml>")
+        cfg = load_config(cfg_path)
+        hparams = json.loads(classes_path.read_text()) if classes_path is not None else {}
+        from .files import load_torch
+
+        sd = load_torch(path, "weights file")
+        if not isinstance(sd, dict) or not all(isinstance(v, Tensor) for v in sd.values()):
+            raise CheckpointError(f"{path} does not hold a state dict")
+        model = build_from_config(cfg, pretrained=False)
+        try:
+            model.load_state_dict(sd)
+        except RuntimeError as e:
+            raise CheckpointError(f"{path} does not fit the model of {cfg_path}: {str(e).splitlines()[0]}") from None
+    if cfg.task not in ("detection", "segmentation"):
+        raise CheckpointError(f"{path} holds a {cfg.task} model; the predictor serves detection and segmentation")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        backend = _TorchBackend(model, dev, fuse if fuse is not None else dev.type == "cpu", precision)
+    return Predictor(backend, _spec_from_config(cfg, hparams), dev, str(path))
