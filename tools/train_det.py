@@ -44,6 +44,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         check_annotations(dm)
         resume = inspect_resume(run.resume_path, cfg, run.path) if args.resume else None
         write_config(cfg, run.path)
+        write_json(run.path / "classes.json", {"category_ids": dm.category_ids, "category_names": dm.category_names})
         print(f"data: {dm.train_dataset} / {dm.val_dataset}", flush=True)
         set_num_threads(cfg)
 

@@ -43,6 +43,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         set_num_threads(cfg)
 
         names = segmentation_class_names(cfg)
+        write_json(run.path / "classes.json", {"class_names": list(names)})
         model = build_from_config(cfg)
         module = SegmentationModule(model, num_classes=len(names), optim=cfg.optim, sched=cfg.sched,
                                     class_names=names, label_smoothing=cfg.loss.label_smoothing, config=to_dict(cfg))
