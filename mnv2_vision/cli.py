@@ -69,7 +69,7 @@ def setup_run(args: argparse.Namespace, task: str | None = None) -> tuple[Config
 def write_config(cfg: Config, folder: str | Path) -> Path:
     """``<folder>/config.yaml`` (the resolved config: ``--print-config`` shows the same), announced in one line."""
     path = save_config(cfg, Path(folder) / "config.yaml")
-    print(f"config: {path} (python {Path(sys.argv[0]).name} ... --print-config shows it)", flush=True)
+    print(f"config: {path}", flush=True)
     return path
 
 

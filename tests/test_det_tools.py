@@ -76,6 +76,9 @@ def test_eval_det_prints_what_pycocotools_gives_on_its_json(trained, tmp_path, c
     assert ev["map"] == pytest.approx(result["map"], abs=1e-9)
     pr = Image.open(tmp_path / "pr_val2017.png")
     assert ev["pr_plot"] == str(tmp_path / "pr_val2017.png") and pr.format == "PNG" and pr.size[0] > 500
+    written = [line for line in printed.splitlines() if line.startswith("wrote ")]
+    assert written == ["wrote " + ", ".join(str(tmp_path / f) for f in ("config.yaml", "detections_val2017.json",
+                                                                      "metrics_val2017.json", "pr_val2017.png"))]
 
 
 def test_predict_detection_writes_images_and_json(trained, tmp_path, shapes_root):

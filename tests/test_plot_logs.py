@@ -60,3 +60,10 @@ def test_plot_logs_without_a_log_is_a_clear_error(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         _tool("plot_logs").main([str(tmp_path)])
     assert e.value.code == 2 and "no metrics.csv" in capsys.readouterr().err
+
+
+def test_validation_panel_holds_only_the_0_to_1_metrics():
+    panels = dict(_tool("plot_logs").PANELS)
+    columns = ["train/loss", "val/loss", "val/map", "val/miou", "val/num_images", "val/ap_circle", "lr-SGD"]
+    assert [c for c in columns if panels["validation"](c)] == ["val/map", "val/miou"]  # 96 images would flatten mAP
+    assert [c for c in columns if panels["loss"](c)] == ["train/loss", "val/loss"]

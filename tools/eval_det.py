@@ -74,17 +74,18 @@ def main(argv: Sequence[str] | None = None) -> dict:
           f"detections{module.skipped_note()}):")
     print(format_coco_stats(summary, names))
     print(f"mAP@[.5:.95] = {summary['map']:.4f}  mAP@.5 = {summary['map50']:.4f}")
-    print(f"wrote {results_path}")
     per_class = {names[c]: (None if math.isnan(ap) else ap) for c, ap in summary["per_class"].items()}
     metrics = {"checkpoint": str(ckpt_path), "split": split, "results": str(results_path),
                "stats": summary["stats"], "map": summary["map"], "map50": summary["map50"], "per_class": per_class,
                "num_images": len(module.val_image_ids), "skipped_images": module.val_skipped}
-    write_json(out_dir / f"metrics_{split}.json", metrics)
+    written = [out_dir / "config.yaml", results_path, out_dir / f"metrics_{split}.json"]
     if args.pr_plot:
         from mnv2_vision.viz import plot_pr_curves
 
         metrics["pr_plot"] = plot_pr_curves(summary["pr"], names, str(out_dir / f"pr_{split}.png"), title=split)
-        print(f"wrote {metrics['pr_plot']}")
+        written.append(Path(metrics["pr_plot"]))
+    write_json(out_dir / f"metrics_{split}.json", metrics)
+    print("wrote " + ", ".join(str(p) for p in written))
     return metrics
 
 

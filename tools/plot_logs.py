@@ -18,10 +18,13 @@ import matplotlib.pyplot as plt  # noqa: E402
 from mnv2_vision.cli import add_debug_flag, guarded  # noqa: E402
 from mnv2_vision.files import save_figure  # noqa: E402
 
+# The validation panel holds the 0..1 metrics (mAP, mIoU, accuracy); counts such as val/num_images (96 on the mAP
+# axis flattened the curves to 0) and losses go elsewhere or nowhere.
 PANELS = (
-    ("loss", lambda k: k.startswith("train/loss")),
+    ("loss", lambda k: k.startswith("train/loss") or k == "val/loss"),
     ("learning rate", lambda k: k.startswith("lr-")),
-    ("validation", lambda k: k.startswith("val/") and "/ap_" not in k and "/iou_" not in k and "/acc_" not in k),
+    ("validation", lambda k: k.startswith("val/") and k not in ("val/loss", "val/num_images")
+     and "/ap_" not in k and "/iou_" not in k and "/acc_" not in k),
 )
 
 

@@ -2,6 +2,7 @@
 progress lines. Checkpoint writing lives in ``lit/checkpointing.py``, the safety stops in ``lit/guards.py``."""
 from __future__ import annotations
 
+import logging
 import math
 import sys
 import time
@@ -23,7 +24,7 @@ from .guards import FiniteLossGuard, NonFiniteLossError, StopOnSignal
 
 __all__ = ["build_optimizer", "build_scheduler", "LRSchedule", "make_trainer", "EpochLine", "FiniteLossGuard",
            "AtomicCheckpointIO", "NonFiniteLossError", "NonFiniteWeightsError", "LastCheckpoint", "StepSeed",
-           "ValidateLastEpoch", "StopOnSignal", "set_num_threads", "gather_lists", "skipped_note"]
+           "ValidateLastEpoch", "StopOnSignal", "set_num_threads", "gather_lists", "skipped_note", "quiet_lightning"]
 
 
 def build_optimizer(optim: OptimCfg, model: nn.Module) -> torch.optim.Optimizer:
@@ -184,8 +185,9 @@ class ValidateLastEpoch(Callback):
 def warn_small_batch(batch_size: int, devices: Any, sync_batchnorm: bool) -> None:
     """BatchNorm statistics from a handful of images are noisy (users.md §2.2.2): say so once, up front."""
     if batch_size < 8 and not sync_batchnorm:
-        warnings.warn(f"per-device batch size {batch_size} is small for BatchNorm (statistics from < 8 images are "
-                      "noisy); prefer ≥ 8 per device, or trainer.sync_batchnorm=true across devices", stacklevel=2)
+        logging.getLogger("mnv2_vision").warning(
+            "warning: per-device batch size %d is small for BatchNorm (statistics from < 8 images are noisy); "
+            "prefer ≥ 8 per device, or trainer.sync_batchnorm=true across devices", batch_size)
 
 
 def gather_lists(items: list[Any]) -> list[Any]:
@@ -214,6 +216,24 @@ def set_num_threads(cfg: Config) -> int:
     torch.set_num_threads(threads)
     print(f"threads: {threads} ({why})", flush=True)
     return threads
+
+
+class _NoAdverts(logging.Filter):
+    """Drops Lightning's "💡 Tip: ... try installing litlogger / litmodels" lines (adverts, not information) and
+    its note that it reads the training loader to count the steps (our schedules always do)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(("💡 Tip", "Loading `train_dataloader` to estimate"))
+
+
+def quiet_lightning() -> None:
+    """Keep Lightning's console output to what a user acts on: no adverts, and no deprecation warning that
+    Lightning's own code triggers on every run (``_pytree``'s ``LeafSpec`` check, which users cannot fix)."""
+    log = logging.getLogger("pytorch_lightning.utilities.rank_zero")
+    if not any(isinstance(f, _NoAdverts) for f in log.filters):
+        log.addFilter(_NoAdverts())
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)", category=DeprecationWarning)
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
 
 
 def make_trainer(cfg: Config, out_dir: str | Path, monitor: str, mode: str = "max", resume_from: int | None = None,
@@ -246,10 +266,13 @@ def make_trainer(cfg: Config, out_dir: str | Path, monitor: str, mode: str = "ma
         devices=t.devices, num_nodes=t.num_nodes, strategy=t.strategy, precision=t.precision,
         sync_batchnorm=t.sync_batchnorm, check_val_every_n_epoch=t.check_val_every_n_epoch,
         log_every_n_steps=t.log_every_n_steps, gradient_clip_val=t.gradient_clip_val,
-        limit_train_batches=t.limit_train_batches, limit_val_batches=t.limit_val_batches,
         deterministic=t.deterministic, callbacks=callbacks, logger=loggers, enable_progress_bar=tty,
         num_sanity_val_steps=0, enable_model_summary=tty, plugins=[AtomicCheckpointIO()],
     )
+    # Lightning prints "`Trainer(limit_train_batches=1.0)` was configured so 100% ..." for an explicit 1.0.
+    kwargs.update({k: v for k, v in (("limit_train_batches", t.limit_train_batches),
+                                     ("limit_val_batches", t.limit_val_batches)) if v != 1.0})
     warn_small_batch(cfg.data.batch_size, t.devices, t.sync_batchnorm)
     kwargs.update(overrides)
+    quiet_lightning()
     return pl.Trainer(**kwargs)
