@@ -164,6 +164,8 @@ def _check_resumed(runs: dict, moment: str) -> None:
         int(a) <= int(b) for a, b in re.findall(r"^epoch (\d+)/(\d+) ", r.stdout, re.M))  # never "epoch 4/3"
     ref = runs["first"]["reference"]
     assert ref.returncode == 0, ref.stderr[-3000:]
+    for noise in ("💡 Tip", "LeafSpec", "exists and is not empty", "was configured so 100%", "Traceback"):
+        assert noise not in ref.stdout + ref.stderr + r.stdout + r.stderr, noise  # first-run noise, in a real run
     _assert_same_run(runs["tmp"] / "uninterrupted", runs["tmp"] / moment)
 
 
