@@ -39,7 +39,7 @@ def trained(tmp_path_factory, shapes_root):
     return out, result
 
 
-def test_train_det_writes_checkpoints_config_and_metrics(trained, capsys):
+def test_train_det_writes_checkpoints_config_and_metrics(trained, capsys, shapes_root):
     out, result = trained
     assert (out / "ckpt" / "last.ckpt").is_file() and Path(result["checkpoint"]).is_file()
     assert "best-epoch=000-map=" in Path(result["checkpoint"]).name
@@ -47,7 +47,9 @@ def test_train_det_writes_checkpoints_config_and_metrics(trained, capsys):
     assert cfg.task == "detection" and cfg.model.num_classes == 5  # 4 shapes + background, from the data
     assert hparams["category_ids"] == [1, 3, 4, 7] and hparams["category_names"][0] == "circle"
     assert torch.load(out / "model.pt", weights_only=True).keys() == state.keys()
-    assert load_config(out / "config.yaml").model.num_classes == 5
+    saved = load_config(out / "config.yaml")
+    assert saved.model.num_classes == 5
+    assert saved.data.synthetic and saved.data.root == str(shapes_root / "coco")  # where the images came from
     header = (out / "metrics.csv").read_text().splitlines()[0]
     for key in ("train/loss", "train/loss_cls", "train/loss_box", "val/map", "val/map50"):
         assert key in header
@@ -126,6 +128,8 @@ def test_train_det_explains_a_missing_coco_layout(tmp_path, capsys):
     err = capsys.readouterr().err
     assert e.value.code == 2
     assert "dataset not found" in err and "annotations/instances_train2017.json" in err
+    assert f"python tools/prepare_data.py coco --root {tmp_path / 'nowhere'}" in err and "<root>" not in err
+    assert not (tmp_path / "run").exists()  # nothing left behind: no run folder, no config.yaml
 
 
 def test_eval_det_rejects_a_missing_checkpoint(tmp_path):

@@ -25,6 +25,7 @@ import pytorch_lightning as pl  # noqa: E402
 from mnv2_vision.checkpoint import build_from_config, inspect_resume  # noqa: E402
 from mnv2_vision.cli import base_parser, guarded, setup_run, write_config  # noqa: E402
 from mnv2_vision.config import to_dict  # noqa: E402
+from mnv2_vision.data import pin_root  # noqa: E402
 from mnv2_vision.eval.coco import format_coco_stats  # noqa: E402
 from mnv2_vision.files import save_torch, write_json  # noqa: E402
 from mnv2_vision.lit.common import make_trainer, set_num_threads  # noqa: E402
@@ -40,7 +41,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     with run:
         pl.seed_everything(cfg.seed, workers=True)
         dm = build_det_datamodule(cfg)
-        cfg = resolve_det_classes(cfg, dm.num_classes)  # the checkpoint must rebuild the same head
+        cfg = pin_root(resolve_det_classes(cfg, dm.num_classes))  # the checkpoint must rebuild the same head
         check_annotations(dm)
         resume = inspect_resume(run.resume_path, cfg, run.path) if args.resume else None
         write_config(cfg, run.path)

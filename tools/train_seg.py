@@ -23,6 +23,7 @@ import pytorch_lightning as pl  # noqa: E402
 from mnv2_vision.checkpoint import build_from_config, inspect_resume, load_checkpoint  # noqa: E402
 from mnv2_vision.cli import base_parser, guarded, setup_run, write_config  # noqa: E402
 from mnv2_vision.config import to_dict  # noqa: E402
+from mnv2_vision.data import pin_root  # noqa: E402
 from mnv2_vision.files import save_torch, write_json  # noqa: E402
 from mnv2_vision.lit.common import make_trainer, set_num_threads  # noqa: E402
 from mnv2_vision.lit.segmentation import (SegmentationModule, build_seg_datamodule, resolve_num_classes,  # noqa: E402
@@ -38,6 +39,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         pl.seed_everything(cfg.seed, workers=True)
         datamodule = build_seg_datamodule(cfg)
         datamodule.setup("fit")  # a missing or empty dataset fails here, before anything is written
+        cfg = pin_root(cfg)
         resume = inspect_resume(run.resume_path, cfg, run.path) if args.resume else None
         write_config(cfg, run.path)
         set_num_threads(cfg)

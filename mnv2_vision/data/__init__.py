@@ -1,11 +1,12 @@
 """Dataset location: the built-in shapes data or a user's folder, with a clear message when it is missing."""
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
-from ..config import DataCfg
+from ..config import Config, DataCfg
 
-__all__ = ["resolve_root", "LAYOUTS"]
+__all__ = ["resolve_root", "pin_root", "LAYOUTS"]
 
 LAYOUTS = {
     "coco": (
@@ -37,6 +38,14 @@ def resolve_root(data: DataCfg) -> Path:
         return ensure_shapes() / _SYNTHETIC_SUBDIR[data.format]
     root = Path(data.root).expanduser()
     if not root.exists():
-        raise FileNotFoundError(f"dataset not found at data.root={str(root)!r}. Expected the "
-                                f"{LAYOUTS.get(data.format, data.format)}")
+        layout = LAYOUTS.get(data.format, data.format).replace("<root>", str(root))
+        raise FileNotFoundError(f"dataset not found at data.root={str(root)!r}. Expected the {layout}")
     return root
+
+
+def pin_root(cfg: Config) -> Config:
+    """``cfg`` with ``data.root`` set to the folder really read: the built-in data's cache folder when
+    ``data.synthetic`` (the run's ``config.yaml`` then says where the images came from, not the unused default)."""
+    if not cfg.data.synthetic:
+        return cfg
+    return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, root=str(resolve_root(cfg.data))))

@@ -144,6 +144,7 @@ def fit_classifier(cfg: Config, out_dir: str | Path, *, download: bool = False, 
     a checkpoint to continue (checked with ``checkpoint.inspect_resume``). The caller owns the folder (``RunFolder``).
     """
     from ..checkpoint import build_from_config, inspect_resume
+    from ..data import pin_root
     from ..cli import write_config
     from ..files import load_torch, save_torch, write_json
     from ..profiling import count_params
@@ -155,7 +156,7 @@ def fit_classifier(cfg: Config, out_dir: str | Path, *, download: bool = False, 
         raise ValueError(f"this config is a {cfg.task!r} config; classification training needs task: classification")
     pl.seed_everything(cfg.seed, workers=True)
     dm = build_cls_datamodule(cfg, download)
-    cfg = resolve_cls_classes(cfg, dm.num_classes)  # the checkpoint must rebuild the same classifier
+    cfg = pin_root(resolve_cls_classes(cfg, dm.num_classes))  # the checkpoint must rebuild the same classifier
     info = inspect_resume(resume, cfg, out_dir) if resume is not None else None
     write_config(cfg, out_dir)
     print(f"data: {len(dm.train_dataset)} train / {len(dm.val_dataset)} val images, {dm.num_classes} classes",
