@@ -61,12 +61,25 @@ def _first_tensor(out: object) -> torch.Tensor | None:
     return None
 
 
+def _block_names(model: nn.Module) -> dict[int, str]:
+    """A backbone's blocks by the names its ``feature_info`` declares (the README's taps): MobileNetV2 numbers its
+    layers as the paper does (``layer1`` = the stem conv … ``layer19``), MobileNetV1 names its taps TF-style."""
+    declared = {f.module: f.name for f in getattr(model, "feature_info", []) if not f.expand}
+    numbered = bool(declared) and all(n.startswith("layer") for n in declared.values())
+    return {i: declared.get(i, f"layer{i + 1}" if numbered else f"features.{i}")
+            for i in range(len(getattr(model, "features", [])))}
+
+
 def _stages(model: nn.Module, prefix: str = "") -> list[tuple[str, nn.Module]]:
-    """Rows of the table: the blocks of ``features`` / ``backbone`` containers and every other top-level child."""
+    """Rows of the table: the blocks of ``features`` / ``backbone`` containers (named as the backbone's taps) and
+    every other top-level child."""
     rows = []
     for name, child in model.named_children():
         full = prefix + name
-        if name in ("backbone", "features", "extras", "extra") or isinstance(child, nn.ModuleList):
+        if name == "features" and hasattr(model, "feature_info"):
+            names = _block_names(model)
+            rows += [(prefix + names[i], block) for i, block in enumerate(child)]
+        elif name in ("backbone", "features", "extras", "extra") or isinstance(child, nn.ModuleList):
             rows += _stages(child, full + ".")
         else:
             rows.append((full, child))
@@ -92,10 +105,12 @@ def profile_model(model: nn.Module, size: tuple[int, int]) -> Profile:
     shapes: dict[str, tuple[int, ...]] = {}
     hooks = []
     for name, mod in stages:
+        # On every submodule: a block the body runs piece by piece (MobileNetV2's walk to the SSDLite expansion tap
+        # calls its convs, not the block) still reports the output of its last piece.
         def hook(_m, _i, out, name=name):
             t = _first_tensor(out)
             shapes[name] = tuple(t.shape) if t is not None else None
-        hooks.append(mod.register_forward_hook(hook))
+        hooks += [m.register_forward_hook(hook) for m in mod.modules()]
     try:
         with FlopCounterMode(display=False) as fc:
             model(torch.zeros(1, 3, *size))
@@ -103,18 +118,27 @@ def profile_model(model: nn.Module, size: tuple[int, int]) -> Profile:
         for h in hooks:
             h.remove()
         model.train(was_training)
-    counts = fc.get_flop_counts()
+    counts = {k: sum(v.values()) for k, v in fc.get_flop_counts().items()}
     root = type(model).__name__
-    rows = [StageRow(name, count_params(mod), sum(counts.get(f"{root}.{name}", {}).values()) // 2, shapes.get(name))
-            for name, mod in stages]
+    paths = {id(m): f"{root}.{n}" for n, m in model.named_modules()}  # the flop counter's keys
+
+    def madds(mod: nn.Module) -> int:
+        key = paths[id(mod)]
+        if key in counts:
+            return counts[key] // 2
+        # Not called as a whole: the outermost of its submodules that were (their counts include their children).
+        inner = [k for k in counts if k.startswith(key + ".")]
+        return sum(counts[k] for k in inner if k.rsplit(".", 1)[0] not in counts) // 2
+
+    rows = [StageRow(name, count_params(mod), madds(mod), shapes.get(name)) for name, mod in stages]
     return Profile(count_params(model), fc.get_total_flops() // 2, tuple(size), rows)
 
 
 TOOL_DOC = """Complexity of a model: parameters, multiply-adds (torch.utils.flop_counter, MAdds = FLOPs / 2), per-stage table.
 
-    python tools/profile.py mobilenet_v2 --size 224 224
-    python tools/profile.py ssdlite320_mobilenet_v2 --size 320 320 --set num_classes=91
-    python tools/profile.py deeplabv3_mobilenet_v2 --size 513 513 --set aspp=full
+    python tools/complexity.py mobilenet_v2 --size 224 224
+    python tools/complexity.py ssdlite320_mobilenet_v2 --size 320 320 --set num_classes=91
+    python tools/complexity.py deeplabv3_mobilenet_v2 --size 513 513 --set aspp=full
 """
 
 

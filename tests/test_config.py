@@ -110,16 +110,32 @@ def test_cli_errors_exit_nonzero_with_message(tmp_path, capsys):
 
 
 def test_profile_tool_rejects_unknown_argument():
-    r = subprocess.run([sys.executable, str(ROOT / "tools/profile.py"), "mobilenet_v2", "--set", "widht=1"],
+    r = subprocess.run([sys.executable, str(ROOT / "tools/complexity.py"), "mobilenet_v2", "--set", "widht=1"],
                        capture_output=True, text=True)
     assert r.returncode == 2 and "widht" in r.stderr
 
 
 def test_profile_tool_prints_counts():
-    r = subprocess.run([sys.executable, str(ROOT / "tools/profile.py"), "mobilenet_v2", "--set", "width_mult=0.5"],
+    r = subprocess.run([sys.executable, str(ROOT / "tools/complexity.py"), "mobilenet_v2", "--set", "width_mult=0.5"],
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
-    assert "params: 1,968,680" in r.stdout and "features.18" in r.stdout
+    assert "params: 1,968,680" in r.stdout and "features.18" not in r.stdout
+    rows = {line.split()[0]: line.split() for line in r.stdout.splitlines() if line.startswith("layer")}
+    assert list(rows) == [f"layer{i}" for i in range(1, 20)]  # the README's tap names, layer1 = the stem conv
+    assert rows["layer1"][1] == "16×112×112" and rows["layer19"][1] == "1280×7×7"  # width 0.5: 32·0.5 = 16
+
+
+
+def test_complexity_table_rows_add_up_for_a_detector():
+    # SSDLite walks the body block by block to reach the expansion tap; every block's MAdds still count (they
+    # used to show 0 from layer3 on).
+    from mnv2_vision.models import build_model
+    from mnv2_vision.profiling import profile_model
+
+    prof = profile_model(build_model("ssdlite320_mobilenet_v2", num_classes=91), (320, 320))
+    rows = {r.name: r for r in prof.rows}
+    assert rows["backbone.layer15"].out_shape == (1, 160, 10, 10) and rows["backbone.layer15"].madds > 0
+    assert sum(r.madds for r in prof.rows) == prof.madds == 804_397_504  # README: 0.804 B MAdds at 320²
 
 
 def _write(tmp_path):
@@ -129,8 +145,8 @@ def _write(tmp_path):
 
 
 def test_tools_start_despite_profile_name():
-    # tools/profile.py shares its name with the standard library module that torch imports (through cProfile);
-    # `python tools/X.py` puts tools/ first on sys.path, so every tool must still start.
+    # `python tools/X.py` puts tools/ first on sys.path: no tool may share a name with a standard library module
+    # that torch imports (tools/profile.py did, through cProfile; it is tools/complexity.py now).
     r = subprocess.run([sys.executable, str(ROOT / "tools" / "plot_logs.py"), "--help"], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]
     r = subprocess.run([sys.executable, "-c", "import sys; sys.path.insert(0, 'tools'); import torch._dynamo, profile; "

@@ -63,7 +63,9 @@ def test_plot_logs_without_a_log_is_a_clear_error(tmp_path, capsys):
 
 
 def test_validation_panel_holds_only_the_0_to_1_metrics():
-    panels = dict(_tool("plot_logs").PANELS)
+    from mnv2_vision.commands.plot_logs import PANELS
+
+    panels = dict(PANELS)
     columns = ["train/loss", "val/loss", "val/map", "val/miou", "val/num_images", "val/ap_circle", "lr-SGD"]
     assert [c for c in columns if panels["validation"](c)] == ["val/map", "val/miou"]  # 96 images would flatten mAP
     assert [c for c in columns if panels["loss"](c)] == ["train/loss", "val/loss"]

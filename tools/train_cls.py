@@ -1,42 +1,8 @@
 """Train an image classifier (MobileNetV2 / MobileNetV1) on ImageFolder, CIFAR-10 or Flowers102 data.
 
-    python tools/train_cls.py --cfg mobilenet_v2_shapes                   # built-in shapes, CPU, a few minutes
-    python tools/train_cls.py --cfg mobilenet_v2_cifar10 --download       # fetches CIFAR-10 into data.root first
-    python tools/train_cls.py --cfg mobilenet_v2_imagenet --set data.root=/data/imagenet
-    python tools/train_cls.py --cfg mobilenet_v2_imagenet --resume last   # continue runs/mobilenet_v2_imagenet
-
-Outputs in ``--out`` (default ``runs/<config>``): ``config.yaml``, ``ckpt/best-*.ckpt`` (best ``val/top1``) and
-``ckpt/last.ckpt`` (full Lightning checkpoints carrying the config and class names), ``model.pt`` (plain state dict
-of the best model), CSV/TensorBoard logs and ``result.json`` (best/final top-1, per-epoch history, wall time).
-A checkpoint's backbone loads into the detection and segmentation builders with ``model.pretrained=<ckpt>``.
+The tool lives in ``mnv2_vision/commands/train_cls.py``; installed, it is also the ``mnv2-train-cls`` command.
 """
-from __future__ import annotations
-
-import sys
-from pathlib import Path
-from typing import Sequence
-
-# tools/profile.py would shadow the standard library's ``profile`` (which torch imports): repository root first.
-sys.path[0] = str(Path(__file__).resolve().parents[1])
-
-from mnv2_vision.cli import base_parser, guarded, setup_run  # noqa: E402
-from mnv2_vision.lit.classification import fit_classifier  # noqa: E402
-
-
-@guarded
-def main(argv: Sequence[str] | None = None) -> dict:
-    parser = base_parser(__doc__.splitlines()[0])
-    parser.add_argument("--download", action="store_true",
-                        help="let torchvision download CIFAR-10 / Flowers102 into data.root (needs internet)")
-    args = parser.parse_args(argv)
-    cfg, run = setup_run(args, task="classification")
-    with run:
-        result = fit_classifier(cfg, run.path, download=args.download, resume=run.resume_path)
-    print(f"best val top-1 {result['best_top1']:.4f}, final top-1 {result['final_top1']:.4f} / top-5 "
-          f"{result['final_top5']:.4f} after {result['epochs']} epochs ({result['wall_time_s']:.0f} s); "
-          f"best checkpoint {result['checkpoint']}")
-    return result
-
+from mnv2_vision.commands.train_cls import main
 
 if __name__ == "__main__":
     main()

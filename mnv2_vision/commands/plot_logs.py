@@ -1,0 +1,83 @@
+"""Render a run's curves (loss, learning rate, validation metrics) from its CSV log to a PNG.
+
+    python tools/plot_logs.py runs/ssdlite_shapes            # writes runs/ssdlite_shapes/curves.png
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+from pathlib import Path
+from typing import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+from mnv2_vision.cli import add_debug_flag, guarded
+from mnv2_vision.files import save_figure
+
+# The validation panel holds the 0..1 metrics (mAP, mIoU, accuracy); counts such as val/num_images (96 on the mAP
+# axis flattened the curves to 0) and losses go elsewhere or nowhere.
+PANELS = (
+    ("loss", lambda k: k.startswith("train/loss") or k == "val/loss"),
+    ("learning rate", lambda k: k.startswith("lr-")),
+    ("validation", lambda k: k.startswith("val/") and k not in ("val/loss", "val/num_images")
+     and "/ap_" not in k and "/iou_" not in k and "/acc_" not in k),
+)
+
+
+def read_metrics(path: Path) -> dict[str, list[tuple[int, float]]]:
+    """``metrics.csv`` → {column: [(step, value), ...]} for every numeric, non-empty cell."""
+    series: dict[str, list[tuple[int, float]]] = {}
+    with open(path, newline="") as f:
+        for row in csv.DictReader(f):
+            step = int(float(row.get("step") or 0))
+            for k, v in row.items():
+                if k in ("step", "epoch") or v in (None, ""):
+                    continue
+                try:
+                    x = float(v)
+                except ValueError:
+                    continue
+                if math.isfinite(x):
+                    series.setdefault(k, []).append((step, x))
+    return series
+
+
+@guarded
+def main(argv: Sequence[str] | None = None) -> Path:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("run_dir", help="a run folder written by tools/train_*.py (holds metrics.csv)")
+    p.add_argument("--out", default=None, help="PNG path (default: RUN_DIR/curves.png)")
+    args = add_debug_flag(p).parse_args(argv)
+    run = Path(args.run_dir)
+    csv_path = run / "metrics.csv"
+    if not csv_path.is_file():
+        raise FileNotFoundError(f"no metrics.csv in {run} (is it a run folder of tools/train_*.py?)")
+    series = read_metrics(csv_path)
+    panels = [(title, sorted(k for k in series if pick(k))) for title, pick in PANELS]
+    panels = [(t, ks) for t, ks in panels if ks]
+    if not panels:
+        raise FileNotFoundError(f"{csv_path} holds no loss, learning-rate or validation columns yet")
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.6), squeeze=False)
+    for ax, (title, keys) in zip(axes[0], panels):
+        for k in keys:
+            xs, ys = zip(*series[k])
+            ax.plot(xs, ys, marker="o" if len(xs) < 30 else None, ms=3, label=k)
+        ax.set_title(title)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle(run.name)
+    fig.tight_layout()
+    out = Path(args.out) if args.out else run / "curves.png"
+    save_figure(fig, out, dpi=100)
+    plt.close(fig)
+    print(f"wrote {out}")
+    return out
+
+
+if __name__ == "__main__":
+    main()

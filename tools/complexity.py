@@ -1,0 +1,14 @@
+"""Complexity of a model: parameters, multiply-adds (torch.utils.flop_counter, MAdds = FLOPs / 2), per-stage table.
+
+    python tools/complexity.py mobilenet_v2 --size 224 224
+    python tools/complexity.py ssdlite320_mobilenet_v2 --size 320 320 --set num_classes=91
+    python tools/complexity.py deeplabv3_mobilenet_v2 --size 513 513 --set aspp=full
+
+Formerly tools/profile.py (a name that shadowed the standard library's ``profile`` module whenever a tool ran);
+installed, it is the ``mnv2-complexity`` command, with ``mnv2-profile`` kept as an alias. The logic lives in
+``mnv2_vision.profiling.main``.
+"""
+from mnv2_vision.profiling import main
+
+if __name__ == "__main__":
+    main()
