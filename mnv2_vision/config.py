@@ -301,7 +301,13 @@ def _set(cfg: Config, override: str) -> None:
 
 # ---------------------------------------------------------------------------------------------- loading / saving
 def config_dir() -> Path:
-    return Path(os.environ.get("MNV2_CONFIG_DIR", Path(__file__).resolve().parents[1] / "configs"))
+    """Where named configs live: ``$MNV2_CONFIG_DIR``, else the configs installed with the package (a wheel ships
+    them as ``mnv2_vision/configs``), else the source checkout's ``configs/``."""
+    if os.environ.get("MNV2_CONFIG_DIR"):
+        return Path(os.environ["MNV2_CONFIG_DIR"])
+    here = Path(__file__).resolve().parent
+    installed = here / "configs"
+    return installed if installed.is_dir() else here.parent / "configs"
 
 
 def list_configs() -> list[str]:
