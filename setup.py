@@ -18,7 +18,8 @@ setup(
         "torchvision>=0.17",
         "pytorch-lightning>=2.2",
         "pycocotools>=2.0.7",
-        "albumentations>=1.4",
+        "albumentations>=2.0",  # 2.x API (fill=, pixel.functional) used by data/
+        "simplejpeg>=1.8",  # libjpeg-turbo decoding with DCT scaling (data/decode.py)
         "pyyaml>=6.0",
         "numpy>=1.24",
         "pillow>=10.0",
