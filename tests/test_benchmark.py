@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from mnv2_vision.deploy import bench
-from mnv2_vision.deploy.timing import matmul_madd_rate, time_round_robin
+from mnv2_vision.perf.timing import matmul_madd_rate, time_round_robin
 from mnv2_vision.models import build_model
 
 VARIANTS = ("eager", "fused", "onnxruntime fp32", "onnxruntime int8")

@@ -42,7 +42,7 @@ from mnv2_vision.deploy.fuse import fold_batchnorm, fuse_for_inference  # noqa: 
 from mnv2_vision.deploy.onnx_export import DetectionExport, SegmentationExport, export_onnx, ort_session  # noqa: E402
 from mnv2_vision.deploy.ort_profile import kernel_breakdown  # noqa: E402
 from mnv2_vision.deploy.quantize import detection_calibration, quantize_int8, segmentation_calibration  # noqa: E402
-from mnv2_vision.deploy.timing import matmul_madd_rate, time_round_robin  # noqa: E402
+from mnv2_vision.perf.timing import matmul_madd_rate, time_round_robin  # noqa: E402
 from mnv2_vision.models import build_model  # noqa: E402
 from mnv2_vision.profiling import count_madds, count_params  # noqa: E402
 

@@ -1,4 +1,5 @@
-"""LightningDataModule for detection: COCO-layout datasets, the presets of ``transforms.py``, and the loaders."""
+"""LightningDataModule for detection: COCO-layout datasets, the presets of ``transforms.py`` run by the fast pipeline
+of ``detection_pipeline.py`` (same distribution, a fraction of the CPU time), and the loaders."""
 from __future__ import annotations
 
 import os
@@ -17,7 +18,7 @@ from ..config import DataCfg
 from .coco import CocoDetection
 from .distributed import distributed_eval_loader
 from .resumable import ResumableDataLoader, ResumableSampler, replicas
-from .transforms import detection_transform
+from .detection_pipeline import fast_detection_transform
 
 __all__ = ["DetectionDataModule", "detection_collate", "worker_init"]
 
@@ -93,7 +94,7 @@ class DetectionDataModule(pl.LightningDataModule):
         self.seed = seed
         self._train: CocoDetection | None = None
         self._val: CocoDetection | None = None
-        detection_transform(augment, True, image_size)  # an unknown preset fails here, before any data is read
+        fast_detection_transform(augment, True, image_size)  # an unknown preset fails here, before any data is read
 
     @classmethod
     def from_config(cls, data: DataCfg, root: str | os.PathLike,
@@ -107,7 +108,7 @@ class DetectionDataModule(pl.LightningDataModule):
     @property
     def train_dataset(self) -> CocoDetection:
         if self._train is None:
-            tf = detection_transform(self.augment, True, self.image_size, self.mean, self.std)
+            tf = fast_detection_transform(self.augment, True, self.image_size, self.mean, self.std)
             self._train = CocoDetection(self.root, self.train_split, tf, self.subset, self._category_ids, skip_bad=True)
             self._category_ids = self._train.category_ids
         return self._train
@@ -115,7 +116,7 @@ class DetectionDataModule(pl.LightningDataModule):
     @property
     def val_dataset(self) -> CocoDetection:
         if self._val is None:
-            tf = detection_transform(self.augment, False, self.image_size, self.mean, self.std)
+            tf = fast_detection_transform(self.augment, False, self.image_size, self.mean, self.std)
             self._val = CocoDetection(self.root, self.val_split, tf, self.subset, self.category_ids, skip_bad=True)
             if self._train is not None and self._val.category_names != self._train.category_names:
                 raise ValueError(f"{self._val.ann_file} and {self._train.ann_file} name their categories "

@@ -71,6 +71,7 @@ class Normalizer:
         self.scale = torch.tensor([1.0 / (255.0 * s) for s in std], dtype=torch.float32).view(3, 1, 1)
 
     def __call__(self, img: np.ndarray) -> Tensor:
+        """``img``: uint8 ``(H, W, 3)``, or ``(H, W, 4)`` whose fourth channel is ignored."""
         out = torch.empty((3, img.shape[0], img.shape[1]), dtype=torch.float32)
-        out.copy_(torch.from_numpy(img).permute(2, 0, 1))
+        out.copy_(torch.from_numpy(img).permute(2, 0, 1)[:3])
         return out.sub_(self.shift).mul_(self.scale)

@@ -22,7 +22,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from .check import load_or_skip
-from .images import load_rgb
+from .decode import EncodedImage, decode_rgb
 from .resumable import seed_sample
 
 __all__ = [
@@ -162,13 +162,16 @@ class VOCSegmentation(Dataset):
 
     def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         """The raw (image (H, W, 3) uint8, label (H, W) uint8) pair of item ``index``."""
-        image = load_rgb(self.image_path(index))
+        image = decode_rgb(self.image_path(index))  # load_rgb's pixels and errors, faster (data/decode.py)
+        return image, self._label(index, image.shape[:2])
+
+    def _label(self, index: int, size: tuple[int, ...]) -> np.ndarray:
         label_path = self.label_dir / f"{self.ids[index]}.png"
         label = read_label(label_path, self.num_classes, self.label_modes)
-        if label.shape != image.shape[:2]:
+        if label.shape != tuple(size):
             raise ValueError(f"label map {label_path} is {label.shape[1]}×{label.shape[0]} but its image "
-                             f"{self.image_path(index)} is {image.shape[1]}×{image.shape[0]}")
-        return image, label
+                             f"{self.image_path(index)} is {size[1]}×{size[0]}")
+        return label
 
     def __getitem__(self, index: int | tuple[int, int]) -> dict:
         """Item ``index``; an ``(index, seed)`` pair (``data/resumable.py``) first reseeds the transform."""
@@ -178,6 +181,10 @@ class VOCSegmentation(Dataset):
         return self._item(index)
 
     def _item(self, index: int) -> dict:
+        if hasattr(self.transform, "from_file"):  # decodes the image itself (seg_transforms.FastSegTrainTransform)
+            encoded = EncodedImage(self.image_path(index))
+            image_t, mask_t = self.transform.from_file(encoded, self._label(index, encoded.size))
+            return {"image": image_t, "mask": mask_t, "id": self.ids[index]}
         image, label = self.load(index)
         image_t, mask_t = self.transform(image, label)
         return {"image": image_t, "mask": mask_t, "id": self.ids[index]}

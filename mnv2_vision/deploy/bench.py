@@ -20,7 +20,7 @@ from ..ops.losses import ssd_multibox_loss
 from ..ops.postprocess import postprocess_detections
 from .memory import memory_efficient, peak_memory_bytes
 from .postprocess import fast_postprocess_detections
-from .timing import time_round_robin
+from ..perf.timing import time_round_robin
 
 __all__ = ["detection_runner", "segmentation_runner", "ort_runner", "torchvision_peers", "synthetic_targets",
            "TRAIN_CANDIDATES", "training_steps", "training_throughput", "isolated_training_throughput",
