@@ -108,7 +108,7 @@ class DetectionDataModule(pl.LightningDataModule):
     @property
     def train_dataset(self) -> CocoDetection:
         if self._train is None:
-            tf = fast_detection_transform(self.augment, True, self.image_size, self.mean, self.std)
+            tf = fast_detection_transform(self.augment, True, self.image_size, self.mean, self.std, normalize=False)
             self._train = CocoDetection(self.root, self.train_split, tf, self.subset, self._category_ids, skip_bad=True)
             self._category_ids = self._train.category_ids
         return self._train
@@ -145,6 +145,15 @@ class DetectionDataModule(pl.LightningDataModule):
             _ = self.train_dataset
         _ = self.val_dataset
 
+    def on_after_batch_transfer(self, batch: tuple[Tensor, list[dict]], dataloader_idx: int) -> tuple[Tensor, list]:
+        """Training batches arrive as uint8 (a quarter of the bytes from the workers, no float work in them) and are
+        normalised here, on the training device (the same numbers the workers would give, ``pixels.Normalizer``).
+        Validation batches are normalised in the workers, since tools also iterate ``val_dataloader()`` directly."""
+        images, targets = batch
+        if images.dtype == torch.uint8:
+            images = self.train_dataset.transform.normalizer.batch(images)
+        return images, targets
+
     # ------------------------------------------------------------------ loaders
     def _loader(self, dataset: CocoDetection, batch_size: int, train: bool) -> DataLoader:
         return DataLoader(
@@ -161,7 +170,8 @@ class DetectionDataModule(pl.LightningDataModule):
         )
 
     def train_dataloader(self) -> ResumableDataLoader:
-        """Shuffled and augmented, resumable mid-epoch (``data/resumable.py``); each rank its share under DDP."""
+        """Shuffled and augmented, resumable mid-epoch (``data/resumable.py``); each rank its share under DDP.
+        Images are uint8 until ``on_after_batch_transfer`` (a Trainer given this data module calls it)."""
         dataset = self.train_dataset
         num_replicas, rank = replicas(self.trainer)
         sampler = ResumableSampler(dataset, num_replicas=num_replicas, rank=rank, seed=self.seed)

@@ -32,7 +32,7 @@ import torch
 from torch import Tensor
 
 from .decode import EncodedImage, reduction_factor
-from .pixels import Jitter, Normalizer, apply_jitter
+from .pixels import Jitter, Normalizer, apply_jitter, uint8_chw
 from .transforms import (DETECTION_PRESETS, FLIP_P, JITTER_P, JITTER_RANGES, ZOOM_OUT_P, ZOOM_OUT_RANGE, ssd_crop,
                          zoom_out_geometry)
 
@@ -84,11 +84,13 @@ class FastDetectionTransform:
         image_size: network input side (square) or ``(H, W)``.
         mean, std: normalisation, fractions of 255; zoom-out fills with the mean colour.
         max_factor: largest DCT reduction allowed when augmenting (1 = always decode full size).
+        normalize: False returns the uint8 ``(3, h, w)`` image, for a data module that normalises whole batches on
+            the device (``Normalizer.batch``).
     """
 
     def __init__(self, preset: str, train: bool, image_size: int | tuple[int, int],
                  mean: Sequence[float] = (0.485, 0.456, 0.406), std: Sequence[float] = (0.229, 0.224, 0.225),
-                 max_factor: int = 8) -> None:
+                 max_factor: int = 8, normalize: bool = True) -> None:
         if preset not in DETECTION_PRESETS:
             raise ValueError(f"unknown detection augmentation preset {preset!r}; choose from {list(DETECTION_PRESETS)}")
         self.preset, self.train = preset, train
@@ -100,7 +102,8 @@ class FastDetectionTransform:
         self.crop = augment and preset == "ssdlite"
         self.max_factor = max_factor if augment else 1
         self.fill = tuple(round(m * 255) for m in mean)
-        self.normalize = Normalizer(mean, std)
+        self.normalizer = Normalizer(mean, std)
+        self.normalize = self.normalizer if normalize else uint8_chw
         self._rng = random.Random(0)
 
     def set_random_seed(self, seed: int) -> None:
@@ -148,38 +151,56 @@ class FastDetectionTransform:
     # ------------------------------------------------------------------------------------------- pixels
     def render(self, source: EncodedImage | _Decoded, plan: _Plan) -> np.ndarray:
         """The uint8 ``(out_h, out_w, 3)`` network input of ``plan``: one decode, one resampling, then colour."""
+        return self.photometric(*self.resample(source, plan), plan)
+
+    def decode_factor(self, source: EncodedImage | _Decoded, plan: _Plan) -> int:
+        """The DCT reduction for ``plan``: at least one decoded pixel per output pixel over the crop."""
+        x0, y0, x1, y1 = plan.crop
+        return reduction_factor(max(self.out_w / (x1 - x0), self.out_h / (y1 - y0)),
+                                self.max_factor if source.is_jpeg else 1)
+
+    def resample(self, source: EncodedImage | _Decoded, plan: _Plan, image: np.ndarray | None = None
+                 ) -> tuple[np.ndarray, np.ndarray, tuple[int, int], tuple[int, int]]:
+        """Decode (unless ``image``, decoded by ``decode_factor`` and ``warps``, is given) and resample once:
+        ``(output uint8 (out_h, out_w, 3), the decoded image, shown rows, shown columns)``."""
         oh, ow = self.out_h, self.out_w
         x0, y0, x1, y1 = plan.crop
         cw, ch = x1 - x0, y1 - y0
-        k = reduction_factor(max(ow / cw, oh / ch), self.max_factor if source.is_jpeg else 1)
-        if plan.canvas is None and k == 1:  # the crop lies inside the image: the reference's own crop + resize
-            image = source.decode(1, 3)
+        k = self.decode_factor(source, plan)
+        if not self.warps(plan, k):  # the crop lies inside the image: the reference's own crop + resize
+            image = source.decode(1, 3) if image is None else image
             out = cv2.resize(image[y0:y1, x0:x1], (ow, oh), interpolation=cv2.INTER_LINEAR)
-            if plan.flip:
-                out = cv2.flip(out, 1)
-            rows, cols = (0, oh), (0, ow)
-        else:
-            image = source.decode(k, 4)
-            left, top = plan.canvas[2:] if plan.canvas is not None else (0, 0)
-            # Output pixel index o ↦ decoded pixel index: centres (o + 0.5) scale by crop/output, then by 1/k.
-            ax, ay = cw / (ow * k), ch / (oh * k)
-            bx = ((ow - 0.5 if plan.flip else 0.5) * cw / ow + x0 - left) / k - 0.5
-            by = (0.5 * ch / oh + y0 - top) / k - 0.5
-            matrix = np.array([[-ax if plan.flip else ax, 0.0, bx], [0.0, ay, by]])
-            border = cv2.BORDER_CONSTANT if plan.canvas is not None else cv2.BORDER_REPLICATE
-            out = cv2.warpAffine(image, matrix, (ow, oh), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
-                                 borderMode=border, borderValue=(*self.fill, 0))
-            if out.shape[2] == 4:
-                out = cv2.cvtColor(out, cv2.COLOR_RGBA2RGB)
-            h, w = source.size
-            rows = _shown(oh, ch / oh, y0 - top, h, False)
-            cols = _shown(ow, cw / ow, x0 - left, w, plan.flip)
-        if plan.jitter is not None and rows[1] > rows[0] and cols[1] > cols[0]:
-            if rows == (0, oh) and cols == (0, ow):
-                out = apply_jitter(out, plan.jitter, image)
-            else:  # only the image, not the zoom-out fill (the reference jitters before the canvas exists)
-                region = np.ascontiguousarray(out[rows[0]:rows[1], cols[0]:cols[1]])
-                out[rows[0]:rows[1], cols[0]:cols[1]] = apply_jitter(region, plan.jitter, image)
+            return (cv2.flip(out, 1) if plan.flip else out), image, (0, oh), (0, ow)
+        image = source.decode(k, 4) if image is None else image
+        left, top = plan.canvas[2:] if plan.canvas is not None else (0, 0)
+        # Output pixel index o ↦ decoded pixel index: centres (o + 0.5) scale by crop/output, then by 1/k.
+        ax, ay = cw / (ow * k), ch / (oh * k)
+        bx = ((ow - 0.5 if plan.flip else 0.5) * cw / ow + x0 - left) / k - 0.5
+        by = (0.5 * ch / oh + y0 - top) / k - 0.5
+        matrix = np.array([[-ax if plan.flip else ax, 0.0, bx], [0.0, ay, by]])
+        border = cv2.BORDER_CONSTANT if plan.canvas is not None else cv2.BORDER_REPLICATE
+        out = cv2.warpAffine(image, matrix, (ow, oh), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                             borderMode=border, borderValue=(*self.fill, 0))
+        if out.shape[2] == 4:
+            out = cv2.cvtColor(out, cv2.COLOR_RGBA2RGB)
+        h, w = source.size
+        return out, image, _shown(oh, ch / oh, y0 - top, h, False), _shown(ow, cw / ow, x0 - left, w, plan.flip)
+
+    @staticmethod
+    def warps(plan: _Plan, factor: int) -> bool:
+        """Whether ``plan`` needs the affine warp (zoom-out canvas or a reduced decode) rather than crop + resize."""
+        return plan.canvas is not None or factor != 1
+
+    def photometric(self, out: np.ndarray, image: np.ndarray, rows: tuple[int, int], cols: tuple[int, int],
+                    plan: _Plan) -> np.ndarray:
+        """Colour jitter on the output pixels that show the image (``rows`` × ``cols``); statistics from ``image``."""
+        if plan.jitter is None or rows[1] <= rows[0] or cols[1] <= cols[0]:
+            return out
+        if rows == (0, out.shape[0]) and cols == (0, out.shape[1]):
+            return apply_jitter(out, plan.jitter, image)
+        # Only the image, not the zoom-out fill (the reference jitters before the canvas exists).
+        region = np.ascontiguousarray(out[rows[0]:rows[1], cols[0]:cols[1]])
+        out[rows[0]:rows[1], cols[0]:cols[1]] = apply_jitter(region, plan.jitter, image)
         return out
 
     # ------------------------------------------------------------------------------------------- calls
@@ -217,6 +238,7 @@ def _shown(n: int, step: float, origin: float, extent: int, flip: bool) -> tuple
 
 def fast_detection_transform(preset: str, train: bool, image_size: int | tuple[int, int],
                              mean: Sequence[float] = (0.485, 0.456, 0.406),
-                             std: Sequence[float] = (0.229, 0.224, 0.225)) -> FastDetectionTransform:
+                             std: Sequence[float] = (0.229, 0.224, 0.225),
+                             normalize: bool = True) -> FastDetectionTransform:
     """``detection_transform``'s presets (same arguments, same distribution), fast; what the data module uses."""
-    return FastDetectionTransform(preset, train, image_size, mean, std)
+    return FastDetectionTransform(preset, train, image_size, mean, std, normalize=normalize)

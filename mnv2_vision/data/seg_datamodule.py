@@ -60,7 +60,7 @@ class SegmentationDataModule(pl.LightningDataModule):
         if self.train_set is None:
             self.train_set = VOCSegmentation(
                 self.root, self.train_split,
-                FastSegTrainTransform(self.crop_size, self.scale_range, self.mean, self.std),
+                FastSegTrainTransform(self.crop_size, self.scale_range, self.mean, self.std, normalize=False),
                 num_classes=self.num_classes, subset=self.subset, skip_bad=True)
         return self.train_set
 
@@ -75,6 +75,13 @@ class SegmentationDataModule(pl.LightningDataModule):
             self.train_dataset()
         if stage in (None, "fit", "validate", "test", "predict"):
             self.val_dataset()
+
+    def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
+        """Training crops arrive as uint8 and are normalised here, on the training device (``pixels.Normalizer``:
+        the numbers the workers would give). Validation images are normalised in the workers."""
+        if batch["image"].dtype == torch.uint8:
+            batch = {**batch, "image": self.train_dataset().transform.normalizer.batch(batch["image"])}
+        return batch
 
     def _loader(self, dataset: VOCSegmentation, batch_size: int, train: bool) -> DataLoader:
         drop_last = train and len(dataset) >= batch_size

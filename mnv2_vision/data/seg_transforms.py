@@ -24,7 +24,7 @@ from albumentations.pytorch import ToTensorV2
 from torch import Tensor
 
 from .decode import EncodedImage
-from .pixels import Normalizer
+from .pixels import Normalizer, uint8_chw
 from .transforms import seed_compose
 from .voc import IGNORE_INDEX
 
@@ -99,13 +99,14 @@ class FastSegTrainTransform:
 
     def __init__(self, crop_size: int, scale_range: Sequence[float] = (0.5, 2.0),
                  mean: Sequence[float] = (0.485, 0.456, 0.406), std: Sequence[float] = (0.229, 0.224, 0.225),
-                 flip_p: float = 0.5) -> None:
+                 flip_p: float = 0.5, normalize: bool = True) -> None:
         lo, hi = scale_range
         if not 0 < lo <= hi:
             raise ValueError(f"scale_range must satisfy 0 < min ≤ max, got {tuple(scale_range)}")
         self.crop_size, self.scale_range, self.flip_p = crop_size, (float(lo), float(hi)), flip_p
         self.fill = tuple(round(255.0 * m) for m in mean)
-        self.normalize = Normalizer(mean, std)
+        self.normalizer = Normalizer(mean, std)
+        self.normalize = self.normalizer if normalize else uint8_chw  # False: uint8, normalised per batch on device
         self._rng = random.Random(0)
 
     def set_random_seed(self, seed: int) -> None:
@@ -140,9 +141,17 @@ class FastSegTrainTransform:
         return self._apply(np.ascontiguousarray(image), mask)
 
     def _apply(self, image: np.ndarray, mask: np.ndarray) -> tuple[Tensor, Tensor]:
+        return self.to_tensors(*self.resample(image, mask, self.plan(*image.shape[:2])))
+
+    def to_tensors(self, image: np.ndarray, mask: np.ndarray) -> tuple[Tensor, Tensor]:
+        """Normalised float image ``(3, c, c)`` (uint8 with ``normalize=False``) and int64 mask ``(c, c)``."""
+        return self.normalize(image), torch.from_numpy(mask).to(torch.int64)
+
+    def resample(self, image: np.ndarray, mask: np.ndarray, plan: tuple) -> tuple[np.ndarray, np.ndarray]:
+        """The uint8 crop of ``image`` (3 or 4 channels) and its mask for ``plan`` (``self.plan``)."""
         h, w = image.shape[:2]
         c = self.crop_size
-        (sh, sw), (top, left), (y0, x0), flip = self.plan(h, w)
+        (sh, sw), (top, left), (y0, x0), flip = plan
         # Output indices whose scaled-image coordinate (index + offset − padding) lies inside [0, H'), [0, W').
         r0, r1 = max(0, top - y0), min(c, top + sh - y0)
         u0, u1 = max(0, left - x0), min(c, left + sw - x0)  # unflipped columns
@@ -167,7 +176,7 @@ class FastSegTrainTransform:
             rows = np.minimum(np.floor((np.arange(r1 - r0) + ry) * iy).astype(np.intp), h - 1)
             cols = np.minimum(np.floor((np.arange(u1 - u0) + u0 + x0 - left) * ix).astype(np.intp), w - 1)
             out_mask[r0:r1, c0:c1] = np.take(np.take(mask, rows, axis=0), cols[::-1] if flip else cols, axis=1)
-        return self.normalize(out), torch.from_numpy(out_mask).to(torch.int64)
+        return out, out_mask
 
     def __repr__(self) -> str:
         return f"FastSegTrainTransform(crop_size={self.crop_size}, scale_range={self.scale_range})"
