@@ -34,6 +34,11 @@ setup(
             "onnx>=1.15",
             "onnxruntime>=1.17",
             "onnxscript>=0.1",
+            "faster-coco-eval>=1.6",
+        ],
+        # eval.coco_evaluator=faster_coco_eval: the same COCO stats as pycocotools, several times faster
+        "fast-eval": [
+            "faster-coco-eval>=1.6",
         ],
         # tools/export.py and tools/benchmark.py: ONNX export, ONNX Runtime parity check, int8 quantisation
         "deploy": [

@@ -45,6 +45,7 @@ from mnv2_vision.deploy.fuse import fold_batchnorm, fuse_for_inference  # noqa: 
 from mnv2_vision.deploy.onnx_export import DetectionExport, SegmentationExport, export_onnx, ort_session  # noqa: E402
 from mnv2_vision.deploy.ort_profile import kernel_breakdown  # noqa: E402
 from mnv2_vision.deploy.quantize import detection_calibration, quantize_int8, segmentation_calibration  # noqa: E402
+from mnv2_vision.perf.coco_eval import coco_eval_benchmark  # noqa: E402
 from mnv2_vision.perf.data import data_benchmark, format_data_benchmark  # noqa: E402
 from mnv2_vision.perf.timing import matmul_madd_rate, time_round_robin  # noqa: E402
 from mnv2_vision.models import build_model  # noqa: E402
@@ -283,6 +284,20 @@ def _data(args, result: dict) -> None:
                                              real=real)
     print("\ndata pipelines, one loader worker (CPU time of one thread):\n"
           + format_data_benchmark(result["data_pipeline"]))
+    anns = [Path(real, sub, "annotations", "instances_val2017.json") for sub in ("coco128", "coco_masks")] if real else []
+    anns = [a for a in anns if a.is_file()]
+    if anns:
+        try:
+            import faster_coco_eval  # noqa: F401
+        except ImportError:
+            print("\n(faster-coco-eval not installed: COCO evaluation timing skipped)")
+            return
+        result["coco_evaluation"] = coco_eval_benchmark(anns, rounds=args.data_rounds)
+        print("\nCOCO bbox evaluation of realistic results (100 detections per image), seconds:")
+        for ann, r in result["coco_evaluation"].items():
+            print(f"  {ann}: {r['images']} images, {r['detections']} detections: pycocotools {r['pycocotools_s']:.2f}, "
+                  f"faster-coco-eval {r['faster_coco_eval_s']:.2f} ({r['speedup']:.1f}×); "
+                  f"largest difference of the 12 stats {r['max_stat_diff']:.1e}")
 
 
 if __name__ == "__main__":

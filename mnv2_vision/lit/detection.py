@@ -210,7 +210,8 @@ class DetectionModule(pl.LightningModule):
         dets, ids = self._gathered()
         # Every rank computes the same numbers from the same gathered list, so logs agree without a reduction.
         self.coco_results = to_coco_results(dets, ids, self.category_ids)
-        summary = evaluate_coco(self._val_coco(), self.coco_results, image_ids=ids)
+        summary = evaluate_coco(self._val_coco(), self.coco_results, image_ids=ids,
+                                evaluator=self.eval_cfg.coco_evaluator)
         self.coco_summary, self.val_image_ids = summary, ids
         self.log("val/map", summary["map"], prog_bar=True)
         self.log("val/map50", summary["map50"])
