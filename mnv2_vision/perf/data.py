@@ -190,11 +190,16 @@ def detection_candidates(root: Path, split: str, size: int, train: bool, torchvi
     from ..data.detection_pipeline import fast_detection_transform
     from ..data.transforms import detection_transform
 
-    fast = CocoDetection(root, split, fast_detection_transform("ssdlite", train, size, mean, std))
+    # Training: uint8 out of the worker, as the data module runs it (normalised per batch on the device); the float
+    # variant is timed too.
+    fast = CocoDetection(root, split, fast_detection_transform("ssdlite", train, size, mean, std, normalize=not train))
     before = CocoDetection(root, split, detection_transform("ssdlite", train, size, mean, std))
     steps = ([("photometric", 1), ("geometry", 4), ("resample", 5), ("to-tensor", 7)] if train
              else [("resample", 1), ("to-tensor", 3)])
     cands = {"ours": _det_fast(fast, train), "before": _det_before(before, steps)}
+    if train:
+        floats = CocoDetection(root, split, fast_detection_transform("ssdlite", train, size, mean, std))
+        cands["ours, float out of the worker"] = _det_fast(floats, train)
     if train and torchvision_refs:
         cands["torchvision v2 ssdlite"] = _det_torchvision(before, size, mean, std, "ssdlite")
         cands["torchvision v2 ssd"] = _det_torchvision(before, size, mean, std, "ssd")
@@ -212,12 +217,16 @@ def segmentation_candidates(root: Path, split: str, crop: int, num_classes: int,
                                        SegTrainTransform)
     from ..data.voc import VOCSegmentation
 
-    fast_tf = FastSegTrainTransform(crop) if train else FastSegEvalTransform()
     ref_tf = SegTrainTransform(crop) if train else SegEvalTransform()
-    ds = VOCSegmentation(root, split, fast_tf, num_classes=num_classes)
+    ds = VOCSegmentation(root, split, ref_tf, num_classes=num_classes)
     label = lambda i, size: ds._label(i, size)  # noqa: E731
 
-    def fast(i: int, upto: int) -> Any:
+    def fast_candidate(fast_tf: Any) -> Candidate:
+        return [(s, (lambda i, u=u: fast(fast_tf, i, u))) for u, s in enumerate(stages)] if train else \
+            [(s, (lambda i, u=u: fast(fast_tf, i, u))) for u, s in enumerate(stages[:-1])] + \
+            [("to-tensor", lambda i: fast(fast_tf, i, 9))]
+
+    def fast(fast_tf: Any, i: int, upto: int) -> Any:
         enc = EncodedImage(ds.image_path(i))
         if upto == 0:
             return enc
@@ -253,12 +262,13 @@ def segmentation_candidates(root: Path, split: str, crop: int, num_classes: int,
         return out["image"], torch.as_tensor(out["mask"], dtype=torch.int64)
 
     stages = ["read", "annotations", "decode"] + (["geometry", "resample", "to-tensor"] if train else ["to-tensor"])
-    ours = [(s, (lambda i, u=u: fast(i, u))) for u, s in enumerate(stages)]
-    if not train:
-        ours[-1] = ("to-tensor", lambda i: fast(i, 9))
     ref = [("read", lambda i: before(i, None)), ("decode", lambda i: before(i, -1)),
            ("annotations", lambda i: before(i, 0))] + [(s, (lambda i, n=n: before(i, n))) for s, n in ref_steps]
-    return {"ours": ours, "before": ref}, len(ds)
+    if not train:
+        return {"ours": fast_candidate(FastSegEvalTransform()), "before": ref}, len(ds)
+    # uint8 out of the worker, as the data module runs it; the float variant is timed too
+    return {"ours": fast_candidate(FastSegTrainTransform(crop, normalize=False)), "before": ref,
+            "ours, float out of the worker": fast_candidate(FastSegTrainTransform(crop))}, len(ds)
 
 
 # ---------------------------------------------------------------------------------------------- classification
