@@ -169,6 +169,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     p.add_argument("--data-only", action="store_true", help="only the data pipelines (skips every model table)")
     p.add_argument("--data-images", type=int, default=100, help="images per pipeline and dataset")
     p.add_argument("--data-rounds", type=int, default=3, help="interleaved rounds over those images (median)")
+    p.add_argument("--data-filter", default="", help="only the data pipelines whose name contains this text")
     p.add_argument("--matmul-size", type=int, default=2048, help="side of the matrices measuring the fp32 peak")
     p.add_argument("--no-memory", action="store_true", help="skip the memory-efficient-mode table")
     p.add_argument("--calib-images", type=int, default=32, help="training images for int8 calibration")
@@ -281,7 +282,7 @@ def _data(args, result: dict) -> None:
     print(f"\ntiming the data pipelines ({args.data_images} images each, {args.data_rounds} interleaved rounds, one "
           f"thread{'' if real else '; set MNV2_REAL_DATA for coco128 / voc_coco'}) ...", flush=True)
     result["data_pipeline"] = data_benchmark(args.data_images, args.data_rounds, args.det_size, args.seg_size,
-                                             real=real)
+                                             real=real, only=args.data_filter)
     print("\ndata pipelines, one loader worker (CPU time of one thread):\n"
           + format_data_benchmark(result["data_pipeline"]))
     anns = [Path(real, sub, "annotations", "instances_val2017.json") for sub in ("coco128", "coco_masks")] if real else []

@@ -83,5 +83,11 @@ class Normalizer:
 
 
 def uint8_chw(img: np.ndarray) -> Tensor:
-    """uint8 ``(H, W, 3 or 4)`` → contiguous uint8 ``(3, H, W)`` tensor (the first three channels)."""
-    return torch.from_numpy(img).permute(2, 0, 1)[:3].contiguous()
+    """uint8 ``(H, W, 3 or 4)`` → contiguous uint8 ``(3, H, W)`` tensor (the first three channels).
+
+    OpenCV's SIMD de-interleave (``cv2.split``) then one stack: ~0.15 ms at 513², where torch's strided uint8 copy of
+    the permuted view takes ~1 ms."""
+    out = np.empty((3, img.shape[0], img.shape[1]), np.uint8)
+    for c, plane in enumerate(cv2.split(img)[:3]):
+        out[c] = plane
+    return torch.from_numpy(out)

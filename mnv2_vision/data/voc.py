@@ -87,6 +87,10 @@ def read_label(path: str | os.PathLike, num_classes: int, modes: Sequence[str] =
             label = np.array(img)
     except (OSError, SyntaxError) as e:
         raise ValueError(f"cannot read label map {path}: {type(e).__name__}: {e}") from e
+    # Fast check first: uint8 v + 1 wraps 255 (ignore) to 0, so every value is valid iff max(v + 1) ≤ K (two SIMD
+    # passes, ~0.05 ms at VOC size; the boolean indexing below costs ~0.5 ms and only runs to report bad values).
+    if label.dtype == np.uint8 and label.size and int(np.add(label, 1, dtype=np.uint8).max()) <= num_classes:
+        return label
     valid = label[label != IGNORE_INDEX]
     if valid.size and int(valid.max()) >= num_classes:
         bad = np.unique(valid[valid >= num_classes])[:8].tolist()

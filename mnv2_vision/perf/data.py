@@ -23,6 +23,7 @@ import os
 import random
 import statistics
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -296,20 +297,21 @@ def classification_candidates(root: Path, split: str, size: int, train: bool) ->
 # ---------------------------------------------------------------------------------------------- all of it
 def data_benchmark(num_images: int = 100, rounds: int = 3, det_size: int = 320, seg_size: int = 513,
                    cls_size: int = 224, real: str | os.PathLike | None = None,
-                   breakdown: bool = True) -> dict[str, dict[str, Any]]:
+                   breakdown: bool = True, only: str = "") -> dict[str, dict[str, Any]]:
     """Every pipeline on the built-in shapes and, when ``real`` (``$MNV2_REAL_DATA``) holds them, on ``coco128``
-    and ``voc_coco``: ``{pipeline: {"dataset", "images", "candidates": {name: row}, "ratios"}}``."""
+    and ``voc_coco``: ``{pipeline: {"dataset", "images", "candidates": {name: row}, "ratios"}}``; ``only``: just
+    the pipelines whose "pipeline, dataset" name contains it."""
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # a loader worker's setting
     try:
-        return _run_jobs(num_images, rounds, det_size, seg_size, cls_size, real, breakdown)
+        return _run_jobs(num_images, rounds, det_size, seg_size, cls_size, real, breakdown, only)
     finally:
         torch.set_num_threads(threads)
 
 
 def _run_jobs(num_images: int, rounds: int, det_size: int, seg_size: int, cls_size: int,
-              real: str | os.PathLike | None, breakdown: bool) -> dict[str, dict[str, Any]]:
+              real: str | os.PathLike | None, breakdown: bool, only: str) -> dict[str, dict[str, Any]]:
     from ..data.synthetic import SHAPE_CLASSES, ensure_shapes
 
     shapes = ensure_shapes()
@@ -337,9 +339,13 @@ def _run_jobs(num_images: int, rounds: int, det_size: int, seg_size: int, cls_si
                  lambda: classification_candidates(shapes / "classification", "val", cls_size, False)))
     results: dict[str, dict[str, Any]] = {}
     for pipeline, dataset, make in jobs:
-        cands, length = make()
-        n = min(num_images, length)
-        rows = time_pipelines(cands, n, rounds, breakdown)
+        if only not in f"{pipeline}, {dataset}":
+            continue
+        with warnings.catch_warnings():  # prefixes without a box-changing step: albumentations says so, harmlessly
+            warnings.filterwarnings("ignore", message="Got processor for bboxes")
+            cands, length = make()
+            n = min(num_images, length)
+            rows = time_pipelines(cands, n, rounds, breakdown)
         ips = {k: r["images_per_s"] for k, r in rows.items()}
         ratios = {f"ours / {k}": ips["ours"] / v for k, v in ips.items() if k != "ours"}
         results[f"{pipeline}, {dataset}"] = {"pipeline": pipeline, "dataset": dataset, "images": n,
