@@ -167,9 +167,8 @@ class FastSegTrainTransform:
             ry, rx = r0 + y0 - top, (u1 - 1 if flip else u0) + x0 - left
             sx = -fx if flip else fx
             linear = np.array([[sx, 0.0, (rx + 0.5) * fx - 0.5], [0.0, fy, (ry + 0.5) * fy - 0.5]])
-            out[r0:r1, c0:c1] = cv2.warpAffine(image, linear, (c1 - c0, r1 - r0),
-                                               flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
-                                               borderMode=cv2.BORDER_REPLICATE)
+            cv2.warpAffine(image, linear, (c1 - c0, r1 - r0), dst=out[r0:r1, c0:c1],  # written in place
+                           flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_REPLICATE)
             # Nearest neighbour exactly as cv2.resize picks it (floor(x · H / H'), clamped): two gathers, 0.3 ms,
             # where warpAffine's fixed-point rounding would move a label edge by a pixel now and then.
             iy, ix = 1.0 / (sh / h), 1.0 / (sw / w)  # OpenCV's resizeNN: 1 / (dst / src), to the last bit
