@@ -396,6 +396,8 @@ def test_training_batches_are_uint8_and_the_data_modules_normalise_them(shapes_r
                                  subset=4)
     seg.setup("fit")
     batch = next(iter(seg.train_dataloader()))
-    assert batch["image"].dtype == torch.uint8 and batch["mask"].dtype == torch.int64
+    assert batch["image"].dtype == torch.uint8 and batch["mask"].dtype == torch.uint8
     out = seg.on_after_batch_transfer(batch, 0)
     torch.testing.assert_close(out["image"], Normalizer(MEAN, STD).batch(batch["image"]))
+    assert out["mask"].dtype == torch.int64 and torch.equal(out["mask"], batch["mask"].long())
+    assert seg.on_after_batch_transfer(next(iter(seg.val_dataloader())), 0)["mask"].dtype == torch.int64

@@ -77,10 +77,12 @@ class SegmentationDataModule(pl.LightningDataModule):
             self.val_dataset()
 
     def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
-        """Training crops arrive as uint8 and are normalised here, on the training device (``pixels.Normalizer``:
-        the numbers the workers would give). Validation images are normalised in the workers."""
+        """Training crops and masks arrive as uint8 (a fifth of the bytes) and are normalised / widened to int64
+        here, on the training device (``pixels.Normalizer``: the numbers the workers would give). Validation batches
+        are made in the workers, since tools also iterate ``val_dataloader()`` directly."""
         if batch["image"].dtype == torch.uint8:
-            batch = {**batch, "image": self.train_dataset().transform.normalizer.batch(batch["image"])}
+            batch = {**batch, "image": self.train_dataset().transform.normalizer.batch(batch["image"]),
+                     "mask": batch["mask"].long()}
         return batch
 
     def _loader(self, dataset: VOCSegmentation, batch_size: int, train: bool) -> DataLoader:

@@ -106,7 +106,9 @@ class FastSegTrainTransform:
         self.crop_size, self.scale_range, self.flip_p = crop_size, (float(lo), float(hi)), flip_p
         self.fill = tuple(round(255.0 * m) for m in mean)
         self.normalizer = Normalizer(mean, std)
-        self.normalize = self.normalizer if normalize else uint8_chw  # False: uint8, normalised per batch on device
+        # False: uint8 image and mask, normalised / widened per batch on the device by the data module
+        self.normalize = self.normalizer if normalize else uint8_chw
+        self.mask_dtype = torch.int64 if normalize else torch.uint8
         self._rng = random.Random(0)
 
     def set_random_seed(self, seed: int) -> None:
@@ -144,8 +146,8 @@ class FastSegTrainTransform:
         return self.to_tensors(*self.resample(image, mask, self.plan(*image.shape[:2])))
 
     def to_tensors(self, image: np.ndarray, mask: np.ndarray) -> tuple[Tensor, Tensor]:
-        """Normalised float image ``(3, c, c)`` (uint8 with ``normalize=False``) and int64 mask ``(c, c)``."""
-        return self.normalize(image), torch.from_numpy(mask).to(torch.int64)
+        """Normalised float image ``(3, c, c)`` and int64 mask ``(c, c)`` (both uint8 with ``normalize=False``)."""
+        return self.normalize(image), torch.from_numpy(mask).to(self.mask_dtype)
 
     def resample(self, image: np.ndarray, mask: np.ndarray, plan: tuple) -> tuple[np.ndarray, np.ndarray]:
         """The uint8 crop of ``image`` (3 or 4 channels) and its mask for ``plan`` (``self.plan``)."""
@@ -194,6 +196,7 @@ class FastSegEvalTransform:
 
 def pad_collate(items: list[dict]) -> dict:
     """Stack items of possibly different sizes: images padded with 0 (the mean after normalising), masks with 255.
+    (The uint8 training crops of ``FastSegTrainTransform(normalize=False)`` all have the crop's size: never padded.)
 
     Returns ``{"image": (N, 3, H, W), "mask": (N, H, W), "size": (N, 2) true (h, w), "id": [str]}``. Consumers run
     the network per true size (``lit/segmentation.py``), so the padding only serves the batching.
@@ -201,7 +204,7 @@ def pad_collate(items: list[dict]) -> dict:
     h = max(it["image"].shape[-2] for it in items)
     w = max(it["image"].shape[-1] for it in items)
     images = torch.zeros(len(items), items[0]["image"].shape[0], h, w, dtype=items[0]["image"].dtype)
-    masks = torch.full((len(items), h, w), IGNORE_INDEX, dtype=torch.int64)
+    masks = torch.full((len(items), h, w), IGNORE_INDEX, dtype=items[0]["mask"].dtype)
     for i, it in enumerate(items):
         ih, iw = it["image"].shape[-2:]
         images[i, :, :ih, :iw] = it["image"]
