@@ -82,10 +82,10 @@ class EncodedImage:
         try:
             if data[:2] != b"\xff\xd8":
                 raise ValueError("not a JPEG")
-            if b"Exif\x00\x00" not in data[:65536]:  # no EXIF block, so no orientation: the 10 µs header read
+            if b"Exif\x00\x00" not in data:  # no EXIF block anywhere, so no orientation: the 10 µs header read
                 h, w, colorspace, _ = simplejpeg.decode_jpeg_header(data)
                 mode = {"YCbCr": "RGB", "RGB": "RGB", "Gray": "L"}.get(colorspace)
-                if h * w > Image.MAX_IMAGE_PIXELS:  # Pillow's decompression-bomb limit, as load_rgb applies it
+                if Image.MAX_IMAGE_PIXELS and h * w > Image.MAX_IMAGE_PIXELS:  # Pillow's bomb check: load_rgb's way
                     mode = None
             else:  # Pillow parses the EXIF orientation (~0.1 ms)
                 with Image.open(io.BytesIO(data), formats=["JPEG"]) as im:
