@@ -12,6 +12,7 @@ import pytest
 import torch
 from PIL import Image
 from scipy.stats import ks_2samp
+from test_transforms import _painted  # box i painted in channel i % 3
 
 from mnv2_vision.data.decode import EncodedImage, decode_rgb, reduction_factor
 from mnv2_vision.data.detection_pipeline import FastDetectionTransform, _Decoded, _Plan, fast_detection_transform
@@ -150,14 +151,6 @@ def test_one_resampling_matches_canvas_crop_resize_flip():
             # blend over one more pixel
             assert np.percentile(diff, 99) <= 2 and diff.mean() < 0.5
     assert warped >= 15
-
-
-def _painted(h: int, w: int, boxes: np.ndarray) -> np.ndarray:
-    img = np.full((h, w, 3), 60, np.uint8)
-    for i, (x0, y0, x1, y1) in enumerate(boxes.astype(int)):
-        img[y0:y1, x0:x1] = 0
-        img[y0:y1, x0:x1, i % 3] = 255
-    return img
 
 
 def test_boxes_follow_the_pixels_through_zoom_crop_flip_resize():
