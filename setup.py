@@ -18,7 +18,8 @@ setup(
         "torchvision>=0.17",
         "pytorch-lightning>=2.2",
         "pycocotools>=2.0.7",
-        "albumentations>=1.4",
+        "albumentations>=2.0",  # 2.x API (fill=, pixel.functional) used by data/
+        "simplejpeg>=1.8",  # libjpeg-turbo decoding with DCT scaling (data/decode.py)
         "pyyaml>=6.0",
         "numpy>=1.24",
         "pillow>=10.0",
@@ -33,6 +34,11 @@ setup(
             "onnx>=1.15",
             "onnxruntime>=1.17",
             "onnxscript>=0.1",
+            "faster-coco-eval>=1.6",
+        ],
+        # eval.coco_evaluator=faster_coco_eval: the same COCO stats as pycocotools, several times faster
+        "fast-eval": [
+            "faster-coco-eval>=1.6",
         ],
         # tools/export.py and tools/benchmark.py: ONNX export, ONNX Runtime parity check, int8 quantisation
         "deploy": [

@@ -30,7 +30,8 @@ import torch
 from PIL import Image
 from torch import Tensor, nn
 
-from .data.images import load_rgb, pil_to_rgb
+from .data.decode import decode_rgb
+from .data.images import pil_to_rgb
 from .errors import CheckpointError, UserError
 
 __all__ = ["load", "Predictor", "IMAGE_SUFFIXES", "to_rgb", "expand_inputs"]
@@ -46,7 +47,7 @@ def to_rgb(item: Any) -> np.ndarray:
     Arrays are HWC (or HW grayscale) RGB, uint8 or 16-bit (65535 → 255) or float in [0, 1]; tensors are CHW
     (torchvision's layout), uint8 or float in [0, 1]."""
     if isinstance(item, (str, os.PathLike)):
-        return load_rgb(item)
+        return decode_rgb(item)  # load_rgb's pixels and errors, faster for JPEGs
     if isinstance(item, Image.Image):
         return pil_to_rgb(item)
     if isinstance(item, Tensor):
@@ -207,10 +208,11 @@ class Predictor:
         self.backend, self.spec, self.device, self.source = backend, spec, device, source
         self.task, self.names, self.category_ids = spec.task, spec.names, spec.category_ids
         if self.task == "detection":
-            from .data.transforms import detection_transform
+            from .data.detection_pipeline import fast_detection_transform
             from .ops.boxes import BoxCoder
 
-            self._det_tf = detection_transform("none", False, spec.image_size, spec.mean, spec.std)
+            # the evaluation preset the data module (so eval_det) runs
+            self._det_tf = fast_detection_transform("none", False, spec.image_size, spec.mean, spec.std)
             self._coder = BoxCoder()
         self._mean = torch.tensor(spec.mean).view(3, 1, 1)
         self._std = torch.tensor(spec.std).view(3, 1, 1)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from mnv2_vision.deploy import bench
-from mnv2_vision.deploy.timing import matmul_madd_rate, time_round_robin
+from mnv2_vision.perf.timing import matmul_madd_rate, time_round_robin
 from mnv2_vision.models import build_model
 
 VARIANTS = ("eager", "fused", "onnxruntime fp32", "onnxruntime int8")
@@ -49,7 +49,9 @@ def test_benchmark_tool_rows(tmp_path, shapes_root):
                                      "ssdlite fused / torchvision ssdlite320_mobilenet_v3_large",
                                      "deeplab fused / torchvision lraspp_mobilenet_v3_large"}
     assert all(v > 0 for v in result["ratios"].values())
-    assert all(v > 0 for v in result["data_pipeline"].values()) and len(result["data_pipeline"]) >= 2
+    pipelines = result["data_pipeline"]
+    assert len(pipelines) >= 6 and all(r["candidates"]["ours"]["images_per_s"] > 0 for r in pipelines.values())
+    assert all(r["ratios"] and all(v > 0 for v in r["ratios"].values()) for r in pipelines.values())
     assert result["machine"]["threads"] == 2
     kernels = result["onnxruntime_fp32_kernels"]
     assert sorted(kernels) == ["deeplabv3_mobilenet_v2 (lite)", "ssdlite320_mobilenet_v2"]

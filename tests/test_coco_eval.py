@@ -139,3 +139,30 @@ def test_precision_recall_curves_by_hand(tmp_path):
     img = Image.open(path)
     assert img.format == "PNG" and img.size[0] > 500
     assert len(img.convert("L").getcolors(1 << 16)) > 20  # axes, text and a curve: not a blank canvas
+
+
+@pytest.mark.skipif(not __import__("os").environ.get("MNV2_REAL_DATA"), reason="MNV2_REAL_DATA not set")
+@pytest.mark.parametrize("subset,per_image", [
+    ("coco_masks/annotations/instances_val2017.json", 20),  # crowd regions in play; ~3 s
+    pytest.param("coco_masks/annotations/instances_train2017.json", 100, marks=pytest.mark.slow),
+    pytest.param("coco128/annotations/instances_val2017.json", 100, marks=pytest.mark.slow)])
+def test_faster_coco_eval_gives_pycocotools_numbers_on_the_real_subsets(subset, per_image):
+    pytest.importorskip("faster_coco_eval")
+    import os
+
+    from mnv2_vision.perf.coco_eval import realistic_results
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt = COCO(os.path.join(os.environ["MNV2_REAL_DATA"], subset))
+    if "coco_masks" in subset:  # the crowd regions are in play
+        assert gt.getAnnIds(iscrowd=True)
+    results = realistic_results(gt, per_image=per_image, seed=1)
+    ids = sorted(gt.getImgIds())[5:]  # a subset of the images, as a DDP rank's share would be
+    ref = evaluate_coco(gt, results, image_ids=ids)
+    fast = evaluate_coco(gt, results, image_ids=ids, evaluator="faster_coco_eval")
+    assert 0.05 < ref["map"] < 0.95  # a realistic, not a trivial, score
+    assert max(abs(a - b) for a, b in zip(ref["stats"], fast["stats"])) <= 1e-6
+    for cat, ap in ref["per_class"].items():
+        assert (math.isnan(ap) and math.isnan(fast["per_class"][cat])) or abs(ap - fast["per_class"][cat]) <= 1e-6
+    with pytest.raises(ValueError, match="unknown COCO evaluator 'lvis'"):
+        evaluate_coco(gt, results, evaluator="lvis")

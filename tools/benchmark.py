@@ -4,6 +4,7 @@ lite (513²) as eager PyTorch, fused PyTorch, ONNX Runtime fp32 and int8, agains
     python tools/benchmark.py                                  # our models, floor, memory-efficient mode
     python tools/benchmark.py --peers --train --data           # + torchvision peers, training step, data pipeline
     python tools/benchmark.py --peers --det-ckpt D.ckpt --seg-ckpt S.ckpt --json runs/benchmark.json
+    MNV2_REAL_DATA=../shared/data python tools/benchmark.py --data-only  # data pipelines alone (perf/data.py)
 
 Every model runs in this process on ``--threads`` threads (PyTorch and ONNX Runtime alike), with random weights
 (the networks' timing does not depend on them; detection's post-processing does, and random scores put every
@@ -16,7 +17,9 @@ ONNX Runtime's profiler then splits each fp32 model's time into convolution kind
 its multiply-add rate as a fraction of the matrix product's) and the other operators, which says where the gap to
 the floor is.
 ``--det-ckpt/--seg-ckpt`` add the int8 accuracy change of trained checkpoints on their validation sets (via
-``tools/export.py --int8``). Results go to stdout and ``--json``.
+``tools/export.py --int8``). ``--data`` adds the data pipelines' images/s per loader worker with a per-stage
+breakdown, ours against the albumentations pipelines they replace and torchvision's v2 detection reference
+(``mnv2_vision/perf/data.py``). Results go to stdout and ``--json``.
 """
 from __future__ import annotations
 
@@ -43,8 +46,10 @@ from mnv2_vision.deploy.fuse import fold_batchnorm, fuse_for_inference  # noqa: 
 from mnv2_vision.deploy.onnx_export import DetectionExport, SegmentationExport, export_onnx, ort_session  # noqa: E402
 from mnv2_vision.deploy.ort_profile import kernel_breakdown  # noqa: E402
 from mnv2_vision.deploy.quantize import detection_calibration, quantize_int8, segmentation_calibration  # noqa: E402
-from mnv2_vision.deploy.timing import matmul_madd_rate, time_round_robin  # noqa: E402
 from mnv2_vision.files import write_json  # noqa: E402
+from mnv2_vision.perf.coco_eval import coco_eval_benchmark  # noqa: E402
+from mnv2_vision.perf.data import data_benchmark, format_data_benchmark  # noqa: E402
+from mnv2_vision.perf.timing import matmul_madd_rate, time_round_robin  # noqa: E402
 from mnv2_vision.models import build_model  # noqa: E402
 from mnv2_vision.profiling import count_madds, count_params  # noqa: E402
 
@@ -160,8 +165,13 @@ def main(argv: Sequence[str] | None = None) -> dict:
     p.add_argument("--train-batch", type=int, default=8)
     p.add_argument("--det-size", type=int, default=320, help="SSDLite input side (the paper's 320)")
     p.add_argument("--seg-size", type=int, default=513, help="DeepLab input side (the paper's 513)")
-    p.add_argument("--data", action="store_true", help="albumentations train pipeline images/s per worker")
-    p.add_argument("--data-images", type=int, default=100)
+    p.add_argument("--data", action="store_true",
+                   help="data pipelines: images/s per loader worker, ours vs before vs torchvision's reference, by stage "
+                        "(real images too when MNV2_REAL_DATA is set)")
+    p.add_argument("--data-only", action="store_true", help="only the data pipelines (skips every model table)")
+    p.add_argument("--data-images", type=int, default=100, help="images per pipeline and dataset")
+    p.add_argument("--data-rounds", type=int, default=3, help="interleaved rounds over those images (median)")
+    p.add_argument("--data-filter", default="", help="only the data pipelines whose name contains this text")
     p.add_argument("--matmul-size", type=int, default=2048, help="side of the matrices measuring the fp32 peak")
     p.add_argument("--no-memory", action="store_true", help="skip the memory-efficient-mode table")
     p.add_argument("--calib-images", type=int, default=32, help="training images for int8 calibration")
@@ -181,6 +191,12 @@ def main(argv: Sequence[str] | None = None) -> dict:
                                 "threads": args.threads, "torch": torch.__version__,
                                 "onnxruntime": onnxruntime.__version__, "python": platform.python_version()},
                     "command": " ".join(["python tools/benchmark.py", *(argv if argv is not None else sys.argv[1:])])}
+    if args.data_only:
+        _data(args, result)
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(result, indent=1))
+        print(f"\nwrote {args.json}")
+        return result
     with tempfile.TemporaryDirectory() as tmp:
         rows, floor, breakdown = _latency_table(args, Path(tmp))
     result.update(latency=rows, floor=floor, ratios=_ratios(rows), onnxruntime_fp32_kernels=breakdown)
@@ -219,10 +235,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
               f"layout): " + ", ".join(f"{k} {v:.2f}" for k, v in ips.items()))
         if "peer" in ips:
             print(f"  ours / torchvision: {ips['ours'] / ips['peer']:.2f}")
-    if args.data:
-        result["data_pipeline"] = _data_throughput(args.data_images, args.det_size, args.seg_size)
-        print("\ndata pipeline (one worker), images/s: " + ", ".join(
-            f"{k} {v:.1f}" for k, v in result["data_pipeline"].items()))
+    if args.data or args.data_only:
+        _data(args, result)
     if args.det_ckpt or args.seg_ckpt:
         result["int8_accuracy"] = [_export_accuracy(c, args) for c in [*args.det_ckpt, *args.seg_ckpt]]
         for a in result["int8_accuracy"]:
@@ -265,23 +279,28 @@ def _folded(model: torch.nn.Module) -> torch.nn.Module:
     return folded
 
 
-def _data_throughput(num_images: int, det_size: int, seg_size: int) -> dict[str, float]:
-    from mnv2_vision.data.coco import CocoDetection
-    from mnv2_vision.data.seg_transforms import SegTrainTransform
-    from mnv2_vision.data.synthetic import SHAPE_CLASSES, ensure_shapes
-    from mnv2_vision.data.transforms import detection_transform
-    from mnv2_vision.data.voc import VOCSegmentation
-
-    shapes = ensure_shapes()
-    sets = {f"detection ssdlite {det_size}, shapes": CocoDetection(shapes / "coco", "train2017",
-                                                                   detection_transform("ssdlite", True, det_size)),
-            f"segmentation {seg_size} crop, shapes": VOCSegmentation(
-                shapes / "VOC2012", "train", SegTrainTransform(seg_size), 1 + len(SHAPE_CLASSES))}
+def _data(args, result: dict) -> None:
     real = os.environ.get("MNV2_REAL_DATA")
-    if real and (Path(real) / "coco128").is_dir():
-        sets[f"detection ssdlite {det_size}, coco128"] = CocoDetection(
-            Path(real) / "coco128", "train2017", detection_transform("ssdlite", True, det_size))
-    return {k: bench.pipeline_throughput(ds, num_images) for k, ds in sets.items()}
+    print(f"\ntiming the data pipelines ({args.data_images} images each, {args.data_rounds} interleaved rounds, one "
+          f"thread{'' if real else '; set MNV2_REAL_DATA for coco128 / voc_coco'}) ...", flush=True)
+    result["data_pipeline"] = data_benchmark(args.data_images, args.data_rounds, args.det_size, args.seg_size,
+                                             real=real, only=args.data_filter)
+    print("\ndata pipelines, one loader worker (CPU time of one thread):\n"
+          + format_data_benchmark(result["data_pipeline"]))
+    anns = [Path(real, sub, "annotations", "instances_val2017.json") for sub in ("coco128", "coco_masks")] if real else []
+    anns = [a for a in anns if a.is_file()]
+    if anns:
+        try:
+            import faster_coco_eval  # noqa: F401
+        except ImportError:
+            print("\n(faster-coco-eval not installed: COCO evaluation timing skipped)")
+            return
+        result["coco_evaluation"] = coco_eval_benchmark(anns, rounds=args.data_rounds)
+        print("\nCOCO bbox evaluation of realistic results (100 detections per image), seconds:")
+        for ann, r in result["coco_evaluation"].items():
+            print(f"  {ann}: {r['images']} images, {r['detections']} detections: pycocotools {r['pycocotools_s']:.2f}, "
+                  f"faster-coco-eval {r['faster_coco_eval_s']:.2f} ({r['speedup']:.1f}×); "
+                  f"largest difference of the 12 stats {r['max_stat_diff']:.1e}")
 
 
 if __name__ == "__main__":

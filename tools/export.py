@@ -35,8 +35,8 @@ from mnv2_vision.deploy import evaluate as ev  # noqa: E402
 from mnv2_vision.deploy.onnx_export import (  # noqa: E402
     DetectionExport, SegmentationExport, check_parity, export_onnx, ort_session)
 from mnv2_vision.deploy.quantize import detection_calibration, quantize_int8, segmentation_calibration  # noqa: E402
-from mnv2_vision.deploy.timing import time_round_robin  # noqa: E402
 from mnv2_vision.files import save_torch, write_json  # noqa: E402
+from mnv2_vision.perf.timing import time_round_robin  # noqa: E402
 from mnv2_vision.lit.detection import build_det_datamodule, categories_from  # noqa: E402
 from mnv2_vision.lit.segmentation import build_seg_datamodule, segmentation_class_names  # noqa: E402
 from mnv2_vision.version import __version__  # noqa: E402

@@ -1,4 +1,5 @@
-"""LightningDataModule for detection: COCO-layout datasets, the presets of ``transforms.py``, and the loaders."""
+"""LightningDataModule for detection: COCO-layout datasets, the presets of ``transforms.py`` run by the fast pipeline
+of ``detection_pipeline.py`` (same distribution, a fraction of the CPU time), and the loaders."""
 from __future__ import annotations
 
 import os
@@ -18,7 +19,7 @@ from .check import Skipped
 from .coco import CocoDetection
 from .distributed import distributed_eval_loader
 from .resumable import ResumableDataLoader, ResumableSampler, replicas
-from .transforms import detection_transform
+from .detection_pipeline import fast_detection_transform
 
 __all__ = ["DetectionDataModule", "detection_collate", "detection_eval_collate", "worker_init"]
 
@@ -107,7 +108,7 @@ class DetectionDataModule(pl.LightningDataModule):
         self.seed = seed
         self._train: CocoDetection | None = None
         self._val: CocoDetection | None = None
-        detection_transform(augment, True, image_size)  # an unknown preset fails here, before any data is read
+        fast_detection_transform(augment, True, image_size)  # an unknown preset fails here, before any data is read
 
     @classmethod
     def from_config(cls, data: DataCfg, root: str | os.PathLike,
@@ -121,7 +122,7 @@ class DetectionDataModule(pl.LightningDataModule):
     @property
     def train_dataset(self) -> CocoDetection:
         if self._train is None:
-            tf = detection_transform(self.augment, True, self.image_size, self.mean, self.std)
+            tf = fast_detection_transform(self.augment, True, self.image_size, self.mean, self.std, normalize=False)
             self._train = CocoDetection(self.root, self.train_split, tf, self.subset, self._category_ids,
                                         on_bad="replace")
             self._category_ids = self._train.category_ids
@@ -130,7 +131,7 @@ class DetectionDataModule(pl.LightningDataModule):
     @property
     def val_dataset(self) -> CocoDetection:
         if self._val is None:
-            tf = detection_transform(self.augment, False, self.image_size, self.mean, self.std)
+            tf = fast_detection_transform(self.augment, False, self.image_size, self.mean, self.std)
             self._val = CocoDetection(self.root, self.val_split, tf, self.subset, self.category_ids, on_bad="drop")
             if self._train is not None and self._val.category_names != self._train.category_names:
                 raise ValueError(f"{self._val.ann_file} and {self._train.ann_file} name their categories "
@@ -159,6 +160,15 @@ class DetectionDataModule(pl.LightningDataModule):
             _ = self.train_dataset
         _ = self.val_dataset
 
+    def on_after_batch_transfer(self, batch: tuple[Tensor, list[dict]], dataloader_idx: int) -> tuple[Tensor, list]:
+        """Training batches arrive as uint8 (a quarter of the bytes from the workers, no float work in them) and are
+        normalised here, on the training device (the same numbers the workers would give, ``pixels.Normalizer``).
+        Validation batches are normalised in the workers, since tools also iterate ``val_dataloader()`` directly."""
+        images, targets = batch
+        if images.dtype == torch.uint8:
+            images = self.train_dataset.transform.normalizer.batch(images)
+        return images, targets
+
     # ------------------------------------------------------------------ loaders
     def _loader(self, dataset: CocoDetection, batch_size: int, train: bool) -> DataLoader:
         return DataLoader(
@@ -175,7 +185,8 @@ class DetectionDataModule(pl.LightningDataModule):
         )
 
     def train_dataloader(self) -> ResumableDataLoader:
-        """Shuffled and augmented, resumable mid-epoch (``data/resumable.py``); each rank its share under DDP."""
+        """Shuffled and augmented, resumable mid-epoch (``data/resumable.py``); each rank its share under DDP.
+        Images are uint8 until ``on_after_batch_transfer`` (a Trainer given this data module calls it)."""
         dataset = self.train_dataset
         num_replicas, rank = replicas(self.trainer)
         sampler = ResumableSampler(dataset, num_replicas=num_replicas, rank=rank, seed=self.seed)

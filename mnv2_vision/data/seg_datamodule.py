@@ -6,11 +6,12 @@ import os
 from typing import Sequence
 
 import pytorch_lightning as pl
+import torch
 from torch.utils.data import DataLoader
 
 from .distributed import distributed_eval_loader
 from .resumable import ResumableDataLoader, ResumableSampler, replicas
-from .seg_transforms import SegEvalTransform, SegTrainTransform, pad_collate
+from .seg_transforms import FastSegEvalTransform, FastSegTrainTransform, pad_collate
 from .voc import VOCSegmentation
 
 __all__ = ["SegmentationDataModule"]
@@ -19,7 +20,8 @@ log = logging.getLogger("mnv2_vision")
 
 
 class SegmentationDataModule(pl.LightningDataModule):
-    """Training crops (``SegTrainTransform``) and full-size validation images (``SegEvalTransform``).
+    """Training crops and full-size validation images: ``SegTrainTransform`` / ``SegEvalTransform``'s distributions,
+    run by their fast equivalents (``FastSegTrainTransform``, ``FastSegEvalTransform``).
 
     Unusable items are skipped with one warning each (``VOCSegmentation(on_bad=...)``, policy in ``data/check.py``),
     so an epoch never stops on a bad file: in training the next usable image takes its place, in validation the
@@ -58,13 +60,14 @@ class SegmentationDataModule(pl.LightningDataModule):
     def train_dataset(self) -> VOCSegmentation:
         if self.train_set is None:
             self.train_set = VOCSegmentation(
-                self.root, self.train_split, SegTrainTransform(self.crop_size, self.scale_range, self.mean, self.std),
+                self.root, self.train_split,
+                FastSegTrainTransform(self.crop_size, self.scale_range, self.mean, self.std, normalize=False),
                 num_classes=self.num_classes, subset=self.subset, on_bad="replace")
         return self.train_set
 
     def val_dataset(self) -> VOCSegmentation:
         if self.val_set is None:
-            self.val_set = VOCSegmentation(self.root, self.val_split, SegEvalTransform(self.mean, self.std),
+            self.val_set = VOCSegmentation(self.root, self.val_split, FastSegEvalTransform(self.mean, self.std),
                                            num_classes=self.num_classes, subset=self.subset, on_bad="drop")
         return self.val_set
 
@@ -74,6 +77,15 @@ class SegmentationDataModule(pl.LightningDataModule):
         if stage in (None, "fit", "validate", "test", "predict"):
             self.val_dataset()
 
+    def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
+        """Training crops and masks arrive as uint8 (a fifth of the bytes) and are normalised / widened to int64
+        here, on the training device (``pixels.Normalizer``: the numbers the workers would give). Validation batches
+        are made in the workers, since tools also iterate ``val_dataloader()`` directly."""
+        if batch["image"].dtype == torch.uint8:
+            batch = {**batch, "image": self.train_dataset().transform.normalizer.batch(batch["image"]),
+                     "mask": batch["mask"].long()}
+        return batch
+
     def _loader(self, dataset: VOCSegmentation, batch_size: int, train: bool) -> DataLoader:
         drop_last = train and len(dataset) >= batch_size
         if train and not drop_last:
@@ -81,7 +93,7 @@ class SegmentationDataModule(pl.LightningDataModule):
                         len(dataset), batch_size, len(dataset))
         return DataLoader(dataset, batch_size=batch_size, shuffle=train, drop_last=drop_last,
                           num_workers=self.num_workers, collate_fn=pad_collate,
-                          persistent_workers=self.num_workers > 0, pin_memory=False)
+                          persistent_workers=self.num_workers > 0, pin_memory=torch.cuda.is_available())
 
     def train_dataloader(self) -> ResumableDataLoader:
         """Shuffled random crops, resumable mid-epoch (``data/resumable.py``); each rank its share under DDP."""
@@ -94,7 +106,7 @@ class SegmentationDataModule(pl.LightningDataModule):
                         len(sampler), self.batch_size, len(sampler))
         return ResumableDataLoader(dataset, sampler=sampler, batch_size=self.batch_size, drop_last=drop_last,
                                    num_workers=self.num_workers, collate_fn=pad_collate,
-                                   persistent_workers=self.num_workers > 0, pin_memory=False)
+                                   persistent_workers=self.num_workers > 0, pin_memory=torch.cuda.is_available())
 
     def val_dataloader(self) -> DataLoader:
         """Full-size images in order. Under DDP each rank reads a disjoint share and no image is repeated

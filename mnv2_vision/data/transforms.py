@@ -24,12 +24,19 @@ import torch
 from albumentations.core.type_definitions import Targets
 from albumentations.pytorch import ToTensorV2
 from torch import Tensor
+from torchvision.ops import box_iou
 
 __all__ = ["IoURandomCrop", "ZoomOut", "DetectionTransform", "detection_transform", "DETECTION_PRESETS",
-           "seed_compose"]
+           "seed_compose", "ssd_crop", "zoom_out_geometry", "SSD_MIN_IOUS"]
 
 DETECTION_PRESETS = ("ssdlite", "light", "none")
 SSD_MIN_IOUS: tuple[float | None, ...] = (None, 0.0, 0.1, 0.3, 0.5, 0.7, 0.9)
+# torchvision's RandomPhotometricDistort ranges; SSD's brightness delta 32/255 ≈ 0.125. Shared with the fast pipeline.
+JITTER_RANGES: dict[str, tuple[float, float]] = {"brightness": (0.875, 1.125), "contrast": (0.5, 1.5),
+                                                 "saturation": (0.5, 1.5), "hue": (-0.05, 0.05)}
+JITTER_P = 0.5
+ZOOM_OUT_RANGE, ZOOM_OUT_P = (1.0, 4.0), 0.5
+FLIP_P = 0.5
 
 
 def seed_compose(compose: A.BaseCompose, seed: int) -> None:
@@ -50,6 +57,41 @@ def _box_iou(boxes: np.ndarray, crop: np.ndarray) -> np.ndarray:
     area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
     crop_area = (crop[2] - crop[0]) * (crop[3] - crop[1])
     return inter / np.maximum(area + crop_area - inter, 1e-12)
+
+
+def ssd_crop(rng: random.Random, h: int, w: int, boxes: np.ndarray,
+             min_ious: Sequence[float | None] = SSD_MIN_IOUS, scale: tuple[float, float] = (0.3, 1.0),
+             aspect: tuple[float, float] = (0.5, 2.0), trials: int = 40) -> tuple[int, int, int, int]:
+    """SSD's crop geometry (``IoURandomCrop``) for an ``h`` × ``w`` image with ``(G, 4)`` xyxy pixel ``boxes``:
+    integer ``(x0, y0, x1, y1)``, drawn from ``rng`` only; what the fast pipeline (``data/detection_pipeline.py``)
+    uses, with the constraints of ``IoURandomCrop`` (the reference; ``tests/test_fast_pipeline.py`` compares the two
+    distributions).
+
+    A minimum IoU is drawn from ``min_ious`` (``None``: the whole image); then ``trials`` candidate patches (each
+    side a uniform fraction ``scale`` of the image's, aspect w/h within ``aspect``, uniform position) are drawn at
+    once and the first acceptable one is taken: it holds an object centre, and one such object overlaps it with IoU
+    ≥ the minimum. The trials are independent, so drawing all of them (not only up to the first acceptable one)
+    leaves the distribution as it is and lets numpy test them together (0.1 ms instead of 0.6 ms per sample).
+    """
+    whole = (0, 0, w, h)
+    min_iou = rng.choice(tuple(min_ious)) if len(boxes) else 0.0
+    if min_iou is None:
+        return whole
+    draws = np.array([[rng.uniform(*scale), rng.uniform(*scale), rng.random(), rng.random()] for _ in range(trials)])
+    new_w, new_h = (w * draws[:, 0]).astype(np.int64), (h * draws[:, 1]).astype(np.int64)
+    ratio = new_w / np.maximum(new_h, 1)
+    ok = (new_w >= 1) & (new_h >= 1) & (ratio >= aspect[0]) & (ratio <= aspect[1])
+    left, top = ((w - new_w) * draws[:, 2]).astype(np.int64), ((h - new_h) * draws[:, 3]).astype(np.int64)
+    patches = np.stack([left, top, left + new_w, top + new_h], axis=1)
+    if len(boxes):
+        centres = (boxes[:, :2] + boxes[:, 2:4]) / 2  # (G, 2)
+        inside = ((centres[None, :, 0] > patches[:, None, 0]) & (centres[None, :, 0] < patches[:, None, 2])
+                  & (centres[None, :, 1] > patches[:, None, 1]) & (centres[None, :, 1] < patches[:, None, 3]))
+        iou = box_iou(torch.from_numpy(patches.astype(np.float64)), torch.from_numpy(np.asarray(boxes[:, :4],
+                                                                                               np.float64))).numpy()
+        ok &= (np.where(inside, iou, -1.0) >= min_iou).any(axis=1)
+    hits = np.flatnonzero(ok)
+    return tuple(int(v) for v in patches[hits[0]]) if hits.size else whole
 
 
 class IoURandomCrop(A.DualTransform):
@@ -138,6 +180,17 @@ class IoURandomCrop(A.DualTransform):
         return out[inside].astype(bboxes.dtype)
 
 
+def zoom_out_geometry(rng: random.Random, h: int, w: int,
+                      side_range: tuple[float, float]) -> tuple[int, int, int, int]:
+    """SSD's zoom-out (``ZoomOut``) for an ``h`` × ``w`` image: ``(canvas_h, canvas_w, left, top)``, drawn from
+    ``rng`` only (shared with the fast pipeline, like ``ssd_crop``)."""
+    r = rng.uniform(*side_range)
+    canvas_w, canvas_h = int(w * r), int(h * r)
+    left = int((canvas_w - w) * rng.random())
+    top = int((canvas_h - h) * rng.random())
+    return canvas_h, canvas_w, left, top
+
+
 class ZoomOut(A.DualTransform):
     """SSD's "expand": place the image at a random spot of a canvas ``r`` times larger, filled with ``fill``.
 
@@ -159,10 +212,7 @@ class ZoomOut(A.DualTransform):
 
     def get_params_dependent_on_data(self, params: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
         h, w = params["shape"][:2]
-        r = self.py_random.uniform(*self.side_range)
-        canvas_w, canvas_h = int(w * r), int(h * r)
-        left = int((canvas_w - w) * self.py_random.random())
-        top = int((canvas_h - h) * self.py_random.random())
+        canvas_h, canvas_w, left, top = zoom_out_geometry(self.py_random, h, w, self.side_range)
         return {"canvas": (canvas_h, canvas_w), "offset": (left, top)}
 
     def apply(self, img: np.ndarray, canvas: tuple[int, int], offset: tuple[int, int], **params: Any) -> np.ndarray:
@@ -238,18 +288,11 @@ def detection_transform(
     if preset == "light":
         # Geometry-preserving only (flip + colour): for short CPU runs on data whose object sizes already match the
         # test distribution (the built-in shapes), where the SSD crop/zoom-out needs far more steps to pay off.
-        return DetectionTransform([
-            A.ColorJitter(brightness=(0.875, 1.125), contrast=(0.5, 1.5), saturation=(0.5, 1.5), hue=(-0.05, 0.05),
-                          p=0.5),
-            A.HorizontalFlip(p=0.5),
-            *tail,
-        ])
+        return DetectionTransform([A.ColorJitter(**JITTER_RANGES, p=JITTER_P), A.HorizontalFlip(p=FLIP_P), *tail])
     return DetectionTransform([
-        # torchvision's RandomPhotometricDistort ranges; SSD's brightness delta 32/255 ≈ 0.125.
-        A.ColorJitter(brightness=(0.875, 1.125), contrast=(0.5, 1.5), saturation=(0.5, 1.5), hue=(-0.05, 0.05),
-                      p=0.5),
-        ZoomOut(fill=tuple(round(m * 255) for m in mean), side_range=(1.0, 4.0), p=0.5),
+        A.ColorJitter(**JITTER_RANGES, p=JITTER_P),
+        ZoomOut(fill=tuple(round(m * 255) for m in mean), side_range=ZOOM_OUT_RANGE, p=ZOOM_OUT_P),
         IoURandomCrop(),
-        A.HorizontalFlip(p=0.5),
+        A.HorizontalFlip(p=FLIP_P),
         *tail,
     ])

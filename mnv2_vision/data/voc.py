@@ -22,7 +22,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from .check import Skipped, load_or_skip
-from .images import load_rgb
+from .decode import EncodedImage, decode_rgb
 from .resumable import seed_sample
 
 __all__ = [
@@ -87,6 +87,10 @@ def read_label(path: str | os.PathLike, num_classes: int, modes: Sequence[str] =
             label = np.array(img)
     except (OSError, SyntaxError) as e:
         raise ValueError(f"cannot read label map {path}: {type(e).__name__}: {e}") from e
+    # Fast check first: uint8 v + 1 wraps 255 (ignore) to 0, so every value is valid iff max(v + 1) ≤ K (two SIMD
+    # passes, ~0.05 ms at VOC size; the boolean indexing below costs ~0.5 ms and only runs to report bad values).
+    if label.dtype == np.uint8 and label.size and int(np.add(label, 1, dtype=np.uint8).max()) <= num_classes:
+        return label
     valid = label[label != IGNORE_INDEX]
     if valid.size and int(valid.max()) >= num_classes:
         bad = np.unique(valid[valid >= num_classes])[:8].tolist()
@@ -163,13 +167,16 @@ class VOCSegmentation(Dataset):
 
     def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         """The raw (image (H, W, 3) uint8, label (H, W) uint8) pair of item ``index``."""
-        image = load_rgb(self.image_path(index))
+        image = decode_rgb(self.image_path(index))  # load_rgb's pixels and errors, faster (data/decode.py)
+        return image, self._label(index, image.shape[:2])
+
+    def _label(self, index: int, size: tuple[int, ...]) -> np.ndarray:
         label_path = self.label_dir / f"{self.ids[index]}.png"
         label = read_label(label_path, self.num_classes, self.label_modes)
-        if label.shape != image.shape[:2]:
+        if label.shape != tuple(size):
             raise ValueError(f"label map {label_path} is {label.shape[1]}×{label.shape[0]} but its image "
-                             f"{self.image_path(index)} is {image.shape[1]}×{image.shape[0]}")
-        return image, label
+                             f"{self.image_path(index)} is {size[1]}×{size[0]}")
+        return label
 
     def __getitem__(self, index: int | tuple[int, int]) -> dict | Skipped:
         """Item ``index``; an ``(index, seed)`` pair (``data/resumable.py``) first reseeds the transform."""
@@ -179,6 +186,10 @@ class VOCSegmentation(Dataset):
         return load_or_skip(self._item, index, len(self), lambda i: self.ids[i], self._warned, self.on_bad)
 
     def _item(self, index: int) -> dict:
+        if hasattr(self.transform, "from_file"):  # decodes the image itself (seg_transforms.FastSegTrainTransform)
+            encoded = EncodedImage(self.image_path(index))
+            image_t, mask_t = self.transform.from_file(encoded, self._label(index, encoded.size))
+            return {"image": image_t, "mask": mask_t, "id": self.ids[index]}
         image, label = self.load(index)
         image_t, mask_t = self.transform(image, label)
         return {"image": image_t, "mask": mask_t, "id": self.ids[index]}

@@ -8,7 +8,6 @@ inside ``forward``; they are fed a tensor already at their input size and given 
 """
 from __future__ import annotations
 
-import time
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -20,11 +19,11 @@ from ..ops.losses import ssd_multibox_loss
 from ..ops.postprocess import postprocess_detections
 from .memory import memory_efficient, peak_memory_bytes
 from .postprocess import fast_postprocess_detections
-from .timing import time_round_robin
+from ..perf.timing import time_round_robin
 
 __all__ = ["detection_runner", "segmentation_runner", "ort_runner", "torchvision_peers", "synthetic_targets",
            "TRAIN_CANDIDATES", "training_steps", "training_throughput", "isolated_training_throughput",
-           "pipeline_throughput", "memory_rows"]
+           "memory_rows"]
 
 
 def detection_runner(model: nn.Module, x: Tensor, postprocess: dict[str, Any],
@@ -202,16 +201,6 @@ def isolated_training_throughput(candidates: Sequence[str] = TRAIN_CANDIDATES, b
             out = subprocess.run(cmd, check=True, capture_output=True, text=True)
             samples[c] += json.loads(out.stdout.strip().splitlines()[-1])
     return {c: batch / float(np.median(v)) for c, v in samples.items()}
-
-
-def pipeline_throughput(dataset, num_images: int) -> float:
-    """Images/s of ``dataset[i]`` (decode + augmentation + tensor conversion) in this process: one loader worker."""
-    n = min(num_images, len(dataset))
-    dataset[0]  # first call pays one-off costs (annotation index, lazy imports)
-    t0 = time.perf_counter()
-    for i in range(n):
-        dataset[i % len(dataset)]
-    return n / (time.perf_counter() - t0)
 
 
 @torch.inference_mode()

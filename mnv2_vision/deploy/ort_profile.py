@@ -1,7 +1,7 @@
 """Where ONNX Runtime's time goes: its profiler's per-node kernel times, with the convolutions grouped by kind
 (1×1, depthwise, other) next to their multiply-adds and rate, and every other operator type by itself.
 
-This explains an ONNX Runtime latency against the compute floor (``timing.matmul_madd_rate``): a convolution
+This explains an ONNX Runtime latency against the compute floor (``perf.timing.matmul_madd_rate``): a convolution
 kind's rate divided by the matrix-product rate is the fraction of the machine's fp32 peak that ONNX Runtime's
 kernels reach on it. Shapes come from the profiler, i.e. as executed: where ONNX Runtime runs a convolution in its
 blocked NCHWc layout, channel counts are padded to the SIMD block (SSDLite's 546 class outputs per cell run as 560),

@@ -81,10 +81,10 @@ def detect_images(
 ) -> list[dict[str, Tensor]]:
     """Detections for RGB uint8 ``(H, W, 3)`` images, boxes in each image's own pixels (the evaluation pipeline:
     resize to ``image_size`` and normalise). The model is used as given (put it in eval mode first)."""
-    from ..data.transforms import detection_transform
+    from ..data.detection_pipeline import fast_detection_transform
 
     coder = coder or BoxCoder()
-    tf = detection_transform("none", False, image_size, mean, std)
+    tf = fast_detection_transform("none", False, image_size, mean, std)  # the data module's evaluation preset
     device = next(model.parameters()).device
     out: list[dict[str, Tensor]] = []
     for image in images:
@@ -226,7 +226,8 @@ class DetectionModule(pl.LightningModule):
         dets, ids = self._gathered()
         # Every rank computes the same numbers from the same gathered list, so logs agree without a reduction.
         self.coco_results = to_coco_results(dets, ids, self.category_ids)
-        summary = evaluate_coco(self._val_coco(), self.coco_results, image_ids=ids)
+        summary = evaluate_coco(self._val_coco(), self.coco_results, image_ids=ids,
+                                evaluator=self.eval_cfg.coco_evaluator)
         self.coco_summary, self.val_image_ids = summary, ids
         self.val_skipped = sorted(set(gather_lists(self._val_skipped)))
         self.log("val/map", summary["map"], prog_bar=True)
