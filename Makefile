@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIP    := $(VENV)/bin/pip
 
-.PHONY: venv demo test test-all clean
+.PHONY: venv demo test test-all wheel-check clean
 
 $(VENV)/.installed: setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,11 @@ test: venv
 
 test-all: venv
 	$(PY) -m pytest -q tests
+
+# The wheel as users get it: built, installed into a fresh venv outside the source tree, then a console command
+# (a named config from the wheel), a tiny training run and a predictor call. `.ci/run` runs it after the tests.
+wheel-check: venv
+	bash .ci/check_wheel.sh
 
 clean:
 	rm -rf $(VENV) runs

@@ -5,13 +5,29 @@ from setuptools import find_packages, setup
 version = {}
 exec((Path(__file__).parent / "mnv2_vision" / "version.py").read_text(), version)
 
+# Console commands: mnv2-<tool> runs tools/<tool>.py's main (the code lives in mnv2_vision/commands/).
+COMMANDS = {
+    "train-det": "train_det", "train-seg": "train_seg", "train-cls": "train_cls",
+    "eval-cls": "eval_cls", "ablate": "ablate", "plot-logs": "plot_logs", "prepare-data": "prepare_data",
+}
+
 setup(
     name="mnv2_vision",
     version=version["__version__"],
     description="MobileNetV2 backbone with SSDLite detection and DeepLabv3 segmentation, trained with PyTorch Lightning",
     long_description=(Path(__file__).parent / "README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
-    packages=find_packages(include=["mnv2_vision", "mnv2_vision.*"]),
+    # configs/ (named configs and ablation studies) ships inside the package as mnv2_vision/configs, so
+    # load_config("ssdlite_coco") works after a plain `pip install` (config.config_dir finds either place).
+    packages=[*find_packages(include=["mnv2_vision", "mnv2_vision.*"]), "mnv2_vision.configs",
+              "mnv2_vision.configs.studies"],
+    package_dir={"mnv2_vision.configs": "configs"},
+    package_data={"mnv2_vision.configs": ["*.yaml", "studies/*.yaml"]},
+    entry_points={"console_scripts": [
+        *(f"mnv2-{name} = mnv2_vision.commands.{module}:main" for name, module in COMMANDS.items()),
+        "mnv2-complexity = mnv2_vision.profiling:main",
+        "mnv2-profile = mnv2_vision.profiling:main",  # the old name of tools/complexity.py
+    ]},
     python_requires=">=3.10",
     install_requires=[
         "torch>=2.2",

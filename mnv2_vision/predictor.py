@@ -30,7 +30,7 @@ import torch
 from PIL import Image
 from torch import Tensor, nn
 
-from .data.decode import decode_rgb
+from .data.decode import EncodedImage, decode_rgb
 from .data.images import pil_to_rgb
 from .errors import CheckpointError, UserError
 
@@ -172,9 +172,13 @@ class _OnnxBackend:
     """An ``.onnx`` file written by ``tools/export.py``, in ONNX Runtime (CPU, or CUDA when its provider exists)."""
 
     def __init__(self, path: Path, device: torch.device, threads: int | None) -> None:
-        import onnxruntime as ort
+        try:
+            import onnxruntime as ort
 
-        from .deploy.onnx_export import read_metadata
+            from .deploy.onnx_export import read_metadata
+        except ImportError as e:
+            raise UserError(f"running {path} needs onnx and onnxruntime ({e}): pip install 'mnv2_vision[deploy]'") \
+                from None
 
         self.meta = read_metadata(path)
         so = ort.SessionOptions()
@@ -223,9 +227,15 @@ class Predictor:
                 f"source={self.source})")
 
     # ------------------------------------------------------------------ preprocessing
-    def _det_input(self, image: np.ndarray) -> Tensor:
-        x, _, _ = self._det_tf(image, np.zeros((0, 4), np.float32), np.zeros((0,), np.int64))
-        return x
+    def _det_input(self, item: Any) -> tuple[Tensor, tuple[int, int]]:
+        """(network input, original (H, W)). A file goes through the evaluation pipeline exactly as the data module
+        runs it (header first, a decode at the scale the resize needs), so the detections equal eval_det's."""
+        none = (np.zeros((0, 4), np.float32), np.zeros((0,), np.int64))
+        if isinstance(item, (str, os.PathLike)):
+            encoded = EncodedImage(item)
+            return self._det_tf.from_file(encoded, *none)[0], tuple(encoded.size)
+        image = to_rgb(item)
+        return self._det_tf(image, *none)[0], tuple(image.shape[:2])
 
     def _seg_input(self, image: np.ndarray) -> Tensor:
         x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255.0)
@@ -248,10 +258,15 @@ class Predictor:
         items = expand_inputs(inputs)
         results: list[dict[str, Any]] = []
         for chunk in _batches(items, batch_size):
-            images = [to_rgb(x) for x in chunk]
-            batch = self._detect(images, score_thresh) if self.task == "detection" else self._segment(images, probs)
-            for item, image, r in zip(chunk, images, batch):
-                r["size"] = tuple(image.shape[:2])
+            if self.task == "detection":
+                inputs, sizes = zip(*(self._det_input(x) for x in chunk))
+                batch = self._detect(torch.stack(inputs), list(sizes), score_thresh)
+            else:
+                images = [to_rgb(x) for x in chunk]
+                sizes = [tuple(im.shape[:2]) for im in images]
+                batch = self._segment(images, probs)
+            for item, size, r in zip(chunk, sizes, batch):
+                r["size"] = (int(size[0]), int(size[1]))
                 if isinstance(item, (str, os.PathLike)):
                     r["path"] = str(item)
                 results.append(r)
@@ -259,15 +274,13 @@ class Predictor:
 
     __call__ = predict
 
-    def _detect(self, images: list[np.ndarray], score_thresh: float | None) -> list[dict[str, Any]]:
+    def _detect(self, x: Tensor, sizes: list[tuple[int, int]], score_thresh: float | None) -> list[dict[str, Any]]:
         from .ops.postprocess import postprocess_detections, resize_boxes
 
         pp = dict(self.spec.postprocess)
         if score_thresh is not None:
             pp["score_thresh"] = float(score_thresh)
-        x = torch.stack([self._det_input(im) for im in images])
         size = tuple(x.shape[-2:])
-        sizes = [im.shape[:2] for im in images]
         out = self.backend(x)
         if "cls_logits" in out:
             anchors = out["anchors"][0] if "anchors" in out else self.backend.anchors(size)

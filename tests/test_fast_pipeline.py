@@ -382,7 +382,7 @@ def test_training_batches_are_uint8_and_the_data_modules_normalise_them(shapes_r
     normalised, same = det.on_after_batch_transfer((images, targets), 0)
     assert same is targets and normalised.dtype == torch.float32
     torch.testing.assert_close(normalised, Normalizer(MEAN, STD).batch(images))
-    val_images, _ = next(iter(det.val_dataloader()))
+    val_images = next(iter(det.val_dataloader()))[0]  # (images, targets, skipped): evaluation batches
     assert val_images.dtype == torch.float32 and torch.equal(det.on_after_batch_transfer((val_images, []), 0)[0],
                                                              val_images)
     seg = SegmentationDataModule(shapes_root / "VOC2012", num_classes=5, crop_size=48, batch_size=2, num_workers=0,

@@ -77,9 +77,11 @@ def test_predictions_equal_eval_det(det_run, val_files, tmp_path):
     for fuse in (False, True):
         got = mnv2_vision.load(ckpt, fuse=fuse, device="cpu").predict(files, batch_size=3)
         for i, r in zip(ids, got):
-            assert r["labels"].tolist() == ref[i]["labels"].tolist()
+            # the same detections to 1e-5 (scores; boxes 1e-5 of the image side); two of one label whose scores tie
+            # within that may come in either order (the evaluation runs channels-last, other kernels)
+            assert len(r["scores"]) == len(ref[i]["scores"])
+            assert match_detections(ref[i], r, box_atol=1e-5 * 640, score_atol=1e-5) == []
             torch.testing.assert_close(r["scores"], ref[i]["scores"], atol=1e-5, rtol=0)
-            torch.testing.assert_close(r["boxes"], ref[i]["boxes"], atol=1e-5 * 640, rtol=1e-5)
             assert r["category_ids"] == [[1, 3, 4, 7][k - 1] for k in r["labels"].tolist()]
             assert r["names"][0] in {"circle", "square", "star", "triangle"} and r["path"] == str(files[ids.index(i)])
     # and eval_det's written COCO results (rounded to 3 decimals in the JSON)
@@ -88,9 +90,10 @@ def test_predictions_equal_eval_det(det_run, val_files, tmp_path):
     for i, r in zip(ids, got):
         mine = [d for d in results if d["image_id"] == i]
         assert len(mine) == len(r["scores"])
-        np.testing.assert_allclose([d["score"] for d in mine], r["scores"].numpy(), atol=1e-5)
-        np.testing.assert_allclose([d["bbox"] for d in mine], box_convert(r["boxes"], "xyxy", "xywh").numpy(),
-                                   atol=5e-4 + 1e-5)
+        written = {"scores": torch.tensor([d["score"] for d in mine]), "labels": torch.tensor(
+            [[1, 3, 4, 7].index(d["category_id"]) + 1 for d in mine]), "boxes": box_convert(
+            torch.tensor([d["bbox"] for d in mine]), "xywh", "xyxy")}
+        assert match_detections(written, r, box_atol=2e-3, score_atol=1e-5) == []  # 3-decimal JSON xywh
 
 
 def test_batched_equals_one_by_one_with_images_of_different_sizes(det_run, val_files):

@@ -160,14 +160,15 @@ class DetectionDataModule(pl.LightningDataModule):
             _ = self.train_dataset
         _ = self.val_dataset
 
-    def on_after_batch_transfer(self, batch: tuple[Tensor, list[dict]], dataloader_idx: int) -> tuple[Tensor, list]:
+    def on_after_batch_transfer(self, batch: tuple, dataloader_idx: int) -> tuple:
         """Training batches arrive as uint8 (a quarter of the bytes from the workers, no float work in them) and are
         normalised here, on the training device (the same numbers the workers would give, ``pixels.Normalizer``).
-        Validation batches are normalised in the workers, since tools also iterate ``val_dataloader()`` directly."""
-        images, targets = batch
+        Validation batches are normalised in the workers, since tools also iterate ``val_dataloader()`` directly
+        (they carry a third element, the unusable images left out: ``detection_eval_collate``)."""
+        images, rest = batch[0], tuple(batch[1:])
         if images.dtype == torch.uint8:
             images = self.train_dataset.transform.normalizer.batch(images)
-        return images, targets
+        return (images, *rest)
 
     # ------------------------------------------------------------------ loaders
     def _loader(self, dataset: CocoDetection, batch_size: int, train: bool) -> DataLoader:

@@ -234,6 +234,8 @@ def quiet_lightning() -> None:
         log.addFilter(_NoAdverts())
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)", category=DeprecationWarning)
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
+    # A resumed run continues in its own folder: that its checkpoint folder is not empty is the point, not news.
+    warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
 
 
 def make_trainer(cfg: Config, out_dir: str | Path, monitor: str, mode: str = "max", resume_from: int | None = None,
