@@ -24,9 +24,9 @@ setup(
     package_dir={"mnv2_vision.configs": "configs"},
     package_data={"mnv2_vision.configs": ["*.yaml", "studies/*.yaml"]},
     entry_points={"console_scripts": [
-        *(f"mnv2-{name} = mnv2_vision.commands.{module}:main" for name, module in COMMANDS.items()),
-        "mnv2-complexity = mnv2_vision.profiling:main",
-        "mnv2-profile = mnv2_vision.profiling:main",  # the old name of tools/complexity.py
+        *(f"mnv2-{name} = mnv2_vision.commands.{module}:console" for name, module in COMMANDS.items()),
+        "mnv2-complexity = mnv2_vision.profiling:console",
+        "mnv2-profile = mnv2_vision.profiling:console",  # the old name of tools/complexity.py
     ]},
     python_requires=">=3.10",
     install_requires=[

@@ -21,7 +21,7 @@ from .errors import UserError
 from .files import is_disk_full
 from .runfolder import RunFolder
 
-__all__ = ["base_parser", "setup_run", "write_config", "guarded", "add_debug_flag"]
+__all__ = ["base_parser", "setup_run", "write_config", "guarded", "add_debug_flag", "exit_status"]
 
 log = logging.getLogger("mnv2_vision")
 
@@ -71,6 +71,13 @@ def write_config(cfg: Config, folder: str | Path) -> Path:
     path = save_config(cfg, Path(folder) / "config.yaml")
     print(f"config: {path}", flush=True)
     return path
+
+
+def exit_status(result: object) -> int:
+    """A tool's exit status from what its ``main`` returned: an int is the status (``check_data``: 1 when it found
+    problems), anything else (a result dict for Python callers) means success. Console commands and
+    ``python tools/<tool>.py`` exit with this."""
+    return result if isinstance(result, int) and not isinstance(result, bool) else 0
 
 
 def _one_line(error: BaseException) -> str:

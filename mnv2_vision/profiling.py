@@ -12,7 +12,7 @@ from torch import nn
 import yaml
 from torch.utils.flop_counter import FlopCounterMode
 
-from .cli import add_debug_flag, guarded
+from .cli import add_debug_flag, exit_status, guarded
 from .config import ConfigError
 from .files import write_json
 from .models import MODELS, build_model, list_models
@@ -177,3 +177,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     if args.json:
         write_json(args.json, result)
     return result
+
+
+def console() -> int:
+    """The ``mnv2-complexity`` command (alias ``mnv2-profile``) and ``python tools/complexity.py``."""
+    return exit_status(main())

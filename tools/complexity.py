@@ -8,7 +8,9 @@ Formerly tools/profile.py (a name that shadowed the standard library's ``profile
 installed, it is the ``mnv2-complexity`` command, with ``mnv2-profile`` kept as an alias. The logic lives in
 ``mnv2_vision.profiling.main``.
 """
-from mnv2_vision.profiling import main
+from mnv2_vision.profiling import console, main
+
+__all__ = ["console", "main"]  # main(argv) for Python callers and tests
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(console())

@@ -2,7 +2,9 @@
 
 The tool lives in ``mnv2_vision/commands/eval_cls.py``; installed, it is also the ``mnv2-eval-cls`` command.
 """
-from mnv2_vision.commands.eval_cls import main
+from mnv2_vision.commands.eval_cls import console, main
+
+__all__ = ["console", "main"]  # main(argv) for Python callers and tests
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(console())

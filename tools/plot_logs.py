@@ -2,7 +2,9 @@
 
 The tool lives in ``mnv2_vision/commands/plot_logs.py``; installed, it is also the ``mnv2-plot-logs`` command.
 """
-from mnv2_vision.commands.plot_logs import main
+from mnv2_vision.commands.plot_logs import console, main
+
+__all__ = ["console", "main"]  # main(argv) for Python callers and tests
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(console())

@@ -2,7 +2,9 @@
 
 The tool lives in ``mnv2_vision/commands/prepare_data.py``; installed, it is also the ``mnv2-prepare-data`` command.
 """
-from mnv2_vision.commands.prepare_data import main
+from mnv2_vision.commands.prepare_data import console, main
+
+__all__ = ["console", "main"]  # main(argv) for Python callers and tests
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(console())

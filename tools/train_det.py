@@ -2,7 +2,9 @@
 
 The tool lives in ``mnv2_vision/commands/train_det.py``; installed, it is also the ``mnv2-train-det`` command.
 """
-from mnv2_vision.commands.train_det import main
+from mnv2_vision.commands.train_det import console, main
+
+__all__ = ["console", "main"]  # main(argv) for Python callers and tests
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(console())

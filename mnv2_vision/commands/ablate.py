@@ -25,7 +25,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 from mnv2_vision.checkpoint import build_from_config, model_kwargs
-from mnv2_vision.cli import add_debug_flag, guarded
+from mnv2_vision.cli import add_debug_flag, exit_status, guarded
 from mnv2_vision.config import Study, load_study, to_dict
 from mnv2_vision.files import save_figure, write_json, write_text
 from mnv2_vision.lit.classification import fit_classifier
@@ -130,5 +130,11 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
         return results
 
 
+
+def console() -> int:
+    """The ``mnv2-ablate`` command and ``python tools/ablate.py``: ``main`` with its exit status."""
+    return exit_status(main())
+
+
 if __name__ == "__main__":
-    main()
+    raise SystemExit(console())

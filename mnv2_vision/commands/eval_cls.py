@@ -22,7 +22,7 @@ import numpy as np
 from torch.utils.data import DataLoader
 
 from mnv2_vision.checkpoint import load_model
-from mnv2_vision.cli import add_debug_flag, guarded
+from mnv2_vision.cli import add_debug_flag, exit_status, guarded
 from mnv2_vision.data import resolve_root
 from mnv2_vision.data.classification import (
     TransformedDataset, classification_transform, read_classification_split)
@@ -102,5 +102,11 @@ def main(argv: Sequence[str] | None = None) -> dict:
     return result
 
 
+
+def console() -> int:
+    """The ``mnv2-eval-cls`` command and ``python tools/eval_cls.py``: ``main`` with its exit status."""
+    return exit_status(main())
+
+
 if __name__ == "__main__":
-    main()
+    raise SystemExit(console())

@@ -15,7 +15,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-from mnv2_vision.cli import add_debug_flag, guarded
+from mnv2_vision.cli import add_debug_flag, exit_status, guarded
 from mnv2_vision.files import save_figure
 
 # The validation panel holds the 0..1 metrics (mAP, mIoU, accuracy); counts such as val/num_images (96 on the mAP
@@ -79,5 +79,11 @@ def main(argv: Sequence[str] | None = None) -> Path:
     return out
 
 
+
+def console() -> int:
+    """The ``mnv2-plot-logs`` command and ``python tools/plot_logs.py``: ``main`` with its exit status."""
+    return exit_status(main())
+
+
 if __name__ == "__main__":
-    main()
+    raise SystemExit(console())

@@ -10,7 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from mnv2_vision.cli import add_debug_flag, guarded
+from mnv2_vision.cli import add_debug_flag, exit_status, guarded
 from mnv2_vision.data.prepare import ARCHIVES, DATASETS, STEPS, DatasetError, prepare, verify
 
 ROOTS = """what --root is (the folder a config's data.root names):
@@ -49,5 +49,11 @@ def main(argv: list[str] | None = None) -> int:
     return 1 if problems else 0
 
 
+
+def console() -> int:
+    """The ``mnv2-prepare-data`` command and ``python tools/prepare_data.py``: ``main`` with its exit status."""
+    return exit_status(main())
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(console())

@@ -15,7 +15,7 @@ from __future__ import annotations
 from typing import Sequence
 
 
-from mnv2_vision.cli import base_parser, guarded, setup_run
+from mnv2_vision.cli import base_parser, exit_status, guarded, setup_run
 from mnv2_vision.lit.classification import fit_classifier
 
 
@@ -34,5 +34,11 @@ def main(argv: Sequence[str] | None = None) -> dict:
     return result
 
 
+
+def console() -> int:
+    """The ``mnv2-train-cls`` command and ``python tools/train_cls.py``: ``main`` with its exit status."""
+    return exit_status(main())
+
+
 if __name__ == "__main__":
-    main()
+    raise SystemExit(console())

@@ -19,7 +19,7 @@ from typing import Sequence
 import pytorch_lightning as pl
 
 from mnv2_vision.checkpoint import build_from_config, inspect_resume
-from mnv2_vision.cli import base_parser, guarded, setup_run, write_config
+from mnv2_vision.cli import base_parser, exit_status, guarded, setup_run, write_config
 from mnv2_vision.config import to_dict
 from mnv2_vision.data import pin_root
 from mnv2_vision.eval.coco import format_coco_stats
@@ -76,5 +76,11 @@ def main(argv: Sequence[str] | None = None) -> dict:
         return result
 
 
+
+def console() -> int:
+    """The ``mnv2-train-det`` command and ``python tools/train_det.py``: ``main`` with its exit status."""
+    return exit_status(main())
+
+
 if __name__ == "__main__":
-    main()
+    raise SystemExit(console())

@@ -15,7 +15,7 @@ from typing import Sequence
 import pytorch_lightning as pl
 
 from mnv2_vision.checkpoint import build_from_config, inspect_resume, load_checkpoint
-from mnv2_vision.cli import base_parser, guarded, setup_run, write_config
+from mnv2_vision.cli import base_parser, exit_status, guarded, setup_run, write_config
 from mnv2_vision.config import to_dict
 from mnv2_vision.data import pin_root
 from mnv2_vision.files import save_torch, write_json
@@ -67,5 +67,11 @@ def main(argv: Sequence[str] | None = None) -> dict:
         return result
 
 
+
+def console() -> int:
+    """The ``mnv2-train-seg`` command and ``python tools/train_seg.py``: ``main`` with its exit status."""
+    return exit_status(main())
+
+
 if __name__ == "__main__":
-    main()
+    raise SystemExit(console())
