@@ -135,14 +135,16 @@ def _spec_from_config(cfg: Any, hparams: dict[str, Any]) -> _Spec:
 
 # ---------------------------------------------------------------------------------------------- backends
 class _TorchBackend:
-    """The network in PyTorch: fused (BatchNorm folded, activations in the convolutions, channels-last) and traced
-    into a frozen graph on CPU; autocast (bf16 where supported, else fp16) on GPU."""
+    """The network in PyTorch. On CPU (``fuse``) a frozen TorchScript graph per input shape
+    (``deploy.fuse.freeze_for_cpu``: BatchNorm folded, channels-last; detection inputs have one shape per batch
+    size), else the fused eager model (``fuse_for_inference``); on GPU autocast (bf16 where supported, else fp16)."""
 
     def __init__(self, model: nn.Module, device: torch.device, fuse: bool, precision: str) -> None:
         self.device = device
         self.raw = model.eval().to(device)
         self.net: nn.Module = self.raw
         self.fuse = fuse
+        self.frozen: dict[tuple[int, ...], Any] = {}
         if fuse:
             from .deploy.fuse import fuse_for_inference
 
@@ -152,20 +154,39 @@ class _TorchBackend:
         if precision not in ("fp32", "bf16", "fp16"):
             raise ValueError(f"precision must be 'auto', 'fp32', 'bf16' or 'fp16', got {precision!r}")
         self.precision = precision
+        self.freeze = fuse and device.type == "cpu" and precision == "fp32"
 
     def anchors(self, size: tuple[int, int]) -> Tensor:
         return self.raw.anchors(size, self.device)
 
-    def _run(self, x: Tensor) -> dict[str, Tensor]:
+    def _graph(self, x: Tensor) -> Any:
+        """The frozen graph for ``x``'s shape, or ``None`` where tracing is not available (the fused eager model
+        runs instead; a PyTorch without TorchScript, say)."""
+        key = tuple(x.shape)
+        if key not in self.frozen:
+            from .deploy.fuse import freeze_for_cpu
+
+            try:
+                self.frozen[key] = freeze_for_cpu(self.raw, x)
+            except Exception as e:  # noqa: BLE001 - any tracing failure: the eager path gives the same numbers
+                warnings.warn(f"no frozen graph for {key} ({type(e).__name__}: {e}); using the fused eager model",
+                              stacklevel=3)
+                self.frozen[key] = None
+        return self.frozen[key]
+
+    def __call__(self, x: Tensor, fixed_shape: bool = False) -> dict[str, Tensor]:
+        """``fixed_shape``: inputs of this shape recur (detection), so a frozen graph for it pays off."""
+        x = x.to(self.device)
         if self.precision != "fp32":
             dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
             with torch.autocast(self.device.type, dtype=dtype), torch.inference_mode():
                 return {k: v.float() for k, v in self.net(x).items()}
+        graph = self._graph(x) if self.freeze and fixed_shape else None
+        if graph is not None:
+            with torch.no_grad():
+                return graph(x.contiguous(memory_format=torch.channels_last))
         with torch.inference_mode():
             return self.net(x)
-
-    def __call__(self, x: Tensor) -> dict[str, Tensor]:
-        return self._run(x.to(self.device))
 
 
 class _OnnxBackend:
@@ -191,7 +212,7 @@ class _OnnxBackend:
         self.session = ort.InferenceSession(str(path), so, providers=providers)
         self.outputs = [o.name for o in self.session.get_outputs()]
 
-    def __call__(self, x: Tensor) -> dict[str, Tensor]:
+    def __call__(self, x: Tensor, fixed_shape: bool = False) -> dict[str, Tensor]:
         out = self.session.run(None, {"images": np.ascontiguousarray(x.cpu().numpy(), dtype=np.float32)})
         return {name: torch.from_numpy(o) for name, o in zip(self.outputs, out)}
 
@@ -281,7 +302,7 @@ class Predictor:
         if score_thresh is not None:
             pp["score_thresh"] = float(score_thresh)
         size = tuple(x.shape[-2:])
-        out = self.backend(x)
+        out = self.backend(x, fixed_shape=True)
         if "cls_logits" in out:
             anchors = out["anchors"][0] if "anchors" in out else self.backend.anchors(size)
             dets = postprocess_detections(out["cls_logits"].float(), out["bbox_regression"].float(),
