@@ -242,6 +242,17 @@ class Predictor:
         self._mean = torch.tensor(spec.mean).view(3, 1, 1)
         self._std = torch.tensor(spec.std).view(3, 1, 1)
 
+    @classmethod
+    def from_model(cls, model: nn.Module, cfg: Any, hparams: dict[str, Any] | None = None, *,
+                   device: str | torch.device | None = None, fuse: bool | None = None, precision: str = "auto",
+                   source: str = "a model in memory") -> "Predictor":
+        """A predictor for a model in memory and its config (``hparams``: the label map, as in a checkpoint)."""
+        dev = _device(device)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            backend = _TorchBackend(model, dev, fuse if fuse is not None else dev.type == "cpu", precision)
+        return cls(backend, _spec_from_config(cfg, hparams or {}), dev, source)
+
     def __repr__(self) -> str:
         backend = "onnxruntime" if isinstance(self.backend, _OnnxBackend) else "pytorch"
         return (f"Predictor({self.task}, {len(self.names) - 1} classes, {backend} on {self.device}, "
@@ -412,7 +423,4 @@ def load(source: str | os.PathLike, *, device: str | torch.device | None = None,
             raise CheckpointError(f"{path} does not fit the model of {cfg_path}: {str(e).splitlines()[0]}") from None
     if cfg.task not in ("detection", "segmentation"):
         raise CheckpointError(f"{path} holds a {cfg.task} model; the predictor serves detection and segmentation")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        backend = _TorchBackend(model, dev, fuse if fuse is not None else dev.type == "cpu", precision)
-    return Predictor(backend, _spec_from_config(cfg, hparams), dev, str(path))
+    return Predictor.from_model(model, cfg, hparams, device=dev, fuse=fuse, precision=precision, source=str(path))

@@ -172,6 +172,13 @@ def main(argv: Sequence[str] | None = None) -> dict:
     p.add_argument("--data-images", type=int, default=100, help="images per pipeline and dataset")
     p.add_argument("--data-rounds", type=int, default=3, help="interleaved rounds over those images (median)")
     p.add_argument("--data-filter", default="", help="only the data pipelines whose name contains this text")
+    p.add_argument("--predictor", action="store_true",
+                   help="the predictor's default CPU path vs the fused eager path (SSDLite network), and predict() "
+                        "on 64 real images (MNV2_REAL_DATA's coco128, else the shapes) batched vs one by one")
+    p.add_argument("--predictor-only", action="store_true", help="only the predictor tables")
+    p.add_argument("--predictor-images", type=int, default=64)
+    p.add_argument("--predictor-score-thresh", type=float, default=0.3,
+                   help="predict()'s score threshold in the throughput run (an application's, not mAP's 0.001)")
     p.add_argument("--matmul-size", type=int, default=2048, help="side of the matrices measuring the fp32 peak")
     p.add_argument("--no-memory", action="store_true", help="skip the memory-efficient-mode table")
     p.add_argument("--calib-images", type=int, default=32, help="training images for int8 calibration")
@@ -191,6 +198,11 @@ def main(argv: Sequence[str] | None = None) -> dict:
                                 "threads": args.threads, "torch": torch.__version__,
                                 "onnxruntime": onnxruntime.__version__, "python": platform.python_version()},
                     "command": " ".join(["python tools/benchmark.py", *(argv if argv is not None else sys.argv[1:])])}
+    if args.predictor_only:
+        _predictor(args, result)
+        write_json(args.json, result, indent=1)
+        print(f"\nwrote {args.json}")
+        return result
     if args.data_only:
         _data(args, result)
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
@@ -237,6 +249,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
             print(f"  ours / torchvision: {ips['ours'] / ips['peer']:.2f}")
     if args.data or args.data_only:
         _data(args, result)
+    if args.predictor:
+        _predictor(args, result)
     if args.det_ckpt or args.seg_ckpt:
         result["int8_accuracy"] = [_export_accuracy(c, args) for c in [*args.det_ckpt, *args.seg_ckpt]]
         for a in result["int8_accuracy"]:
@@ -249,6 +263,33 @@ def main(argv: Sequence[str] | None = None) -> dict:
     write_json(args.json, result, indent=1)
     print(f"\nwrote {args.json}")
     return result
+
+
+def _predictor(args, result: dict) -> None:
+    """``--predictor``: the network on the predictor's default CPU path vs fused eager, and predict() throughput."""
+    from mnv2_vision.checkpoint import load_model
+    from mnv2_vision.config import load_config
+    from mnv2_vision.data.synthetic import ensure_shapes
+    from mnv2_vision.perf.predictor import format_predictor_benchmark, predictor_network_benchmark, \
+        predictor_throughput
+    from mnv2_vision.predictor import Predictor
+
+    if args.det_ckpt:
+        cfg, model, hparams = load_model(args.det_ckpt[0])
+    else:
+        cfg = load_config("ssdlite_coco", ["model.num_classes=91"])
+        model, hparams = build_model("ssdlite320_mobilenet_v2", num_classes=91).eval(), {}
+    net = predictor_network_benchmark(model, args.det_size, runs=args.runs, block=args.block)
+    real = os.environ.get("MNV2_REAL_DATA")
+    folder = Path(real) / "coco128" / "val2017" if real else ensure_shapes() / "coco" / "val2017"
+    images = sorted(folder.glob("*.jpg"))[: args.predictor_images]
+    predictor = Predictor.from_model(model, cfg, hparams, device="cpu")
+    thr = predictor_throughput(predictor, images, (1, 8), rounds=max(3, args.runs // 2),
+                               score_thresh=args.predictor_score_thresh)
+    thr["folder"] = str(folder)
+    result["predictor"] = {"network": net, "throughput": thr,
+                           "weights": args.det_ckpt[0] if args.det_ckpt else "random (ImageNet-free SSDLite, 91)"}
+    print("\n" + format_predictor_benchmark(net, thr) + f"\n  (images: {folder})")
 
 
 def _print_breakdown(breakdown: dict[str, list[dict]]) -> None:
