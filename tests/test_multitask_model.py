@@ -1,5 +1,5 @@
-"""The multi-task pair (``models/multitask.py``): one backbone pass, SSDLite's and DeepLab's outputs, each stride-sharing
-option checked against the single-task models it claims to reproduce, weight tying, complexity, fine-tuning."""
+"""The multi-task pair (``models/multitask.py``): one backbone pass, SSDLite's and DeepLab's outputs, each
+stride-sharing option checked against the single-task models it claims to reproduce, weight tying, complexity, fine-tuning."""
 from __future__ import annotations
 
 import pytest
@@ -38,7 +38,8 @@ def test_outputs_anchors_and_every_parameter_trains(sharing, backbone):
     out = model(x)
     anchors = model.anchors(SIZE)
     assert set(out) == {"cls_logits", "bbox_regression", "out"}
-    assert out["cls_logits"].shape == (2, anchors.shape[0], 5) and out["bbox_regression"].shape == (2, anchors.shape[0], 4)
+    assert out["cls_logits"].shape == (2, anchors.shape[0], 5)
+    assert out["bbox_regression"].shape == (2, anchors.shape[0], 4)
     assert out["out"].shape == (2, 4, *SIZE)
     # 96×128: 6 levels of ⌈n/2⌉ halvings from stride 16: (6, 8), (3, 4), (2, 2), (1, 1), (1, 1), (1, 1)
     assert model.feature_sizes(SIZE) == [(6, 8), (3, 4), (2, 2), (1, 1), (1, 1), (1, 1)]

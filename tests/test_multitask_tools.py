@@ -197,3 +197,40 @@ def test_load_model_rebuilds_the_pair(trained):
         y = model(torch.zeros(1, 3, 96, 96))
     assert set(y) == {"cls_logits", "bbox_regression", "out"} and y["out"].shape == (1, 5, 96, 96)
     assert np.isfinite(y["out"].numpy()).all() and cfg.model.sharing == "os32"
+
+
+# ---------------------------------------------------------------------------------------------- resume and DDP
+RESUME_ARGS = ["--cfg", "multitask_shapes", "--set", "data.subset=12", "--set", "data.image_size=64",
+               "--set", "model.width_mult=0.35", "--set", "data.num_workers=0", "--set", "data.batch_size=4",
+               "--set", "data.val_batch_size=8", "--set", "trainer.max_epochs=2",
+               "--set", "trainer.check_val_every_n_epoch=1", "--set", "trainer.log_every_n_steps=1",
+               "--set", "trainer.ckpt_every_n_steps=1", *COMBINED]  # 12 + 12 samples / 4 = 6 steps per epoch
+
+
+def test_killed_mid_epoch_resumes_exactly(tmp_path, shapes_root):
+    """SIGKILL after step 9 (the 2nd epoch's 3rd batch) and ``--resume last``: the same final weights, optimiser,
+    schedule and loader position as an uninterrupted run, with both sources' augmentation seeded per sample."""
+    from test_resume import _assert_same_final_state, _killed_and_uninterrupted, _load
+
+    ref, run, at_kill = _killed_and_uninterrupted("train_multitask", tmp_path, RESUME_ARGS, kill_at="9")
+    assert (at_kill["epoch"], at_kill["global_step"]) == (1, 9)
+    assert at_kill["loops"]["fit_loop"]["state_dict"]["combined_loader"] == [{"epoch": 1, "batches_done": 3}]
+    _assert_same_final_state(ref, run)
+    assert (_load(ref)["epoch"], _load(ref)["global_step"]) == (1, 12)
+
+
+def test_ddp_metrics_equal_single_process_evaluation(tmp_path, shapes_root):
+    """2 CPU ranks (gloo): the mAP and mIoU logged by the distributed validation equal eval_det / eval_seg of the
+    same checkpoint in one process, every validation image counted once."""
+    from test_ddp import N, _best, _run_ddp, _val_rows
+
+    out = tmp_path / "mt"
+    stdout = _run_ddp("train_multitask", "multitask_shapes", out, "--set", "data.image_size=64",
+                      "--set", "model.width_mult=0.35")
+    assert stdout.count("evaluation of") == 1  # rank 0 reports
+    row = _val_rows(out, "val/miou")[0]
+    assert float(row["val/num_images"]) == N and float(row["val/num_seg_images"]) == N
+    best = str(_best(out))
+    det = _tool("eval_det").main(["--ckpt", best, "--out", str(tmp_path / "eval"), "--set", "data.num_workers=0"])
+    seg = _tool("eval_seg").main(["--ckpt", best, "--set", "data.num_workers=0", "--device", "cpu"])
+    assert abs(det["map"] - float(row["val/map"])) <= 1e-6 and abs(seg["miou"] - float(row["val/miou"])) <= 1e-6

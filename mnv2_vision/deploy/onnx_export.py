@@ -35,8 +35,8 @@ from ..ops.boxes import BoxCoder
 from ..ops.postprocess import postprocess_detections
 
 __all__ = [
-    "DETECTION_MODES", "DetectionExport", "SegmentationExport", "MultiTaskExport", "export_onnx", "read_metadata", "ort_session",
-    "ParityError", "check_parity", "match_detections",
+    "DETECTION_MODES", "DetectionExport", "SegmentationExport", "MultiTaskExport", "export_onnx", "read_metadata",
+    "ort_session", "ParityError", "check_parity", "match_detections",
 ]
 
 DETECTION_MODES = ("nms", "raw")
