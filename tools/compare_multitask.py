@@ -52,7 +52,8 @@ def _budget(steps: int) -> list[str]:
 def _train(label: str, tool: str, cfg: str, out: Path, extra: list[str]) -> tuple[dict, float, float]:
     print(f"\n=== {label}: {tool} --cfg {cfg} {' '.join(extra)}", flush=True)
     cpu, wall = time.process_time(), time.time()
-    result = _tool(tool).main(["--cfg", cfg, "--out", str(out), *COMMON, *extra])
+    # --overwrite: a rerun of this comparison replaces its own earlier runs in --out.
+    result = _tool(tool).main(["--cfg", cfg, "--out", str(out), "--overwrite", *COMMON, *extra])
     print(f"=== {label}: {(time.process_time() - cpu) / 60:.1f} CPU min, {(time.time() - wall) / 60:.1f} min wall",
           flush=True)
     return result, time.process_time() - cpu, time.time() - wall

@@ -275,6 +275,7 @@ class CocoSegmentation(Dataset):
                              f"min_mask_pixels={min_mask_pixels})")
         self.source.ids = ids[:subset] if subset else ids
         self.ids = [str(i) for i in self.source.ids]
+        self.missing: list[str] = []  # as VOCSegmentation's: a missing image is skipped when it is read
         self.class_names: list[str] = self.source.mask_class_names
         self.num_classes = len(self.class_names)
 

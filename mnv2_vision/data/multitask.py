@@ -26,8 +26,9 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from .check import Skipped
 from .coco import CocoDetection
-from .datamodules import detection_collate, worker_init
+from .datamodules import detection_collate, detection_eval_collate, worker_init
 from .distributed import distributed_eval_loader
 from .resumable import ResumableDataLoader, ResumableSampler, replicas
 from .transforms import DetectionTransform, detection_transform
@@ -58,20 +59,23 @@ class SegmentationOnly(Dataset):
     Args:
         root, split, num_classes, subset: as ``VOCSegmentation``.
         transform: a detection pipeline (``detection_transform``).
-        skip_bad: training's bad-data policy (``data/check.py``).
+        on_bad: the bad-data policy (``data/check.py``): ``"raise"``, ``"replace"`` (training) or ``"drop"``
+            (evaluation: an unusable item comes back as a ``check.Skipped`` record).
     """
 
     def __init__(self, root: str | os.PathLike, split: str, transform: DetectionTransform, num_classes: int,
-                 subset: int | None = None, skip_bad: bool = False) -> None:
+                 subset: int | None = None, on_bad: str = "raise") -> None:
         self.source = VOCSegmentation(root, split, _MaskOnlyTransform(transform), num_classes=num_classes,
-                                      subset=subset, skip_bad=skip_bad)
+                                      subset=subset, on_bad=on_bad)
         self.transform = self.source.transform
 
     def __len__(self) -> int:
         return len(self.source)
 
-    def __getitem__(self, index: int | tuple[int, int]) -> tuple[Tensor, dict]:
+    def __getitem__(self, index: int | tuple[int, int]) -> tuple[Tensor, dict] | Skipped:
         item = self.source[index]  # reseeds the transform for an (index, seed) pair, applies the bad-data policy
+        if isinstance(item, Skipped):
+            return item
         image, mask = item["image"], item["mask"]
         # Evaluation leaves the mask at the image's own size; training moves it into the network frame.
         size = tuple(int(v) for v in (image.shape[-2:] if self.transform.transform.moves_masks else mask.shape))
@@ -103,7 +107,9 @@ class TaskConcat(Dataset):
         return self.datasets[k][(local, seed) if seed is not None else local]
 
 
-def _add_id(item: tuple[Tensor, dict]) -> tuple[Tensor, dict]:
+def _add_id(item: tuple[Tensor, dict] | Skipped) -> tuple[Tensor, dict] | Skipped:
+    if isinstance(item, Skipped):
+        return item
     image, target = item
     target.setdefault("has_boxes", True)
     target.setdefault("id", str(target["image_id"]))
@@ -120,7 +126,7 @@ class _CocoItems(Dataset):
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, index: int | tuple[int, int]) -> tuple[Tensor, dict]:
+    def __getitem__(self, index: int | tuple[int, int]) -> tuple[Tensor, dict] | Skipped:
         return _add_id(self.dataset[index])
 
 
@@ -168,7 +174,9 @@ class MultiTaskDataModule(pl.LightningDataModule):
     def _sources(self, train: bool) -> TaskConcat:
         tf = detection_transform(self.augment, train, self.image_size, self.mean, self.std)
         split = self.train_split if train else self.val_split
-        coco = CocoDetection(self.root, split, tf, self.subset, self._category_ids, skip_bad=True, masks=self.masks)
+        # Training replaces an unusable image by the next usable one, validation leaves it out and lists it.
+        on_bad = "replace" if train else "drop"
+        coco = CocoDetection(self.root, split, tf, self.subset, self._category_ids, on_bad=on_bad, masks=self.masks)
         if self._category_ids is None:
             self._category_ids = coco.category_ids
         if self.masks is not None and self.seg_class_names and coco.mask_class_names != self.seg_class_names:
@@ -179,7 +187,7 @@ class MultiTaskDataModule(pl.LightningDataModule):
             seg_tf = detection_transform(self.augment, train, self.image_size, self.mean, self.std)
             sources.append(SegmentationOnly(self.seg_root, self.seg_train_split if train else self.seg_val_split,
                                             seg_tf, num_classes=len(self.seg_class_names), subset=self.subset,
-                                            skip_bad=True))
+                                            on_bad=on_bad))
         if train:
             self._coco_train = coco
         else:
@@ -236,8 +244,9 @@ class MultiTaskDataModule(pl.LightningDataModule):
             persistent_workers=self.num_workers > 0, pin_memory=torch.cuda.is_available())
 
     def val_dataloader(self) -> DataLoader:
-        """In order, resized only; under DDP every image on exactly one rank (``data/distributed.py``)."""
+        """In order, resized only, batches ``(images, targets, skipped files)`` (``detection_eval_collate``); under DDP
+        every image on exactly one rank (``data/distributed.py``)."""
         loader = DataLoader(self.val_dataset, batch_size=self.val_batch_size, shuffle=False,
-                            num_workers=self.num_workers, collate_fn=detection_collate, worker_init_fn=worker_init,
+                            num_workers=self.num_workers, collate_fn=detection_eval_collate, worker_init_fn=worker_init,
                             persistent_workers=self.num_workers > 0, pin_memory=torch.cuda.is_available())
         return distributed_eval_loader(loader, self.trainer)

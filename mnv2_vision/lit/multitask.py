@@ -72,10 +72,14 @@ def predict_pair(model: nn.Module, image: np.ndarray, image_size: int, mean: Seq
 
 @torch.no_grad()
 def segmentation_pairs(model: nn.Module, loader, scales: Sequence[float] = (1.0,), flip: bool = False,
-                       device: str | torch.device = "cpu") -> Iterator[tuple[Tensor, Tensor, str]]:
+                       device: str | torch.device = "cpu",
+                       skipped: list[str] | None = None) -> Iterator[tuple[Tensor, Tensor, str]]:
     """(prediction, label map, image id) of every sample with a mask in a multi-task validation ``loader``, each at
-    the image's own size (``segment_targets``)."""
-    for images, targets in loader:
+    the image's own size (``segment_targets``); the unusable images the loader left out are appended to
+    ``skipped``."""
+    for images, targets, left_out in loader:
+        if skipped is not None:
+            skipped += [str(s) for s in left_out]
         rows = [i for i, t in enumerate(targets) if "mask" in t]
         if not rows:
             continue
@@ -174,6 +178,7 @@ class MultiTaskModule(DetectionModule):
         self.seg_class_names = names
         self.confmat: ConfusionMatrix | None = None
         self.seg_metrics: dict[str, Any] | None = None
+        self.val_num_seg_images = 0
 
     @staticmethod
     def batch_ids(batch: tuple[Tensor, list[dict]]) -> list[str]:
@@ -216,8 +221,12 @@ class MultiTaskModule(DetectionModule):
         self.confmat = ConfusionMatrix(len(self.seg_class_names), IGNORE_INDEX, device=self.device)
         self._seg_images = torch.zeros((), dtype=torch.float64, device=self.device)
 
-    def validation_step(self, batch: tuple[Tensor, list[dict]], batch_idx: int) -> None:
-        images, targets = batch
+    def validation_step(self, batch: tuple, batch_idx: int) -> None:
+        images, targets = batch[0], batch[1]
+        if len(batch) > 2:  # the evaluation collate lists the unusable images it left out
+            self._val_skipped += [str(s) for s in batch[2]]
+        if not targets:
+            return
         out = self.model(self._inputs(images))
         det_rows = [i for i, t in enumerate(targets) if t.get("has_boxes", True) and int(t["image_id"]) >= 0]
         if det_rows:
@@ -247,7 +256,8 @@ class MultiTaskModule(DetectionModule):
                             "per_class": metrics.per_class(list(self.seg_class_names))}
         self.log("val/miou", metrics.miou, prog_bar=True)
         self.log("val/pixel_acc", metrics.pixel_acc)
-        self.log("val/num_seg_images", reduce(self._seg_images, reduce_op="sum").float())
+        self.val_num_seg_images = int(reduce(self._seg_images, reduce_op="sum"))
+        self.log("val/num_seg_images", float(self.val_num_seg_images))
         for name, iou in self.seg_metrics["per_class"].items():
             self.log(f"val/iou_{re.sub(r'[^0-9A-Za-z_]+', '_', name)}", iou)
         m = self.coco_summary["map"] if self.coco_summary else 0.0
