@@ -29,6 +29,7 @@ sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 import torch  # noqa: E402
 
+from mnv2_vision.config import load_config  # noqa: E402
 from mnv2_vision.data.synthetic import ensure_shapes  # noqa: E402
 
 TOOLS = Path(__file__).resolve().parent
@@ -42,10 +43,14 @@ def _tool(name: str):
     return module
 
 
-def _budget(steps: int) -> list[str]:
-    """``--set`` overrides that stop training after exactly ``steps`` optimiser steps (the LR schedule is stretched
-    over them) and skip validation during training: every model is scored once, on its final weights."""
-    return ["--set", "trainer.max_epochs=-1", "--set", f"trainer.max_steps={steps}",
+def _budget(cfg_name: str, steps: int, overrides: Sequence[str]) -> list[str]:
+    """``--set`` overrides that stop ``cfg_name`` after exactly ``steps`` optimiser steps (its LR schedule stretched
+    over them) and skip validation while training: every model is scored once, on its final weights. ``max_epochs``
+    covers the steps (the detection module sizes its warm-up in epochs, so it needs a finite epoch count)."""
+    cfg = load_config(cfg_name, overrides)
+    images = json.loads((ensure_shapes() / "meta.json").read_text())["counts"]["train_images"]
+    per_epoch = max(1, min(images, cfg.data.subset or images) // cfg.data.batch_size)  # the last batch is dropped
+    return ["--set", f"trainer.max_epochs={math.ceil(steps / per_epoch)}", "--set", f"trainer.max_steps={steps}",
             "--set", f"trainer.check_val_every_n_epoch={10 ** 6}"]
 
 
@@ -97,20 +102,22 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
     cpu0, wall0 = time.process_time(), time.time()
     out = Path(args.out)
-    ensure_shapes()
-    budget = [*common, *_budget(args.steps)]
     runs: dict[str, dict] = {}
+
+    def budget(cfg_name: str) -> list[str]:
+        return [*common, *_budget(cfg_name, args.steps, args.set)]
+
     # train_det and train_multitask end by validating the final weights (no best checkpoint without validation).
-    det, cpu, wall = _train("SSDLite demo", "train_det", "ssdlite_shapes", out / "ssdlite", budget)
+    det, cpu, wall = _train("SSDLite demo", "train_det", "ssdlite_shapes", out / "ssdlite", budget("ssdlite_shapes"))
     runs["ssdlite"] = {"map": det["map"], "map50": det["map50"], "cpu_s": cpu, "wall_s": wall}
-    _, cpu, wall = _train("DeepLab demo", "train_seg", "deeplabv3_shapes", out / "deeplab", budget)
+    _, cpu, wall = _train("DeepLab demo", "train_seg", "deeplabv3_shapes", out / "deeplab", budget("deeplabv3_shapes"))
     cpu_eval = time.process_time()
     seg = _tool("eval_seg").main(["--ckpt", str(out / "deeplab" / "ckpt" / "last.ckpt"), *COMMON, *common])
     runs["deeplab"] = {"miou_voc": seg["miou"], "cpu_s": cpu + time.process_time() - cpu_eval, "wall_s": wall}
     for sharing in args.sharing:
         run_dir = out / f"pair_{sharing}"
         mt, cpu, wall = _train(f"pair, sharing {sharing}", "train_multitask", "multitask_shapes", run_dir,
-                               [*budget, "--set", f"model.sharing={sharing}"])
+                               [*budget("multitask_shapes"), "--set", f"model.sharing={sharing}"])
         # The same label maps the DeepLab demo is scored on: the VOC layout of the same validation scenes.
         voc = _tool("eval_seg").main(["--ckpt", str(run_dir / "ckpt" / "last.ckpt"), "--set", "data.masks=null",
                                       "--set", "data.seg_root=shapes", *COMMON, *common])
