@@ -1,14 +1,14 @@
 """One backbone pass, boxes and masks: SSDLite and DeepLabv3 heads on a shared MobileNet body (spec §7).
 
-Read top to bottom: ``SegDecoder`` (the stride-8 decoder of sharing "os32") → ``tie_dilated_tail`` (the "twin" tail)
+Read top to bottom: ``SegDecoder`` (the decoder of sharing "os32") → ``tie_dilated_tail`` (the "twin" tail)
 → ``SSDLiteDeepLabV3`` → ``_ssdlite_deeplabv3`` (construction from any backbone family) → the registered builders.
 
 SSDLite reads the body at output stride 32 (MobileNetV2: ``layer15_expand`` at 16, ``layer19`` at 32), DeepLab at
 output stride 16 (``layer18``, the last stages dilated). ``sharing`` picks how one pass serves both (spec §7):
 
 - ``"os32"`` (a): the body at stride 32 for both heads. DeepLab's ASPP reads ``layer18`` at stride 32 and a light
-  DeepLabv3+-style decoder adds the backbone's stride-8 map (``DECODER_TAP``) back: cheapest; the detector is
-  exactly SSDLite.
+  DeepLabv3+-style decoder adds the backbone's stride-16 and stride-8 maps (``DECODER_TAPS``: the expansion SSDLite
+  reads, and the end of the c = 32 stage) back: cheapest; the detector is exactly SSDLite.
 - ``"os16"`` (b): the body at output stride 16 (dilated); the segmentation head is exactly DeepLab's, and SSDLite's
   stride-32 map is made by one more stride-2 layer (a 3×3 depthwise conv) on the stride-16 ``layer19``. The last
   stages run at 4× the pixels.
@@ -41,32 +41,37 @@ SHARING = ("os32", "os16", "twin")
 
 
 class SegDecoder(nn.Module):
-    """DeepLabv3+'s decoder (Chen et al. 2018 §3.2), thinned for a mobile budget: the ASPP output at stride 32 is
-    reduced to ``channels`` and upsampled to the stride-8 map, the stride-8 features are projected to ``low_channels``
-    (48 in DeepLabv3+), and a depthwise-separable 3×3 conv fuses the concatenation to ``channels``.
+    """DeepLabv3+'s decoder (Chen et al. 2018 §3.2), thinned for a mobile budget and applied once per finer map: the
+    ASPP output (stride 32) is reduced to ``channels``; then for each tap, coarse to fine, the running map is
+    upsampled to the tap's size, the tap is projected to ``low_channels`` (48 in DeepLabv3+), and a
+    depthwise-separable 3×3 conv fuses the concatenation back to ``channels``.
 
     Args:
         high_channels: channels of the ASPP output.
-        low_channels_in: channels of the backbone's stride-8 tap.
+        low_channels_in: channels of each backbone tap, coarse to fine (e.g. stride 16, then stride 8).
         channels: width of the decoder (and of its output).
-        low_channels: width of the low-level projection.
+        low_channels: width of each tap's projection.
 
-    Shapes: (N, high, h, w), (N, low_in, 4h, 4w) → (N, channels, 4h, 4w).
+    Shapes: (N, high, h, w), [(N, c_i, h_i, w_i), ...] → (N, channels, h_last, w_last).
     """
 
-    def __init__(self, high_channels: int, low_channels_in: int, channels: int = 64, low_channels: int = 48) -> None:
+    def __init__(self, high_channels: int, low_channels_in: Sequence[int], channels: int = 64,
+                 low_channels: int = 48) -> None:
         super().__init__()
         both = channels + low_channels
         self.reduce = ConvNormAct(high_channels, channels, 1, activation=nn.ReLU)
-        self.low = ConvNormAct(low_channels_in, low_channels, 1, activation=nn.ReLU)
-        self.fuse = nn.Sequential(ConvNormAct(both, both, 3, groups=both, activation=nn.ReLU),
-                                  ConvNormAct(both, channels, 1, activation=nn.ReLU))
+        self.lows = nn.ModuleList(ConvNormAct(c, low_channels, 1, activation=nn.ReLU) for c in low_channels_in)
+        self.fuses = nn.ModuleList(nn.Sequential(ConvNormAct(both, both, 3, groups=both, activation=nn.ReLU),
+                                                 ConvNormAct(both, channels, 1, activation=nn.ReLU))
+                                   for _ in low_channels_in)
         self.out_channels = channels
 
-    def forward(self, high: Tensor, low: Tensor) -> Tensor:
-        # Reduce before upsampling: the interpolation then moves `channels` maps, not the ASPP's 256.
-        up = F.interpolate(self.reduce(high), size=low.shape[-2:], mode="bilinear", align_corners=False)
-        return self.fuse(torch.cat([up, self.low(low)], dim=1))
+    def forward(self, high: Tensor, lows: Sequence[Tensor]) -> Tensor:
+        x = self.reduce(high)  # before upsampling: the interpolation then moves `channels` maps, not the ASPP's 256
+        for low, project, fuse in zip(lows, self.lows, self.fuses):
+            x = F.interpolate(x, size=low.shape[-2:], mode="bilinear", align_corners=False)
+            x = fuse(torch.cat([x, project(low)], dim=1))
+        return x
 
 
 def tie_dilated_tail(dilated: nn.Module, strided: nn.Module) -> nn.Module:
@@ -104,7 +109,7 @@ class SSDLiteDeepLabV3(SSDLite):
     The detection part is ``SSDLite`` (same modules and state-dict keys: ``backbone``, ``extras``, ``head``, so an
     SSDLite checkpoint fine-tunes into it); the segmentation part is an ASPP (``seg_head``), for ``"os32"`` a decoder
     (``seg_decoder``), and a 1×1 classifier (``seg_classifier``). Both size themselves from the backbone's declared
-    taps (``DETECTION_TAPS``, ``SEGMENTATION_TAP``, ``DECODER_TAP``).
+    taps (``DETECTION_TAPS``, ``SEGMENTATION_TAP``, ``DECODER_TAPS``).
 
     Args:
         backbone: the body at output stride 32 (``"os32"``, ``"twin"``) or 16 (``"os16"``).
@@ -178,9 +183,10 @@ class SSDLiteDeepLabV3(SSDLite):
         self.seg_head = ASPP(seg_info.channels, seg_channels, rates)
         head_channels = seg_channels
         if sharing == "os32":
-            self.decoder_tap: str = type(backbone).DECODER_TAP
-            self.seg_decoder = SegDecoder(seg_channels, backbone.tap(self.decoder_tap).channels, decoder_channels)
-            self.backbone_taps = tuple(dict.fromkeys([*self.backbone_taps, self.decoder_tap]))
+            self.decoder_taps: tuple[str, ...] = tuple(type(backbone).DECODER_TAPS)
+            self.seg_decoder = SegDecoder(seg_channels, [backbone.tap(t).channels for t in self.decoder_taps],
+                                          decoder_channels)
+            self.backbone_taps = tuple(dict.fromkeys([*self.backbone_taps, *self.decoder_taps]))
             head_channels = decoder_channels
         self.seg_classifier = nn.Conv2d(head_channels, seg_num_classes, 1)
         init_segmentation_head(nn.ModuleList([self.seg_head, getattr(self, "seg_decoder", nn.Identity())]),
@@ -203,7 +209,7 @@ class SSDLiteDeepLabV3(SSDLite):
         seg = self.seg_tail(taps[self.twin_input]) if self.sharing == "twin" else taps[self.seg_tap]
         seg = self.seg_head(seg)
         if self.sharing == "os32":
-            seg = self.seg_decoder(seg, taps[self.decoder_tap])
+            seg = self.seg_decoder(seg, [taps[t] for t in self.decoder_taps])
         # Bilinear upsampling of the logits to the input size, as DeepLabV3 does.
         out["out"] = F.interpolate(self.seg_classifier(seg), size=images.shape[-2:], mode="bilinear",
                                    align_corners=False)
