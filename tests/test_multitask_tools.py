@@ -28,11 +28,20 @@ SHAPES = ["background", "circle", "square", "star", "triangle"]
 COMBINED = ["--set", "data.masks=null", "--set", "data.seg_root=shapes"]
 
 
-def _tool(name: str):
-    spec = importlib.util.spec_from_file_location(f"mt_tool_{name}", TOOLS / f"{name}.py")
+def _load(path: Path, name: str):
+    spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def _tool(name: str):
+    return _load(TOOLS / f"{name}.py", f"mt_tool_{name}")
+
+
+def _test_helpers(name: str):
+    """Another test module's helpers (the kill/resume and DDP drivers), loaded by path."""
+    return _load(Path(__file__).with_name(f"{name}.py"), f"mt_helpers_{name}")
 
 
 @pytest.fixture(scope="module")
@@ -85,17 +94,19 @@ def test_predict_draws_boxes_over_the_mask_in_one_picture(trained, tmp_path, sha
     assert 0 < len(rec["detections"]) <= 100 and rec["detections"][0]["name"] in SHAPES[1:]
 
 
-@pytest.mark.parametrize("mode", ["nms", "raw"])
-def test_export_one_onnx_with_both_outputs_parity_checked(trained, tmp_path, mode):
+def test_export_one_onnx_with_both_outputs_parity_checked(trained, tmp_path):
     import onnxruntime as ort
 
+    from mnv2_vision.deploy.onnx_export import MultiTaskExport, _io_names
+
     out, _ = trained
-    report = _tool("export").main(["--ckpt", str(out / "ckpt" / "last.ckpt"), "--out", str(tmp_path),
-                                   "--detection-output", mode])
+    report = _tool("export").main(["--ckpt", str(out / "ckpt" / "last.ckpt"), "--out", str(tmp_path)])
     session = ort.InferenceSession(report["onnx"], providers=["CPUExecutionProvider"])
     names = [o.name for o in session.get_outputs()]
-    assert names == (["boxes", "scores", "labels", "num_detections"] if mode == "nms" else
-                     ["cls_logits", "bbox_regression", "anchors"]) + ["logits"]
+    assert names == ["boxes", "scores", "labels", "num_detections", "logits"]
+    _, model, _ = load_model(out / "ckpt" / "last.ckpt")
+    raw = MultiTaskExport(model, (96, 96), "raw")  # the raw mode lists the segmentation logits last as well
+    assert _io_names(raw)[0] == ["cls_logits", "bbox_regression", "anchors", "logits"]
     assert all(c["segmentation"]["max_abs_diff"] <= c["segmentation"]["allowed"] for c in report["parity"])
     assert len(report["parity"]) == 2  # a random batch of 2 and validation images
     meta = read_metadata(report["onnx"])
@@ -200,37 +211,37 @@ def test_load_model_rebuilds_the_pair(trained):
 
 
 # ---------------------------------------------------------------------------------------------- resume and DDP
-RESUME_ARGS = ["--cfg", "multitask_shapes", "--set", "data.subset=12", "--set", "data.image_size=64",
+RESUME_ARGS = ["--cfg", "multitask_shapes", "--set", "data.subset=6", "--set", "data.image_size=64",
                "--set", "model.width_mult=0.35", "--set", "data.num_workers=0", "--set", "data.batch_size=4",
                "--set", "data.val_batch_size=8", "--set", "trainer.max_epochs=2",
                "--set", "trainer.check_val_every_n_epoch=1", "--set", "trainer.log_every_n_steps=1",
-               "--set", "trainer.ckpt_every_n_steps=1", *COMBINED]  # 12 + 12 samples / 4 = 6 steps per epoch
+               "--set", "trainer.ckpt_every_n_steps=1", *COMBINED]  # 6 + 6 samples / 4 = 3 steps per epoch
 
 
 def test_killed_mid_epoch_resumes_exactly(tmp_path, shapes_root):
-    """SIGKILL after step 9 (the 2nd epoch's 3rd batch) and ``--resume last``: the same final weights, optimiser,
+    """SIGKILL after step 4 (the 2nd epoch's 1st batch) and ``--resume last``: the same final weights, optimiser,
     schedule and loader position as an uninterrupted run, with both sources' augmentation seeded per sample."""
-    from test_resume import _assert_same_final_state, _killed_and_uninterrupted, _load
+    h = _test_helpers("test_resume")
+    ref, run, at_kill = h._killed_and_uninterrupted("train_multitask", tmp_path, RESUME_ARGS, kill_at="4")
+    assert (at_kill["epoch"], at_kill["global_step"]) == (1, 4)
+    assert at_kill["loops"]["fit_loop"]["state_dict"]["combined_loader"] == [{"epoch": 1, "batches_done": 1}]
+    h._assert_same_final_state(ref, run)
+    assert (h._load(ref)["epoch"], h._load(ref)["global_step"]) == (1, 6)
 
-    ref, run, at_kill = _killed_and_uninterrupted("train_multitask", tmp_path, RESUME_ARGS, kill_at="9")
-    assert (at_kill["epoch"], at_kill["global_step"]) == (1, 9)
-    assert at_kill["loops"]["fit_loop"]["state_dict"]["combined_loader"] == [{"epoch": 1, "batches_done": 3}]
-    _assert_same_final_state(ref, run)
-    assert (_load(ref)["epoch"], _load(ref)["global_step"]) == (1, 12)
 
-
+@pytest.mark.skipif(not (torch.distributed.is_available() and torch.distributed.is_gloo_available()),
+                    reason="torch.distributed with the gloo backend is not available in this build")
 def test_ddp_metrics_equal_single_process_evaluation(tmp_path, shapes_root):
     """2 CPU ranks (gloo): the mAP and mIoU logged by the distributed validation equal eval_det / eval_seg of the
     same checkpoint in one process, every validation image counted once."""
-    from test_ddp import N, _best, _run_ddp, _val_rows
-
+    h = _test_helpers("test_ddp")
     out = tmp_path / "mt"
-    stdout = _run_ddp("train_multitask", "multitask_shapes", out, "--set", "data.image_size=64",
-                      "--set", "model.width_mult=0.35")
+    stdout = h._run_ddp("train_multitask", "multitask_shapes", out, "--set", "data.image_size=64",
+                        "--set", "model.width_mult=0.35")
     assert stdout.count("evaluation of") == 1  # rank 0 reports
-    row = _val_rows(out, "val/miou")[0]
-    assert float(row["val/num_images"]) == N and float(row["val/num_seg_images"]) == N
-    best = str(_best(out))
+    row = h._val_rows(out, "val/miou")[0]
+    assert float(row["val/num_images"]) == h.N and float(row["val/num_seg_images"]) == h.N
+    best = str(h._best(out))
     det = _tool("eval_det").main(["--ckpt", best, "--out", str(tmp_path / "eval"), "--set", "data.num_workers=0"])
     seg = _tool("eval_seg").main(["--ckpt", best, "--set", "data.num_workers=0", "--device", "cpu"])
     assert abs(det["map"] - float(row["val/map"])) <= 1e-6 and abs(seg["miou"] - float(row["val/miou"])) <= 1e-6
