@@ -21,16 +21,13 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
-import pytorch_lightning as pl
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from .check import Skipped
 from .coco import CocoDetection
-from .datamodules import detection_collate, detection_eval_collate, worker_init
-from .distributed import distributed_eval_loader
-from .resumable import ResumableDataLoader, ResumableSampler, replicas
+from .datamodules import DetectionDataModule
 from .transforms import DetectionTransform, detection_transform
 from .voc import VOCSegmentation
 
@@ -130,9 +127,10 @@ class _CocoItems(Dataset):
         return _add_id(self.dataset[index])
 
 
-class MultiTaskDataModule(pl.LightningDataModule):
+class MultiTaskDataModule(DetectionDataModule):
     """COCO-layout detection data with painted masks (``masks``), and/or a segmentation-only VOC-layout dataset
-    (``seg_root``), for the multi-task pair.
+    (``seg_root``), for the multi-task pair. The loaders are ``DetectionDataModule``'s (resumable training loader,
+    DDP-aware validation loader that lists unusable images) over both sources.
 
     Args:
         root: COCO folder (``<split>/`` and ``annotations/instances_<split>.json``).
@@ -152,23 +150,17 @@ class MultiTaskDataModule(pl.LightningDataModule):
                  subset: int | None = None, mean: Sequence[float] = (0.485, 0.456, 0.406),
                  std: Sequence[float] = (0.229, 0.224, 0.225), category_ids: Sequence[int] | None = None,
                  seed: int = 0) -> None:
-        super().__init__()
         if masks is None and seg_root is None:
             raise ValueError("the multi-task pair needs segmentation labels: COCO masks (masks='voc20' or 'all') "
                              "and/or a segmentation-only dataset (seg_root)")
-        self.root, self.seg_root = Path(root), Path(seg_root) if seg_root is not None else None
-        self.train_split, self.val_split, self.masks = train_split, val_split, masks
-        self.seg_train_split, self.seg_val_split = seg_train_split, seg_val_split
+        super().__init__(root, train_split=train_split, val_split=val_split, image_size=image_size, augment=augment,
+                         batch_size=batch_size, val_batch_size=val_batch_size, num_workers=num_workers,
+                         subset=subset, mean=mean, std=std, category_ids=category_ids, seed=seed)
+        self.seg_root = Path(seg_root) if seg_root is not None else None
+        self.masks, self.seg_train_split, self.seg_val_split = masks, seg_train_split, seg_val_split
         self.seg_class_names = list(seg_class_names)
-        self.image_size, self.augment, self.mean, self.std = image_size, augment, tuple(mean), tuple(std)
-        self.batch_size, self.val_batch_size, self.num_workers = batch_size, val_batch_size, num_workers
-        self.subset, self.seed = subset, seed
-        self._category_ids = list(category_ids) if category_ids is not None else None
-        self._train: TaskConcat | None = None
-        self._val: TaskConcat | None = None
-        self._coco_train: CocoDetection | None = None
-        self._coco_val: CocoDetection | None = None
-        detection_transform(augment, True, image_size)  # an unknown preset fails here, before any data is read
+        self._train_concat: TaskConcat | None = None
+        self._val_concat: TaskConcat | None = None
 
     # ------------------------------------------------------------------ datasets (built on first use)
     def _sources(self, train: bool) -> TaskConcat:
@@ -189,23 +181,23 @@ class MultiTaskDataModule(pl.LightningDataModule):
                                             seg_tf, num_classes=len(self.seg_class_names), subset=self.subset,
                                             on_bad=on_bad))
         if train:
-            self._coco_train = coco
+            self._train = coco
         else:
-            self._coco_val = coco
+            self._val = coco
         return TaskConcat(sources, coco=coco.coco)
 
     @property
-    def train_dataset(self) -> TaskConcat:
-        if self._train is None:
-            self._train = self._sources(train=True)
-        return self._train
+    def train_dataset(self) -> TaskConcat:  # type: ignore[override]
+        if self._train_concat is None:
+            self._train_concat = self._sources(train=True)
+        return self._train_concat
 
     @property
-    def val_dataset(self) -> TaskConcat:
+    def val_dataset(self) -> TaskConcat:  # type: ignore[override]
         """Validation samples; ``.coco`` is the detection source's pycocotools ground truth."""
-        if self._val is None:
-            self._val = self._sources(train=False)
-        return self._val
+        if self._val_concat is None:
+            self._val_concat = self._sources(train=False)
+        return self._val_concat
 
     @property
     def category_ids(self) -> list[int]:
@@ -215,38 +207,6 @@ class MultiTaskDataModule(pl.LightningDataModule):
 
     @property
     def category_names(self) -> list[str]:
-        coco = self._coco_train or self._coco_val
-        if coco is None:
+        if self._train is None and self._val is None:
             _ = self.train_dataset
-            coco = self._coco_train
-        return list(coco.category_names)  # type: ignore[union-attr]
-
-    @property
-    def num_classes(self) -> int:
-        """Detection classes + background."""
-        return len(self.category_ids) + 1
-
-    def setup(self, stage: str | None = None) -> None:
-        if stage in (None, "fit"):
-            _ = self.train_dataset
-        _ = self.val_dataset
-
-    # ------------------------------------------------------------------ loaders
-    def train_dataloader(self) -> ResumableDataLoader:
-        """Shuffled over both sources, augmented, resumable mid-epoch (``data/resumable.py``); DDP-aware."""
-        dataset = self.train_dataset
-        num_replicas, rank = replicas(self.trainer)
-        sampler = ResumableSampler(dataset, num_replicas=num_replicas, rank=rank, seed=self.seed)
-        return ResumableDataLoader(
-            dataset, sampler=sampler, batch_size=self.batch_size,
-            drop_last=len(sampler) >= self.batch_size,  # BatchNorm on the 1×1 extra layers needs > 1 value
-            num_workers=self.num_workers, collate_fn=detection_collate, worker_init_fn=worker_init,
-            persistent_workers=self.num_workers > 0, pin_memory=torch.cuda.is_available())
-
-    def val_dataloader(self) -> DataLoader:
-        """In order, resized only, batches ``(images, targets, skipped files)`` (``detection_eval_collate``); under DDP
-        every image on exactly one rank (``data/distributed.py``)."""
-        loader = DataLoader(self.val_dataset, batch_size=self.val_batch_size, shuffle=False,
-                            num_workers=self.num_workers, collate_fn=detection_eval_collate, worker_init_fn=worker_init,
-                            persistent_workers=self.num_workers > 0, pin_memory=torch.cuda.is_available())
-        return distributed_eval_loader(loader, self.trainer)
+        return list((self._train or self._val).category_names)  # type: ignore[union-attr]

@@ -222,22 +222,15 @@ class MultiTaskModule(DetectionModule):
         self._seg_images = torch.zeros((), dtype=torch.float64, device=self.device)
 
     def validation_step(self, batch: tuple, batch_idx: int) -> None:
-        images, targets = batch[0], batch[1]
-        if len(batch) > 2:  # the evaluation collate lists the unusable images it left out
-            self._val_skipped += [str(s) for s in batch[2]]
+        images, targets = self._usable(batch)
         if not targets:
             return
         out = self.model(self._inputs(images))
         det_rows = [i for i, t in enumerate(targets) if t.get("has_boxes", True) and int(t["image_id"]) >= 0]
         if det_rows:
-            e, idx = self.eval_cfg, torch.tensor(det_rows, device=images.device)
-            dets = postprocess_detections(
-                out["cls_logits"][idx], out["bbox_regression"][idx], self._anchors(images), self.coder,
-                tuple(images.shape[-2:]), [tuple(targets[i]["orig_size"]) for i in det_rows],
-                score_thresh=e.score_thresh, nms_iou=e.nms_iou, topk_candidates=e.topk_candidates,
-                detections_per_img=e.detections_per_img)
-            self._val_dets += [{k: v.cpu() for k, v in d.items()} for d in dets]
-            self._val_ids += [int(targets[i]["image_id"]) for i in det_rows]
+            idx = torch.tensor(det_rows, device=images.device)
+            self.collect_detections({k: out[k][idx] for k in ("cls_logits", "bbox_regression")}, images,
+                                    [targets[i] for i in det_rows])
         seg_rows = [i for i, t in enumerate(targets) if "mask" in t]
         if seg_rows:
             masks = [targets[i]["mask"].to(images.device) for i in seg_rows]
