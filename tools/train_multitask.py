@@ -46,7 +46,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         dm.setup("fit")  # a missing or empty dataset fails here, before anything is written
         resume = inspect_resume(run.resume_path, cfg, run.path) if args.resume else None
         write_config(cfg, run.path)
-        print(f"data: {dm.train_dataset.datasets} / {dm.val_dataset.datasets}", flush=True)
+        print(f"data: {dm.train_dataset} / {dm.val_dataset}", flush=True)
         set_num_threads(cfg)
 
         model = build_from_config(cfg)

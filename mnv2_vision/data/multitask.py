@@ -103,6 +103,9 @@ class TaskConcat(Dataset):
         local = int(i) - int(self.offsets[k])
         return self.datasets[k][(local, seed) if seed is not None else local]
 
+    def __repr__(self) -> str:
+        return " + ".join(repr(d) for d in self.datasets)
+
 
 def _add_id(item: tuple[Tensor, dict] | Skipped) -> tuple[Tensor, dict] | Skipped:
     if isinstance(item, Skipped):
@@ -125,6 +128,9 @@ class _CocoItems(Dataset):
 
     def __getitem__(self, index: int | tuple[int, int]) -> tuple[Tensor, dict] | Skipped:
         return _add_id(self.dataset[index])
+
+    def __repr__(self) -> str:
+        return repr(self.dataset)
 
 
 class MultiTaskDataModule(DetectionDataModule):
