@@ -50,6 +50,10 @@ class ModelCfg:
     preactivation: bool | None = None
     bn_eps: float | None = None  # BatchNorm ε; None = the builder's default
     bn_momentum: float | None = None  # PyTorch convention: TF-slim's decay 0.997 is momentum 0.003
+    # Multi-task pair (task: multitask): segmentation classes (None = from the data) and how the two heads share the
+    # backbone's strides (None = the builder's default; spec §7 options: os32 = (a), os16 = (b), twin = (c)).
+    seg_num_classes: int | None = None
+    sharing: str | None = None
 
 
 @dataclass
@@ -67,6 +71,14 @@ class DataCfg:
     val_batch_size: int = 8
     num_workers: int = 4
     subset: int | None = None  # first N images of each split (quick runs, overfitting checks)
+    # COCO semantic masks painted from the instance annotations: null | voc20 (20 VOC classes) | all (every category)
+    masks: str | None = None
+    min_mask_pixels: int = 0  # segmentation from COCO: keep training images whose labelled pixels exceed this
+    # Multi-task: a segmentation-only VOC-layout dataset trained next to the COCO one (each sample trains the head
+    # it has labels for); null = none.
+    seg_root: str | None = None
+    seg_train_split: str = "train"
+    seg_val_split: str = "val"
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
 
@@ -136,11 +148,12 @@ class LossCfg:
     neg_pos_ratio: int = 3
     box_weight: float = 1.0
     label_smoothing: float = 0.0
+    seg_weight: float = 1.0  # multi-task: total loss = SSD loss + seg_weight · segmentation cross-entropy
 
 
 @dataclass
 class Config:
-    task: str = "detection"  # detection | segmentation | classification
+    task: str = "detection"  # detection | segmentation | classification | multitask
     seed: int = 42
     model: ModelCfg = field(default_factory=ModelCfg)
     data: DataCfg = field(default_factory=DataCfg)
@@ -155,13 +168,19 @@ class Config:
             if value not in options:
                 raise ConfigError(f"{key}={value!r} is not one of {list(options)}")
 
-        choice("task", self.task, ("detection", "segmentation", "classification"))
+        choice("task", self.task, ("detection", "segmentation", "classification", "multitask"))
         choice("data.format", self.data.format, ("coco", "voc", "imagefolder", "cifar10", "flowers102"))
         choice("data.augment", self.data.augment, ("ssdlite", "light", "seg", "cls", "cls_invariant", "cifar", "none"))
         choice("optim.name", self.optim.name, ("sgd", "rmsprop", "adamw"))
         choice("sched.name", self.sched.name, ("cosine", "poly", "exponential", "constant"))
         if self.model.aspp is not None:
             choice("model.aspp", self.model.aspp, ("lite", "full"))
+        if self.model.sharing is not None:
+            choice("model.sharing", self.model.sharing, ("os32", "os16", "twin"))
+        if self.data.masks is not None:
+            choice("data.masks", self.data.masks, ("voc20", "all"))
+        if self.loss.seg_weight < 0:
+            raise ConfigError(f"loss.seg_weight must be ≥ 0, got {self.loss.seg_weight}")
         for key, options in (("block", ("inverted", "classic")), ("shortcut", ("bottleneck", "expansion", "none")),
                              ("projection_activation", ("none", "relu6"))):
             if getattr(self.model, key) is not None:

@@ -21,17 +21,43 @@ def _tool():
     return tool
 
 
+def _pair_checkpoint(tmp_path: Path) -> tuple[Path, torch.nn.Module]:
+    """A train_multitask-style checkpoint of a small pair (α = 0.35, 5 + 5 classes, trained at 64²)."""
+    from mnv2_vision.config import load_config, to_dict
+
+    cfg = load_config("multitask_shapes", ["model.num_classes=5", "model.seg_num_classes=5", "model.width_mult=0.35",
+                                           "data.image_size=64"])
+    pair = build_model(cfg.model.name, num_classes=5, seg_num_classes=5, width_mult=0.35)
+    ckpt = tmp_path / "pair.ckpt"
+    torch.save({"hyper_parameters": {"config": to_dict(cfg)},
+                "state_dict": {f"model.{k}": v for k, v in pair.state_dict().items()}}, ckpt)
+    return ckpt, pair
+
+
 def test_benchmark_tool_rows(tmp_path, shapes_root):
     out = tmp_path / "bench.json"
+    ckpt, pair = _pair_checkpoint(tmp_path)
     _tool().main(["--det-size", "64", "--seg-size", "65", "--runs", "1", "--warmup", "0", "--calib-images", "1",
                   "--peers", "--data", "--data-images", "1", "--no-memory", "--matmul-size", "256",
-                  "--json", str(out), "--topk", "20", "--detections", "10"])
+                  "--json", str(out), "--topk", "20", "--detections", "10", "--mt-ckpt", str(ckpt)])
     result = json.loads(out.read_text())
     rows = {(r["model"], r["variant"]): r for r in result["latency"]}
     expected = [(m, v) for m in ("ssdlite320_mobilenet_v2", "deeplabv3_mobilenet_v2 (lite)") for v in VARIANTS]
     expected += [(f"{m} (torchvision)", "eager") for m in ("ssdlite320_mobilenet_v3_large", "lraspp_mobilenet_v3_large",
                                                            "deeplabv3_mobilenet_v3_large")]
+    # --mt-ckpt: the pair's network at its training size, next to SSDLite and DeepLab of its width and classes.
+    tag = " @64 (pair.ckpt)"
+    expected += [(m + tag, v) for m in ("ssdlite320_deeplabv3_mobilenet_v2 (os32)", "deeplabv3_mobilenet_v2 (lite)",
+                                        "ssdlite320_mobilenet_v2") for v in VARIANTS[:3]]
     assert sorted(rows) == sorted(expected)
+    pair_row = rows[(f"ssdlite320_deeplabv3_mobilenet_v2 (os32){tag}", "fused")]
+    det_row = rows[(f"ssdlite320_mobilenet_v2{tag}", "fused")]
+    seg_row = rows[(f"deeplabv3_mobilenet_v2 (lite){tag}", "fused")]
+    assert pair_row["params_m"] == pytest.approx(sum(p.numel() for p in pair.parameters()) / 1e6, abs=1e-6)
+    assert result["ratios"][f"multitask fused / (ssdlite + deeplab fused, one after the other){tag}"] == \
+        pytest.approx(pair_row["median_ms"] / (det_row["median_ms"] + seg_row["median_ms"]), rel=1e-6)
+    madds_ratio = result["ratios"][f"multitask MAdds / ssdlite MAdds{tag}"]
+    assert madds_ratio == pytest.approx(pair_row["madds_b"] / det_row["madds_b"], rel=1e-6) and 1.0 < madds_ratio < 1.3
     # Parameter counts are independent of the input size: spec §2/§3/§4 figures.
     assert rows[("ssdlite320_mobilenet_v2", "eager")]["params_m"] == pytest.approx(4.50, abs=0.01)
     assert rows[("deeplabv3_mobilenet_v2 (lite)", "fused")]["params_m"] == pytest.approx(2.11, abs=0.01)
@@ -104,3 +130,4 @@ def test_isolated_training_throughput_runs_each_candidate_in_its_own_process():
     with pytest.raises(ValueError, match="unknown training candidates"):
         bench.training_steps(build_model("ssdlite320_mobilenet_v2", num_classes=3, width_mult=0.35), None,
                              only=("theirs",))
+

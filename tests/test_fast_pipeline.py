@@ -19,7 +19,7 @@ from mnv2_vision.data.detection_pipeline import FastDetectionTransform, _Decoded
 from mnv2_vision.data.images import load_rgb
 from mnv2_vision.data.pixels import Normalizer
 from mnv2_vision.data.seg_transforms import FastSegTrainTransform, SegTrainTransform
-from mnv2_vision.data.transforms import IoURandomCrop, ZoomOut, detection_transform, ssd_crop
+from mnv2_vision.data.transforms import IoURandomCrop, detection_transform, ssd_crop
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 REAL = os.environ.get("MNV2_REAL_DATA")

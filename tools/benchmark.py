@@ -5,6 +5,7 @@ lite (513²) as eager PyTorch, fused PyTorch, ONNX Runtime fp32 and int8, agains
     python tools/benchmark.py --peers --train --data           # + torchvision peers, training step, data pipeline
     python tools/benchmark.py --peers --det-ckpt D.ckpt --seg-ckpt S.ckpt --json runs/benchmark.json
     MNV2_REAL_DATA=../shared/data python tools/benchmark.py --data-only  # data pipelines alone (perf/data.py)
+    python tools/benchmark.py --multitask                      # + the SSDLite + DeepLab pair on one backbone pass
 
 Every model runs in this process on ``--threads`` threads (PyTorch and ONNX Runtime alike), with random weights
 (the networks' timing does not depend on them; detection's post-processing does, and random scores put every
@@ -53,6 +54,8 @@ from mnv2_vision.perf.timing import matmul_madd_rate, time_round_robin  # noqa: 
 from mnv2_vision.models import build_model  # noqa: E402
 from mnv2_vision.profiling import count_madds, count_params  # noqa: E402
 
+MULTITASK = "ssdlite320_deeplabv3_mobilenet_v2"
+
 
 def _ort_variants(name: str, wrapper, size: tuple[int, int], calib, tmp: Path) -> dict:
     fp32 = export_onnx(wrapper, tmp / f"{name}.onnx", size, {})
@@ -85,6 +88,8 @@ def _latency_table(args, tmp: Path) -> tuple[list[dict], dict, dict]:
             "fused": bench.segmentation_runner(fuse_for_inference(seg), xs),
             **{k: bench.ort_runner(ort_session(p, args.threads), xs) for k, p in seg_ort.items()}}),
     }
+    if args.multitask or args.mt_ckpt:
+        groups.update(_multitask_groups(args, pp, tmp, det_calib))
     if args.peers:
         peers = bench.torchvision_peers(pp)
         groups["ssdlite320_mobilenet_v3_large (torchvision)"] = (xd, peers["ssdlite320_mobilenet_v3_large"], {
@@ -119,6 +124,64 @@ def _latency_table(args, tmp: Path) -> tuple[list[dict], dict, dict]:
     return rows, {"matmul_gmadds_per_s": rate / 1e9, "postprocess": pp}, breakdown
 
 
+def _multitask_groups(args, pp: dict, tmp: Path, calib) -> dict:
+    """The pair and the two single-task models it replaces, at the pair's input size: random α = 1 models at
+    ``--det-size`` (91 COCO / 21 VOC classes), or ``--mt-ckpt``'s network next to single-task models of its width and
+    class counts at its training size."""
+    from mnv2_vision.deploy.onnx_export import MultiTaskExport
+
+    if args.mt_ckpt:
+        from mnv2_vision.checkpoint import load_model
+
+        cfg, pair, _ = load_model(args.mt_ckpt)
+        size, m = cfg.data.image_size, cfg.model
+        single = dict(width_mult=m.width_mult)
+        det = build_model("ssdlite320_mobilenet_v2", num_classes=m.num_classes, **single).eval()
+        seg = build_model("deeplabv3_mobilenet_v2", num_classes=m.seg_num_classes, **single).eval()
+        tag = f" @{size} ({Path(args.mt_ckpt).name})"
+    else:
+        size, tag = args.det_size, f" @{args.det_size}"
+        pair = build_model("ssdlite320_deeplabv3_mobilenet_v2").eval()
+        det, seg = build_model("ssdlite320_mobilenet_v2").eval(), build_model("deeplabv3_mobilenet_v2").eval()
+    x = torch.randn(1, 3, size, size)
+    s2 = (size, size)
+    pair_onnx = export_onnx(MultiTaskExport(pair, s2, "nms", **pp), tmp / "pair.onnx", s2, {})
+    seg_onnx = export_onnx(SegmentationExport(seg), tmp / "seg_pair_size.onnx", s2, {})
+    groups = {f"{MULTITASK} ({pair.sharing}){tag}": (x, pair, {
+        "eager": bench.detection_runner(pair, x, pp),
+        "fused": bench.detection_runner(fuse_for_inference(pair), x, pp, fast_nms=True),
+        "onnxruntime fp32": bench.ort_runner(ort_session(pair_onnx, args.threads), x)}),
+        f"deeplabv3_mobilenet_v2 (lite){tag}": (x, seg, {
+            "eager": bench.segmentation_runner(seg, x), "fused": bench.segmentation_runner(fuse_for_inference(seg), x),
+            "onnxruntime fp32": bench.ort_runner(ort_session(seg_onnx, args.threads), x)})}
+    if args.mt_ckpt:  # the default detector row is α = 1 at --det-size: time the matching one here
+        det_onnx = export_onnx(DetectionExport(det, s2, "nms", **pp), tmp / "det_pair_size.onnx", s2, {})
+        groups[f"ssdlite320_mobilenet_v2{tag}"] = (x, det, {
+            "eager": bench.detection_runner(det, x, pp),
+            "fused": bench.detection_runner(fuse_for_inference(det), x, pp, fast_nms=True),
+            "onnxruntime fp32": bench.ort_runner(ort_session(det_onnx, args.threads), x)})
+    return groups
+
+
+def _multitask_ratios(rows: list[dict]) -> dict[str, float]:
+    """The pair against SSDLite and DeepLab run one after the other at the same size, per variant, and MAdds."""
+    pairs = [r for r in rows if r["model"].startswith(MULTITASK)]
+    out: dict[str, float] = {}
+    for r in pairs:
+        tag = r["model"].split(")", 1)[1]
+        det_name = f"ssdlite320_mobilenet_v2{tag}" if any(q["model"] == f"ssdlite320_mobilenet_v2{tag}"
+                                                          for q in rows) else "ssdlite320_mobilenet_v2"
+        det = {q["variant"]: q for q in rows if q["model"] == det_name}
+        seg = {q["variant"]: q for q in rows if q["model"] == f"deeplabv3_mobilenet_v2 (lite){tag}"}
+        v = r["variant"]
+        if v in det and v in seg:
+            out[f"multitask {v} / (ssdlite + deeplab {v}, one after the other){tag}"] = r["median_ms"] / (
+                det[v]["median_ms"] + seg[v]["median_ms"])
+        if v == "fused":
+            out[f"multitask MAdds / ssdlite MAdds{tag}"] = r["madds_b"] / det[v]["madds_b"]
+    return out
+
+
 def _ratios(rows: list[dict]) -> dict[str, float]:
     ms = {(r["model"], r["variant"]): r["median_ms"] for r in rows}
     x = {(r["model"], r["variant"]): r["x_floor"] for r in rows}
@@ -133,7 +196,7 @@ def _ratios(rows: list[dict]) -> dict[str, float]:
     for key, (ours, peer) in peers.items():
         if (f"{peer} (torchvision)", "eager") in ms:
             out[key] = ms[(ours, "fused")] / ms[(f"{peer} (torchvision)", "eager")]
-    return out
+    return {**out, **_multitask_ratios(rows)}
 
 
 def _export_accuracy(ckpt: str, args) -> dict:
@@ -158,6 +221,11 @@ def main(argv: Sequence[str] | None = None) -> dict:
                         "SSDLite 9.7 ms alone, 19.9 ms interleaved call by call, 10.0 ms in blocks of 11); "
                         "1 = strict call-by-call interleaving")
     p.add_argument("--peers", action="store_true", help="add torchvision's MobileNetV3 SSDLite, LR-ASPP and DeepLabv3")
+    p.add_argument("--multitask", action="store_true",
+                   help="add the SSDLite + DeepLab pair (one backbone pass) and DeepLab at the pair's input size: "
+                        "latency against the two models run one after the other, MAdds against SSDLite's")
+    p.add_argument("--mt-ckpt", default=None, help="a train_multitask.py checkpoint: time its network (at its "
+                   "training size) against single-task models of its width and classes (implies --multitask)")
     p.add_argument("--train", action="store_true", help="training-step images/s, ours vs torchvision's SSDLite")
     p.add_argument("--train-rounds", type=int, default=3,
                    help="rounds in which every training candidate runs once, each in a fresh process")

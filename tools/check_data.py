@@ -7,8 +7,10 @@
 Checks: missing, unreadable, corrupt or truncated images; image size ≠ the size in the annotation file; boxes that
 are NaN/inf, negative, zero-area or outside the image; unknown category ids; annotations of unlisted images; VOC
 label maps that are missing, not palette/index PNGs, of another size than their image, or with values outside the
-classes and 255. Exit status 1 when anything was found (usable in CI), 0 when the data is clean. What training does
-with each kind of problem is in ``mnv2_vision/data/check.py`` and the README.
+classes and 255; with ``data.masks`` set (COCO semantic masks), polygons outside the image, RLE masks of another
+size than their image, and empty or malformed instance masks. Exit status 1 when anything was found (usable in CI),
+0 when the data is clean. What training does with each kind of problem is in ``mnv2_vision/data/check.py`` and the
+README.
 """
 from __future__ import annotations
 
@@ -32,7 +34,8 @@ def scan(cfg_name: str, overrides: Sequence[str] = (), splits: Sequence[str] = (
     root = resolve_root(cfg.data)
     splits = list(splits) or list(dict.fromkeys([cfg.data.train_split, cfg.data.val_split]))
     if cfg.data.format == "coco":
-        return [p for s in splits for p in check_coco(root, s)]
+        masks = cfg.data.masks is not None  # the instance masks matter only when labels are painted from them
+        return [p for s in splits for p in check_coco(root, s, masks=masks)]
     if cfg.data.format == "voc":
         from mnv2_vision.lit.segmentation import segmentation_class_names
 

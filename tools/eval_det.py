@@ -33,7 +33,7 @@ from mnv2_vision.lit.detection import DetectionModule, build_det_datamodule, cat
 @guarded
 def main(argv: Sequence[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--ckpt", required=True, help="a checkpoint written by tools/train_det.py")
+    p.add_argument("--ckpt", required=True, help="a checkpoint written by tools/train_det.py or train_multitask.py")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a value of the checkpoint's config (repeatable), e.g. data.val_split=val2017")
     p.add_argument("--out", default=None, help="output folder (default: <checkpoint's run folder>/eval)")
@@ -47,7 +47,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         from mnv2_vision.deploy.fuse import fuse_for_inference
 
         model = fuse_for_inference(model)
-    if ckpt_cfg.task != "detection":
+    if ckpt_cfg.task not in ("detection", "multitask"):  # the pair's boxes are evaluated as a detector's
         raise SystemExit(f"error: {args.ckpt} holds a {ckpt_cfg.task!r} model; use the matching eval tool")
     ckpt_path = Path(args.ckpt)
     out_dir = Path(args.out) if args.out else ckpt_path.resolve().parent.parent / "eval"

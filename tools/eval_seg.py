@@ -34,10 +34,32 @@ from mnv2_vision.lit.common import skipped_note  # noqa: E402
 from mnv2_vision.lit.segmentation import build_seg_datamodule, predict_batch, segmentation_class_names  # noqa: E402
 
 
+def _predictions(cfg, model, hparams, scales, flip, device, skipped: list[str]):
+    """(prediction, label map, id) per usable validation image, the unusable ones appended to ``skipped``: a
+    segmenter runs each image at its own size; the multi-task pair at its training size, upsampled to the image's
+    (as its validation does)."""
+    if cfg.task == "multitask":
+        from mnv2_vision.lit.multitask import build_mt_datamodule, segmentation_pairs
+
+        datamodule = build_mt_datamodule(cfg, category_ids=hparams.get("category_ids"))
+        yield from segmentation_pairs(model, datamodule.val_dataloader(), scales, flip, device, skipped)
+        return
+    datamodule = build_seg_datamodule(cfg)
+    datamodule.setup("validate")
+    skipped += [f"{i} (image or label file missing)" for i in datamodule.val_dataset().missing]
+    for batch in datamodule.val_dataloader():
+        skipped += [str(s) for s in batch["skipped"]]  # unusable images are left out, never replaced
+        if not batch["id"]:
+            continue
+        preds = predict_batch(model, batch["image"].to(device), batch["size"], scales, flip)
+        for pred, mask, (h, w), image_id in zip(preds, batch["mask"], batch["size"].tolist(), batch["id"]):
+            yield pred, mask[:h, :w].to(device), image_id
+
+
 @guarded
 def main(argv: Sequence[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--ckpt", required=True, help="a checkpoint written by tools/train_seg.py")
+    p.add_argument("--ckpt", required=True, help="a checkpoint written by tools/train_seg.py or train_multitask.py")
     p.add_argument("--ms-flip", action="store_true", help="multi-scale (eval.ms_scales) + flip (eval.flip) inference")
     p.add_argument("--save-dir", default=None, help="write <id>.png colour-palette prediction maps here")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override the stored config")
@@ -56,25 +78,17 @@ def main(argv: Sequence[str] | None = None) -> dict:
         from mnv2_vision.deploy.fuse import fuse_for_inference
 
         model = fuse_for_inference(model)
-    datamodule = build_seg_datamodule(cfg)
-    datamodule.setup("validate")
     scales, flip = (tuple(cfg.eval.ms_scales), cfg.eval.flip) if args.ms_flip else ((1.0,), False)
     save_dir = Path(args.save_dir) if args.save_dir else None
 
     confmat = ConfusionMatrix(len(names), IGNORE_INDEX, device=args.device)
-    dataset = datamodule.val_dataset()
-    skipped = [f"{i} (image or label file missing)" for i in dataset.missing]
+    skipped: list[str] = []
     num_images = 0
-    for batch in datamodule.val_dataloader():
-        skipped += [str(s) for s in batch["skipped"]]  # unusable images are left out, never replaced
-        num_images += len(batch["id"])
-        if not batch["id"]:
-            continue
-        preds = predict_batch(model, batch["image"].to(args.device), batch["size"], scales, flip)
-        for pred, mask, (h, w), image_id in zip(preds, batch["mask"], batch["size"].tolist(), batch["id"]):
-            confmat.update(pred, mask[:h, :w])
-            if save_dir is not None:
-                write_label(save_dir / f"{image_id}.png", pred.cpu().numpy())
+    for pred, mask, image_id in _predictions(cfg, model, hparams, scales, flip, args.device, skipped):
+        confmat.update(pred, mask)
+        num_images += 1
+        if save_dir is not None:
+            write_label(save_dir / f"{image_id}.png", pred.cpu().numpy())
     metrics = confmat.compute()
 
     mode = f"multi-scale {list(scales)}" + (" + flip" if flip else "") if args.ms_flip else "single-scale"

@@ -5,6 +5,7 @@
     python tools/export.py --ckpt CKPT --int8 --calib-images 64                        # + model_int8.onnx, mAP/mIoU
     python tools/export.py --ckpt CKPT --format state_dict                             # model.pt + config.yaml
 
+The multi-task pair exports one graph with the detection outputs and the segmentation logits (one pass).
 Detection exports the whole post-processing (decode, per-class NMS, best ``eval.detections_per_img``) by default,
 with the checkpoint's ``eval.*`` settings; ``--detection-output raw`` leaves it out. Every export has a dynamic batch
 (segmentation also dynamic height and width) and carries its preprocessing in ``metadata_props``: input size, RGB
@@ -33,7 +34,7 @@ from mnv2_vision.config import save_config, to_dict  # noqa: E402
 from mnv2_vision.data import resolve_root  # noqa: E402
 from mnv2_vision.deploy import evaluate as ev  # noqa: E402
 from mnv2_vision.deploy.onnx_export import (  # noqa: E402
-    DetectionExport, SegmentationExport, check_parity, export_onnx, ort_session)
+    DetectionExport, MultiTaskExport, SegmentationExport, check_parity, export_onnx, ort_session)
 from mnv2_vision.deploy.quantize import detection_calibration, quantize_int8, segmentation_calibration  # noqa: E402
 from mnv2_vision.files import save_torch, write_json  # noqa: E402
 from mnv2_vision.perf.timing import time_round_robin  # noqa: E402
@@ -47,7 +48,7 @@ def _metadata(cfg, hparams, kind: str, size: tuple[int, int], wrapper) -> dict:
             "input_name": "images", "input_layout": "NCHW", "input_size": list(size), "color_order": "RGB",
             "pixel_scaling": "x / 255, then (x - mean) / std per channel", "mean": list(cfg.data.mean),
             "std": list(cfg.data.std), "config": to_dict(cfg)}
-    if kind == "detection":
+    if kind in ("detection", "multitask"):
         ids, names = categories_from(hparams)
         e = cfg.eval
         meta.update(class_names=["background", *names], category_ids=ids, resize="plain resize to input_size",
@@ -55,6 +56,9 @@ def _metadata(cfg, hparams, kind: str, size: tuple[int, int], wrapper) -> dict:
                     detection_output=wrapper.mode, box_coder_weights=list(wrapper.coder.weights),
                     postprocess={"score_thresh": e.score_thresh, "nms_iou": e.nms_iou,
                                  "topk_candidates": e.topk_candidates, "detections_per_img": e.detections_per_img})
+        if kind == "multitask":
+            meta.update(seg_class_names=list(hparams.get("class_names") or []), ignore_index=255,
+                        seg_output="logits (N, K, H, W) at input_size: upsample to the original image, then argmax")
     else:
         meta.update(class_names=list(hparams.get("class_names") or segmentation_class_names(cfg)),
                     resize="none: any height and width (input_size is the training crop)", ignore_index=255)
@@ -68,7 +72,7 @@ def _sample_inputs(cfg, kind: str, size: tuple[int, int], n: int) -> list[torch.
     if n > 0:
         d = cfg.data
         root = resolve_root(d)
-        if kind == "detection":
+        if kind in ("detection", "multitask"):
             inputs.append(torch.from_numpy(np.concatenate(
                 detection_calibration(root, d.val_split, d.image_size, d.mean, d.std, n))))
         else:
@@ -80,7 +84,8 @@ def _sample_inputs(cfg, kind: str, size: tuple[int, int], n: int) -> list[torch.
 @guarded
 def main(argv: Sequence[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--ckpt", required=True, help="a checkpoint written by tools/train_det.py or tools/train_seg.py")
+    p.add_argument("--ckpt", required=True,
+                   help="a checkpoint written by tools/train_det.py, train_seg.py or train_multitask.py")
     p.add_argument("--format", choices=("onnx", "state_dict"), default="onnx")
     p.add_argument("--out", default=None, help="output folder (default: <checkpoint's run folder>/export)")
     p.add_argument("--opset", type=int, default=17)
@@ -105,15 +110,19 @@ def main(argv: Sequence[str] | None = None) -> dict:
         return {"state_dict": str(out_dir / "model.pt")}
 
     kind, size = cfg.task, (cfg.data.image_size, cfg.data.image_size)
-    if kind not in ("detection", "segmentation"):
-        raise SystemExit(f"error: ONNX export covers detection and segmentation checkpoints, not {kind!r}")
+    if kind not in ("detection", "segmentation", "multitask"):
+        raise SystemExit(f"error: ONNX export covers detection, segmentation and multi-task checkpoints, not {kind!r}")
+    if kind == "multitask" and args.int8:
+        raise SystemExit("error: --int8 covers single-task checkpoints; export the pair in fp32 (its accuracy check "
+                         "would need both metrics per precision)")
     e = cfg.eval
     pp = dict(score_thresh=e.score_thresh, nms_iou=e.nms_iou, topk_candidates=e.topk_candidates,
               detections_per_img=e.detections_per_img)
-    wrapper = DetectionExport(model, size, args.detection_output, **pp) if kind == "detection" else \
-        SegmentationExport(model)
+    boxes = kind in ("detection", "multitask")
+    wrapper = (MultiTaskExport if kind == "multitask" else DetectionExport)(model, size, args.detection_output, **pp) \
+        if boxes else SegmentationExport(model)
     path = export_onnx(wrapper, out_dir / "model.onnx", size, _metadata(cfg, hparams, kind, size, wrapper), args.opset)
-    print(f"wrote {path} ({kind}{', ' + args.detection_output if kind == 'detection' else ''}, opset {args.opset})")
+    print(f"wrote {path} ({kind}{', ' + args.detection_output if boxes else ''}, opset {args.opset})")
     inputs = _sample_inputs(cfg, kind, size, args.check_images)
     checks = [check_parity(path, model, kind, x, mode=args.detection_output, atol=args.atol, rtol=args.rtol,
                            postprocess=pp, threads=args.threads) for x in inputs]

@@ -6,7 +6,9 @@
 The task is read from the checkpoint's config. Detection: ``<out>/<name>.jpg`` with boxes scoring at least
 ``--score-thresh`` drawn, and ``<out>/predictions.json`` with every kept box (xyxy in original pixels, score, label,
 COCO category id, name). Segmentation: ``<out>/<name>.png`` (palette label map), ``<out>/<name>_overlay.jpg`` and
-``<out>/predictions.json`` with the pixel count of each predicted class.
+``<out>/predictions.json`` with the pixel count of each predicted class. Multi-task (one forward pass):
+``<out>/<name>.jpg`` with the boxes drawn over the mask overlay, ``<out>/<name>.png`` (palette label map) and
+``<out>/predictions.json`` with both.
 
 Nothing is overwritten but this tool's own earlier outputs: an output name taken by an input image, by another
 output of this call (``photo.jpg`` and ``photo.png``) or by any other existing file gets ``_1``, ``_2``, ... after
@@ -83,7 +85,8 @@ def _json_path(out_dir: Path) -> Path:
 @guarded
 def main(argv: Sequence[str] | None = None) -> list[dict]:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--ckpt", required=True, help="a checkpoint written by tools/train_det.py or tools/train_seg.py")
+    p.add_argument("--ckpt", required=True,
+                   help="a checkpoint written by tools/train_det.py, train_seg.py or train_multitask.py")
     p.add_argument("images", nargs="+", help="image files and/or folders of images")
     p.add_argument("--out", default="runs/predict", help="output folder")
     p.add_argument("--score-thresh", type=float, default=0.3, help="detection: lowest score kept and drawn")
@@ -94,9 +97,9 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
 
     files = _collect(args.images)
     cfg, model, hparams = load_model(args.ckpt)
-    if cfg.task not in ("detection", "segmentation"):
-        raise CheckpointError(f"{args.ckpt} holds a {cfg.task} model; tools/predict.py handles detection and "
-                              "segmentation checkpoints")
+    if cfg.task not in ("detection", "segmentation", "multitask"):
+        raise CheckpointError(f"{args.ckpt} holds a {cfg.task} model; tools/predict.py handles detection, "
+                              "segmentation and multi-task checkpoints")
     model.to(args.device)
     if args.fuse:
         from mnv2_vision.deploy.fuse import fuse_for_inference
@@ -105,20 +108,21 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     remove_temp_files(out_dir)
-    suffixes = (".jpg",) if cfg.task == "detection" else (".png", "_overlay.jpg")
+    suffixes = {"detection": (".jpg",), "segmentation": (".png", "_overlay.jpg"),
+                "multitask": (".jpg", ".png")}[cfg.task]
     outputs = plan_outputs(files, out_dir, suffixes, replaceable=_our_outputs(out_dir))
     json_path = _json_path(out_dir)
     records: list[dict] = []
     skipped: list[str] = []
-    if cfg.task == "detection":
+    if cfg.task in ("detection", "multitask"):
         from mnv2_vision.lit.detection import categories_from, detect_images
 
         category_ids, names = categories_from(hparams)
         label_names = ["background", *names]
-    else:
+    if cfg.task in ("segmentation", "multitask"):
         from mnv2_vision.lit.segmentation import predict_segmentation, segmentation_class_names
 
-        class_names = segmentation_class_names(cfg)
+        class_names = list(hparams.get("class_names") or segmentation_class_names(cfg))
     for f, outs in zip(files, outputs):
         try:
             image = load_rgb(f)
@@ -128,25 +132,34 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
             continue
         record = {"file": str(f), "height": image.shape[0], "width": image.shape[1],
                   "outputs": [str(o) for o in outs]}
-        if cfg.task == "detection":
+        if cfg.task == "multitask":  # one forward pass: boxes drawn over the mask overlay
+            from mnv2_vision.lit.multitask import predict_pair
+
+            det, label_map = predict_pair(model, image, cfg.data.image_size, cfg.data.mean, cfg.data.std, cfg.eval)
+            background, mask_file = overlay_segmentation(image, label_map), outs[1]
+        elif cfg.task == "detection":
             det = detect_images(model, [image], cfg.data.image_size, cfg.data.mean, cfg.data.std, cfg.eval)[0]
+            background = image
+        else:
+            label_map, background, mask_file = predict_segmentation(model, image, cfg), None, outs[0]
+        if cfg.task in ("detection", "multitask"):
             keep = det["scores"] >= args.score_thresh
             boxes, scores, labels = det["boxes"][keep], det["scores"][keep], det["labels"][keep]
-            save_image(draw_detections(image, boxes.numpy(), labels.tolist(), scores.tolist(), label_names),
+            save_image(draw_detections(background, boxes.numpy(), labels.tolist(), scores.tolist(), label_names),
                        outs[0], quality=95)
             record["detections"] = [
                 {"bbox_xyxy": [round(v, 2) for v in b], "score": round(s, 4), "label": lab,
                  "category_id": category_ids[lab - 1], "name": names[lab - 1]}
                 for b, s, lab in zip(boxes.tolist(), scores.tolist(), labels.tolist())]
             print(f"{f}: {len(labels)} detection(s) with score >= {args.score_thresh} → {outs[0]}")
-        else:
-            label_map = predict_segmentation(model, image, cfg)
-            write_label(outs[0], label_map)
-            save_image(overlay_segmentation(image, label_map), outs[1], quality=95)
+        if cfg.task in ("segmentation", "multitask"):
+            write_label(mask_file, label_map)
+            if cfg.task == "segmentation":
+                save_image(overlay_segmentation(image, label_map), outs[1], quality=95)
             ids, counts = np.unique(label_map, return_counts=True)
             record["pixels"] = {(class_names[i] if i < len(class_names) else str(i)): int(c)
                                 for i, c in zip(ids, counts)}
-            print(f"{f}: classes {[class_names[i] for i in ids if i < len(class_names)]} → {outs[0]}")
+            print(f"{f}: classes {[class_names[i] for i in ids if i < len(class_names)]} → {mask_file}")
         records.append(record)
     write_json(json_path, records)
     print(f"wrote {len(records)} image(s)' outputs to {out_dir} and {json_path}")

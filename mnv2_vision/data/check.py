@@ -13,7 +13,10 @@ per defect, naming the file. Training does not stop on such defects; it applies 
   sample instead (``load_or_skip``, ``on_bad="replace"``), so batches keep their size; in validation and evaluation
   the image is left out (``on_bad="drop"``: the collate drops the ``Skipped`` record and lists it in the batch), so
   every usable image is scored exactly once and the skipped files are reported. Labels are never rewritten: an
-  image whose labels cannot be trusted is left out, not "repaired".
+  image whose labels cannot be trusted is left out, not "repaired";
+- COCO instance masks painted into semantic labels (``data/masks.py``): a polygon outside the image is clipped by
+  the rasteriser; an RLE of another size than its image skips the image (as above); an instance whose mask is empty
+  has its box region set to 255 (ignore), with one warning per file.
 """
 from __future__ import annotations
 
@@ -102,8 +105,10 @@ def _box_problems(where: str, ann: dict, size: tuple[int, int] | None) -> list[P
     return []
 
 
-def check_coco(root: str | os.PathLike, split: str) -> list[Problem]:
-    """Every problem of ``<root>/<split>`` + ``<root>/annotations/instances_<split>.json`` (COCO layout)."""
+def check_coco(root: str | os.PathLike, split: str, masks: bool = False) -> list[Problem]:
+    """Every problem of ``<root>/<split>`` + ``<root>/annotations/instances_<split>.json`` (COCO layout); with
+    ``masks``, also of the instance masks (``data/masks.py``: polygons outside the image, RLE of another size than
+    the image, empty or malformed masks)."""
     root = Path(root)
     ann_file = root / "annotations" / f"instances_{split}.json"
     if not ann_file.is_file():
@@ -138,6 +143,13 @@ def check_coco(root: str | os.PathLike, split: str) -> list[Problem]:
                 problems.append(Problem(str(path), "unknown_category", f"annotation {a.get('id')}: category_id "
                                         f"{a.get('category_id')} is not in the categories {sorted(cat_ids)}"))
             problems += _box_problems(str(path), a, size)
+            if masks:
+                from .masks import segmentation_problems
+
+                h, w = expected if None not in expected else (size or (None, None))
+                for text in segmentation_problems(a, h, w, OVERFLOW_TOLERANCE):
+                    kind, detail = text.split(": ", 1)
+                    problems.append(Problem(str(path), kind, detail))
     return problems
 
 

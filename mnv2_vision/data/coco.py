@@ -12,7 +12,7 @@ import io
 import logging
 import os
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -24,9 +24,10 @@ from torchvision.ops import box_convert
 from .check import Skipped, load_or_skip
 from .decode import EncodedImage
 from .images import load_rgb
+from .masks import mask_label_map, paint_semantic
 from .resumable import seed_sample
 
-__all__ = ["CocoDetection", "check_coco_layout", "annotation_file"]
+__all__ = ["CocoDetection", "CocoSegmentation", "check_coco_layout", "annotation_file"]
 
 log = logging.getLogger("mnv2_vision")
 
@@ -65,7 +66,9 @@ class CocoDetection(Dataset):
     ``target`` holds ``boxes`` ``(G, 4)`` float32 xyxy in the frame of the returned image, ``labels`` ``(G,)``
     int64 in ``1..C``, ``image_id`` (the COCO id) and ``orig_size`` ``(H, W)`` of the image on disk (after EXIF
     orientation). Boxes are clipped to the image; boxes with no area left or non-finite values are dropped with one
-    warning per file.
+    warning per file. With ``masks``, ``target`` also holds ``mask``: the ``(H, W)`` int64 semantic label map painted
+    from the instance annotations (``data/masks.py``: 255 on crowd regions, overlaps and instances whose mask is
+    empty), in the transform's frame when it moves masks (training), else at the image's own size.
 
     Args:
         root: folder with ``<split>/`` and ``annotations/``.
@@ -80,6 +83,8 @@ class CocoDetection(Dataset):
             annotation file, unknown category id): ``"raise"``; ``"replace"`` it by the next usable item (training);
             ``"drop"`` it, returning a ``check.Skipped`` record (evaluation). Both warn once naming the file
             (the bad-data policy, ``data/check.py``).
+        masks: ``None`` (boxes only), ``"voc20"`` (the 20 VOC classes, labels 1..20, other categories background)
+            or ``"all"`` (every category, labels 1..C as for the boxes).
     """
 
     def __init__(
@@ -90,6 +95,7 @@ class CocoDetection(Dataset):
         subset: int | None = None,
         category_ids: Sequence[int] | None = None,
         on_bad: str = "raise",
+        masks: str | None = None,
     ) -> None:
         self.root = Path(root)
         self.split = split
@@ -110,6 +116,20 @@ class CocoDetection(Dataset):
         self.cat_to_label = {c: i + 1 for i, c in enumerate(self.category_ids)}
         self._warned: set[str] = set()
         self.on_bad = on_bad
+        self.masks = masks
+        self.mask_labels: dict[int, int] = mask_label_map(masks, self.category_ids) if masks is not None else {}
+        if masks is not None and self.coco.anns and not any("segmentation" in a for a in self.coco.anns.values()):
+            raise ValueError(f"{self.ann_file}: masks={masks!r} needs instance masks, but no annotation has a "
+                             "'segmentation' (a detection-only file: use it without masks)")
+
+    @property
+    def mask_class_names(self) -> list[str]:
+        """Names of the semantic labels ``0..K-1`` (``"background"`` first) when ``masks`` is set."""
+        if self.masks == "voc20":
+            from .voc import VOC_CLASSES
+
+            return list(VOC_CLASSES)
+        return ["background", *self.category_names]  # "all": the detection label map
 
     @property
     def num_classes(self) -> int:
@@ -172,6 +192,23 @@ class CocoDetection(Dataset):
         labels = np.array([self.cat_to_label[a["category_id"]] for a in anns], np.int64)
         return boxes[keep].astype(np.float32), labels[keep]
 
+    def load_mask(self, index: int, size: tuple[int, int]) -> np.ndarray:
+        """The ``(H, W)`` uint8 semantic label map of item ``index`` (``masks`` must be set). An RLE whose size
+        differs from the image raises ``ValueError`` naming the file; empty instance masks warn once per file."""
+        img_id = self.ids[index]
+        info = self.coco.imgs[img_id]
+        h, w = int(info.get("height") or size[0]), int(info.get("width") or size[1])
+        path = self.image_dir / info["file_name"]
+        try:
+            label, empty = paint_semantic(self.coco.imgToAnns.get(img_id, []), h, w, self.mask_labels)
+        except ValueError as e:
+            raise ValueError(f"{path}: {e} ({self.ann_file.name})") from e
+        if empty and str(path) not in self._warned:
+            self._warned.add(str(path))
+            log.warning("%s: annotation(s) %s have an empty mask; their box regions are ignored (255) in the label "
+                        "map", path, empty)
+        return label
+
     def __getitem__(self, index: int | tuple[int, int]) -> tuple[Tensor, dict] | Skipped:
         """Item ``index``; an ``(index, seed)`` pair (``data/resumable.py``) first reseeds the transform."""
         index = seed_sample(self.transform, index)
@@ -185,7 +222,8 @@ class CocoDetection(Dataset):
         return sum(1 for i in self.ids for a in self.coco.imgToAnns.get(i, []) if not a.get("iscrowd", 0))
 
     def _item(self, index: int) -> tuple[Tensor, dict]:
-        if hasattr(self.transform, "from_file"):  # decodes only what its output needs (data/detection_pipeline.py)
+        if self.masks is None and hasattr(self.transform, "from_file"):
+            # decodes only what its output needs (data/detection_pipeline.py); boxes only, no label map
             encoded = self.open_image(index)
             boxes, labels = self.load_annotations(index, encoded.size)
             tensor, box_t, label_t = self.transform.from_file(encoded, boxes, labels)
@@ -193,17 +231,94 @@ class CocoDetection(Dataset):
         image = self.load_image(index)
         size = (int(image.shape[0]), int(image.shape[1]))
         boxes, labels = self.load_annotations(index, size)
+        mask = self.load_mask(index, size) if self.masks is not None else None
+        mask_t: Tensor | None = None
         if self.transform is None:
             tensor = torch.from_numpy(image).permute(2, 0, 1).contiguous()
             box_t, label_t = torch.from_numpy(boxes), torch.from_numpy(labels)
-        else:
+            mask_t = torch.from_numpy(mask).to(torch.int64) if mask is not None else None
+        elif mask is None:
             tensor, box_t, label_t = self.transform(image, boxes, labels)
-        return tensor, self._target(index, box_t, label_t, size)
+        else:
+            tensor, box_t, label_t, mask_t = self.transform.with_mask(image, boxes, labels, mask)
+        target = self._target(index, box_t, label_t, size)
+        if mask_t is not None:
+            target["mask"] = mask_t
+        return tensor, target
 
     def _target(self, index: int, boxes: Tensor, labels: Tensor, size: tuple[int, int]) -> dict:
         return {"boxes": boxes.reshape(-1, 4).to(torch.float32), "labels": labels.reshape(-1).to(torch.int64),
                 "image_id": int(self.ids[index]), "orig_size": (int(size[0]), int(size[1]))}
 
     def __repr__(self) -> str:
+        masks = f", masks={self.masks!r}" if self.masks is not None else ""
         return (f"CocoDetection({self.root}, split={self.split!r}, images={len(self)}, "
-                f"classes={len(self.category_ids)})")
+                f"classes={len(self.category_ids)}{masks})")
+
+
+class CocoSegmentation(Dataset):
+    """Semantic segmentation from COCO instance annotations: items ``{"image", "mask", "id"}`` like
+    ``VOCSegmentation``'s, the label map painted by ``data/masks.py`` (TF DeepLab's COCO pre-training on the VOC
+    classes with ``masks="voc20"``).
+
+    Args:
+        root, split, subset: as ``CocoDetection``.
+        transform: ``(image uint8, mask uint8) → (image tensor, mask tensor)`` (``data/seg_transforms.py``).
+        masks: ``"voc20"`` or ``"all"``.
+        min_mask_pixels: keep only images whose selected, non-crowd instances cover more than this many pixels by
+            the annotations' ``area`` (torchvision's COCO segmentation reference keeps > 1000 for training); 0 keeps
+            every image.
+        on_bad: an unusable image (unreadable, size differing from the annotation file, an RLE of another size):
+            ``"raise"``, ``"replace"`` it by the next usable one (training) or ``"drop"`` it as a ``check.Skipped``
+            record (evaluation), with one warning naming the file (the bad-data policy, ``data/check.py``).
+    """
+
+    def __init__(self, root: str | os.PathLike, split: str, transform: Callable[[np.ndarray, np.ndarray], Any],
+                 masks: str = "voc20", subset: int | None = None, min_mask_pixels: int = 0,
+                 on_bad: str = "raise") -> None:
+        self.source = CocoDetection(root, split, None, None, masks=masks)
+        self.transform, self.on_bad, self.masks = transform, on_bad, masks
+        ids = self.source.ids
+        if min_mask_pixels > 0:
+            labels = self.source.mask_labels
+
+            def covered(img_id: int) -> float:
+                return sum(float(a.get("area", 0.0)) for a in self.source.coco.imgToAnns.get(img_id, [])
+                           if a.get("category_id") in labels and not a.get("iscrowd", 0))
+
+            kept = [i for i in ids if covered(i) > min_mask_pixels]
+            log.info("%s: %d of %d images have more than %d labelled pixels", self.source.ann_file, len(kept),
+                     len(ids), min_mask_pixels)
+            ids = kept
+        if not ids:
+            raise ValueError(f"{self.source.ann_file}: no image left for segmentation (masks={masks!r}, "
+                             f"min_mask_pixels={min_mask_pixels})")
+        self.source.ids = ids[:subset] if subset else ids
+        self.ids = [str(i) for i in self.source.ids]
+        self.missing: list[str] = []  # as VOCSegmentation's: a missing image is skipped when it is read
+        self.class_names: list[str] = self.source.mask_class_names
+        self.num_classes = len(self.class_names)
+
+    def __len__(self) -> int:
+        return len(self.source.ids)
+
+    def image_path(self, index: int) -> Path:
+        return self.source.image_path(index)
+
+    def __getitem__(self, index: int | tuple[int, int]) -> dict | Skipped:
+        """Item ``index``; an ``(index, seed)`` pair (``data/resumable.py``) first reseeds the transform."""
+        index = seed_sample(self.transform, index)
+        if self.on_bad == "raise":
+            return self._item(index)
+        return load_or_skip(self._item, index, len(self), lambda i: str(self.image_path(i)), self.source._warned,
+                            self.on_bad)
+
+    def _item(self, index: int) -> dict:
+        image = self.source.load_image(index)
+        mask = self.source.load_mask(index, (int(image.shape[0]), int(image.shape[1])))
+        image_t, mask_t = self.transform(image, mask)
+        return {"image": image_t, "mask": mask_t, "id": self.ids[index]}
+
+    def __repr__(self) -> str:
+        return f"CocoSegmentation({self.source.root}, split={self.source.split!r}, images={len(self)}, " \
+               f"masks={self.masks!r}, classes={self.num_classes})"

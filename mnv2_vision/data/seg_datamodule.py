@@ -1,9 +1,9 @@
-"""SegmentationDataModule: VOC-layout train/val loaders for DeepLab."""
+"""SegmentationDataModule: VOC-layout (or COCO with painted semantic masks) train/val loaders for DeepLab."""
 from __future__ import annotations
 
 import logging
 import os
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import pytorch_lightning as pl
 import torch
@@ -13,6 +13,9 @@ from .distributed import distributed_eval_loader
 from .resumable import ResumableDataLoader, ResumableSampler, replicas
 from .seg_transforms import FastSegEvalTransform, FastSegTrainTransform, pad_collate
 from .voc import VOCSegmentation
+
+if TYPE_CHECKING:
+    from .coco import CocoSegmentation
 
 __all__ = ["SegmentationDataModule"]
 
@@ -38,6 +41,10 @@ class SegmentationDataModule(pl.LightningDataModule):
             of a tiny batch are noise) unless that would leave no batch at all.
         num_workers: DataLoader workers.
         subset: first N ids of each split.
+        masks: ``None`` reads the VOC layout; ``"voc20"`` / ``"all"`` read a COCO layout (``root`` with
+            ``annotations/instances_<split>.json``) and paint semantic labels from its instance masks
+            (``data/masks.py``; TF DeepLab's COCO pre-training with ``"voc20"``).
+        min_mask_pixels: COCO training split only: keep images whose labelled pixels exceed this (torchvision: 1000).
         seed: training order and augmentation: an epoch's order depends only on (seed, epoch), an image's
             augmentation only on (seed, epoch, index), and the loader's place in the epoch is saved in checkpoints
             (``data/resumable.py``), so a resumed run continues exactly as an uninterrupted one.
@@ -47,28 +54,42 @@ class SegmentationDataModule(pl.LightningDataModule):
                  num_classes: int = 21, crop_size: int = 513, scale_range: Sequence[float] = (0.5, 2.0),
                  mean: Sequence[float] = (0.485, 0.456, 0.406), std: Sequence[float] = (0.229, 0.224, 0.225),
                  batch_size: int = 16, val_batch_size: int = 1, num_workers: int = 4,
-                 subset: int | None = None, seed: int = 0) -> None:
+                 subset: int | None = None, seed: int = 0, masks: str | None = None,
+                 min_mask_pixels: int = 0) -> None:
         super().__init__()
         self.root, self.train_split, self.val_split = root, train_split, val_split
         self.num_classes, self.crop_size, self.scale_range = num_classes, crop_size, tuple(scale_range)
         self.mean, self.std = tuple(mean), tuple(std)
         self.batch_size, self.val_batch_size, self.num_workers = batch_size, val_batch_size, num_workers
         self.subset, self.seed = subset, seed
-        self.train_set: VOCSegmentation | None = None
-        self.val_set: VOCSegmentation | None = None
+        self.masks, self.min_mask_pixels = masks, min_mask_pixels
+        self.train_set: VOCSegmentation | CocoSegmentation | None = None
+        self.val_set: VOCSegmentation | CocoSegmentation | None = None
 
-    def train_dataset(self) -> VOCSegmentation:
+    def _dataset(self, split: str, transform, train: bool) -> "VOCSegmentation | CocoSegmentation":
+        if self.masks is None:
+            return VOCSegmentation(self.root, split, transform, num_classes=self.num_classes, subset=self.subset,
+                                   on_bad="replace" if train else "drop")
+        from .coco import CocoSegmentation
+
+        dataset = CocoSegmentation(self.root, split, transform, masks=self.masks, subset=self.subset,
+                                   min_mask_pixels=self.min_mask_pixels if train else 0,
+                                   on_bad="replace" if train else "drop")
+        if dataset.num_classes != self.num_classes:
+            raise ValueError(f"{dataset} has {dataset.num_classes} segmentation classes, the model "
+                             f"{self.num_classes}")
+        return dataset
+
+    def train_dataset(self) -> "VOCSegmentation | CocoSegmentation":
         if self.train_set is None:
-            self.train_set = VOCSegmentation(
-                self.root, self.train_split,
-                FastSegTrainTransform(self.crop_size, self.scale_range, self.mean, self.std, normalize=False),
-                num_classes=self.num_classes, subset=self.subset, on_bad="replace")
+            self.train_set = self._dataset(
+                self.train_split,
+                FastSegTrainTransform(self.crop_size, self.scale_range, self.mean, self.std, normalize=False), True)
         return self.train_set
 
-    def val_dataset(self) -> VOCSegmentation:
+    def val_dataset(self) -> "VOCSegmentation | CocoSegmentation":
         if self.val_set is None:
-            self.val_set = VOCSegmentation(self.root, self.val_split, FastSegEvalTransform(self.mean, self.std),
-                                           num_classes=self.num_classes, subset=self.subset, on_bad="drop")
+            self.val_set = self._dataset(self.val_split, FastSegEvalTransform(self.mean, self.std), False)
         return self.val_set
 
     def setup(self, stage: str | None = None) -> None:
@@ -86,7 +107,7 @@ class SegmentationDataModule(pl.LightningDataModule):
                      "mask": batch["mask"].long()}
         return batch
 
-    def _loader(self, dataset: VOCSegmentation, batch_size: int, train: bool) -> DataLoader:
+    def _loader(self, dataset: "VOCSegmentation | CocoSegmentation", batch_size: int, train: bool) -> DataLoader:
         drop_last = train and len(dataset) >= batch_size
         if train and not drop_last:
             log.warning("training set has %d images, fewer than batch_size=%d: using one batch of %d",

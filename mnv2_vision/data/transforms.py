@@ -11,6 +11,9 @@ Everything else is albumentations' own. Presets are chosen by name with plain if
 
 Boxes are ``pascal_voc`` (absolute xyxy) in and out. After each step albumentations clips boxes to the image and
 drops those narrower or lower than one pixel; the IoU crop itself keeps only boxes whose centre lies in the crop.
+A semantic label map can travel with them (``DetectionTransform.with_mask``, the multi-task pair): every geometric
+step moves it with nearest-neighbour sampling, and zoom-out fills the new canvas with 255 (ignore), as segmentation
+pads. Evaluation pipelines leave it at the image's own size, where the metric is computed.
 """
 from __future__ import annotations
 
@@ -104,7 +107,7 @@ class IoURandomCrop(A.DualTransform):
     nothing to lose, and background-only crops are still useful negatives.
     """
 
-    _targets = (Targets.IMAGE, Targets.BBOXES)
+    _targets = (Targets.IMAGE, Targets.MASK, Targets.BBOXES)
 
     def __init__(
         self,
@@ -165,6 +168,9 @@ class IoURandomCrop(A.DualTransform):
         x0, y0, x1, y1 = crop_coords
         return np.ascontiguousarray(img[y0:y1, x0:x1])
 
+    def apply_to_mask(self, mask: np.ndarray, crop_coords: tuple[int, int, int, int], **params: Any) -> np.ndarray:
+        return self.apply(mask, crop_coords)
+
     def apply_to_bboxes(self, bboxes: np.ndarray, crop_coords: tuple[int, int, int, int],
                         **params: Any) -> np.ndarray:
         if len(bboxes) == 0:
@@ -197,7 +203,7 @@ class ZoomOut(A.DualTransform):
     ``r`` is uniform in ``side_range``; small objects become smaller, training the coarse-to-fine anchors on them.
     """
 
-    _targets = (Targets.IMAGE, Targets.BBOXES)
+    _targets = (Targets.IMAGE, Targets.MASK, Targets.BBOXES)
 
     def __init__(self, fill: Sequence[float] = (124, 116, 104), side_range: tuple[float, float] = (1.0, 4.0),
                  p: float = 0.5) -> None:
@@ -222,6 +228,14 @@ class ZoomOut(A.DualTransform):
         out[offset[1]: offset[1] + h, offset[0]: offset[0] + w] = img
         return out
 
+    def apply_to_mask(self, mask: np.ndarray, canvas: tuple[int, int], offset: tuple[int, int],
+                      **params: Any) -> np.ndarray:
+        # The new canvas shows nothing that was labelled: ignore (255), as segmentation's padding.
+        h, w = mask.shape[:2]
+        out = np.full((canvas[0], canvas[1], *mask.shape[2:]), 255, dtype=mask.dtype)
+        out[offset[1]: offset[1] + h, offset[0]: offset[0] + w] = mask
+        return out
+
     def apply_to_bboxes(self, bboxes: np.ndarray, canvas: tuple[int, int], offset: tuple[int, int],
                         **params: Any) -> np.ndarray:
         if len(bboxes) == 0:
@@ -236,13 +250,21 @@ class ZoomOut(A.DualTransform):
 
 class DetectionTransform:
     """An albumentations ``Compose`` with a typed call: ``(image uint8 HxWx3, boxes (G, 4) xyxy, labels (G,))`` →
-    ``(image float (3, H, W) normalised, boxes float32 (G', 4), labels int64 (G',))``."""
+    ``(image float (3, H, W) normalised, boxes float32 (G', 4), labels int64 (G',))``; ``with_mask`` also carries a
+    label map.
 
-    def __init__(self, transforms: list[A.BasicTransform]) -> None:
+    Args:
+        transforms: the albumentations steps.
+        moves_masks: whether ``with_mask`` sends the label map through the steps (training) or returns it at the
+            image's own size (evaluation, where the metric is computed on the original pixels).
+    """
+
+    def __init__(self, transforms: list[A.BasicTransform], moves_masks: bool = True) -> None:
         self.compose = A.Compose(
             transforms,
             bbox_params=A.BboxParams(format="pascal_voc", label_fields=["labels"], min_width=1.0, min_height=1.0),
         )
+        self.moves_masks = moves_masks
 
     def set_random_seed(self, seed: int) -> None:
         """Reseed the augmentation RNG (``seed_compose``): per sample from the training sampler, or per worker."""
@@ -255,6 +277,21 @@ class DetectionTransform:
         box_t = torch.as_tensor(np.asarray(out["bboxes"], dtype=np.float32).reshape(-1, 4))
         label_t = torch.as_tensor(np.asarray(out["labels"], dtype=np.int64).reshape(-1))
         return out["image"], box_t, label_t
+
+    def with_mask(self, image: np.ndarray, boxes: np.ndarray, labels: np.ndarray,
+                  mask: np.ndarray) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """As ``__call__``, plus an ``(H, W)`` uint8 label map → int64 ``(h, w)``: in the network frame when
+        ``moves_masks``, else unchanged."""
+        if mask.shape[:2] != image.shape[:2]:
+            raise ValueError(f"mask {mask.shape[:2]} and image {image.shape[:2]} differ in size")
+        if not self.moves_masks:
+            return (*self(image, boxes, labels), torch.as_tensor(np.asarray(mask), dtype=torch.int64))
+        boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
+        labels = np.asarray(labels, dtype=np.int64).reshape(-1)
+        out = self.compose(image=image, bboxes=boxes, labels=labels, mask=np.ascontiguousarray(mask))
+        box_t = torch.as_tensor(np.asarray(out["bboxes"], dtype=np.float32).reshape(-1, 4))
+        label_t = torch.as_tensor(np.asarray(out["labels"], dtype=np.int64).reshape(-1))
+        return out["image"], box_t, label_t, torch.as_tensor(out["mask"], dtype=torch.int64)
 
     def __repr__(self) -> str:
         return f"DetectionTransform({self.compose.transforms})"
@@ -283,7 +320,9 @@ def detection_transform(
         A.Normalize(mean=tuple(mean), std=tuple(std), max_pixel_value=255.0),
         ToTensorV2(),
     ]
-    if not train or preset == "none":
+    if not train:
+        return DetectionTransform(tail, moves_masks=False)
+    if preset == "none":
         return DetectionTransform(tail)
     if preset == "light":
         # Geometry-preserving only (flip + colour): for short CPU runs on data whose object sizes already match the

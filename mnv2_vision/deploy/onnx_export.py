@@ -9,7 +9,9 @@ Detection exports in one of two forms:
 * ``"raw"``: ``cls_logits (N, A, K)``, ``bbox_regression (N, A, 4)`` and the anchors ``(N, A, 4)`` (the same for
   every image) so a runtime can decode with the box-coder weights stored in the metadata.
 
-Segmentation exports ``logits (N, K, H, W)`` with dynamic batch, height and width.
+Segmentation exports ``logits (N, K, H, W)`` with dynamic batch, height and width. The multi-task pair exports the
+detection outputs of either mode followed by its segmentation ``logits (N, K, H, W)`` at the (fixed) input size, all
+from one pass.
 
 The TorchScript-based exporter is used (``dynamo=False``): it exports these models in seconds rather than a minute
 and has a stable route for custom ONNX nodes (``autograd.Function.symbolic``) that NMS needs.
@@ -20,7 +22,7 @@ import json
 import math
 import warnings
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import onnx
@@ -33,8 +35,8 @@ from ..ops.boxes import BoxCoder
 from ..ops.postprocess import postprocess_detections
 
 __all__ = [
-    "DETECTION_MODES", "DetectionExport", "SegmentationExport", "export_onnx", "read_metadata", "ort_session",
-    "ParityError", "check_parity", "match_detections",
+    "DETECTION_MODES", "DetectionExport", "SegmentationExport", "MultiTaskExport", "export_onnx", "read_metadata",
+    "ort_session", "ParityError", "check_parity", "match_detections",
 ]
 
 DETECTION_MODES = ("nms", "raw")
@@ -107,7 +109,10 @@ class DetectionExport(nn.Module):
         self.register_buffer("offsets", torch.stack([ox, oy, ox, oy], dim=1), persistent=False)  # (C·k, 4)
 
     def forward(self, images: Tensor) -> tuple[Tensor, ...]:
-        raw = self.model(images)
+        return self.detections(self.model(images), images)
+
+    def detections(self, raw: dict[str, Tensor], images: Tensor) -> tuple[Tensor, ...]:
+        """The outputs of ``mode`` from the network's raw outputs."""
         if self.mode == "raw":
             # Per image (a view), since the tracer cannot make a constant a graph output.
             return raw["cls_logits"], raw["bbox_regression"], self.anchors.expand(images.shape[0], -1, -1)
@@ -146,15 +151,23 @@ class SegmentationExport(nn.Module):
         return self.model(images)["out"]
 
 
+class MultiTaskExport(DetectionExport):
+    """The SSDLite + DeepLab pair: ``DetectionExport``'s outputs (either mode) and the segmentation ``logits``, from
+    one forward pass. Arguments as ``DetectionExport``."""
+
+    def forward(self, images: Tensor) -> tuple[Tensor, ...]:
+        raw = self.model(images)
+        return (*self.detections(raw, images), raw["out"])
+
+
 def _io_names(wrapper: nn.Module) -> tuple[list[str], dict[str, dict[int, str]]]:
     if isinstance(wrapper, SegmentationExport):
         return ["logits"], {"images": {0: "batch", 2: "height", 3: "width"},
                             "logits": {0: "batch", 2: "height", 3: "width"}}
-    if wrapper.mode == "raw":
-        return ["cls_logits", "bbox_regression", "anchors"], {
-            "images": {0: "batch"}, "cls_logits": {0: "batch"}, "bbox_regression": {0: "batch"},
-            "anchors": {0: "batch"}}
-    names = ["boxes", "scores", "labels", "num_detections"]
+    names = ["cls_logits", "bbox_regression", "anchors"] if wrapper.mode == "raw" else \
+        ["boxes", "scores", "labels", "num_detections"]
+    if isinstance(wrapper, MultiTaskExport):
+        names.append("logits")  # at the fixed input size, like the boxes
     return names, {"images": {0: "batch"}, **{k: {0: "batch"} for k in names}}
 
 
@@ -265,6 +278,14 @@ def _close(got: np.ndarray, ref: Tensor, atol: float, rtol: float) -> tuple[floa
     return diff, allowed, diff <= allowed
 
 
+def _segmentation_parity(path: str | Path, got: np.ndarray, ref: Tensor, atol: float, rtol: float) -> dict[str, Any]:
+    diff, allowed, ok = _close(got, ref, atol, rtol)
+    if not ok:
+        raise ParityError(f"{path}: ONNX Runtime logits differ from PyTorch by {diff:.3g} > {allowed:.3g}")
+    agreement = float((torch.from_numpy(got).argmax(1) == ref.argmax(1)).float().mean())
+    return {"max_abs_diff": diff, "allowed": allowed, "argmax_agreement": agreement}
+
+
 @torch.no_grad()
 def check_parity(path: str | Path, model: nn.Module, kind: str, images: Tensor, *, mode: str = "nms",
                  atol: float = 1e-4, rtol: float = 1e-4, postprocess: dict[str, Any] | None = None,
@@ -281,16 +302,13 @@ def check_parity(path: str | Path, model: nn.Module, kind: str, images: Tensor, 
     model = model.eval()
     report: dict[str, Any] = {"images": list(images.shape)}
     if kind == "segmentation":
-        ref = model(images)["out"]
-        diff, allowed, ok = _close(outputs[0], ref, atol, rtol)
-        report.update(max_abs_diff=diff, allowed=allowed, argmax_agreement=float(
-            (torch.from_numpy(outputs[0]).argmax(1) == ref.argmax(1)).float().mean()))
-        if not ok:
-            raise ParityError(f"{path}: ONNX Runtime logits differ from PyTorch by {diff:.3g} > {allowed:.3g}")
-        return report
-    if kind != "detection":
-        raise ValueError(f"kind must be 'detection' or 'segmentation', got {kind!r}")
+        return {**report, **_segmentation_parity(path, outputs[0], model(images)["out"], atol, rtol)}
+    if kind not in ("detection", "multitask"):
+        raise ValueError(f"kind must be 'detection', 'segmentation' or 'multitask', got {kind!r}")
     raw = model(images)
+    if kind == "multitask":  # the segmentation logits follow the detection outputs
+        report["segmentation"] = _segmentation_parity(path, outputs[-1], raw["out"], atol, rtol)
+        outputs = outputs[:-1]
     size = tuple(images.shape[-2:])
     if mode == "raw":
         refs = (raw["cls_logits"], raw["bbox_regression"], model.anchors(size).expand(images.shape[0], -1, -1))

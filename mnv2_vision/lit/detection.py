@@ -194,12 +194,19 @@ class DetectionModule(pl.LightningModule):
         self._val_dets, self._val_ids, self._val_skipped = [], [], []
 
     def validation_step(self, batch: tuple, batch_idx: int) -> None:
-        images, targets = batch[0], batch[1]
-        if len(batch) > 2:  # the evaluation collate lists the unusable images it left out
+        images, targets = self._usable(batch)
+        if targets:
+            self.collect_detections(self.model(self._inputs(images)), images, targets)
+
+    def _usable(self, batch: tuple) -> tuple[Tensor, list[dict]]:
+        """The images and targets of a validation batch; the unusable images the evaluation collate left out (its
+        third element) are recorded."""
+        if len(batch) > 2:
             self._val_skipped += [str(s) for s in batch[2]]
-        if not targets:
-            return
-        out = self.model(self._inputs(images))
+        return batch[0], batch[1]
+
+    def collect_detections(self, out: dict[str, Tensor], images: Tensor, targets: Sequence[dict]) -> None:
+        """Post-process raw outputs (one row per target) and keep the detections for the epoch's COCO evaluation."""
         e = self.eval_cfg
         dets = postprocess_detections(
             out["cls_logits"], out["bbox_regression"], self._anchors(images), self.coder, tuple(images.shape[-2:]),

@@ -24,7 +24,7 @@ from .common import build_optimizer, build_scheduler, gather_lists, skipped_note
 
 __all__ = [
     "SegmentationModule", "size_groups", "predict_probs", "predict_batch", "predict_segmentation", "segmentation_class_names",
-    "resolve_num_classes", "build_seg_datamodule",
+    "resolve_num_classes", "build_seg_datamodule", "coco_category_names",
 ]
 
 
@@ -102,17 +102,39 @@ def predict_segmentation(model: nn.Module, image: np.ndarray, cfg: Config, ms_fl
 
 # ---------------------------------------------------------------------------------------------- config → parts
 def segmentation_class_names(cfg: Config) -> tuple[str, ...]:
-    """Class names: the shapes' for the built-in data, VOC's otherwise; generic names if model.num_classes differs."""
-    if cfg.data.synthetic:
+    """Class names: VOC's for COCO masks in the 20 VOC classes, the annotation file's categories for COCO masks of
+    every category, the shapes' for the built-in data, VOC's otherwise; generic names if model.num_classes differs."""
+    if cfg.data.format == "coco" and cfg.data.masks == "all":
+        names: tuple[str, ...] = ("background", *coco_category_names(cfg))
+    elif cfg.data.format == "coco" and cfg.data.masks == "voc20":
+        names = VOC_CLASSES
+    elif cfg.data.synthetic:
         from ..data.synthetic import SHAPE_CLASSES
 
-        names: tuple[str, ...] = ("background", *SHAPE_CLASSES)
+        names = ("background", *SHAPE_CLASSES)
     else:
         names = VOC_CLASSES
     k = cfg.model.num_classes
     if k is not None and k != len(names):
         names = ("background", *(f"class{i}" for i in range(1, k)))
     return names
+
+
+def coco_category_names(cfg: Config) -> list[str]:
+    """The category names of ``cfg.data``'s COCO training annotation file, sorted by id (the label order)."""
+    import json
+
+    from ..data import resolve_root
+    from ..data.coco import annotation_file
+
+    path = annotation_file(resolve_root(cfg.data), cfg.data.train_split)
+    if not path.is_file():
+        raise FileNotFoundError(f"COCO annotation file not found: {path}")
+    try:
+        cats = json.loads(path.read_text())["categories"]
+        return [str(c["name"]) for c in sorted(cats, key=lambda c: c["id"])]
+    except (ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"cannot read the categories of {path}: {type(e).__name__}: {e}") from e
 
 
 def resolve_num_classes(cfg: Config) -> Config:
@@ -126,14 +148,17 @@ def build_seg_datamodule(cfg: Config):
     from ..data import resolve_root
     from ..data.seg_datamodule import SegmentationDataModule
 
-    if cfg.data.format != "voc":
-        raise ConfigError(f"segmentation reads the VOC layout: data.format must be 'voc', got {cfg.data.format!r}")
+    if not (cfg.data.format == "voc" or (cfg.data.format == "coco" and cfg.data.masks is not None)):
+        raise ConfigError(f"segmentation reads the VOC layout (data.format: voc) or COCO with painted masks "
+                          f"(data.format: coco, data.masks: voc20 | all); got data.format={cfg.data.format!r}, "
+                          f"data.masks={cfg.data.masks!r}")
     d = cfg.data
     return SegmentationDataModule(
         resolve_root(d), train_split=d.train_split, val_split=d.val_split,
         num_classes=len(segmentation_class_names(cfg)), crop_size=d.image_size, scale_range=d.scale_range,
         mean=d.mean, std=d.std, batch_size=d.batch_size, val_batch_size=d.val_batch_size,
-        num_workers=d.num_workers, subset=d.subset, seed=cfg.seed)
+        num_workers=d.num_workers, subset=d.subset, seed=cfg.seed,
+        masks=d.masks if d.format == "coco" else None, min_mask_pixels=d.min_mask_pixels)
 
 
 # ---------------------------------------------------------------------------------------------- training system

@@ -48,3 +48,8 @@ from . import deeplabv3  # noqa: E402
 
 register_model(deeplabv3.deeplabv3_mobilenet_v2)
 register_model(deeplabv3.deeplabv3_mobilenet_v1)
+
+from . import multitask  # noqa: E402
+
+register_model(multitask.ssdlite320_deeplabv3_mobilenet_v2)
+register_model(multitask.ssdlite320_deeplabv3_mobilenet_v1)

@@ -17,7 +17,7 @@ from torch.nn import functional as F
 
 from .layers import ConvNormAct
 
-__all__ = ["ASPP_KINDS", "ImagePooling", "ASPP", "DeepLabV3", "deeplabv3_mobilenet_v2",
+__all__ = ["ASPP_KINDS", "ImagePooling", "ASPP", "init_segmentation_head", "DeepLabV3", "deeplabv3_mobilenet_v2",
            "deeplabv3_mobilenet_v1"]
 
 ASPP_KINDS = ("lite", "full")
@@ -39,6 +39,11 @@ class _PoolingBatchNorm(nn.BatchNorm2d):
         if self.training and x.shape[0] * x.shape[2] * x.shape[3] == 1:
             return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps)
         return super().forward(x)
+
+
+def default_atrous_rates(stride: int) -> tuple[int, ...]:
+    """The full head's rates for features at ``stride``: (6, 12, 18) at 16, doubled at 8 (same field of view)."""
+    return tuple(max(1, r * BASE_OUTPUT_STRIDE // stride) for r in BASE_ATROUS_RATES)
 
 
 class ImagePooling(nn.Sequential):
@@ -88,6 +93,19 @@ class ASPP(nn.Module):
         return self.project(torch.cat([branch(x) for branch in self.branches], dim=1))
 
 
+def init_segmentation_head(head: nn.Module, classifier: nn.Conv2d) -> None:
+    """TF DeepLab's initialisation: He-normal convs and unit BatchNorm in the head; the logits layer truncated normal
+    σ 0.01 with zero bias, so training starts from near-uniform scores."""
+    for m in head.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+    nn.init.trunc_normal_(classifier.weight, std=0.01, a=-0.02, b=0.02)
+    nn.init.zeros_(classifier.bias)
+
+
 class DeepLabV3(nn.Module):
     """DeepLabv3: a backbone's segmentation tap → ASPP → 1×1 classifier → bilinear upsampling to the input size.
 
@@ -123,7 +141,7 @@ class DeepLabV3(nn.Module):
         self.backbone = backbone
         self.output_stride = tap.stride
         if atrous_rates is None:
-            atrous_rates = tuple(r * BASE_OUTPUT_STRIDE // tap.stride for r in BASE_ATROUS_RATES)
+            atrous_rates = default_atrous_rates(tap.stride)
         self.aspp_kind = aspp
         self.num_classes = num_classes
         self.head = ASPP(tap.channels, channels, atrous_rates if aspp == "full" else (), dropout)
@@ -131,15 +149,7 @@ class DeepLabV3(nn.Module):
         self._init_head()
 
     def _init_head(self) -> None:
-        for m in self.head.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-        # TF DeepLab's logits layer: truncated normal σ 0.01, zero bias, so training starts from near-uniform scores.
-        nn.init.trunc_normal_(self.classifier.weight, std=0.01, a=-0.02, b=0.02)
-        nn.init.zeros_(self.classifier.bias)
+        init_segmentation_head(self.head, self.classifier)
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:
         size = x.shape[-2:]

@@ -77,6 +77,8 @@ class MobileNetV1(nn.Module):
     # stride 16 and 1024 at stride 32. DeepLab reads the last 1024-channel map (MobileNetV2 paper Table 7, "MNet V1").
     DETECTION_TAPS: tuple[str, str] = ("Conv2d_11_pointwise", "Conv2d_13_pointwise")
     SEGMENTATION_TAP: str = "Conv2d_13_pointwise"
+    # Stride 16 (SSDLite's first map) and stride 8 (256 channels), as MobileNetV2.DECODER_TAPS.
+    DECODER_TAPS: tuple[str, ...] = ("Conv2d_11_pointwise", "Conv2d_5_pointwise")
 
     def __init__(
         self,

@@ -218,6 +218,9 @@ class MobileNetV2(nn.Module):
     # in ``feature_info``; a new backbone declares its own and no head needs a per-backbone branch.
     DETECTION_TAPS: tuple[str, str] = ("layer15_expand", "layer19")
     SEGMENTATION_TAP: str = "layer18"
+    # The maps a segmentation decoder adds back to a stride-32 head, coarse to fine (DeepLabv3+'s low-level features;
+    # the multi-task pair's "os32" sharing): the stride-16 expansion SSDLite reads, and the end of the c = 32 stage.
+    DECODER_TAPS: tuple[str, ...] = ("layer15_expand", "layer7")
 
     def __init__(
         self,

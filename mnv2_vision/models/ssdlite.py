@@ -178,7 +178,11 @@ class SSDLite(nn.Module):
     def forward(self, images: Tensor) -> dict[str, Tensor]:
         """``images`` ``(N, 3, H, W)`` → ``cls_logits`` ``(N, A, num_classes)``, ``bbox_regression`` ``(N, A, 4)``."""
         taps = self.backbone.forward_features(images, self.taps)
-        features = [taps[t] for t in self.taps]
+        return self.detect([taps[t] for t in self.taps])
+
+    def detect(self, features: Sequence[Tensor]) -> dict[str, Tensor]:
+        """The extra layers and the predictors on the tapped maps (one per ``taps`` entry, at ``tap_strides``)."""
+        features = list(features)
         for extra in self.extras:
             features.append(extra(features[-1]))
         cls_logits, bbox_regression = self.head(features)
