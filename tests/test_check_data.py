@@ -224,8 +224,12 @@ def test_check_data_tool_exit_status_and_output(damaged, tmp_path, capsys):
     for path in damaged[1].values():
         assert f"{path}\n" in out
     assert "9 problem(s) in 9 file(s)" in out
+    assert "image(s)" in out and "annotation(s) (instances_" in out  # the scanned line
     clean = generate_shapes(tmp_path / "clean", num_train=2, num_val=1, num_cls_train=0, num_cls_val=0)
     cfg.write_text(f"task: segmentation\ndata:\n  format: voc\n  root: {clean / 'VOC2012'}\n  train_split: train\n"
                    "  val_split: val\nmodel:\n  name: deeplabv3_mobilenet_v2\n  num_classes: 5\n")
     assert check_data.main(["--cfg", str(cfg)]) == 0
-    assert "0 problem(s)" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "0 problem(s)" in out
+    # what was scanned is said, so an empty or wrong split cannot pass as "clean" (first-run item of issue 17)
+    assert "split 'train', 2 image(s) and label map(s)" in out and "split 'val', 1 image(s)" in out, out

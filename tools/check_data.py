@@ -28,19 +28,21 @@ from mnv2_vision.data import resolve_root  # noqa: E402
 from mnv2_vision.data.check import Problem, check_coco, check_voc  # noqa: E402
 
 
-def scan(cfg_name: str, overrides: Sequence[str] = (), splits: Sequence[str] = ()) -> list[Problem]:
-    """Problems of the configured dataset's splits (default: ``data.train_split`` and ``data.val_split``)."""
+def scan(cfg_name: str, overrides: Sequence[str] = (), splits: Sequence[str] = (),
+         scanned: list[str] | None = None) -> list[Problem]:
+    """Problems of the configured dataset's splits (default: ``data.train_split`` and ``data.val_split``);
+    ``scanned`` gets a line per split saying what was read."""
     cfg = load_config(cfg_name, overrides)
     root = resolve_root(cfg.data)
     splits = list(splits) or list(dict.fromkeys([cfg.data.train_split, cfg.data.val_split]))
     if cfg.data.format == "coco":
         masks = cfg.data.masks is not None  # the instance masks matter only when labels are painted from them
-        return [p for s in splits for p in check_coco(root, s, masks=masks)]
+        return [p for s in splits for p in check_coco(root, s, masks=masks, scanned=scanned)]
     if cfg.data.format == "voc":
         from mnv2_vision.lit.segmentation import segmentation_class_names
 
         k = len(segmentation_class_names(cfg))
-        return [p for s in splits for p in check_voc(root, s, k)]
+        return [p for s in splits for p in check_voc(root, s, k, scanned=scanned)]
     raise SystemExit(f"error: check_data reads COCO or VOC layouts; data.format is {cfg.data.format!r}")
 
 
@@ -53,7 +55,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override (repeatable)")
     p.add_argument("--split", action="append", default=[], help="split to scan (repeatable; default: train + val)")
     args = add_debug_flag(p).parse_args(argv)
-    problems = scan(args.cfg, args.set, args.split)
+    scanned: list[str] = []
+    problems = scan(args.cfg, args.set, args.split, scanned)
     by_file: dict[str, list[Problem]] = {}
     for prob in problems:
         by_file.setdefault(prob.file, []).append(prob)
@@ -63,6 +66,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"  [{prob.kind}] {prob.detail}")
     counts = Counter(prob.kind for prob in problems)
     summary = ", ".join(f"{k}: {n}" for k, n in sorted(counts.items()))
+    print("scanned " + "; ".join(scanned) if scanned else "scanned nothing")
     print(f"{len(problems)} problem(s) in {len(by_file)} file(s)" + (f" ({summary})" if summary else ""))
     return 1 if problems else 0
 

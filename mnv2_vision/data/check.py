@@ -105,10 +105,11 @@ def _box_problems(where: str, ann: dict, size: tuple[int, int] | None) -> list[P
     return []
 
 
-def check_coco(root: str | os.PathLike, split: str, masks: bool = False) -> list[Problem]:
+def check_coco(root: str | os.PathLike, split: str, masks: bool = False,
+               scanned: list[str] | None = None) -> list[Problem]:
     """Every problem of ``<root>/<split>`` + ``<root>/annotations/instances_<split>.json`` (COCO layout); with
     ``masks``, also of the instance masks (``data/masks.py``: polygons outside the image, RLE of another size than
-    the image, empty or malformed masks)."""
+    the image, empty or malformed masks). ``scanned`` gets one line saying what was read (for the report)."""
     root = Path(root)
     ann_file = root / "annotations" / f"instances_{split}.json"
     if not ann_file.is_file():
@@ -119,6 +120,9 @@ def check_coco(root: str | os.PathLike, split: str, masks: bool = False) -> list
     except (ValueError, KeyError, TypeError) as e:
         return [Problem(str(ann_file), "unreadable_annotations", f"{type(e).__name__}: {e}")]
     cat_ids = {c.get("id") for c in cats}
+    if scanned is not None:
+        scanned.append(f"{root / split}: {len(images)} image(s), {len(anns)} annotation(s)"
+                       + (" with masks" if masks else "") + f" ({ann_file.name})")
     by_image: dict[object, list[dict]] = {}
     problems: list[Problem] = []
     known = {img.get("id") for img in images}
@@ -153,8 +157,10 @@ def check_coco(root: str | os.PathLike, split: str, masks: bool = False) -> list
     return problems
 
 
-def check_voc(root: str | os.PathLike, split: str, num_classes: int) -> list[Problem]:
-    """Every problem of a VOC-layout split: images, palette label maps (mode, size, values in 0..K-1 ∪ {255})."""
+def check_voc(root: str | os.PathLike, split: str, num_classes: int,
+              scanned: list[str] | None = None) -> list[Problem]:
+    """Every problem of a VOC-layout split: images, palette label maps (mode, size, values in 0..K-1 ∪ {255}).
+    ``scanned`` gets one line saying what was read (for the report)."""
     from .voc import IGNORE_INDEX, find_voc_root, resolve_split
 
     root = find_voc_root(root)
@@ -164,7 +170,10 @@ def check_voc(root: str | os.PathLike, split: str, num_classes: int) -> list[Pro
         return [Problem(str(list_file), "missing_file", "split list does not exist")]
     modes = ("P", "L") if label_dir == "SegmentationClassAug" else ("P",)
     problems: list[Problem] = []
-    for sid in (line.split()[0] for line in list_file.read_text().splitlines() if line.strip()):
+    ids = [line.split()[0] for line in list_file.read_text().splitlines() if line.strip()]
+    if scanned is not None:
+        scanned.append(f"{root}: split {split!r}, {len(ids)} image(s) and label map(s) ({label_dir})")
+    for sid in ids:
         problem, size = _image_problem(root / "JPEGImages" / f"{sid}.jpg")
         if problem:
             problems.append(problem)
