@@ -8,7 +8,9 @@ exec((Path(__file__).parent / "mnv2_vision" / "version.py").read_text(), version
 # Console commands: mnv2-<tool> runs tools/<tool>.py's main (the code lives in mnv2_vision/commands/).
 COMMANDS = {
     "train-det": "train_det", "train-seg": "train_seg", "train-cls": "train_cls",
-    "eval-cls": "eval_cls", "ablate": "ablate", "plot-logs": "plot_logs", "prepare-data": "prepare_data",
+    "train-multitask": "train_multitask", "eval-det": "eval_det", "eval-seg": "eval_seg", "eval-cls": "eval_cls",
+    "predict": "predict", "export": "export", "benchmark": "benchmark", "check-data": "check_data",
+    "prepare-data": "prepare_data", "ablate": "ablate", "plot-logs": "plot_logs", "compare-multitask": "compare_multitask",
 }
 
 setup(

@@ -65,6 +65,8 @@ def test_train_writes_checkpoints_config_and_both_metrics(trained):
     saved = json.loads((out / "final_metrics.json").read_text())
     assert saved["map"] == result["map"] and saved["miou"] == result["miou"] and len(saved["stats"]) == 12
     assert set(saved["per_class_iou"]) == set(SHAPES) and result["num_images"] == 8
+    # the label maps next to model.pt, for mnv2_vision.load(model.pt)
+    assert json.loads((out / "classes.json").read_text())["class_names"] == SHAPES
 
 
 def test_eval_det_and_eval_seg_reproduce_the_training_validation(trained, tmp_path, shapes_root):

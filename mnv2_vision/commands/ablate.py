@@ -18,7 +18,6 @@ import shutil
 from pathlib import Path
 from typing import Sequence
 
-
 import matplotlib
 
 matplotlib.use("Agg")

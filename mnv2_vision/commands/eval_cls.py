@@ -13,7 +13,6 @@ import argparse
 from pathlib import Path
 from typing import Sequence
 
-
 import matplotlib
 
 matplotlib.use("Agg")

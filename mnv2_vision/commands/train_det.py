@@ -15,7 +15,6 @@ import math
 import time
 from typing import Sequence
 
-
 import pytorch_lightning as pl
 
 from mnv2_vision.checkpoint import build_from_config, inspect_resume

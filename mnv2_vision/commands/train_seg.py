@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from typing import Sequence
 
-
 import pytorch_lightning as pl
 
 from mnv2_vision.checkpoint import build_from_config, inspect_resume, load_checkpoint

@@ -1,0 +1,183 @@
+"""Export a checkpoint to ONNX (verified against PyTorch with ONNX Runtime), optionally also int8; or a state dict.
+
+    python tools/export.py --ckpt runs/ssdlite_shapes/ckpt/last.ckpt                   # → <run>/export/model.onnx
+    python tools/export.py --ckpt CKPT --detection-output raw --opset 13               # logits + offsets + anchors
+    python tools/export.py --ckpt CKPT --int8 --calib-images 64                        # + model_int8.onnx, mAP/mIoU
+    python tools/export.py --ckpt CKPT --format state_dict                             # model.pt + config.yaml
+
+The multi-task pair exports one graph with the detection outputs and the segmentation logits (one pass).
+Detection exports the whole post-processing (decode, per-class NMS, best ``eval.detections_per_img``) by default,
+with the checkpoint's ``eval.*`` settings; ``--detection-output raw`` leaves it out. Every export has a dynamic batch
+(segmentation also dynamic height and width) and carries its preprocessing in ``metadata_props``: input size, RGB
+order, mean/std, class names, model name and the full config. After writing, the tool runs ONNX Runtime on validation
+images and stops with an error if the outputs differ from PyTorch's (raw tensors by more than ``--atol``, or other
+boxes after NMS). ``--int8`` quantises statically (per-channel weights) on ``--calib-images`` training images and
+reports the validation mAP/mIoU of PyTorch, ONNX fp32 and int8, and the fp32 vs int8 ONNX Runtime latency.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from mnv2_vision.checkpoint import load_model
+from mnv2_vision.cli import add_debug_flag, exit_status, guarded
+from mnv2_vision.config import save_config, to_dict
+from mnv2_vision.data import resolve_root
+from mnv2_vision.deploy import evaluate as ev
+from mnv2_vision.deploy.onnx_export import (
+    DetectionExport, MultiTaskExport, SegmentationExport, check_parity, export_onnx, ort_session)
+from mnv2_vision.deploy.quantize import detection_calibration, quantize_int8, segmentation_calibration
+from mnv2_vision.files import save_torch, write_json
+from mnv2_vision.perf.timing import time_round_robin
+from mnv2_vision.lit.detection import build_det_datamodule, categories_from
+from mnv2_vision.lit.segmentation import build_seg_datamodule, segmentation_class_names
+from mnv2_vision.version import __version__
+
+
+def _metadata(cfg, hparams, kind: str, size: tuple[int, int], wrapper) -> dict:
+    meta = {"model_name": cfg.model.name, "task": kind, "producer": f"mnv2_vision {__version__}",
+            "input_name": "images", "input_layout": "NCHW", "input_size": list(size), "color_order": "RGB",
+            "pixel_scaling": "x / 255, then (x - mean) / std per channel", "mean": list(cfg.data.mean),
+            "std": list(cfg.data.std), "config": to_dict(cfg)}
+    if kind in ("detection", "multitask"):
+        ids, names = categories_from(hparams)
+        e = cfg.eval
+        meta.update(class_names=["background", *names], category_ids=ids, resize="plain resize to input_size",
+                    box_format="xyxy, pixels of the network input (scale by original / input_size)",
+                    detection_output=wrapper.mode, box_coder_weights=list(wrapper.coder.weights),
+                    postprocess={"score_thresh": e.score_thresh, "nms_iou": e.nms_iou,
+                                 "topk_candidates": e.topk_candidates, "detections_per_img": e.detections_per_img})
+        if kind == "multitask":
+            meta.update(seg_class_names=list(hparams.get("class_names") or []), ignore_index=255,
+                        seg_output="logits (N, K, H, W) at input_size: upsample to the original image, then argmax")
+    else:
+        meta.update(class_names=list(hparams.get("class_names") or segmentation_class_names(cfg)),
+                    resize="none: any height and width (input_size is the training crop)", ignore_index=255)
+    return meta
+
+
+def _sample_inputs(cfg, kind: str, size: tuple[int, int], n: int) -> list[torch.Tensor]:
+    """Preprocessed validation images (a batch of ``n`` for detection, one per image for segmentation's varying
+    sizes), plus a random batch of 2 at ``size`` so the dynamic batch is always exercised."""
+    inputs = [torch.randn(2, 3, *size)]
+    if n > 0:
+        d = cfg.data
+        root = resolve_root(d)
+        if kind in ("detection", "multitask"):
+            inputs.append(torch.from_numpy(np.concatenate(
+                detection_calibration(root, d.val_split, d.image_size, d.mean, d.std, n))))
+        else:
+            inputs += [torch.from_numpy(a) for a in segmentation_calibration(
+                root, d.val_split, d.mean, d.std, n, cfg.model.num_classes)]
+    return inputs
+
+
+@guarded
+def main(argv: Sequence[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--ckpt", required=True,
+                   help="a checkpoint written by tools/train_det.py, train_seg.py or train_multitask.py")
+    p.add_argument("--format", choices=("onnx", "state_dict"), default="onnx")
+    p.add_argument("--out", default=None, help="output folder (default: <checkpoint's run folder>/export)")
+    p.add_argument("--opset", type=int, default=17)
+    p.add_argument("--detection-output", choices=("nms", "raw"), default="nms")
+    p.add_argument("--atol", type=float, default=1e-4, help="raw outputs must agree within atol + rtol · max |output|")
+    p.add_argument("--rtol", type=float, default=1e-4)
+    p.add_argument("--check-images", type=int, default=2, help="validation images for the parity check (0: random)")
+    p.add_argument("--int8", action="store_true", help="also write model_int8.onnx and report accuracy and speed")
+    p.add_argument("--calib-images", type=int, default=64, help="training images for int8 calibration")
+    p.add_argument("--threads", type=int, default=2, help="threads for ONNX Runtime and PyTorch")
+    p.add_argument("--runs", type=int, default=30, help="timed runs (in blocks of 10) for the fp32 vs int8 latency")
+    args = add_debug_flag(p).parse_args(argv)
+
+    torch.set_num_threads(args.threads)
+    cfg, model, hparams = load_model(args.ckpt)
+    out_dir = Path(args.out) if args.out else Path(args.ckpt).resolve().parent.parent / "export"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if args.format == "state_dict":
+        save_torch(model.state_dict(), out_dir / "model.pt")
+        save_config(cfg, out_dir / "config.yaml")
+        print(f"wrote {out_dir / 'model.pt'} and {out_dir / 'config.yaml'}")
+        return {"state_dict": str(out_dir / "model.pt")}
+
+    kind, size = cfg.task, (cfg.data.image_size, cfg.data.image_size)
+    if kind not in ("detection", "segmentation", "multitask"):
+        raise SystemExit(f"error: ONNX export covers detection, segmentation and multi-task checkpoints, not {kind!r}")
+    if kind == "multitask" and args.int8:
+        raise SystemExit("error: --int8 covers single-task checkpoints; export the pair in fp32 (its accuracy check "
+                         "would need both metrics per precision)")
+    e = cfg.eval
+    pp = dict(score_thresh=e.score_thresh, nms_iou=e.nms_iou, topk_candidates=e.topk_candidates,
+              detections_per_img=e.detections_per_img)
+    boxes = kind in ("detection", "multitask")
+    wrapper = (MultiTaskExport if kind == "multitask" else DetectionExport)(model, size, args.detection_output, **pp) \
+        if boxes else SegmentationExport(model)
+    path = export_onnx(wrapper, out_dir / "model.onnx", size, _metadata(cfg, hparams, kind, size, wrapper), args.opset)
+    print(f"wrote {path} ({kind}{', ' + args.detection_output if boxes else ''}, opset {args.opset})")
+    inputs = _sample_inputs(cfg, kind, size, args.check_images)
+    checks = [check_parity(path, model, kind, x, mode=args.detection_output, atol=args.atol, rtol=args.rtol,
+                           postprocess=pp, threads=args.threads) for x in inputs]
+    print(f"ONNX Runtime parity OK on {len(inputs)} input batches: {json.dumps(checks)}")
+    report = {"onnx": str(path), "parity": checks}
+
+    if args.int8:
+        d = cfg.data
+        calib_fn = detection_calibration if kind == "detection" else segmentation_calibration
+        calib_args = ((d.image_size, d.mean, d.std, args.calib_images) if kind == "detection"
+                      else (d.mean, d.std, args.calib_images, cfg.model.num_classes))
+        calib = calib_fn(resolve_root(d), d.train_split, *calib_args)
+        int8_path = quantize_int8(path, out_dir / "model_int8.onnx", calib)
+        print(f"wrote {int8_path} (calibrated on {len(calib)} images of {d.train_split!r})")
+        sessions = {"fp32": ort_session(path, args.threads), "int8": ort_session(int8_path, args.threads)}
+        x = np.ascontiguousarray(inputs[-1][:1].numpy())
+        # Blocks of 11 calls, the first untimed: each timed call finds the cores and caches to itself (see timing.py).
+        timing = time_round_robin({k: (lambda s=s: s.run(None, {"images": x})) for k, s in sessions.items()},
+                                  runs=max(1, args.runs // 10), block=11)
+        report["latency_ms"] = {k: v["median_ms"] for k, v in timing.items()}
+        report["speedup"] = timing["fp32"]["median_ms"] / timing["int8"]["median_ms"]
+        report["accuracy"] = _accuracy(cfg, hparams, model, kind, size, pp, out_dir, calib, args)
+        key = "map" if kind == "detection" else "miou"
+        acc = report["accuracy"]
+        print(f"{key}: PyTorch {acc['pytorch'][key]:.4f}  ONNX fp32 {acc['onnx_fp32'][key]:.4f}  "
+              f"ONNX int8 {acc['onnx_int8'][key]:.4f}  (change {acc['onnx_int8'][key] - acc['onnx_fp32'][key]:+.4f})")
+        print(f"ONNX Runtime latency, batch 1 at {tuple(x.shape[-2:])}, {args.threads} threads: fp32 "
+              f"{report['latency_ms']['fp32']:.1f} ms, int8 {report['latency_ms']['int8']:.1f} ms "
+              f"(speed-up {report['speedup']:.2f}x)")
+    write_json(out_dir / "export_report.json", report, indent=1)
+    return report
+
+
+def _accuracy(cfg, hparams, model, kind, size, pp, out_dir: Path, calib, args) -> dict:
+    """Validation accuracy of the PyTorch model, the fp32 and the int8 ONNX models, by the project's eval code."""
+    if kind == "segmentation":
+        dm, names = build_seg_datamodule(cfg), list(hparams.get("class_names") or segmentation_class_names(cfg))
+        models = {"pytorch": model, "onnx_fp32": ev.OrtSegmenter(ort_session(out_dir / "model.onnx", args.threads)),
+                  "onnx_int8": ev.OrtSegmenter(ort_session(out_dir / "model_int8.onnx", args.threads))}
+        return {k: ev.evaluate_segmentation(m, dm, names) for k, m in models.items()}
+    # The mAP path is the validation loop's (raw outputs → postprocess_detections), so score raw-mode exports of the
+    # same network, quantised with the same calibration images.
+    raw = export_onnx(DetectionExport(model, size, "raw", **pp), out_dir / "eval_raw.onnx", size, {}, args.opset)
+    raw_int8 = quantize_int8(raw, out_dir / "eval_raw_int8.onnx", calib)
+    ids, names = categories_from(hparams)
+    dm = build_det_datamodule(cfg, category_ids=ids)
+    k = model.num_classes
+    models = {"pytorch": model, "onnx_fp32": ev.OrtDetector(ort_session(raw, args.threads), k),
+              "onnx_int8": ev.OrtDetector(ort_session(raw_int8, args.threads), k)}
+    out = {name: ev.evaluate_detection(m, dm, ids, names, cfg.eval) for name, m in models.items()}
+    raw.unlink()
+    raw_int8.unlink()
+    return out
+
+
+def console() -> int:
+    """The ``mnv2-export`` command and ``python tools/export.py``: ``main`` with its exit status."""
+    return exit_status(main())
+
+
+if __name__ == "__main__":
+    raise SystemExit(console())
