@@ -8,7 +8,7 @@
 Outputs follow torchvision's conventions, in the pixels of each original image (after its EXIF orientation):
 detection ``boxes`` (D, 4) float xyxy, ``scores`` (D,), ``labels`` (D,) int64 (1..C, 0 is background), plus ``names``
 and COCO ``category_ids``; segmentation a ``mask`` (H, W) int64 of label indices (and ``probs`` (K, H, W) on
-request). Every result also carries ``size`` (H, W) and, for a file, its ``path``.
+request); a multi-task checkpoint (``tools/train_multitask.py``) both, from one forward pass. Every result also carries ``size`` (H, W) and, for a file, its ``path``.
 
 Inputs are preprocessed exactly as in evaluation (``data.images.load_rgb``'s conversions — EXIF orientation,
 grayscale / RGBA / palette / CMYK / 16-bit to RGB — then the evaluation resize and normalisation stored in the
@@ -113,6 +113,7 @@ class _Spec:
     names: list[str]  # index = label (0 = background)
     category_ids: list[int]  # label i ↔ category_ids[i - 1] (detection)
     postprocess: dict[str, Any]
+    mask_names: list[str]  # segmentation label i's name (segmentation: = names; multitask: the mask head's)
 
 
 def _spec_from_config(cfg: Any, hparams: dict[str, Any]) -> _Spec:
@@ -122,15 +123,21 @@ def _spec_from_config(cfg: Any, hparams: dict[str, Any]) -> _Spec:
     pp = {"score_thresh": e.score_thresh, "nms_iou": e.nms_iou, "topk_candidates": e.topk_candidates,
           "detections_per_img": e.detections_per_img}
     ids = [int(c) for c in hparams.get("category_ids", [])]
+    mask_names: list[str] = []
+    if cfg.task == "multitask":
+        from .lit.multitask import multitask_seg_class_names
+
+        mask_names = list(hparams.get("class_names") or multitask_seg_class_names(cfg))
     if cfg.task == "segmentation":
         names = list(hparams.get("class_names") or segmentation_class_names(cfg))
+        mask_names = names
     elif ids:
         names = ["background", *map(str, hparams.get("category_names", ids))]
     else:
         k = cfg.model.num_classes or 1
         names = ["background", *(f"class{i}" for i in range(1, k))]
         ids = list(range(1, k))
-    return _Spec(cfg.task, cfg.data.image_size, tuple(cfg.data.mean), tuple(cfg.data.std), names, ids, pp)
+    return _Spec(cfg.task, cfg.data.image_size, tuple(cfg.data.mean), tuple(cfg.data.std), names, ids, pp, mask_names)
 
 
 # ---------------------------------------------------------------------------------------------- backends
@@ -222,8 +229,9 @@ class Predictor:
     """A trained model ready for images (made by ``load``).
 
     Attributes:
-        task: ``"detection"`` or ``"segmentation"``.
-        names: class names by label (0 = background).
+        task: ``"detection"``, ``"segmentation"`` or ``"multitask"`` (boxes and a mask from one pass).
+        names: class names by label (0 = background); of the boxes for a multi-task model.
+        mask_names: the names of the mask's labels (segmentation and multi-task).
         category_ids: detection: the COCO category id of label ``i`` is ``category_ids[i - 1]``.
         device: where the network runs.
     """
@@ -232,7 +240,8 @@ class Predictor:
                  source: str) -> None:
         self.backend, self.spec, self.device, self.source = backend, spec, device, source
         self.task, self.names, self.category_ids = spec.task, spec.names, spec.category_ids
-        if self.task == "detection":
+        self.mask_names = spec.mask_names
+        if self.task in ("detection", "multitask"):
             from .data.detection_pipeline import fast_detection_transform
             from .ops.boxes import BoxCoder
 
@@ -290,9 +299,9 @@ class Predictor:
         items = expand_inputs(inputs)
         results: list[dict[str, Any]] = []
         for chunk in _batches(items, batch_size):
-            if self.task == "detection":
+            if self.task in ("detection", "multitask"):
                 inputs, sizes = zip(*(self._det_input(x) for x in chunk))
-                batch = self._detect(torch.stack(inputs), list(sizes), score_thresh)
+                batch = self._detect(torch.stack(inputs), list(sizes), score_thresh, probs)
             else:
                 images = [to_rgb(x) for x in chunk]
                 sizes = [tuple(im.shape[:2]) for im in images]
@@ -306,7 +315,8 @@ class Predictor:
 
     __call__ = predict
 
-    def _detect(self, x: Tensor, sizes: list[tuple[int, int]], score_thresh: float | None) -> list[dict[str, Any]]:
+    def _detect(self, x: Tensor, sizes: list[tuple[int, int]], score_thresh: float | None,
+                probs: bool = False) -> list[dict[str, Any]]:
         from .ops.postprocess import postprocess_detections, resize_boxes
 
         pp = dict(self.spec.postprocess)
@@ -331,6 +341,14 @@ class Predictor:
             results.append({"boxes": d["boxes"].cpu().float(), "scores": d["scores"].cpu().float(), "labels": labels,
                             "names": [self.names[i] for i in labels.tolist()],
                             "category_ids": [self.category_ids[i - 1] for i in labels.tolist()]})
+        if self.task == "multitask":  # the mask of the same pass: logits at the network size, upsampled to each image
+            logits = (out["out"] if "out" in out else out["logits"]).float()
+            for i, (r, s) in enumerate(zip(results, sizes)):
+                p = torch.nn.functional.interpolate(logits[i:i + 1], size=tuple(s), mode="bilinear",
+                                                    align_corners=False)[0]
+                r["mask"] = p.argmax(0).cpu().to(torch.int64)
+                if probs:
+                    r["probs"] = p.softmax(0).cpu()
         return results
 
     def _segment(self, images: list[np.ndarray], probs: bool) -> list[dict[str, Any]]:
@@ -394,12 +412,13 @@ def load(source: str | os.PathLike, *, device: str | torch.device | None = None,
     if path.suffix == ".onnx":
         backend = _OnnxBackend(path, dev, threads)
         m = backend.meta
-        if m.get("task") not in ("detection", "segmentation"):
+        if m.get("task") not in ("detection", "segmentation", "multitask"):
             raise CheckpointError(f"{path} has no mnv2_vision metadata (task); export it with tools/export.py")
         pp = m.get("postprocess") or {}
         size = int((m.get("input_size") or [0])[0])
+        mask_names = list(m.get("seg_class_names") or (m["class_names"] if m["task"] == "segmentation" else []))
         spec = _Spec(m["task"], size, tuple(m["mean"]), tuple(m["std"]), list(m["class_names"]),
-                     [int(c) for c in m.get("category_ids", [])], pp)
+                     [int(c) for c in m.get("category_ids", [])], pp, mask_names)
         return Predictor(backend, spec, dev, str(path))
     if path.suffix == ".ckpt":
         cfg, model, hparams = load_model(path)
@@ -421,6 +440,7 @@ def load(source: str | os.PathLike, *, device: str | torch.device | None = None,
             model.load_state_dict(sd)
         except RuntimeError as e:
             raise CheckpointError(f"{path} does not fit the model of {cfg_path}: {str(e).splitlines()[0]}") from None
-    if cfg.task not in ("detection", "segmentation"):
-        raise CheckpointError(f"{path} holds a {cfg.task} model; the predictor serves detection and segmentation")
+    if cfg.task not in ("detection", "segmentation", "multitask"):
+        raise CheckpointError(f"{path} holds a {cfg.task} model; the predictor serves detection, segmentation and "
+                              "multi-task models")
     return Predictor.from_model(model, cfg, hparams, device=dev, fuse=fuse, precision=precision, source=str(path))

@@ -96,6 +96,35 @@ def test_predict_draws_boxes_over_the_mask_in_one_picture(trained, tmp_path, sha
     assert 0 < len(rec["detections"]) <= 100 and rec["detections"][0]["name"] in SHAPES[1:]
 
 
+def test_predictor_serves_the_pair_from_one_pass(trained, shapes_root):
+    """mnv2_vision.load on the pair's checkpoint and model.pt: boxes and mask equal to predict_pair (the training's
+    evaluation path: one forward pass, logits upsampled to the image); batched equals one by one."""
+    import mnv2_vision
+    from mnv2_vision.data.images import load_rgb
+    from mnv2_vision.deploy.onnx_export import match_detections
+    from mnv2_vision.lit.multitask import predict_pair
+
+    out, _ = trained
+    cfg, model, _ = load_model(out / "ckpt" / "last.ckpt")
+    files = sorted((shapes_root / "coco" / "val2017").glob("*.jpg"))[:3]
+    images = [load_rgb(f) for f in files]
+    predictor = mnv2_vision.load(out / "ckpt" / "last.ckpt", device="cpu", fuse=False)
+    assert predictor.task == "multitask" and predictor.mask_names == SHAPES
+    one = [predictor.predict(im, score_thresh=cfg.eval.score_thresh)[0] for im in images]
+    for im, r in zip(images, one):
+        det, label = predict_pair(model.eval(), im, cfg.data.image_size, cfg.data.mean, cfg.data.std, cfg.eval)
+        assert match_detections(det, r, box_atol=1e-3, score_atol=1e-5) == []
+        assert r["mask"].shape == im.shape[:2] and (r["mask"].numpy() == label).mean() > 0.999
+        assert r["names"] == [predictor.names[i] for i in r["labels"].tolist()]
+    batched = predictor.predict(images, batch_size=3, score_thresh=cfg.eval.score_thresh, probs=True)
+    for a, b in zip(one, batched):
+        assert torch.equal(a["mask"], b["mask"]) and torch.allclose(a["boxes"], b["boxes"], atol=1e-4)
+        assert b["probs"].shape == (len(SHAPES), *a["mask"].shape)
+    # model.pt in its run folder: config.yaml and classes.json give the same predictor
+    plain = mnv2_vision.load(out / "model.pt", device="cpu", fuse=False)
+    assert plain.task == "multitask" and plain.mask_names == SHAPES and plain.names == predictor.names
+
+
 def test_export_one_onnx_with_both_outputs_parity_checked(trained, tmp_path):
     import onnxruntime as ort
 
