@@ -276,3 +276,25 @@ def test_ddp_metrics_equal_single_process_evaluation(tmp_path, shapes_root):
     det = _tool("eval_det").main(["--ckpt", best, "--out", str(tmp_path / "eval"), "--set", "data.num_workers=0"])
     seg = _tool("eval_seg").main(["--ckpt", best, "--set", "data.num_workers=0", "--device", "cpu"])
     assert abs(det["map"] - float(row["val/map"])) <= 1e-6 and abs(seg["miou"] - float(row["val/miou"])) <= 1e-6
+
+
+def test_compare_multitask_smoke(tmp_path, shapes_root):
+    """tools/compare_multitask.py end to end on a tiny budget: every model trained and scored, the latency /
+    complexity rows measured, the table and JSON written; the ratios are the rows' own quotients."""
+    result = _tool("compare_multitask").main([
+        "--steps", "2", "--out", str(tmp_path), "--latency-runs", "1", "--threads", "1",
+        "--set", "data.subset=8", "--set", "data.image_size=64", "--set", "model.width_mult=0.35",
+        "--set", "data.batch_size=4", "--set", "data.val_batch_size=4"])
+    runs, both = result["runs"], result["ssdlite + deeplab"]
+    assert set(runs) == {"ssdlite", "deeplab", "pair os32"}
+    for row in runs.values():
+        assert row["params_m"] > 0 and row["madds_b"] > 0 and row["fused_ms"] > 0 and row["cpu_s"] > 0
+    # the pair at α = 1 / 320² against SSDLite: the os32 decoder adds a little (spec §7 option a)
+    assert 1.0 < runs["pair os32"]["madds_b"] / runs["ssdlite"]["madds_b"] < 1.3
+    assert both["madds_b"] == pytest.approx(runs["ssdlite"]["madds_b"] + runs["deeplab"]["madds_b"])
+    r = result["ratios"]["pair os32"]
+    assert r["map / ssdlite"] == pytest.approx(runs["pair os32"]["map"] / max(runs["ssdlite"]["map"], 1e-12))
+    assert r["fused_ms / (ssdlite + deeplab)"] == pytest.approx(runs["pair os32"]["fused_ms"] / both["fused_ms"])
+    saved = json.loads((tmp_path / "comparison.json").read_text())
+    assert saved["ratios"]["pair os32"] == pytest.approx(r)
+    assert "| pair os32 |" in (tmp_path / "comparison.md").read_text()

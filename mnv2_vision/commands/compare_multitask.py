@@ -64,7 +64,7 @@ def _latency_rows(sharings: Sequence[str], threads: int, runs: int) -> dict[str,
     """Params, MAdds and fused latency at 320² of SSDLite, DeepLab (lite, OS 16) and each pair, α = 1."""
     from mnv2_vision.deploy import bench
     from mnv2_vision.deploy.fuse import fuse_for_inference
-    from mnv2_vision.deploy.timing import time_round_robin
+    from mnv2_vision.perf.timing import time_round_robin
     from mnv2_vision.models import build_model
     from mnv2_vision.profiling import count_madds, count_params
 
