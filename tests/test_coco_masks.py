@@ -235,3 +235,32 @@ def test_real_label_maps_equal_an_independent_pycocotools_composition(coco_masks
         # (the overlap rule is checked on the hand-built annotations above).
         assert ((painted == 255) == crowd).all()
     assert crowd_pixels > 0
+
+
+def test_coco_pretraining_stage_then_voc_fine_tune(coco_masks, tmp_path, capsys):
+    """TF DeepLab's two stages: configs/deeplabv3_coco_voc.yaml trains DeepLab on COCO painted in the VOC classes
+    (here a few real coco_masks images), and configs/deeplabv3_voc.yaml starts from its model.pt through
+    model.pretrained — every tensor, head included (same 21 classes), arrives."""
+    import importlib.util
+
+    from mnv2_vision.checkpoint import build_from_config
+    from mnv2_vision.config import load_config
+
+    spec = importlib.util.spec_from_file_location(
+        "coco_voc_train_seg", Path(__file__).resolve().parents[1] / "tools" / "train_seg.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    small = ["data.subset=4", "data.image_size=96", "data.batch_size=2", "data.val_batch_size=2",
+             "data.num_workers=0", "model.width_mult=0.35", "model.pretrained=null", "trainer.max_epochs=1"]
+    sets = [a for kv in [f"data.root={coco_masks}", *small] for a in ("--set", kv)]
+    result = tool.main(["--cfg", "deeplabv3_coco_voc", "--out", str(tmp_path / "coco"), *sets])
+    assert result["num_images"] > 0 and 0.0 <= result["val_miou"] <= 1.0
+    out = capsys.readouterr().out
+    assert "masks='voc20'" in out, out[-2000:]
+    cfg = load_config("deeplabv3_voc", ["model.width_mult=0.35", f"model.pretrained={tmp_path / 'coco' / 'model.pt'}"])
+    model = build_from_config(cfg)
+    stage1 = torch.load(tmp_path / "coco" / "model.pt", weights_only=True)
+    state = model.state_dict()
+    assert set(stage1) == set(state)
+    for k, v in stage1.items():
+        assert torch.equal(state[k], v), k

@@ -35,6 +35,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         cfg = pin_root(cfg)
         resume = inspect_resume(run.resume_path, cfg, run.path) if args.resume else None
         write_config(cfg, run.path)
+        print(f"data: {datamodule.train_dataset()} / {datamodule.val_dataset()}", flush=True)
         set_num_threads(cfg)
 
         names = segmentation_class_names(cfg)

@@ -159,6 +159,10 @@ class VOCSegmentation(Dataset):
         self.transform, self.num_classes = transform, num_classes
         self.on_bad, self._warned = on_bad, set()
 
+    def __repr__(self) -> str:
+        return (f"VOCSegmentation({self.root}, split={self.split!r}, images={len(self)}, labels={self.label_dir.name}, "
+                f"classes={self.num_classes})")
+
     def __len__(self) -> int:
         return len(self.ids)
 
