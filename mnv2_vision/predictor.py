@@ -164,9 +164,10 @@ class _TorchBackend:
         return self.raw.anchors(size, self.device)
 
     def _graph(self, x: Tensor) -> Any:
-        """The frozen graph for ``x``'s shape, or ``None`` where tracing is not available (the fused eager model
-        runs instead; a PyTorch without TorchScript, say)."""
-        key = tuple(x.shape)
+        """The frozen graph for ``x``'s shape and the current intra-op thread count, or ``None`` where tracing is not
+        available (the fused eager model runs instead; a PyTorch without TorchScript, say)."""
+        # oneDNN packs weights for the thread count it runs on: a graph packed for 2 threads runs ~4× slower on 1
+        key = (*x.shape, torch.get_num_threads())
         with self._lock:
             if key not in self.frozen:
                 from .deploy.fuse import freeze_for_cpu
@@ -174,7 +175,7 @@ class _TorchBackend:
                 try:
                     self.frozen[key] = freeze_for_cpu(self.raw, x)
                 except Exception as e:  # noqa: BLE001 - any tracing failure: the eager path gives the same numbers
-                    warnings.warn(f"no frozen graph for {key} ({type(e).__name__}: {e}); using the fused eager "
+                    warnings.warn(f"no frozen graph for {key[:-1]} ({type(e).__name__}: {e}); using the fused eager "
                                   "model", stacklevel=3)
                     self.frozen[key] = None
         return self.frozen[key]

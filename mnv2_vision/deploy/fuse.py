@@ -190,7 +190,9 @@ class PackedConvAct(nn.Module):
 
     oneDNN reorders a plain (OIHW) weight into its blocked layout on every call; packing once removes that work and
     lets 1×1 convolutions on small maps skip ATen's native fallback (``_slow_conv2d_forward``), which ATen picks for
-    batch-1 inputs under 20480 elements. The packed weight only serves inputs shaped ``input_size``.
+    batch-1 inputs under 20480 elements. The packed weight only serves inputs shaped ``input_size`` on as many
+    intra-op threads as were set when it was packed (oneDNN picks the layout for both; measured: SSDLite packed for
+    2 threads runs ~4× slower on 1, with every output still right).
 
     Args:
         conv: the fused convolution (its weight is copied into the packed layout).
@@ -263,7 +265,8 @@ def freeze_for_cpu(model: nn.Module, example: Tensor) -> torch.jit.ScriptModule:
     input shape (``PackedConvAct``), weights frozen as constants — what Inductor's CPU freezing emits for this
     network, without its compile time. Without oneDNN's post-op convolution (or for a non-float32 / non-CPU
     ``example``) it is ``freeze_folded``'s graph. The graph returns what ``model`` returns (dicts of tensors
-    included), equals the eval-mode model to float rounding and serves only ``example``'s shape.
+    included), equals the eval-mode model to float rounding and serves only ``example``'s shape at the current
+    ``torch.get_num_threads()`` (see ``PackedConvAct``).
     """
     if not (_HAS_POINTWISE and hasattr(torch.ops.mkldnn, "_reorder_convolution_weight")
             and example.device.type == "cpu" and example.dtype == torch.float32):

@@ -6,7 +6,8 @@ against one-by-one prediction on a folder of real images.
   predictor's default CPU path (``deploy.fuse.freeze_for_cpu``: fused, prepacked oneDNN convolutions in a frozen
   graph), timed round-robin in one run, with each one's largest difference from the eager outputs.
 - End to end: ``Predictor.predict`` on the same images with ``batch_size=1`` and ``batch_size=8`` (decoding,
-  preprocessing, network and post-processing), rounds interleaved; images per second and the ratio.
+  preprocessing, network and post-processing), rounds interleaved; images per second and the ratio. On the CPU
+  graph ``batch_size=8`` runs single-image streams, one per thread (``Predictor._detect_streams``).
 """
 from __future__ import annotations
 
@@ -51,7 +52,7 @@ def predictor_throughput(predictor: Any, images: Sequence[Path], batch_sizes: Se
     """Images per second of ``predictor.predict(images, batch_size=b)`` for each b, rounds interleaved (medians)."""
     import time
 
-    for b in batch_sizes:  # warm-up: a frozen graph per batch shape, caches
+    for b in batch_sizes:  # warm-up: the frozen graph, the stream threads, caches
         predictor.predict(list(images[:b]), batch_size=b, score_thresh=score_thresh)
     if len(images) % max(batch_sizes):
         predictor.predict(list(images[: len(images) % max(batch_sizes)]), batch_size=max(batch_sizes),
