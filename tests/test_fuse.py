@@ -117,3 +117,71 @@ def test_conv_act_fallback_matches_onednn_path():
         assert torch.allclose(fused(x), ref, atol=1e-5)  # grad enabled: the F.conv2d fallback
     with torch.no_grad():
         assert float(ConvAct(conv, nn.ReLU6())(x).max()) == 6.0  # the clamp really happens
+
+
+needs_onednn = pytest.mark.skipif(
+    not (torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_convolution_pointwise")),
+    reason="oneDNN post-op convolutions are not available in this PyTorch build")
+
+
+@needs_onednn
+def test_packed_conv_act_equals_conv_and_activation():
+    from mnv2_vision.deploy.fuse import ConvAct, PackedConvAct
+
+    torch.manual_seed(0)
+    # the 1×1-on-a-small-map case ATen would send to _slow_conv2d_forward, a depthwise and a strided dilated conv
+    cases = ((nn.Conv2d(160, 96, 1), (1, 160, 5, 5)), (nn.Conv2d(8, 8, 3, padding=1, groups=8), (2, 8, 9, 9)),
+             (nn.Conv2d(4, 6, 3, stride=2, padding=2, dilation=2), (1, 4, 11, 11)))
+    for conv, shape in cases:
+        x = (torch.randn(shape) * 10).contiguous(memory_format=torch.channels_last)
+        for act in (nn.ReLU6(), nn.ReLU(), None):
+            packed = PackedConvAct(ConvAct(conv, act), list(shape))
+            assert packed.weight.is_mkldnn  # prepacked into oneDNN's blocked layout
+            with torch.no_grad():
+                ref = conv(x) if act is None else act(conv(x))
+                assert float((packed(x) - ref).abs().max()) <= 1e-4
+        with torch.no_grad():
+            assert float(PackedConvAct(ConvAct(conv, nn.ReLU6()), list(shape))(x).max()) == 6.0
+
+
+@needs_onednn
+@pytest.mark.parametrize("batch", [1, 2])
+def test_freeze_for_cpu_graph_equals_eager_and_holds_fused_packed_convolutions(batch):
+    from mnv2_vision.deploy.fuse import freeze_folded, freeze_for_cpu
+
+    torch.manual_seed(0)
+    model = randomise_bn(build_model("ssdlite320_mobilenet_v2", num_classes=6, width_mult=0.5))
+    x = torch.randn(batch, 3, 160, 160)
+    with torch.no_grad():
+        ref = model(x)
+    graph = freeze_for_cpu(model, x)
+    nodes = [n.kind() for n in graph.graph.nodes()]
+    convs = sum(isinstance(m, nn.Conv2d) for m in model.modules())
+    # every convolution is one oneDNN post-op call, the activations and BatchNorms are gone from the graph
+    assert nodes.count("mkldnn::_convolution_pointwise") == convs
+    assert not {"aten::_convolution", "aten::conv2d", "aten::hardtanh", "aten::clamp", "aten::batch_norm"} & set(nodes)
+    folded = freeze_folded(model, x)
+    x_cl = x.contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        outs = [graph(x_cl), folded(x_cl)]
+    for out in outs:
+        assert out.keys() == ref.keys()
+        for k in ref:
+            assert float(ref[k].abs().max()) > 0.1
+            assert float((out[k] - ref[k]).abs().max()) <= 1e-4, k
+
+
+def test_freeze_for_cpu_falls_back_to_the_folded_graph_without_onednn(monkeypatch):
+    import mnv2_vision.deploy.fuse as fuse
+
+    monkeypatch.setattr(fuse, "_HAS_POINTWISE", False)
+    torch.manual_seed(0)
+    model = randomise_bn(build_model("ssdlite320_mobilenet_v2", num_classes=6, width_mult=0.35))
+    x = torch.randn(1, 3, 128, 128)
+    graph = fuse.freeze_for_cpu(model, x)
+    nodes = {n.kind() for n in graph.graph.nodes()}
+    assert "mkldnn::_convolution_pointwise" not in nodes and "aten::_convolution" in nodes
+    with torch.no_grad():
+        ref, out = model(x), graph(x.contiguous(memory_format=torch.channels_last))
+    for k in ref:
+        assert float((out[k] - ref[k]).abs().max()) <= 1e-4, k

@@ -120,6 +120,12 @@ def test_predictor_serves_the_pair_from_one_pass(trained, shapes_root):
     for a, b in zip(one, batched):
         assert torch.equal(a["mask"], b["mask"]) and torch.allclose(a["boxes"], b["boxes"], atol=1e-4)
         assert b["probs"].shape == (len(SHAPES), *a["mask"].shape)
+    # the default CPU path (frozen fused graph, images in parallel streams) gives the same boxes and masks
+    fast = mnv2_vision.load(out / "ckpt" / "last.ckpt", device="cpu").predict(
+        images, batch_size=2, score_thresh=cfg.eval.score_thresh)
+    for a, b in zip(one, fast):
+        assert match_detections(a, b, box_atol=1e-3, score_atol=1e-4) == []
+        assert (a["mask"] == b["mask"]).float().mean() > 0.999
     # model.pt in its run folder: config.yaml and classes.json give the same predictor
     plain = mnv2_vision.load(out / "model.pt", device="cpu", fuse=False)
     assert plain.task == "multitask" and plain.mask_names == SHAPES and plain.names == predictor.names

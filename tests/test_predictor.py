@@ -110,6 +110,45 @@ def test_batched_equals_one_by_one_with_images_of_different_sizes(det_run, val_f
     assert batched[3]["size"] == (50, 77) and (batched[3]["boxes"][:, 2] <= 77).all()
 
 
+
+def test_cpu_streams_give_the_one_by_one_results_and_leave_the_threads_alone(det_run, val_files, tmp_path):
+    """On the CPU graph a batch runs as single-image streams, one per intra-op thread (here 2): the results are
+    those of one image at a time, in order, and the caller's thread settings are as before."""
+    import threading
+
+    p = mnv2_vision.load(det_run / "ckpt" / "last.ckpt", device="cpu")
+    assert p.backend.freeze
+    _, files = val_files
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        one = [p.predict(f, score_thresh=0.05)[0] for f in files]
+        threads_seen = []
+        decode = p._det_input
+        p._det_input = lambda item: (threads_seen.append((threading.get_ident(), torch.get_num_threads())),
+                                     decode(item))[1]
+        batched = p.predict(files, batch_size=4, score_thresh=0.05)
+        del p._det_input
+        assert list(p._pools) == [2]
+        assert len({t for t, _ in threads_seen}) == 2 and {n for _, n in threads_seen} == {1}  # 2 streams × 1 thread
+        assert torch.get_num_threads() == 2
+        seen = []
+        t = threading.Thread(target=lambda: seen.append(torch.get_num_threads()))  # the default for new threads
+        t.start()
+        t.join()
+        assert seen == [2]
+        assert sum(len(r["scores"]) for r in one) > 0
+        for a, b in zip(one, batched):
+            assert a["path"] == b["path"] and a["size"] == b["size"] and a["names"] == b["names"]
+            for key in ("boxes", "scores", "labels"):
+                assert torch.equal(a[key], b[key]), key
+        (tmp_path / "bad.jpg").write_bytes(b"not a jpeg")  # a bad file among the batch: its error, naming it
+        with pytest.raises(ValueError, match="bad.jpg"):
+            p.predict([files[0], tmp_path / "bad.jpg", files[1]], batch_size=3)
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_every_input_kind_gives_the_same_result(det_run, val_files, tmp_path):
     p = mnv2_vision.load(det_run / "ckpt" / "last.ckpt", device="cpu")
     path = val_files[1][0]

@@ -12,10 +12,15 @@ the activation module.
 
 ``fuse_for_inference`` works on a copy and keeps the model's own class and methods (``anchors``, ``num_classes``…)
 reachable through the returned wrapper, so the tools can swap it in with one line.
+
+``freeze_for_cpu`` (the predictor's CPU default) goes one step further for a fixed input shape: each fused
+convolution's weight is prepacked into oneDNN's blocked layout (``PackedConvAct``) and the model is traced and frozen
+into a TorchScript graph, so no Python runs per layer and no weight is reordered per call.
 """
 from __future__ import annotations
 
 import copy
+import functools
 import warnings
 
 import torch
@@ -23,7 +28,8 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-__all__ = ["fold_batchnorm", "ConvAct", "fuse_activations", "InferenceModel", "fuse_for_inference", "freeze_for_cpu"]
+__all__ = ["fold_batchnorm", "ConvAct", "fuse_activations", "InferenceModel", "fuse_for_inference", "PackedConvAct",
+           "pack_convolutions", "freeze_folded", "freeze_for_cpu"]
 
 # Activation modules a convolution can absorb → (oneDNN post-op name, its scalars).
 _POST_OPS: dict[type, tuple[str, list[float]]] = {nn.ReLU6: ("hardtanh", [0.0, 6.0]), nn.ReLU: ("relu", [])}
@@ -149,28 +155,124 @@ def fuse_for_inference(model: nn.Module, channels_last: bool = True) -> Inferenc
     return InferenceModel(fused, channels_last).eval()
 
 
-def freeze_for_cpu(model: nn.Module, example: Tensor, optimize: bool = False) -> torch.jit.ScriptModule:
-    """A frozen TorchScript graph of ``model`` (BatchNorm folded, channels-last) for inputs shaped like ``example``.
+# TorchScript can trace neither the oneDNN post-op convolution (its ``Scalar?[]`` argument) nor a call that passes it
+# a Python list, but it can call a scripted function that does: the traced graph records the call, freezing inlines
+# it, and the graph then holds the fused convolutions with their prepacked weights as constants.
+_POINTWISE_SRC = """
+def conv_none(x: Tensor, w: Tensor, b: Optional[Tensor], padding: List[int], stride: List[int],
+              dilation: List[int], groups: int) -> Tensor:
+    scalars: List[Optional[number]] = []
+    return torch.ops.mkldnn._convolution_pointwise(x, w, b, padding, stride, dilation, groups, "none", scalars, "")
 
-    Freezing inlines the weights as constants and lets TorchScript's CPU passes fold and fuse around them (the
-    route of the fastest PyTorch MobileNetV2-SSDLite, a frozen TorchScript). The oneDNN post-op convolutions of
-    ``fuse_activations`` are not traceable, so the activations stay separate modules here. With ``optimize``,
-    ``torch.jit.optimize_for_inference`` also converts the graph to oneDNN layouts. The graph returns what
-    ``model`` returns (dicts of tensors included) and is specialised to ``example``'s shape.
+def conv_relu(x: Tensor, w: Tensor, b: Optional[Tensor], padding: List[int], stride: List[int],
+              dilation: List[int], groups: int) -> Tensor:
+    scalars: List[Optional[number]] = []
+    return torch.ops.mkldnn._convolution_pointwise(x, w, b, padding, stride, dilation, groups, "relu", scalars, "")
+
+def conv_hardtanh(x: Tensor, w: Tensor, b: Optional[Tensor], padding: List[int], stride: List[int],
+                  dilation: List[int], groups: int, low: float, high: float) -> Tensor:
+    scalars: List[Optional[number]] = [low, high]
+    return torch.ops.mkldnn._convolution_pointwise(x, w, b, padding, stride, dilation, groups, "hardtanh", scalars,
+                                                   "")
+"""
+
+
+@functools.cache
+def _pointwise_functions() -> torch.jit.CompilationUnit:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # TorchScript's deprecation notice
+        return torch.jit.CompilationUnit(_POINTWISE_SRC)
+
+
+class PackedConvAct(nn.Module):
+    """A ``ConvAct`` whose weight is prepacked into the blocked layout oneDNN picks for one input shape, called
+    through a scripted function so that ``torch.jit.trace`` records it (CPU, float32, oneDNN only).
+
+    oneDNN reorders a plain (OIHW) weight into its blocked layout on every call; packing once removes that work and
+    lets 1×1 convolutions on small maps skip ATen's native fallback (``_slow_conv2d_forward``), which ATen picks for
+    batch-1 inputs under 20480 elements. The packed weight only serves inputs shaped ``input_size`` on as many
+    intra-op threads as were set when it was packed (oneDNN picks the layout for both; measured: SSDLite packed for
+    2 threads runs ~4× slower on 1, with every output still right).
+
+    Args:
+        conv: the fused convolution (its weight is copied into the packed layout).
+        input_size: the ``(N, C, H, W)`` input shape the packing is chosen for.
     """
+
+    def __init__(self, conv: ConvAct, input_size: list[int]) -> None:
+        super().__init__()
+        w = torch.ops.mkldnn._reorder_convolution_weight(conv.weight.detach(), conv.padding, conv.stride,
+                                                         conv.dilation, conv.groups, list(input_size))
+        self.register_buffer("weight", w)
+        self.register_buffer("bias", None if conv.bias is None else conv.bias.detach().clone())
+        self.stride, self.padding, self.dilation, self.groups = conv.stride, conv.padding, conv.dilation, conv.groups
+        self.post_op, self.scalars = conv.post_op, list(conv.scalars)
+        self.input_size = list(input_size)
+
+    def forward(self, x: Tensor) -> Tensor:
+        f = _pointwise_functions()
+        args = (x, self.weight, self.bias, self.padding, self.stride, self.dilation, self.groups)
+        if self.post_op == "hardtanh":
+            return f.conv_hardtanh(*args, *self.scalars)
+        return (f.conv_relu if self.post_op == "relu" else f.conv_none)(*args)
+
+
+def pack_convolutions(fused: InferenceModel, example: Tensor) -> int:
+    """Replace, in place, every ``ConvAct`` of a ``fuse_for_inference`` model by a ``PackedConvAct`` packed for the
+    input shape it sees when the model runs on ``example`` (a CPU float32 batch). Returns the number replaced."""
+    sizes: dict[nn.Module, list[int]] = {}
+    convs = [m for m in fused.modules() if isinstance(m, ConvAct)]
+    hooks = [m.register_forward_pre_hook(lambda m, args: sizes.__setitem__(m, list(args[0].shape))) for m in convs]
+    try:
+        fused(example)
+    finally:
+        for h in hooks:
+            h.remove()
+    packed = 0
+    for parent in list(fused.modules()):
+        for name, child in list(parent._modules.items()):
+            if isinstance(child, ConvAct) and child in sizes:
+                parent._modules[name] = PackedConvAct(child, sizes[child])
+                packed += 1
+    return packed
+
+
+def _trace_and_freeze(module: nn.Module, x: Tensor) -> torch.jit.ScriptModule:
+    with torch.no_grad(), warnings.catch_warnings():
+        # TorchScript is deprecated in favour of torch.compile, whose compile takes minutes on a CPU; the traced
+        # graph is an accelerator here, with the eager model as the fallback (the predictor), not a design target.
+        warnings.simplefilter("ignore")
+        graph = torch.jit.freeze(torch.jit.trace(module, x, strict=False, check_trace=False))
+        graph(x)  # the first calls specialise the graph (profiling executor): done here, not at the first image
+        graph(x)
+    return graph
+
+
+def freeze_folded(model: nn.Module, example: Tensor) -> torch.jit.ScriptModule:
+    """A frozen TorchScript graph of ``model`` with BatchNorm folded, channels-last, activations separate: the recipe
+    of the popular MobileNetV2-SSDLite's frozen TorchScript, and ``freeze_for_cpu``'s fallback without oneDNN."""
     folded = copy.deepcopy(model).eval()
     for p in folded.parameters():
         p.requires_grad_(False)
     fold_batchnorm(folded)
     folded = folded.to(memory_format=torch.channels_last)
+    return _trace_and_freeze(folded, example.contiguous(memory_format=torch.channels_last))
+
+
+def freeze_for_cpu(model: nn.Module, example: Tensor) -> torch.jit.ScriptModule:
+    """A frozen TorchScript graph of ``model`` for channels-last inputs shaped like ``example``: BatchNorm folded,
+    each ReLU/ReLU6 fused into its convolution as a oneDNN post-op, every convolution's weight prepacked for its
+    input shape (``PackedConvAct``), weights frozen as constants — what Inductor's CPU freezing emits for this
+    network, without its compile time. Without oneDNN's post-op convolution (or for a non-float32 / non-CPU
+    ``example``) it is ``freeze_folded``'s graph. The graph returns what ``model`` returns (dicts of tensors
+    included), equals the eval-mode model to float rounding and serves only ``example``'s shape at the current
+    ``torch.get_num_threads()`` (see ``PackedConvAct``).
+    """
+    if not (_HAS_POINTWISE and hasattr(torch.ops.mkldnn, "_reorder_convolution_weight")
+            and example.device.type == "cpu" and example.dtype == torch.float32):
+        return freeze_folded(model, example)
+    fused = fuse_for_inference(model, channels_last=True)
     x = example.contiguous(memory_format=torch.channels_last)
-    with torch.no_grad(), warnings.catch_warnings():
-        # TorchScript is deprecated in favour of torch.compile, whose compile takes minutes on a CPU; the traced
-        # graph is an accelerator here, with the eager model as the fallback (the predictor), not a design target.
-        warnings.simplefilter("ignore")
-        graph = torch.jit.freeze(torch.jit.trace(folded, x, strict=False, check_trace=False))
-        if optimize:
-            graph = torch.jit.optimize_for_inference(graph)
-        graph(x)  # the first calls specialise the graph (profiling executor): done here, not at the first image
-        graph(x)
-    return graph
+    with torch.no_grad():
+        pack_convolutions(fused, x)
+    return _trace_and_freeze(fused.model, x)

@@ -1,11 +1,13 @@
 """``tools/benchmark.py --predictor``: the predictor's default CPU path against the fused eager path, and batched
 against one-by-one prediction on a folder of real images.
 
-- Network: SSDLite at 320², batch 1 — eager, ``fuse_for_inference`` (the fused eager path), and the predictor's
-  default CPU path (``deploy.fuse.freeze_for_cpu``), timed round-robin in one run, with each one's largest
-  difference from the eager outputs.
+- Network: SSDLite at 320², batch 1 — eager, ``fuse_for_inference`` (the fused eager path), the frozen TorchScript
+  of the BN-folded model (``deploy.fuse.freeze_folded``: the popular MobileNetV2-SSDLite's recipe) and the
+  predictor's default CPU path (``deploy.fuse.freeze_for_cpu``: fused, prepacked oneDNN convolutions in a frozen
+  graph), timed round-robin in one run, with each one's largest difference from the eager outputs.
 - End to end: ``Predictor.predict`` on the same images with ``batch_size=1`` and ``batch_size=8`` (decoding,
-  preprocessing, network and post-processing), rounds interleaved; images per second and the ratio.
+  preprocessing, network and post-processing), rounds interleaved; images per second and the ratio. On the CPU
+  graph ``batch_size=8`` runs single-image streams, one per thread (``Predictor._detect_streams``).
 """
 from __future__ import annotations
 
@@ -22,23 +24,27 @@ __all__ = ["predictor_network_benchmark", "predictor_throughput", "format_predic
 @torch.no_grad()
 def predictor_network_benchmark(model: torch.nn.Module, size: int = 320, runs: int = 10, block: int = 11
                                 ) -> dict[str, Any]:
-    """Median ms of eager / fused / the predictor's frozen graph on one (1, 3, size, size) input, and each one's max
-    abs difference from eager (all outputs)."""
-    from ..deploy.fuse import freeze_for_cpu, fuse_for_inference
+    """Median ms of eager / fused / frozen folded / the predictor's frozen graph on one (1, 3, size, size) input, and
+    each one's max abs difference from eager (all outputs)."""
+    from ..deploy.fuse import freeze_folded, freeze_for_cpu, fuse_for_inference
 
     model = model.eval()
     x = torch.randn(1, 3, size, size)
     fused = fuse_for_inference(model)
+    folded = freeze_folded(model, x)
     frozen = freeze_for_cpu(model, x)
     x_cl = x.contiguous(memory_format=torch.channels_last)
     runners = {"eager": lambda: model(x), "fused eager (fuse_for_inference)": lambda: fused(x),
+               "frozen BN-folded graph (peer recipe)": lambda: folded(x_cl),
                "predictor default (frozen graph)": lambda: frozen(x_cl)}
     ref = model(x)
     diffs = {k: max(float((f()[n] - ref[n]).abs().max()) for n in ref) for k, f in runners.items()}
     timing = time_round_robin(runners, runs=runs, block=block)
     ms = {k: t["median_ms"] for k, t in timing.items()}
     return {"input": [1, 3, size, size], "median_ms": ms, "max_abs_diff_vs_eager": diffs,
-            "predictor / fused": ms["predictor default (frozen graph)"] / ms["fused eager (fuse_for_inference)"]}
+            "predictor / fused": ms["predictor default (frozen graph)"] / ms["fused eager (fuse_for_inference)"],
+            "predictor / frozen BN-folded": (ms["predictor default (frozen graph)"]
+                                             / ms["frozen BN-folded graph (peer recipe)"])}
 
 
 def predictor_throughput(predictor: Any, images: Sequence[Path], batch_sizes: Sequence[int] = (1, 8),
@@ -46,7 +52,7 @@ def predictor_throughput(predictor: Any, images: Sequence[Path], batch_sizes: Se
     """Images per second of ``predictor.predict(images, batch_size=b)`` for each b, rounds interleaved (medians)."""
     import time
 
-    for b in batch_sizes:  # warm-up: a frozen graph per batch shape, caches
+    for b in batch_sizes:  # warm-up: the frozen graph, the stream threads, caches
         predictor.predict(list(images[:b]), batch_size=b, score_thresh=score_thresh)
     if len(images) % max(batch_sizes):
         predictor.predict(list(images[: len(images) % max(batch_sizes)]), batch_size=max(batch_sizes),
@@ -67,8 +73,9 @@ def predictor_throughput(predictor: Any, images: Sequence[Path], batch_sizes: Se
 def format_predictor_benchmark(net: dict[str, Any], thr: dict[str, Any] | None) -> str:
     lines = [f"Predictor, SSDLite network at {net['input'][-1]}² batch 1 (median ms, max |diff| vs eager):"]
     for k, ms in net["median_ms"].items():
-        lines.append(f"  {k:<36} {ms:8.2f} ms   {net['max_abs_diff_vs_eager'][k]:.1e}")
+        lines.append(f"  {k:<38} {ms:8.2f} ms   {net['max_abs_diff_vs_eager'][k]:.1e}")
     lines.append(f"  predictor default / fused eager: {net['predictor / fused']:.2f}")
+    lines.append(f"  predictor default / frozen BN-folded graph: {net['predictor / frozen BN-folded']:.2f}")
     if thr is not None:
         lines.append(f"Predictor end to end on {thr['images']} images (decode + network + post-processing):")
         for k, v in thr["images_per_s"].items():
