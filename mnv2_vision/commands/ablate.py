@@ -129,7 +129,6 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
         return results
 
 
-
 def console() -> int:
     """The ``mnv2-ablate`` command and ``python tools/ablate.py``: ``main`` with its exit status."""
     return exit_status(main())

@@ -101,7 +101,6 @@ def main(argv: Sequence[str] | None = None) -> dict:
     return result
 
 
-
 def console() -> int:
     """The ``mnv2-eval-cls`` command and ``python tools/eval_cls.py``: ``main`` with its exit status."""
     return exit_status(main())

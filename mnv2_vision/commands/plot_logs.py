@@ -79,7 +79,6 @@ def main(argv: Sequence[str] | None = None) -> Path:
     return out
 
 
-
 def console() -> int:
     """The ``mnv2-plot-logs`` command and ``python tools/plot_logs.py``: ``main`` with its exit status."""
     return exit_status(main())

@@ -49,7 +49,6 @@ def main(argv: list[str] | None = None) -> int:
     return 1 if problems else 0
 
 
-
 def console() -> int:
     """The ``mnv2-prepare-data`` command and ``python tools/prepare_data.py``: ``main`` with its exit status."""
     return exit_status(main())

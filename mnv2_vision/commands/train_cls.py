@@ -33,7 +33,6 @@ def main(argv: Sequence[str] | None = None) -> dict:
     return result
 
 
-
 def console() -> int:
     """The ``mnv2-train-cls`` command and ``python tools/train_cls.py``: ``main`` with its exit status."""
     return exit_status(main())

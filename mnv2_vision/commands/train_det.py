@@ -75,7 +75,6 @@ def main(argv: Sequence[str] | None = None) -> dict:
         return result
 
 
-
 def console() -> int:
     """The ``mnv2-train-det`` command and ``python tools/train_det.py``: ``main`` with its exit status."""
     return exit_status(main())

@@ -67,7 +67,6 @@ def main(argv: Sequence[str] | None = None) -> dict:
         return result
 
 
-
 def console() -> int:
     """The ``mnv2-train-seg`` command and ``python tools/train_seg.py``: ``main`` with its exit status."""
     return exit_status(main())
