@@ -26,6 +26,14 @@ __all__ = ["base_parser", "setup_run", "write_config", "guarded", "add_debug_fla
 log = logging.getLogger("mnv2_vision")
 
 
+def require_extra(missing: ImportError | None, tool: str, extra: str = "deploy") -> None:
+    """A command whose optional dependencies failed to import (``missing``) stops with the install command, not a
+    traceback: ``pip install "mnv2_vision[deploy]"`` for ONNX export / ONNX Runtime."""
+    if missing is not None:
+        raise UserError(f"{tool} needs the optional '{extra}' dependencies ({missing.name or missing} is not "
+                        f"installed): pip install \"mnv2_vision[{extra}]\"")
+
+
 def add_debug_flag(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--debug", action="store_true", help="show the full traceback of an error instead of one line")
     return p

@@ -460,3 +460,21 @@ def test_progress_lines_without_a_terminal(tmp_path, capsys):
     steps = [line for line in out.splitlines() if line.startswith("  step ")]
     assert len(steps) == 6 and steps[0].startswith("  step 1/6 (epoch 1, batch 1/3)") and "steps/s" in steps[0]
     assert "threads: 1 (trainer.num_threads)" in out and "epoch 2/2 step 6" in out
+
+
+@pytest.mark.parametrize("name", ["export", "benchmark"])
+def test_a_missing_deploy_extra_is_one_line_naming_the_install(name, monkeypatch, capsys):
+    """A plain `pip install mnv2_vision` has no onnx / onnxruntime: the commands that need them say how to get them
+    (the wheel check imports every console command without the extra)."""
+    import importlib
+
+    module = importlib.import_module(f"mnv2_vision.commands.{name}")
+    missing = ImportError("No module named 'onnxruntime'", name="onnxruntime")
+    monkeypatch.setattr(module, "_NO_DEPLOY", missing)
+    argv = ["--ckpt", "x.ckpt"] if name == "export" else []
+    with pytest.raises(SystemExit) as e:
+        module.main(argv)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "Traceback" not in err
+    assert err.strip() == (f"error: tools/{name}.py needs the optional 'deploy' dependencies (onnxruntime is not "
+                           'installed): pip install "mnv2_vision[deploy]"')

@@ -35,21 +35,27 @@ import tempfile
 from pathlib import Path
 from typing import Sequence
 
-import onnxruntime
 import torch
 
-from mnv2_vision.cli import add_debug_flag, exit_status, guarded
+from mnv2_vision.cli import add_debug_flag, exit_status, guarded, require_extra
 from mnv2_vision.deploy import bench
 from mnv2_vision.deploy.fuse import fold_batchnorm, fuse_for_inference
-from mnv2_vision.deploy.onnx_export import DetectionExport, SegmentationExport, export_onnx, ort_session
-from mnv2_vision.deploy.ort_profile import kernel_breakdown
-from mnv2_vision.deploy.quantize import detection_calibration, quantize_int8, segmentation_calibration
 from mnv2_vision.files import write_json
 from mnv2_vision.perf.coco_eval import coco_eval_benchmark
 from mnv2_vision.perf.data import data_benchmark, format_data_benchmark
 from mnv2_vision.perf.timing import matmul_madd_rate, time_round_robin
 from mnv2_vision.models import build_model
 from mnv2_vision.profiling import count_madds, count_params
+
+try:  # the deploy extra (onnx, onnxruntime): without it main() names the install command instead of a traceback
+    import onnxruntime
+
+    from mnv2_vision.deploy.onnx_export import DetectionExport, SegmentationExport, export_onnx, ort_session
+    from mnv2_vision.deploy.ort_profile import kernel_breakdown
+    from mnv2_vision.deploy.quantize import detection_calibration, quantize_int8, segmentation_calibration
+    _NO_DEPLOY: ImportError | None = None
+except ImportError as e:
+    _NO_DEPLOY = e
 
 MULTITASK = "ssdlite320_deeplabv3_mobilenet_v2"
 
@@ -257,6 +263,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     p.add_argument("--json", default="runs/benchmark.json")
     p.add_argument("--quiet", action="store_true", help="hide the export tool's output")
     args = add_debug_flag(p).parse_args(argv)
+    require_extra(_NO_DEPLOY, "tools/benchmark.py")
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)

@@ -25,18 +25,23 @@ import numpy as np
 import torch
 
 from mnv2_vision.checkpoint import load_model
-from mnv2_vision.cli import add_debug_flag, exit_status, guarded
+from mnv2_vision.cli import add_debug_flag, exit_status, guarded, require_extra
 from mnv2_vision.config import save_config, to_dict
 from mnv2_vision.data import resolve_root
-from mnv2_vision.deploy import evaluate as ev
-from mnv2_vision.deploy.onnx_export import (
-    DetectionExport, MultiTaskExport, SegmentationExport, check_parity, export_onnx, ort_session)
-from mnv2_vision.deploy.quantize import detection_calibration, quantize_int8, segmentation_calibration
 from mnv2_vision.files import save_torch, write_json
-from mnv2_vision.perf.timing import time_round_robin
 from mnv2_vision.lit.detection import build_det_datamodule, categories_from
 from mnv2_vision.lit.segmentation import build_seg_datamodule, segmentation_class_names
+from mnv2_vision.perf.timing import time_round_robin
 from mnv2_vision.version import __version__
+
+try:  # the deploy extra (onnx, onnxruntime): without it main() names the install command instead of a traceback
+    from mnv2_vision.deploy import evaluate as ev
+    from mnv2_vision.deploy.onnx_export import (
+        DetectionExport, MultiTaskExport, SegmentationExport, check_parity, export_onnx, ort_session)
+    from mnv2_vision.deploy.quantize import detection_calibration, quantize_int8, segmentation_calibration
+    _NO_DEPLOY: ImportError | None = None
+except ImportError as e:
+    _NO_DEPLOY = e
 
 
 def _metadata(cfg, hparams, kind: str, size: tuple[int, int], wrapper) -> dict:
@@ -94,6 +99,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     p.add_argument("--threads", type=int, default=2, help="threads for ONNX Runtime and PyTorch")
     p.add_argument("--runs", type=int, default=30, help="timed runs (in blocks of 10) for the fp32 vs int8 latency")
     args = add_debug_flag(p).parse_args(argv)
+    require_extra(_NO_DEPLOY, "tools/export.py")
 
     torch.set_num_threads(args.threads)
     cfg, model, hparams = load_model(args.ckpt)
