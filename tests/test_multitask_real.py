@@ -23,7 +23,7 @@ def coco_masks() -> Path:
 
 @pytest.mark.slow
 def test_memorises_boxes_and_masks_of_sixteen_training_images(coco_masks, tmp_path):
-    """The documented command (configs/multitask_coco_masks.yaml): 300 steps on the first 16 images of
+    """The documented command (configs/multitask_coco_masks.yaml): 400 steps on the first 16 images of
     coco_masks/train2017, evaluated on the same images: mAP50 ≥ 0.5 (80 COCO classes) and mIoU ≥ 0.5 (VOC classes,
     masks painted from the instances)."""
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
