@@ -84,7 +84,8 @@ def _latency_rows(sharings: Sequence[str], threads: int, runs: int) -> dict[str,
 @guarded
 def main(argv: Sequence[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--steps", type=int, default=1000, help="optimiser steps for every model")
+    p.add_argument("--steps", type=int, default=400,
+                   help="optimiser steps for every model (400: the three runs fit in ~10 CPU-minutes)")
     p.add_argument("--sharing", nargs="+", default=["os32"], choices=["os32", "os16", "twin"],
                    help="stride-sharing options of the pair to train (models/multitask.py)")
     p.add_argument("--out", default="runs/compare_multitask")
