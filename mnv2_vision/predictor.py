@@ -8,12 +8,13 @@
 Outputs follow torchvision's conventions, in the pixels of each original image (after its EXIF orientation):
 detection ``boxes`` (D, 4) float xyxy, ``scores`` (D,), ``labels`` (D,) int64 (1..C, 0 is background), plus ``names``
 and COCO ``category_ids``; segmentation a ``mask`` (H, W) int64 of label indices (and ``probs`` (K, H, W) on
-request); a multi-task checkpoint (``tools/train_multitask.py``) both, from one forward pass. Every result also carries ``size`` (H, W) and, for a file, its ``path``.
+request); a multi-task checkpoint (``tools/train_multitask.py``) both, from one forward pass. Every result also
+carries ``size`` (H, W) and, for a file, its ``path``.
 
 Inputs are preprocessed exactly as in evaluation (``data.images.load_rgb``'s conversions — EXIF orientation,
 grayscale / RGBA / palette / CMYK / 16-bit to RGB — then the evaluation resize and normalisation stored in the
 checkpoint's config or the ONNX file's metadata), so ``predict`` gives ``tools/eval_det.py``'s detections.
-Backends: PyTorch for checkpoints and ``model.pt`` (fused and compiled on CPU, autocast on GPU), ONNX Runtime for
+Backends: PyTorch for checkpoints and ``model.pt`` (fused, and a frozen graph on CPU; autocast on GPU), ONNX Runtime for
 ``.onnx`` files written by ``tools/export.py``.
 """
 from __future__ import annotations

@@ -177,7 +177,7 @@ def _table(result: dict) -> str:
 
 
 def console() -> int:
-    """The ``mnv2-compare-multitask`` command and ``python tools/compare_multitask.py``: ``main`` with its exit status."""
+    """The ``mnv2-compare-multitask`` command and ``python tools/compare_multitask.py``: ``main``, exit status."""
     return exit_status(main())
 
 

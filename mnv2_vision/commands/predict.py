@@ -81,26 +81,48 @@ def _json_path(out_dir: Path) -> Path:
     raise FileExistsError(f"no free name for predictions.json in {out_dir}")
 
 
-def _predict(predictor: Predictor, files: list[Path], batch_size: int, score_thresh: float,
-             skipped: list[str]) -> list[tuple[Path, dict[str, Any] | None]]:
-    """``(file, result)`` per file, batch by batch; a batch holding an unreadable image is redone one by one so that
-    only that image is lost (its result ``None``, its error in ``skipped``)."""
-    out: list[tuple[Path, dict[str, Any] | None]] = []
-    for i in range(0, len(files), batch_size):
-        chunk = files[i:i + batch_size]
+def _decoded(files: list[Path], skipped: list[str]) -> list[tuple[Path, np.ndarray]]:
+    """``(file, RGB image)`` of each readable file, decoded once: the predictor gets the array (the evaluation
+    pipeline's numbers: a file and its decoded array agree to 2.4e-7) and the drawing reuses it. An unreadable file
+    is warned about and listed in ``skipped``; it must not cost the results of the others."""
+    out = []
+    for f in files:
         try:
-            out += zip(chunk, predictor.predict(chunk, batch_size=batch_size, score_thresh=score_thresh))
-            continue
-        except (ValueError, OSError):
-            pass
-        for f in chunk:
-            try:
-                out += zip([f], predictor.predict(f, score_thresh=score_thresh))
-            except (ValueError, OSError) as e:  # one bad file must not cost the results of the others
-                log.warning("skipping %s", e)
-                skipped.append(str(e))
-                out.append((f, None))
+            out.append((f, to_rgb(f)))
+        except (ValueError, OSError) as e:
+            log.warning("skipping %s", e)
+            skipped.append(str(e))
     return out
+
+
+def _write(f: Path, image: np.ndarray, r: dict[str, Any], outs: tuple[Path, ...], predictor: Predictor,
+           score_thresh: float) -> dict[str, Any]:
+    """The outputs of one image (label map and overlay, boxes drawn) and its record for predictions.json."""
+    record = {"file": str(f), "height": image.shape[0], "width": image.shape[1],
+              "outputs": [str(o) for o in outs]}
+    task = predictor.task
+    if "mask" in r:
+        label_map = r["mask"].numpy().astype(np.uint8)
+        mask_file = outs[1] if task == "multitask" else outs[0]
+        write_label(mask_file, label_map)
+        overlay = overlay_segmentation(image, label_map)
+        names = predictor.mask_names
+        ids, counts = np.unique(label_map, return_counts=True)
+        record["pixels"] = {(names[i] if i < len(names) else str(i)): int(c) for i, c in zip(ids, counts)}
+        if task == "segmentation":
+            save_image(overlay, outs[1], quality=95)
+        print(f"{f}: classes {[names[i] for i in ids if i < len(names)]} → {mask_file}")
+    if "boxes" in r:  # boxes drawn over the mask overlay of the same pass for a multi-task model
+        background = overlay if task == "multitask" else image
+        save_image(draw_detections(background, r["boxes"].numpy(), r["labels"].tolist(), r["scores"].tolist(),
+                                   predictor.names), outs[0], quality=95)
+        record["detections"] = [
+            {"bbox_xyxy": [round(v, 2) for v in b], "score": round(s, 4), "label": lab, "category_id": c,
+             "name": n}
+            for b, s, lab, c, n in zip(r["boxes"].tolist(), r["scores"].tolist(), r["labels"].tolist(),
+                                       r["category_ids"], r["names"])]
+        print(f"{f}: {len(r['labels'])} detection(s) with score >= {score_thresh} → {outs[0]}")
+    return record
 
 
 @guarded
@@ -128,35 +150,12 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
     json_path = _json_path(out_dir)
     records: list[dict] = []
     skipped: list[str] = []
-    for f, r in _predict(predictor, files, args.batch_size, args.score_thresh, skipped):
-        if r is None:
-            continue
-        outs = outputs[f]
-        image = to_rgb(f)  # the picture to draw on: upright, as the predictor saw it
-        record = {"file": str(f), "height": image.shape[0], "width": image.shape[1],
-                  "outputs": [str(o) for o in outs]}
-        if "mask" in r:
-            label_map = r["mask"].numpy().astype(np.uint8)
-            mask_file = outs[1] if task == "multitask" else outs[0]
-            write_label(mask_file, label_map)
-            overlay = overlay_segmentation(image, label_map)
-            names = predictor.mask_names
-            ids, counts = np.unique(label_map, return_counts=True)
-            record["pixels"] = {(names[i] if i < len(names) else str(i)): int(c) for i, c in zip(ids, counts)}
-            if task == "segmentation":
-                save_image(overlay, outs[1], quality=95)
-            print(f"{f}: classes {[names[i] for i in ids if i < len(names)]} → {mask_file}")
-        if "boxes" in r:  # boxes drawn over the mask overlay of the same pass for a multi-task model
-            background = overlay if task == "multitask" else image
-            save_image(draw_detections(background, r["boxes"].numpy(), r["labels"].tolist(), r["scores"].tolist(),
-                                       predictor.names), outs[0], quality=95)
-            record["detections"] = [
-                {"bbox_xyxy": [round(v, 2) for v in b], "score": round(s, 4), "label": lab, "category_id": c,
-                 "name": n}
-                for b, s, lab, c, n in zip(r["boxes"].tolist(), r["scores"].tolist(), r["labels"].tolist(),
-                                           r["category_ids"], r["names"])]
-            print(f"{f}: {len(r['labels'])} detection(s) with score >= {args.score_thresh} → {outs[0]}")
-        records.append(record)
+    for i in range(0, len(files), args.batch_size):
+        batch = _decoded(files[i:i + args.batch_size], skipped)
+        results = predictor.predict([image for _, image in batch], batch_size=args.batch_size,
+                                    score_thresh=args.score_thresh) if batch else []
+        for (f, image), r in zip(batch, results):
+            records.append(_write(f, image, r, outputs[f], predictor, args.score_thresh))
     write_json(json_path, records)
     print(f"wrote {len(records)} image(s)' outputs to {out_dir} and {json_path}")
     if skipped:
