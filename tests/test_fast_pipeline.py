@@ -4,6 +4,8 @@ reference pipelines (fixed seeds, stated tolerances)."""
 from __future__ import annotations
 
 import os
+import struct
+import zlib
 from pathlib import Path
 
 import cv2
@@ -14,12 +16,13 @@ from PIL import Image
 from scipy.stats import ks_2samp
 from test_transforms import _painted  # box i painted in channel i % 3
 
-from mnv2_vision.data.decode import EncodedImage, decode_rgb, reduction_factor
+from mnv2_vision.data.decode import EncodedImage, decode_rgb, png_indices, reduction_factor
 from mnv2_vision.data.detection_pipeline import FastDetectionTransform, _Decoded, _Plan, fast_detection_transform
 from mnv2_vision.data.images import load_rgb
-from mnv2_vision.data.pixels import Normalizer
+from mnv2_vision.data.pixels import Normalizer, stack_images, uint8_chw
 from mnv2_vision.data.seg_transforms import FastSegTrainTransform, SegTrainTransform
 from mnv2_vision.data.transforms import IoURandomCrop, detection_transform, ssd_crop
+from mnv2_vision.data.voc import read_label, write_label
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 REAL = os.environ.get("MNV2_REAL_DATA")
@@ -82,6 +85,98 @@ def test_decode_is_bit_identical_to_pillow_on_the_real_subsets():
     assert len(files) >= 20
     for f in files:
         np.testing.assert_array_equal(decode_rgb(f), load_rgb(f), err_msg=str(f))
+
+
+# ---------------------------------------------------------------------------------------------- label maps
+def _png(path: Path, rows: np.ndarray, colour: int, filters: np.ndarray | None = None, depth: int = 8) -> Path:
+    """A PNG written chunk by chunk: ``rows`` (H, W) one byte per pixel, each row prefixed by its filter byte
+    (0 = none unless ``filters`` says otherwise; the bytes are stored as given, so only 0 is the plain image)."""
+    h, w = rows.shape
+    filters = np.zeros(h, np.uint8) if filters is None else filters
+    raw = np.concatenate([filters[:, None].astype(np.uint8), rows], axis=1).tobytes()
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    plte = chunk(b"PLTE", bytes(range(256)) * 3) if colour == 3 else b""
+    data = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, depth, colour, 0, 0, 0)) + plte
+            + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+    path.write_bytes(data)
+    return path
+
+
+def test_label_maps_read_fast_equal_pillow_and_other_pngs_go_to_pillow(tmp_path):
+    rng = np.random.default_rng(0)
+    label = rng.integers(0, 21, (37, 53)).astype(np.uint8)
+    label[5:9] = 255
+    voc = write_label(tmp_path / "voc.png", label)  # Pillow's palette PNG, as VOC's: unfiltered rows
+    mode, fast = png_indices(voc.read_bytes())
+    assert mode == "P" and fast.flags.writeable and fast.flags.c_contiguous
+    np.testing.assert_array_equal(fast, label)
+    grey = _png(tmp_path / "grey.png", label, colour=0)
+    assert png_indices(grey.read_bytes())[0] == "L"
+    np.testing.assert_array_equal(read_label(grey, 21, ("L",)), np.array(Image.open(grey)))
+    # Pillow's own grey PNGs have filtered rows, a 16-bit map has two bytes a pixel: Pillow reads both, as before.
+    Image.fromarray(label, mode="L").save(tmp_path / "pil_grey.png")
+    Image.fromarray(label.astype(np.uint16) * 300).save(tmp_path / "deep.png")
+    filtered = _png(tmp_path / "sub.png", label, colour=3, filters=np.ones(37, np.uint8))  # Sub filter
+    for f, modes in ((tmp_path / "pil_grey.png", ("L",)), (filtered, ("P",))):
+        assert png_indices(f.read_bytes()) is None
+        np.testing.assert_array_equal(read_label(f, 256, modes), np.array(Image.open(f)))
+    assert png_indices((tmp_path / "deep.png").read_bytes()) is None
+    with pytest.raises(ValueError, match="deep.png has mode"):
+        read_label(tmp_path / "deep.png", 21, ("P", "L"))
+    # Damaged files: the fast reader declines and Pillow's verdict stands, naming the file.
+    data = voc.read_bytes()
+    (tmp_path / "cut.png").write_bytes(data[:-30])
+    assert png_indices(data[:-30]) is None
+    with pytest.raises(ValueError, match="cut.png"):
+        read_label(tmp_path / "cut.png", 21)
+    at = data.index(b"IDAT") + 10
+    flipped = data[:at] + bytes([data[at] ^ 0xFF]) + data[at + 1:]  # the chunk's CRC no longer matches
+    assert png_indices(flipped) is None
+    (tmp_path / "flipped.png").write_bytes(flipped)
+    try:
+        expected = np.array(Image.open(tmp_path / "flipped.png"))
+    except (OSError, SyntaxError, ValueError) as e:
+        expected = e
+    if isinstance(expected, np.ndarray):
+        np.testing.assert_array_equal(read_label(tmp_path / "flipped.png", 256), expected)
+    else:
+        with pytest.raises(ValueError, match="flipped.png"):
+            read_label(tmp_path / "flipped.png", 256)
+    with pytest.raises(ValueError, match=r"voc.png has values \[20\]"):  # the value check applies to both paths
+        read_label(voc, 20)
+
+
+@pytest.mark.skipif(not REAL, reason="MNV2_REAL_DATA not set")
+def test_real_label_maps_take_the_fast_path_with_pillows_indices(shapes_root):
+    files = sorted(Path(REAL, "voc_coco", "VOC2012", "SegmentationClass").glob("*.png"))
+    files += sorted((shapes_root / "VOC2012" / "SegmentationClass").glob("*.png"))[::10]
+    assert len(files) >= 200
+    for f in files:
+        fast = png_indices(f.read_bytes())
+        assert fast is not None, f
+        np.testing.assert_array_equal(fast[1], np.array(Image.open(f)), err_msg=str(f))
+        np.testing.assert_array_equal(read_label(f, 256), read_label(f, 256, pillow=True), err_msg=str(f))
+
+
+def test_uint8_images_stay_channel_last_from_worker_to_batch():
+    img = _textured(21, 34, 5)
+    for arr in (img, np.dstack([img, np.full(img.shape[:2], 9, np.uint8)])):
+        x = uint8_chw(arr)
+        assert x.shape == (3, 21, 34) and x.permute(1, 2, 0).is_contiguous()
+        assert torch.equal(x, torch.from_numpy(img).permute(2, 0, 1))
+    items = [uint8_chw(_textured(21, 34, k)) for k in range(3)]
+    batch = stack_images(items)
+    assert batch.is_contiguous(memory_format=torch.channels_last) and torch.equal(batch, torch.stack(items))
+    normalised = Normalizer(MEAN, STD).batch(batch)
+    assert normalised.is_contiguous()
+    torch.testing.assert_close(normalised, Normalizer(MEAN, STD).batch(torch.stack(items).contiguous()), atol=0,
+                               rtol=0)
+    torch.testing.assert_close(normalised[1], Normalizer(MEAN, STD)(_textured(21, 34, 1)), atol=1e-6, rtol=0)
+    floats = [torch.rand(3, 4, 5) for _ in range(2)]  # contiguous images stack as torch.stack does
+    assert stack_images(floats).is_contiguous() and torch.equal(stack_images(floats), torch.stack(floats))
 
 
 def test_dct_factor_keeps_one_decoded_pixel_per_output_pixel(tmp_path):
@@ -378,8 +473,9 @@ def test_training_batches_are_uint8_and_the_data_modules_normalise_them(shapes_r
                               subset=4)
     det.setup("fit")
     images, targets = next(iter(det.train_dataloader()))
-    assert images.dtype == torch.uint8
+    assert images.dtype == torch.uint8 and images.is_contiguous(memory_format=torch.channels_last)
     normalised, same = det.on_after_batch_transfer((images, targets), 0)
+    assert normalised.is_contiguous()
     assert same is targets and normalised.dtype == torch.float32
     torch.testing.assert_close(normalised, Normalizer(MEAN, STD).batch(images))
     val_images = next(iter(det.val_dataloader()))[0]  # (images, targets, skipped): evaluation batches
@@ -390,6 +486,7 @@ def test_training_batches_are_uint8_and_the_data_modules_normalise_them(shapes_r
     seg.setup("fit")
     batch = next(iter(seg.train_dataloader()))
     assert batch["image"].dtype == torch.uint8 and batch["mask"].dtype == torch.uint8
+    assert batch["image"].is_contiguous(memory_format=torch.channels_last)  # no reordering in the workers
     out = seg.on_after_batch_transfer(batch, 0)
     torch.testing.assert_close(out["image"], Normalizer(MEAN, STD).batch(batch["image"]))
     assert out["mask"].dtype == torch.int64 and torch.equal(out["mask"], batch["mask"].long())

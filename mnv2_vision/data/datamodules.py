@@ -20,14 +20,16 @@ from .coco import CocoDetection
 from .distributed import distributed_eval_loader
 from .resumable import ResumableDataLoader, ResumableSampler, replicas
 from .detection_pipeline import fast_detection_transform
+from .pixels import stack_images
 
 __all__ = ["DetectionDataModule", "detection_collate", "detection_eval_collate", "worker_init"]
 
 
 def detection_collate(batch: Sequence[tuple[Tensor, dict]]) -> tuple[Tensor, list[dict]]:
-    """Images of one size stacked to ``(N, 3, H, W)``; targets stay a list (each image has its own box count)."""
+    """Images of one size stacked to ``(N, 3, H, W)`` (``stack_images``: training's uint8 images stay channel-last);
+    targets stay a list (each image has its own box count)."""
     images, targets = zip(*batch)
-    return torch.stack(images), list(targets)
+    return stack_images(images), list(targets)
 
 
 def detection_eval_collate(batch: Sequence[tuple[Tensor, dict] | Skipped]) -> tuple[Tensor, list[dict], list[str]]:

@@ -19,7 +19,7 @@ from albucore import multiply_add
 from albumentations.augmentations.pixel import functional as fpixel
 from torch import Tensor
 
-__all__ = ["Jitter", "apply_jitter", "Normalizer", "uint8_chw"]
+__all__ = ["Jitter", "apply_jitter", "Normalizer", "uint8_chw", "stack_images"]
 
 # (brightness, contrast, saturation, hue, order): ColorJitter's parameters for one sample; order lists the steps
 # 0 = brightness, 1 = contrast, 2 = saturation, 3 = hue in the order they are applied.
@@ -71,9 +71,12 @@ class Normalizer:
         self.scale = torch.tensor([1.0 / (255.0 * s) for s in std], dtype=torch.float32).view(3, 1, 1)
 
     def batch(self, images: Tensor) -> Tensor:
-        """The same normalisation of a uint8 ``(N, 3, H, W)`` batch, on the batch's device (a data module's
-        ``on_after_batch_transfer``: on a GPU it costs nothing, and the workers send a quarter of the bytes)."""
-        return (images.float() - self.shift.to(images.device)) * self.scale.to(images.device)
+        """The same normalisation of a uint8 ``(N, 3, H, W)`` batch (any layout; ``stack_images`` gives
+        channel-last ones), on the batch's device (a data module's ``on_after_batch_transfer``: on a GPU it costs
+        nothing, and the workers send a quarter of the bytes); the result is contiguous, as the network expects."""
+        out = torch.empty(images.shape, dtype=torch.float32, device=images.device)
+        out.copy_(images)  # the uint8 → float conversion and the reordering to channel-first in one pass
+        return out.sub_(self.shift.to(images.device)).mul_(self.scale.to(images.device))
 
     def __call__(self, img: np.ndarray) -> Tensor:
         """``img``: uint8 ``(H, W, 3)``, or ``(H, W, 4)`` whose fourth channel is ignored."""
@@ -83,11 +86,24 @@ class Normalizer:
 
 
 def uint8_chw(img: np.ndarray) -> Tensor:
-    """uint8 ``(H, W, 3 or 4)`` → contiguous uint8 ``(3, H, W)`` tensor (the first three channels).
+    """uint8 ``(H, W, 3 or 4)`` → uint8 ``(3, H, W)`` tensor (the first three channels) laid out channel-last, as
+    ``torch.channels_last`` lays out a batch: a view of the RGB array, so no pixel is reordered in the worker.
 
-    OpenCV's SIMD de-interleave (``cv2.split``) then one stack: ~0.15 ms at 513², where torch's strided uint8 copy of
-    the permuted view takes ~1 ms."""
-    out = np.empty((3, img.shape[0], img.shape[1]), np.uint8)
-    for c, plane in enumerate(cv2.split(img)[:3]):
-        out[c] = plane
-    return torch.from_numpy(out)
+    Four channels become three with OpenCV (0.1 ms at 513²). Writing a channel-first copy instead took 0.35 ms, and
+    torch's strided copy of the permuted view ~1 ms. ``stack_images`` batches such images without reordering them,
+    and ``Normalizer.batch`` makes the float batch channel-first on the training device."""
+    img = cv2.cvtColor(img, cv2.COLOR_RGBA2RGB) if img.shape[2] == 4 else np.ascontiguousarray(img)
+    return torch.from_numpy(img).permute(2, 0, 1)
+
+
+def stack_images(images: Sequence[Tensor]) -> Tensor:
+    """``torch.stack`` of same-sized ``(C, H, W)`` images that keeps a channel-last layout (``uint8_chw``'s): the
+    batch is then ``torch.channels_last`` and each image one memcpy into it (``torch.stack`` makes a contiguous
+    batch: a strided copy, 0.9 ms per 513² image)."""
+    first = images[0]
+    channel_last = first.dim() == 3 and not first.is_contiguous() and first.permute(1, 2, 0).is_contiguous()
+    out = torch.empty((len(images), *first.shape), dtype=first.dtype,
+                      memory_format=torch.channels_last if channel_last else torch.contiguous_format)
+    for i, image in enumerate(images):
+        out[i] = image
+    return out

@@ -25,7 +25,7 @@ from torch import Tensor
 
 from .check import Skipped
 from .decode import EncodedImage
-from .pixels import Normalizer, uint8_chw
+from .pixels import Normalizer, stack_images, uint8_chw
 from .transforms import seed_compose
 from .voc import IGNORE_INDEX
 
@@ -147,7 +147,8 @@ class FastSegTrainTransform:
         return self.to_tensors(*self.resample(image, mask, self.plan(*image.shape[:2])))
 
     def to_tensors(self, image: np.ndarray, mask: np.ndarray) -> tuple[Tensor, Tensor]:
-        """Normalised float image ``(3, c, c)`` and int64 mask ``(c, c)`` (both uint8 with ``normalize=False``)."""
+        """Normalised float image ``(3, c, c)`` and int64 mask ``(c, c)``; with ``normalize=False`` both uint8, the
+        image channel-last (``pixels.uint8_chw``)."""
         return self.normalize(image), torch.from_numpy(mask).to(self.mask_dtype)
 
     def resample(self, image: np.ndarray, mask: np.ndarray, plan: tuple) -> tuple[np.ndarray, np.ndarray]:
@@ -211,11 +212,14 @@ def pad_collate(items: list[dict]) -> dict:
                 "size": torch.zeros(0, 2, dtype=torch.int64), "id": [], "skipped": skipped}
     h = max(it["image"].shape[-2] for it in items)
     w = max(it["image"].shape[-1] for it in items)
+    sizes = torch.tensor([list(it["image"].shape[-2:]) for it in items], dtype=torch.int64)
+    if bool((sizes == torch.tensor([h, w])).all()):  # nothing to pad (training crops): keep their layout
+        images, masks = stack_images([it["image"] for it in items]), torch.stack([it["mask"] for it in items])
+        return {"image": images, "mask": masks, "size": sizes, "id": [it["id"] for it in items], "skipped": skipped}
     images = torch.zeros(len(items), items[0]["image"].shape[0], h, w, dtype=items[0]["image"].dtype)
     masks = torch.full((len(items), h, w), IGNORE_INDEX, dtype=items[0]["mask"].dtype)
     for i, it in enumerate(items):
         ih, iw = it["image"].shape[-2:]
         images[i, :, :ih, :iw] = it["image"]
         masks[i, :ih, :iw] = it["mask"]
-    sizes = torch.tensor([list(it["image"].shape[-2:]) for it in items], dtype=torch.int64)
     return {"image": images, "mask": masks, "size": sizes, "id": [it["id"] for it in items], "skipped": skipped}

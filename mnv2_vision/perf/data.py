@@ -5,8 +5,8 @@ are timed on the same images in one process and one thread (a DataLoader worker)
 so load from other processes hits them alike and their ratios hold on a shared machine:
 
 - ``ours``: what the data modules run (``data/detection_pipeline.py``, ``FastSegTrainTransform``, ``decode_rgb``);
-- ``before``: the albumentations pipelines with Pillow decoding (``load_rgb``), as the data modules ran them before
-  the fast pipelines (the distribution reference of ``tests/test_fast_pipeline.py``);
+- ``before``: the albumentations pipelines with Pillow decoding (``load_rgb``, and label PNGs through Pillow), as the
+  data modules ran them before the fast pipelines (the distribution reference of ``tests/test_fast_pipeline.py``);
 - ``torchvision v2 ssdlite`` / ``torchvision v2 ssd``: torchvision's detection reference recipes
   (``references/detection/presets.py``) in ``transforms.v2`` on tensors decoded by ``torchvision.io.decode_jpeg``
   (its faster backend): "ssdlite" = ``RandomIoUCrop`` → flip → resize → ``SanitizeBoundingBoxes``; "ssd" (the
@@ -216,11 +216,17 @@ def segmentation_candidates(root: Path, split: str, crop: int, num_classes: int,
     from ..data.images import load_rgb
     from ..data.seg_transforms import (FastSegEvalTransform, FastSegTrainTransform, SegEvalTransform,
                                        SegTrainTransform)
-    from ..data.voc import VOCSegmentation
+    from ..data.voc import VOCSegmentation, read_label
 
     ref_tf = SegTrainTransform(crop) if train else SegEvalTransform()
     ds = VOCSegmentation(root, split, ref_tf, num_classes=num_classes)
     label = lambda i, size: ds._label(i, size)  # noqa: E731
+
+    def pillow_label(i: int, size: tuple[int, ...]) -> np.ndarray:  # how labels were read before png_indices
+        out = read_label(ds.label_dir / f"{ds.ids[i]}.png", num_classes, ds.label_modes, pillow=True)
+        if out.shape != tuple(size):
+            raise ValueError(f"label {ds.ids[i]} is {out.shape}, its image {size}")
+        return out
 
     def fast_candidate(fast_tf: Any) -> Candidate:
         return [(s, (lambda i, u=u: fast(fast_tf, i, u))) for u, s in enumerate(stages)] if train else \
@@ -253,7 +259,7 @@ def segmentation_candidates(root: Path, split: str, crop: int, num_classes: int,
         image = load_rgb(ds.image_path(i))
         if upto < 0:
             return image
-        mask = label(i, image.shape[:2])
+        mask = pillow_label(i, image.shape[:2])
         if upto == 0:
             return mask
         compose = parts[upto]
