@@ -319,7 +319,8 @@ def test_batched_ssd_crop_keeps_the_ssd_constraints():
     ref, ref_whole = IoURandomCrop(min_ious=(0.5,)), 0
     ref.set_random_seed(0)
     for _ in range(200):
-        crop = ref.get_params_dependent_on_data({"shape": (200, 200, 3)}, {"bboxes": np.array([[0.3, 0.3, 0.7, 0.7, 1]])})
+        crop = ref.get_params_dependent_on_data({"shape": (200, 200, 3)},
+                                                {"bboxes": np.array([[0.3, 0.3, 0.7, 0.7, 1]])})
         ref_whole += crop["crop_coords"] == (0, 0, 200, 200)
     assert abs(whole - ref_whole) < 20 and whole < 80
     assert ssd_crop(rng, 50, 60, np.zeros((0, 4))) != (0, 0, 60, 50)  # no objects: an unconstrained patch
@@ -438,7 +439,8 @@ def test_segmentation_distribution_matches_the_reference_and_labels_are_exact():
             x, m = tf(image, mask)
             m = m.numpy()
             left = m[:, : crop // 2]
-            stats[name].append(((m == 255).mean(), (m == 1).mean(), (left == 2).mean() - (m[:, crop // 2:] == 2).mean()))
+            balance = (left == 2).mean() - (m[:, crop // 2:] == 2).mean()
+            stats[name].append(((m == 255).mean(), (m == 1).mean(), balance))
     a, b = np.array(stats["ref"]), np.array(stats["fast"])
     for j, what in enumerate(("ignore fraction", "class-1 fraction", "class-2 left-right balance")):
         assert ks_2samp(a[:, j], b[:, j]).pvalue > 1e-3, what

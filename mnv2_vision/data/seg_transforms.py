@@ -95,7 +95,8 @@ class FastSegTrainTransform:
     probability ``flip_p`` — albumentations' own arithmetic. The crop is then one ``cv2.warpAffine`` of the image
     (bilinear, the scaled-pixel centres of ``cv2.resize``; 4-channel pixels, which OpenCV warps ~2.5× faster) and two
     index gathers of the mask (nearest, ``cv2.resize``'s ``floor(x · H / H')``: the reference's labels exactly), the
-    flip folded into both; padding is the mean colour and 255 (ignore). Call it on arrays like the reference, or ``from_file`` on an ``EncodedImage``.
+    flip folded into both; padding is the mean colour and 255 (ignore). Call it on arrays like the reference, or
+    ``from_file`` on an ``EncodedImage``.
     """
 
     def __init__(self, crop_size: int, scale_range: Sequence[float] = (0.5, 2.0),
