@@ -152,8 +152,8 @@ def png_indices(data: bytes) -> tuple[str, np.ndarray] | None:
     stored unfiltered; ``None`` for any other file, or one whose chunks, checksums or data do not add up (Pillow
     then reads it, and reports what is wrong with it).
 
-    The pixels are Pillow's ``np.array(Image.open(...))`` exactly (``tests/test_fast_pipeline.py``): chunk CRCs are
-    checked as Pillow checks them and the deflate stream's Adler-32 by zlib-ng.
+    The pixels are Pillow's ``np.array(Image.open(...))`` exactly (``tests/test_fast_pipeline.py``); every chunk's
+    CRC is checked here, and the deflate stream's Adler-32 by zlib-ng.
     """
     if not data.startswith(_PNG_SIGNATURE):
         return None
