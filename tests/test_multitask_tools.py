@@ -96,13 +96,32 @@ def test_predict_draws_boxes_over_the_mask_in_one_picture(trained, tmp_path, sha
     assert 0 < len(rec["detections"]) <= 100 and rec["detections"][0]["name"] in SHAPES[1:]
 
 
+@torch.no_grad()
+def _evaluation_path(model, image: np.ndarray, cfg) -> tuple[dict, np.ndarray]:
+    """Boxes (original pixels) and the uint8 label map of one RGB image the way training's validation gets them:
+    the reference evaluation pipeline (resize, normalise), one forward pass, ``postprocess_detections`` and
+    ``segment_targets`` (logits upsampled to the image)."""
+    from mnv2_vision.data.transforms import detection_transform
+    from mnv2_vision.lit.multitask import segment_targets
+    from mnv2_vision.ops.boxes import BoxCoder
+    from mnv2_vision.ops.postprocess import postprocess_detections
+
+    tf = detection_transform("none", False, cfg.data.image_size, cfg.data.mean, cfg.data.std)
+    x = tf(image, np.zeros((0, 4), np.float32), np.zeros((0,), np.int64))[0][None]
+    out = model(x)
+    size, orig, e = tuple(x.shape[-2:]), tuple(image.shape[:2]), cfg.eval
+    det = postprocess_detections(out["cls_logits"], out["bbox_regression"], model.anchors(size, x.device), BoxCoder(),
+                                 size, [orig], score_thresh=e.score_thresh, nms_iou=e.nms_iou,
+                                 topk_candidates=e.topk_candidates, detections_per_img=e.detections_per_img)[0]
+    return det, segment_targets(model, x, [orig], logits=out["out"])[0].to(torch.uint8).numpy()
+
+
 def test_predictor_serves_the_pair_from_one_pass(trained, shapes_root):
-    """mnv2_vision.load on the pair's checkpoint and model.pt: boxes and mask equal to predict_pair (the training's
-    evaluation path: one forward pass, logits upsampled to the image); batched equals one by one."""
+    """mnv2_vision.load on the pair's checkpoint and model.pt: boxes and mask equal to the training's evaluation
+    path (one forward pass, logits upsampled to the image); batched equals one by one."""
     import mnv2_vision
     from mnv2_vision.data.images import load_rgb
     from mnv2_vision.deploy.onnx_export import match_detections
-    from mnv2_vision.lit.multitask import predict_pair
 
     out, _ = trained
     cfg, model, _ = load_model(out / "ckpt" / "last.ckpt")
@@ -112,7 +131,7 @@ def test_predictor_serves_the_pair_from_one_pass(trained, shapes_root):
     assert predictor.task == "multitask" and predictor.mask_names == SHAPES
     one = [predictor.predict(im, score_thresh=cfg.eval.score_thresh)[0] for im in images]
     for im, r in zip(images, one):
-        det, label = predict_pair(model.eval(), im, cfg.data.image_size, cfg.data.mean, cfg.data.std, cfg.eval)
+        det, label = _evaluation_path(model.eval(), im, cfg)
         assert match_detections(det, r, box_atol=1e-3, score_atol=1e-5) == []
         assert r["mask"].shape == im.shape[:2] and (r["mask"].numpy() == label).mean() > 0.999
         assert r["names"] == [predictor.names[i] for i in r["labels"].tolist()]

@@ -162,7 +162,7 @@ def segmentation_problems(ann: dict, height: int | None, width: int | None, tole
                 problems.append(f"polygon_outside_image: annotation {aid}: points span x {min(xs):g}..{max(xs):g}, "
                                 f"y {min(ys):g}..{max(ys):g}, beyond the {width}x{height} image by more than "
                                 f"{tolerance:g} px (training clips them)")
-            elif float(mask_utils.area(mask_utils.merge(mask_utils.frPyObjects(polygons, height, width)))) == 0:
+            elif float(mask_utils.area(annotation_rle(ann, height, width))) == 0:
                 problems.append(f"empty_mask: annotation {aid}: its polygons cover no pixel")
         return problems
     if isinstance(seg, dict) and "counts" in seg and "size" in seg:

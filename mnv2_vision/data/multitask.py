@@ -23,7 +23,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.data import Dataset
+from torch.utils.data import ConcatDataset, Dataset
 
 from .check import Skipped
 from .coco import CocoDetection
@@ -83,25 +83,22 @@ class SegmentationOnly(Dataset):
         return f"SegmentationOnly({self.source.root}, split={self.source.split!r}, images={len(self)})"
 
 
-class TaskConcat(Dataset):
-    """Datasets one after the other; an ``(index, seed)`` pair from ``ResumableSampler`` reaches the dataset holding
-    ``index`` with its seed, so every source is augmented reproducibly (``data/resumable.py``)."""
+class TaskConcat(ConcatDataset):
+    """``ConcatDataset`` whose ``(index, seed)`` pairs from ``ResumableSampler`` reach the dataset holding ``index``
+    with their seed, so every source is augmented reproducibly (``data/resumable.py``)."""
 
     def __init__(self, datasets: Sequence[Dataset], coco: Any = None) -> None:
-        self.datasets = list(datasets)
+        super().__init__(datasets)
         self.coco = coco  # the detection source's pycocotools ground truth, for validation
-        self.offsets = list(np.cumsum([0, *(len(d) for d in self.datasets)]))  # type: ignore[arg-type]
-
-    def __len__(self) -> int:
-        return int(self.offsets[-1])
 
     def __getitem__(self, index: int | tuple[int, int]) -> Any:
-        i, seed = (index if isinstance(index, tuple) else (index, None))
-        if not 0 <= int(i) < len(self):
+        if not isinstance(index, tuple):
+            return super().__getitem__(index)
+        i, seed = int(index[0]), index[1]
+        if not 0 <= i < len(self):
             raise IndexError(f"index {i} out of range for {len(self)} items")
-        k = bisect.bisect_right(self.offsets, int(i)) - 1
-        local = int(i) - int(self.offsets[k])
-        return self.datasets[k][(local, seed) if seed is not None else local]
+        k = bisect.bisect_right(self.cumulative_sizes, i)
+        return self.datasets[k][(i - (self.cumulative_sizes[k - 1] if k else 0), seed)]
 
     def __repr__(self) -> str:
         return " + ".join(repr(d) for d in self.datasets)

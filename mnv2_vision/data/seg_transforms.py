@@ -211,10 +211,10 @@ def pad_collate(items: list[dict]) -> dict:
     if not items:
         return {"image": torch.zeros(0, 3, 0, 0), "mask": torch.zeros(0, 0, 0, dtype=torch.int64),
                 "size": torch.zeros(0, 2, dtype=torch.int64), "id": [], "skipped": skipped}
-    h = max(it["image"].shape[-2] for it in items)
-    w = max(it["image"].shape[-1] for it in items)
     sizes = torch.tensor([list(it["image"].shape[-2:]) for it in items], dtype=torch.int64)
-    if bool((sizes == torch.tensor([h, w])).all()):  # nothing to pad (training crops): keep their layout
+    largest = sizes.max(0).values
+    h, w = int(largest[0]), int(largest[1])
+    if bool((sizes == largest).all()):  # nothing to pad (training crops): keep their layout
         images, masks = stack_images([it["image"] for it in items]), torch.stack([it["mask"] for it in items])
         return {"image": images, "mask": masks, "size": sizes, "id": [it["id"] for it in items], "skipped": skipped}
     images = torch.zeros(len(items), items[0]["image"].shape[0], h, w, dtype=items[0]["image"].dtype)

@@ -221,20 +221,22 @@ class ZoomOut(A.DualTransform):
         canvas_h, canvas_w, left, top = zoom_out_geometry(self.py_random, h, w, self.side_range)
         return {"canvas": (canvas_h, canvas_w), "offset": (left, top)}
 
-    def apply(self, img: np.ndarray, canvas: tuple[int, int], offset: tuple[int, int], **params: Any) -> np.ndarray:
-        h, w = img.shape[:2]
-        out = np.empty((canvas[0], canvas[1], *img.shape[2:]), dtype=img.dtype)
-        out[...] = np.asarray(self.fill[: img.shape[2]] if img.ndim == 3 else self.fill[0], dtype=img.dtype)
-        out[offset[1]: offset[1] + h, offset[0]: offset[0] + w] = img
+    @staticmethod
+    def _place(arr: np.ndarray, canvas: tuple[int, int], offset: tuple[int, int], fill: Any) -> np.ndarray:
+        """``arr`` at ``offset`` (x, y) on a ``canvas`` (h, w) of ``fill``."""
+        h, w = arr.shape[:2]
+        out = np.empty((canvas[0], canvas[1], *arr.shape[2:]), dtype=arr.dtype)
+        out[...] = np.asarray(fill, dtype=arr.dtype)
+        out[offset[1]: offset[1] + h, offset[0]: offset[0] + w] = arr
         return out
+
+    def apply(self, img: np.ndarray, canvas: tuple[int, int], offset: tuple[int, int], **params: Any) -> np.ndarray:
+        return self._place(img, canvas, offset, self.fill[: img.shape[2]] if img.ndim == 3 else self.fill[0])
 
     def apply_to_mask(self, mask: np.ndarray, canvas: tuple[int, int], offset: tuple[int, int],
                       **params: Any) -> np.ndarray:
         # The new canvas shows nothing that was labelled: ignore (255), as segmentation's padding.
-        h, w = mask.shape[:2]
-        out = np.full((canvas[0], canvas[1], *mask.shape[2:]), 255, dtype=mask.dtype)
-        out[offset[1]: offset[1] + h, offset[0]: offset[0] + w] = mask
-        return out
+        return self._place(mask, canvas, offset, 255)
 
     def apply_to_bboxes(self, bboxes: np.ndarray, canvas: tuple[int, int], offset: tuple[int, int],
                         **params: Any) -> np.ndarray:

@@ -183,9 +183,9 @@ class VOCSegmentation(Dataset):
         image = decode_rgb(self.image_path(index))  # load_rgb's pixels and errors, faster (data/decode.py)
         return image, self._label(index, image.shape[:2])
 
-    def _label(self, index: int, size: tuple[int, ...]) -> np.ndarray:
+    def _label(self, index: int, size: tuple[int, ...], pillow: bool = False) -> np.ndarray:
         label_path = self.label_dir / f"{self.ids[index]}.png"
-        label = read_label(label_path, self.num_classes, self.label_modes)
+        label = read_label(label_path, self.num_classes, self.label_modes, pillow=pillow)
         if label.shape != tuple(size):
             raise ValueError(f"label map {label_path} is {label.shape[1]}×{label.shape[0]} but its image "
                              f"{self.image_path(index)} is {size[1]}×{size[0]}")

@@ -15,7 +15,6 @@ import re
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
@@ -23,13 +22,11 @@ from torch.nn import functional as F
 from ..config import Config, ConfigError, EvalCfg, LossCfg, OptimCfg, SchedCfg
 from ..data.voc import IGNORE_INDEX, VOC_CLASSES
 from ..eval.miou import ConfusionMatrix
-from ..ops.boxes import BoxCoder
 from ..ops.losses import seg_loss, ssd_multibox_loss
-from ..ops.postprocess import postprocess_detections
 from .detection import DetectionModule
 from .segmentation import predict_probs
 
-__all__ = ["MultiTaskModule", "segment_targets", "predict_pair", "segmentation_pairs", "multitask_seg_class_names",
+__all__ = ["MultiTaskModule", "segment_targets", "segmentation_pairs", "multitask_seg_class_names",
            "resolve_mt_classes", "build_mt_datamodule"]
 
 
@@ -48,26 +45,6 @@ def segment_targets(model: nn.Module, images: Tensor, sizes: Sequence[tuple[int,
         maps = predict_probs(model, images, scales, flip)
     return [F.interpolate(maps[i:i + 1], size=tuple(size), mode="bilinear", align_corners=False).argmax(1)[0]
             for i, size in enumerate(sizes)]
-
-
-@torch.no_grad()
-def predict_pair(model: nn.Module, image: np.ndarray, image_size: int, mean: Sequence[float], std: Sequence[float],
-                 eval_cfg: EvalCfg) -> tuple[dict[str, Tensor], np.ndarray]:
-    """Boxes (original pixels) and the ``(H, W)`` uint8 label map of one RGB uint8 image, from one forward pass at
-    the training size (the evaluation pipeline: resize to ``image_size`` and normalise)."""
-    from ..data.transforms import detection_transform
-
-    tf = detection_transform("none", False, image_size, mean, std)
-    x, _, _ = tf(image, np.zeros((0, 4), np.float32), np.zeros((0,), np.int64))
-    x = x.unsqueeze(0).to(next(model.parameters()).device)
-    out = model(x)
-    size, orig = tuple(x.shape[-2:]), tuple(image.shape[:2])
-    e = eval_cfg
-    det = postprocess_detections(out["cls_logits"], out["bbox_regression"], model.anchors(size, x.device),
-                                 BoxCoder(), size, [orig], score_thresh=e.score_thresh, nms_iou=e.nms_iou,
-                                 topk_candidates=e.topk_candidates, detections_per_img=e.detections_per_img)[0]
-    label = segment_targets(model, x, [orig], logits=out["out"])[0]
-    return {k: v.cpu() for k, v in det.items()}, label.to(torch.uint8).cpu().numpy()
 
 
 @torch.no_grad()

@@ -216,17 +216,12 @@ def segmentation_candidates(root: Path, split: str, crop: int, num_classes: int,
     from ..data.images import load_rgb
     from ..data.seg_transforms import (FastSegEvalTransform, FastSegTrainTransform, SegEvalTransform,
                                        SegTrainTransform)
-    from ..data.voc import VOCSegmentation, read_label
+    from ..data.voc import VOCSegmentation
 
     ref_tf = SegTrainTransform(crop) if train else SegEvalTransform()
     ds = VOCSegmentation(root, split, ref_tf, num_classes=num_classes)
     label = lambda i, size: ds._label(i, size)  # noqa: E731
-
-    def pillow_label(i: int, size: tuple[int, ...]) -> np.ndarray:  # how labels were read before png_indices
-        out = read_label(ds.label_dir / f"{ds.ids[i]}.png", num_classes, ds.label_modes, pillow=True)
-        if out.shape != tuple(size):
-            raise ValueError(f"label {ds.ids[i]} is {out.shape}, its image {size}")
-        return out
+    pillow_label = lambda i, size: ds._label(i, size, pillow=True)  # noqa: E731  (before png_indices)
 
     def fast_candidate(fast_tf: Any) -> Candidate:
         return [(s, (lambda i, u=u: fast(fast_tf, i, u))) for u, s in enumerate(stages)] if train else \
