@@ -10,8 +10,8 @@ truth: COCO mAP on the COCO validation split for both detectors; mIoU on the VOC
 bands ignored, the DeepLab demo's own metric) for both segmenters; the pair's own validation mIoU (masks painted from
 the COCO instances, no boundary band) is reported too. Then parameters, MAdds and fused batch-1 latency at 320² of
 the deployment-sized models (α = 1, 91 COCO / 21 VOC classes, random weights, the networks alone: post-processing is
-the same after SSDLite and after the pair) on ``--threads`` threads, and the CPU time of everything (user + system of this process). Writes
-``<out>/comparison.md`` and ``<out>/comparison.json``.
+the same after SSDLite and after the pair) on ``--threads`` threads, and the CPU time of everything (user + system
+of this process). Writes ``<out>/comparison.md`` and ``<out>/comparison.json``.
 """
 from __future__ import annotations
 
