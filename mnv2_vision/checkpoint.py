@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .config import Config, ConfigError, ModelCfg, config_from_dict
+from .config import Config, ConfigError, ModelCfg, TrainerCfg, config_from_dict
 from .models import MODELS, build_model
 
 __all__ = ["load_checkpoint", "model_kwargs", "build_from_config", "load_model", "inspect_resume", "ResumeInfo"]
@@ -103,6 +103,25 @@ def _diff(a: dict, b: dict, prefix: str) -> list[str]:
             if k != "pretrained" and a.get(k) != b.get(k)]
 
 
+def _check_limits(path: Path, old: Config, t: TrainerCfg, epochs_done: int, mid_epoch: bool, step: int) -> None:
+    """A resume only trains on: a ``trainer.max_epochs`` / ``max_steps`` below what the checkpoint has trained is
+    refused here, before any file of the run is rewritten (Lightning would stop with a traceback or, at an epoch's
+    end, quietly record the smaller limit in config.yaml as if the run had trained that long)."""
+    from .errors import CheckpointError
+
+    trained = f"{epochs_done} epoch(s){' and part of the next' if mid_epoch else ''} (step {step})"
+    hint = f"or start a new run from these weights with --set model.pretrained={path}"
+    if t.max_epochs > 0 and (epochs_done > t.max_epochs or (mid_epoch and epochs_done >= t.max_epochs)):
+        need = epochs_done + int(mid_epoch)
+        raise CheckpointError(f"{path} has trained {trained}, more than trainer.max_epochs={t.max_epochs}: a resume "
+                              f"only trains on. Resume with at least trainer.max_epochs={need} (its run was set "
+                              f"to {old.trainer.max_epochs}), {hint}")
+    if t.max_steps > 0 and step > t.max_steps:
+        raise CheckpointError(f"{path} has trained {trained}, more than trainer.max_steps={t.max_steps}: a resume "
+                              f"only trains on. Resume with at least trainer.max_steps={step} (its run was set "
+                              f"to {old.trainer.max_steps}), {hint}")
+
+
 def inspect_resume(path: str | Path, cfg: Config, run_dir: str | Path) -> ResumeInfo:
     """Check that ``path`` is a training checkpoint this run can continue, before Lightning loads it.
 
@@ -135,9 +154,14 @@ def inspect_resume(path: str | Path, cfg: Config, run_dir: str | Path) -> Resume
         raise CheckpointError(f"{path} holds another model than this config builds ({'; '.join(diffs[:4])}); "
                               "resume with the config it was trained with (its config.yaml)")
     progress = ckpt["loops"].get("fit_loop", {}).get("epoch_progress", {}).get("current", {})
-    epochs_done = int(progress.get("completed", ckpt.get("epoch", 0)))
+    # An epoch counts once its training batches are done ("processed"): last.ckpt at an epoch's end is written
+    # before Lightning counts the epoch "completed". A step save inside the next epoch has "started" it.
+    completed = int(progress.get("completed", ckpt.get("epoch", 0)))
+    epochs_done = max(completed, int(progress.get("processed", completed)))
+    mid_epoch = int(progress.get("started", epochs_done)) > epochs_done
     step = int(ckpt.get("global_step", 0))
     t = cfg.trainer
+    _check_limits(path, old, t, epochs_done, mid_epoch, step)
     finished = (t.max_epochs > 0 and epochs_done >= t.max_epochs) or (t.max_steps > 0 and step >= t.max_steps)
     inside = Path(run_dir).resolve() in path.resolve().parents
     if finished and not inside:
