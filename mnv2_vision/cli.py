@@ -50,7 +50,7 @@ def base_parser(description: str) -> argparse.ArgumentParser:
                    help="resume training from a checkpoint (a path, or 'last' for <out>/ckpt/last.ckpt)")
     p.add_argument("--overwrite", action="store_true",
                    help="start afresh in a run folder that holds an earlier run (its checkpoints, logs and results "
-                        "are deleted first)")
+                        "are deleted first), or write the run into a folder that holds other files (those are kept)")
     return add_debug_flag(p)
 
 

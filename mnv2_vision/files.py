@@ -2,8 +2,8 @@
 
 A crash, ``kill -9`` or a full disk in the middle of a write then leaves the previous version of the file (or no
 file), never a truncated one: ``os.replace`` is atomic on POSIX and Windows. What a killed process leaves behind is a
-temporary ``.<name>.tmp-<pid>`` file, which ``remove_temp_files`` deletes on the next start (the run folder does it
-under its lock, ``runfolder.py``).
+temporary ``.<name>.tmp-<pid>`` file, which ``remove_temp_files`` deletes on the next start once that process is
+gone (the run folder does it for its own places, ``runfolder.py``).
 """
 from __future__ import annotations
 
@@ -18,9 +18,15 @@ from pathlib import Path
 from typing import IO, Any, Iterator
 
 __all__ = ["atomic_write", "write_text", "write_json", "save_torch", "save_image", "save_figure", "temp_name",
-           "remove_temp_files", "is_disk_full", "load_torch", "plan_outputs"]
+           "remove_temp_files", "is_disk_full", "load_torch", "plan_outputs", "output_folder",
+           "is_temp_name"]
 
 _TEMP = re.compile(r"^\..+\.tmp-(\d+)$")
+
+
+def is_temp_name(name: str) -> bool:
+    """Whether ``name`` is the name of an ``atomic_write`` temporary file (``.<name>.tmp-<pid>``)."""
+    return _TEMP.match(name) is not None
 
 
 def temp_name(path: Path) -> Path:
@@ -127,26 +133,48 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def remove_temp_files(folder: str | os.PathLike, *, all_pids: bool = False) -> list[Path]:
-    """Delete the ``atomic_write`` leftovers of killed processes below ``folder``; returns what was removed.
+def remove_temp_files(folder: str | os.PathLike) -> list[Path]:
+    """Delete the ``atomic_write`` leftovers of processes that no longer exist from ``folder`` itself; returns what
+    was removed.
 
-    Without ``all_pids`` only files of processes that no longer exist are removed (another process may be writing);
-    the run folder passes ``all_pids=True`` while it holds its lock.
+    Never below ``folder`` (a subfolder may be another run's or another tool's, writing right now: a caller names
+    each folder it writes into), and never a file of a live process (it may be writing it right now, in this folder
+    or not: a lock on a folder says nothing about a process outside its run).
     """
     folder = Path(folder)
     removed: list[Path] = []
     if not folder.is_dir():
         return removed
-    for p in folder.rglob(".*.tmp-*"):
+    for p in folder.iterdir():
         m = _TEMP.match(p.name)
         if not m or not p.is_file():
             continue
         pid = int(m.group(1))
-        if all_pids or (pid != os.getpid() and not _alive(pid)):
+        if pid != os.getpid() and not _alive(pid):
             with contextlib.suppress(OSError):
                 p.unlink()
                 removed.append(p)
     return removed
+
+
+def output_folder(path: str | os.PathLike, option: str = "--out") -> Path:
+    """Create the output folder ``path`` (with its parents) and check that files can be written in it, before any
+    work: a file in the way, a read-only file system or a missing permission is a ``UserError`` naming ``option``,
+    not a traceback at the first write."""
+    from .errors import UserError
+
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{option} {path} is a file, not a folder: give a folder (a missing one is created)")
+    probe = temp_name(path / "write-check")  # a killed process leaves a temporary file like any other
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        probe.unlink()
+    except OSError as e:
+        raise UserError(f"{option} {path}: cannot write there ({e.strerror}); choose a folder you can write to") \
+            from None
+    return path
 
 
 def is_disk_full(error: BaseException) -> bool:

@@ -5,9 +5,14 @@ rows and both exit 0. A ``RunFolder`` now
 
 - holds an exclusive lock (``<out>/.lock``, ``flock``: released by the OS when the process dies, even by ``kill -9``)
   for the whole run; a second process is refused with a message naming the first one;
-- refuses to start a fresh run in a folder that already holds one (checkpoints, ``config.yaml``, metrics, results)
-  unless the run is continued (``--resume``) or explicitly replaced (``--overwrite``);
-- deletes the temporary files that a killed process left (``files.remove_temp_files``).
+- is never the root of the file system or the home folder, and never a folder of other files that holds no run
+  (unless ``--overwrite``: even then only ``RUN_FILES`` are ever replaced);
+- refuses to start a fresh run in a folder that already holds one (a checkpoint or a result) unless the run is
+  continued (``--resume``) or explicitly replaced (``--overwrite``). What a start that failed or was killed before its
+  first checkpoint left (``config.yaml``, ``classes.json``, logs) is no run: it is replaced, and a start that fails
+  removes what it wrote itself;
+- deletes the temporary files that a killed process left in the run's own places (its top level and ``ckpt/``,
+  never below: a subfolder may hold another run), and only those of processes that are gone.
 
 Under DDP only the launching process (global rank 0) takes the lock; the ranks it starts share its folder.
 """
@@ -24,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import RunFolderError
-from .files import remove_temp_files
+from .files import is_temp_name, output_folder, remove_temp_files
 
 try:  # POSIX
     import fcntl
@@ -37,6 +42,8 @@ __all__ = ["RunFolder", "launched_as_rank_zero", "RUN_FILES"]
 RUN_FILES = ("config.yaml", "classes.json", "ckpt", "metrics.csv", "hparams.yaml", "tb", "model.pt", "final_metrics.json",
              "result.json", "curves.png")
 _FINISHED_MARKERS = ("final_metrics.json", "result.json", "model.pt")
+# Where a run writes through ``files.atomic_write``: the folders whose leftovers a start removes.
+_OWN_PLACES = (".", "ckpt")
 
 
 def launched_as_rank_zero() -> bool:
@@ -81,6 +88,7 @@ class RunFolder:
         self.existing_ok = existing_ok
         self._fd: int | None = None
         self._created = False
+        self._found: set[str] = set()  # the RUN_FILES the folder held when this process took it
         self.removed_temp: list[Path] = []
 
     # ------------------------------------------------------------------ state of the folder
@@ -99,6 +107,20 @@ class RunFolder:
         if ckpt.is_dir():
             found += [f"ckpt/{p.name}" for p in sorted(ckpt.glob("*.ckpt"))]
         return found
+
+    def holds_run(self) -> bool:
+        """Whether the folder holds a run worth keeping: a checkpoint or a result. ``config.yaml``, ``classes.json``
+        and logs alone are what a start left that never saved a checkpoint (failed, or killed early)."""
+        ckpt = self.path / "ckpt"
+        checkpoint = ckpt.is_dir() and any(ckpt.glob("*.ckpt"))
+        return checkpoint or any((self.path / m).exists() for m in _FINISHED_MARKERS)
+
+    def other_files(self) -> list[str]:
+        """What the folder holds besides a run's files, its lock and temporary files."""
+        if not self.path.is_dir():
+            return []
+        return sorted(p.name for p in self.path.iterdir()
+                      if p.name not in RUN_FILES and p.name != ".lock" and not is_temp_name(p.name))
 
     @property
     def resume_path(self) -> Path | None:
@@ -131,8 +153,9 @@ class RunFolder:
     def open(self) -> "RunFolder":
         if not self.locking or self._fd is not None:
             return self
+        self._check_place()
         self._created = not self.path.exists()
-        self.path.mkdir(parents=True, exist_ok=True)
+        output_folder(self.path, "--out")
         fd = os.open(self.lock_file, os.O_RDWR | os.O_CREAT, 0o644)
         if not _lock(fd):
             os.close(fd)
@@ -148,8 +171,34 @@ class RunFolder:
         except BaseException:
             self.close()
             raise
-        self.removed_temp = remove_temp_files(self.path, all_pids=True)  # we hold the lock: nobody else writes
+        self._found = {name for name in RUN_FILES if (self.path / name).exists()}
+        self.removed_temp = [p for place in _OWN_PLACES for p in remove_temp_files(self.path / place)]
         return self
+
+    def _check_place(self) -> None:
+        """Refuse, before anything is written there, a folder that no run may use."""
+        resolved = self.path.resolve()
+        own = "choose a folder of its own (e.g. runs/NAME)"
+        if resolved == Path(resolved.anchor):
+            raise RunFolderError(f"--out {self.path} is the root of the file system: a run never writes there; {own}")
+        if resolved == _home():
+            raise RunFolderError(f"--out {self.path} is the home folder: a run never writes there; {own}")
+        if self.existing_ok or self.overwrite:
+            return
+        other = self.other_files()
+        if other and not self.existing_run_files():
+            shown = ", ".join(other[:6]) + (", ..." if len(other) > 6 else "")
+            raise RunFolderError(f"{self.path} is not empty and holds no run ({shown}): write the run to a new or "
+                                 "empty folder, or pass --overwrite to write it here anyway (only a run's own files "
+                                 "are ever replaced)")
+
+    def _remove(self, names: tuple[str, ...]) -> None:
+        for name in names:
+            p = self.path / name
+            if p.is_dir():
+                shutil.rmtree(p)
+            elif p.exists():
+                p.unlink()
 
     def _check_start(self) -> None:
         if self.resume_arg is not None or self.existing_ok:
@@ -158,23 +207,28 @@ class RunFolder:
         if not existing:
             return
         if self.overwrite:
-            for name in RUN_FILES:
-                p = self.path / name
-                if p.is_dir():
-                    shutil.rmtree(p)
-                elif p.exists():
-                    p.unlink()
+            self._remove(RUN_FILES)
             print(f"--overwrite: removed the previous run's files from {self.path}: {', '.join(existing[:8])}",
                   flush=True)
+            return
+        if not self.holds_run():
+            self._remove(RUN_FILES)
+            print(f"replacing the leftovers of a start that never saved a checkpoint in {self.path}: "
+                  f"{', '.join(existing[:8])}", flush=True)
             return
         state = "a finished run" if any(m in existing for m in _FINISHED_MARKERS) else "an unfinished run"
         shown = ", ".join(existing[:6]) + (", ..." if len(existing) > 6 else "")
         raise RunFolderError(f"{self.path} already holds {state} ({shown}); continue it with --resume last, write "
                              "this run to another --out, or replace it with --overwrite")
 
-    def close(self) -> None:
+    def close(self, failed: bool = False) -> None:
+        """Release the lock. ``failed``: the run stopped with an error; if it never saved a checkpoint, the files it
+        wrote (``config.yaml``, ``classes.json``, logs) are removed, so the next start is not refused for them."""
         if self._fd is None:
             return
+        if failed and not self.existing_ok and not self.holds_run():
+            with contextlib.suppress(OSError):
+                self._remove(tuple(name for name in RUN_FILES if name not in self._found))
         # The lock file stays: deleting it while another process waits on it would let two processes lock two
         # different files. Only a folder this process created and left empty is removed again.
         with contextlib.suppress(OSError):
@@ -189,5 +243,12 @@ class RunFolder:
     def __enter__(self) -> "RunFolder":
         return self.open()
 
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
+    def __exit__(self, exc_type: Any, *exc: Any) -> None:
+        self.close(failed=exc_type is not None)
+
+
+def _home() -> Path | None:
+    try:
+        return Path.home().resolve()
+    except (RuntimeError, KeyError, OSError):  # no HOME and no password entry
+        return None

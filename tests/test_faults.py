@@ -180,7 +180,10 @@ def test_a_fresh_run_never_lands_in_a_folder_holding_another_run(tmp_path, capsy
 def test_temporary_files_of_a_killed_run_are_removed_on_the_next_start(tmp_path):
     out = tmp_path / "run"
     (out / "ckpt").mkdir(parents=True)
-    leftovers = [out / ".model.pt.tmp-123456", out / "ckpt" / ".last.ckpt.tmp-99"]
+    gone = [subprocess.Popen([sys.executable, "-c", "pass"]) for _ in range(2)]  # processes that have exited
+    for p in gone:
+        p.wait()
+    leftovers = [out / f".model.pt.tmp-{gone[0].pid}", out / "ckpt" / f".last.ckpt.tmp-{gone[1].pid}"]
     for p in leftovers:
         p.write_bytes(b"half")
     (out / "ckpt" / "last.ckpt").write_bytes(b"kept")

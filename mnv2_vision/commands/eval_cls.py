@@ -25,7 +25,7 @@ from mnv2_vision.cli import add_debug_flag, exit_status, guarded
 from mnv2_vision.data import resolve_root
 from mnv2_vision.data.classification import (
     TransformedDataset, classification_transform, read_classification_split)
-from mnv2_vision.files import save_figure, write_json
+from mnv2_vision.files import output_folder, save_figure, write_json
 from mnv2_vision.lit.classification import evaluate_classifier
 
 
@@ -70,6 +70,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
     cfg, model, hparams = load_model(args.ckpt)
     if cfg.task != "classification":
         raise SystemExit(f"error: {args.ckpt} holds a {cfg.task!r} model; tools/eval_cls.py evaluates classifiers")
+    ckpt = Path(args.ckpt)
+    default_out = (ckpt.parent.parent if ckpt.parent.name == "ckpt" else ckpt.parent) / "eval"
+    out = output_folder(args.out or default_out)  # before the evaluation, not after it
     classes = [str(c) for c in hparams.get("classes") or range(model.num_classes)]
     d = cfg.data
     root = Path(args.root) if args.root else resolve_root(d)
@@ -82,8 +85,6 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
     loader = DataLoader(TransformedDataset(dataset, tf, None), batch_size=args.batch_size or d.val_batch_size, num_workers=d.num_workers)
     res = evaluate_classifier(model, loader, len(classes))
-    ckpt = Path(args.ckpt)
-    out = Path(args.out) if args.out else (ckpt.parent.parent if ckpt.parent.name == "ckpt" else ckpt.parent) / "eval"
     matrix = res["confusion"].numpy()
     png = plot_confusion(matrix, classes, out / "confusion.png",
                          f"{cfg.model.name} on {split}: top-1 {res['top1']:.3f} ({res['images']} images)")

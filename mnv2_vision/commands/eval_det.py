@@ -23,7 +23,7 @@ from mnv2_vision.cli import add_debug_flag, exit_status, guarded
 from mnv2_vision.config import load_config, save_config
 from mnv2_vision.errors import CheckpointError
 from mnv2_vision.eval.coco import format_coco_stats, save_results
-from mnv2_vision.files import write_json
+from mnv2_vision.files import output_folder, write_json
 from mnv2_vision.lit.detection import DetectionModule, build_det_datamodule, categories_from
 
 
@@ -47,7 +47,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     if ckpt_cfg.task not in ("detection", "multitask"):  # the pair's boxes are evaluated as a detector's
         raise CheckpointError(f"{args.ckpt} holds a {ckpt_cfg.task!r} model; use the matching eval tool")
     ckpt_path = Path(args.ckpt)
-    out_dir = Path(args.out) if args.out else ckpt_path.resolve().parent.parent / "eval"
+    out_dir = output_folder(Path(args.out) if args.out else ckpt_path.resolve().parent.parent / "eval")
     save_config(ckpt_cfg, out_dir / "config.yaml")
     cfg = load_config(out_dir / "config.yaml", args.set)  # the checkpoint's config < --set
     save_config(cfg, out_dir / "config.yaml")

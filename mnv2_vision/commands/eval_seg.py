@@ -25,7 +25,7 @@ from mnv2_vision.cli import add_debug_flag, exit_status, guarded
 from mnv2_vision.config import load_config, save_config
 from mnv2_vision.data.voc import IGNORE_INDEX, write_label
 from mnv2_vision.eval.miou import ConfusionMatrix
-from mnv2_vision.files import write_json
+from mnv2_vision.files import output_folder, write_json
 from mnv2_vision.lit.common import skipped_note
 from mnv2_vision.lit.segmentation import build_seg_datamodule, predict_batch, segmentation_class_names
 
@@ -75,7 +75,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
         model = fuse_for_inference(model)
     scales, flip = (tuple(cfg.eval.ms_scales), cfg.eval.flip) if args.ms_flip else ((1.0,), False)
-    save_dir = Path(args.save_dir) if args.save_dir else None
+    save_dir = output_folder(args.save_dir, "--save-dir") if args.save_dir else None
 
     confmat = ConfusionMatrix(len(names), IGNORE_INDEX, device=args.device)
     skipped: list[str] = []

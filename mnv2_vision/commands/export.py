@@ -28,7 +28,7 @@ from mnv2_vision.checkpoint import load_model
 from mnv2_vision.cli import add_debug_flag, exit_status, guarded, require_extra
 from mnv2_vision.config import save_config, to_dict
 from mnv2_vision.data import resolve_root
-from mnv2_vision.files import save_torch, write_json
+from mnv2_vision.files import output_folder, save_torch, write_json
 from mnv2_vision.lit.detection import build_det_datamodule, categories_from
 from mnv2_vision.lit.segmentation import build_seg_datamodule, segmentation_class_names
 from mnv2_vision.perf.timing import time_round_robin
@@ -103,8 +103,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
     torch.set_num_threads(args.threads)
     cfg, model, hparams = load_model(args.ckpt)
-    out_dir = Path(args.out) if args.out else Path(args.ckpt).resolve().parent.parent / "export"
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = output_folder(Path(args.out) if args.out else Path(args.ckpt).resolve().parent.parent / "export")
     if args.format == "state_dict":
         save_torch(model.state_dict(), out_dir / "model.pt")
         save_config(cfg, out_dir / "config.yaml")

@@ -35,7 +35,7 @@ import mnv2_vision
 from mnv2_vision.cli import add_debug_flag, exit_status, guarded
 from mnv2_vision.data.voc import write_label
 from mnv2_vision.errors import DataError
-from mnv2_vision.files import plan_outputs, remove_temp_files, save_image, write_json
+from mnv2_vision.files import output_folder, plan_outputs, remove_temp_files, save_image, write_json
 from mnv2_vision.predictor import IMAGE_SUFFIXES, Predictor, to_rgb
 from mnv2_vision.viz import draw_detections, overlay_segmentation
 
@@ -142,8 +142,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
     files = _collect(args.images)
     predictor = mnv2_vision.load(args.ckpt, device=args.device, fuse=args.fuse)
     task = predictor.task
-    out_dir = Path(args.out)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = output_folder(args.out)
     remove_temp_files(out_dir)
     suffixes = {"detection": (".jpg",), "segmentation": (".png", "_overlay.jpg"), "multitask": (".jpg", ".png")}[task]
     outputs = dict(zip(files, plan_outputs(files, out_dir, suffixes, replaceable=_our_outputs(out_dir))))
