@@ -160,7 +160,8 @@ def remove_temp_files(folder: str | os.PathLike) -> list[Path]:
 def output_folder(path: str | os.PathLike, option: str = "--out") -> Path:
     """Create the output folder ``path`` (with its parents) and check that files can be written in it, before any
     work: a file in the way, a read-only file system or a missing permission is a ``UserError`` naming ``option``,
-    not a traceback at the first write."""
+    not a traceback at the first write. The check writes and removes an empty temporary file: the error of a real
+    write names the cause, where ``os.access`` only says no (and says yes to root on a folder without write bits)."""
     from .errors import UserError
 
     path = Path(path)
@@ -169,7 +170,7 @@ def output_folder(path: str | os.PathLike, option: str = "--out") -> Path:
     probe = temp_name(path / "write-check")  # a killed process leaves a temporary file like any other
     try:
         path.mkdir(parents=True, exist_ok=True)
-        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT, 0o600))
         probe.unlink()
     except OSError as e:
         raise UserError(f"{option} {path}: cannot write there ({e.strerror}); choose a folder you can write to") \

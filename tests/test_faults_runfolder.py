@@ -57,7 +57,7 @@ def _dead_pid() -> int:
 
 
 @pytest.fixture
-def writer(tmp_path):
+def writer():
     """Start live processes, each holding ``.<name>.tmp-<its pid>`` (an ``atomic_write`` in progress) in a folder."""
     procs: list[subprocess.Popen] = []
 
