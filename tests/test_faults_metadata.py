@@ -235,6 +235,18 @@ def test_the_graph_outputs_are_compared_with_the_metadata():
         _assert_names(str(e.value), "m.onnx", key)
 
 
+def test_export_refuses_metadata_that_load_would_refuse(tmp_path, capsys):
+    """The exporter checks what it writes with the loader's rules: nothing is written, the line names the key and
+    the checkpoint the value comes from."""
+    ckpt = torch.load(_checkpoint(tmp_path / "last.ckpt", "detection"), weights_only=False)
+    ckpt["hyper_parameters"]["config"]["data"]["mean"] = [20.0, 0.456, 0.406]
+    torch.save(ckpt, tmp_path / "last.ckpt")
+    line = _fails(capsys, "export", ["--ckpt", str(tmp_path / "last.ckpt"), "--out", str(tmp_path / "out"),
+                                     "--check-images", "0", "--threads", "1"])
+    _assert_names(line, str(tmp_path / "out" / "model.onnx"), "mean")
+    assert str(tmp_path / "last.ckpt") in line and not (tmp_path / "out" / "model.onnx").exists()
+
+
 # ---------------------------------------------------------------------------------------------- 4: classes.json
 BAD_CLASSES = {
     "truncated": ("detection", '{"category_ids": [1, 3, 4, 7], "category_na', "JSON"),
