@@ -19,14 +19,13 @@ Backends: PyTorch for checkpoints and ``model.pt`` (fused, and a frozen graph on
 """
 from __future__ import annotations
 
-import json
 import os
 import threading
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -143,6 +142,16 @@ def _spec_from_config(cfg: Any, hparams: dict[str, Any]) -> _Spec:
     return _Spec(cfg.task, cfg.data.image_size, tuple(cfg.data.mean), tuple(cfg.data.std), names, ids, pp, mask_names)
 
 
+def _spec_from_metadata(meta: Mapping[str, Any]) -> _Spec:
+    """The spec of an exported model's metadata, checked by ``deploy.metadata.validate_metadata``."""
+    names = list(meta["class_names"])
+    mask_names = list(meta.get("seg_class_names") or (names if meta["task"] == "segmentation" else []))
+    detection = meta["task"] != "segmentation"
+    return _Spec(meta["task"], int(meta["input_size"][0]), tuple(float(v) for v in meta["mean"]),
+                 tuple(float(v) for v in meta["std"]), names, list(meta["category_ids"]) if detection else [],
+                 dict(meta["postprocess"]) if detection else {}, mask_names)
+
+
 # ---------------------------------------------------------------------------------------------- backends
 class _TorchBackend:
     """The network in PyTorch. On CPU (``fuse``) a frozen TorchScript graph per input shape
@@ -204,18 +213,24 @@ class _TorchBackend:
 
 
 class _OnnxBackend:
-    """An ``.onnx`` file written by ``tools/export.py``, in ONNX Runtime (CPU, or CUDA when its provider exists)."""
+    """An ``.onnx`` file written by ``tools/export.py``, in ONNX Runtime (CPU, or CUDA when its provider exists).
+
+    Its metadata is checked (``deploy.metadata``) before a session is built, and against the session's inputs and
+    outputs after: a bad file or value is one ``CheckpointError`` naming the file and the key."""
 
     def __init__(self, path: Path, device: torch.device, threads: int | None) -> None:
         try:
             import onnxruntime as ort
+            from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
 
-            from .deploy.onnx_export import read_metadata
+            from .deploy.metadata import GraphInfo, check_graph, decode_props, validate_metadata
+            from .deploy.onnx_export import read_onnx
         except ImportError as e:
             raise UserError(f"running {path} needs onnx and onnxruntime ({e}): pip install 'mnv2_vision[deploy]'") \
                 from None
 
-        self.meta = read_metadata(path)
+        props = [(p.key, p.value) for p in read_onnx(path).metadata_props]
+        self.meta = validate_metadata(decode_props(props, str(path)), str(path))
         so = ort.SessionOptions()
         so.intra_op_num_threads = threads or 0
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -223,8 +238,23 @@ class _OnnxBackend:
         providers = ["CPUExecutionProvider"]
         if device.type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
             providers.insert(0, "CUDAExecutionProvider")
-        self.session = ort.InferenceSession(str(path), so, providers=providers)
-        self.outputs = [o.name for o in self.session.get_outputs()]
+        # ONNX Runtime's own errors (a graph it cannot build: truncated weights, unknown operators) say the file is
+        # bad; they derive from Exception only, so they are named one by one
+        ort_errors = tuple(v for v in vars(ort_state).values() if isinstance(v, type) and issubclass(v, Exception))
+        try:
+            self.session = ort.InferenceSession(str(path), so, providers=providers)
+        except ort_errors as e:
+            reason = (str(e).splitlines() or [type(e).__name__])[0][:200]
+            raise CheckpointError(f"{path} is not a model ONNX Runtime can run ({reason}); export it again with "
+                                  "tools/export.py") from None
+
+        def shape(arg: Any) -> tuple[int | None, ...]:
+            return tuple(d if isinstance(d, int) else None for d in (arg.shape or ()))
+
+        self.graph = GraphInfo({i.name: shape(i) for i in self.session.get_inputs()},
+                               {o.name: shape(o) for o in self.session.get_outputs()})
+        check_graph(self.meta, self.graph, str(path))
+        self.outputs = list(self.graph.outputs)
 
     def __call__(self, x: Tensor, fixed_shape: bool = False) -> dict[str, Tensor]:
         out = self.session.run(None, {"images": np.ascontiguousarray(x.cpu().numpy(), dtype=np.float32)})
@@ -385,6 +415,11 @@ class Predictor:
         results = []
         for d in dets:
             labels = d["labels"].cpu().to(torch.int64)
+            if len(labels) and int(labels.max()) >= len(self.names):
+                # a graph with NMS inside shows its class count in no output shape, so load could not compare
+                raise CheckpointError(f"{self.source}: the model predicts label {int(labels.max())} but its class "
+                                      f"names ('class_names') stop at label {len(self.names) - 1}; give it the label "
+                                      "map it was trained with (an .onnx file: export it again with tools/export.py)")
             results.append({"boxes": d["boxes"].cpu().float(), "scores": d["scores"].cpu().float(), "labels": labels,
                             "names": [self.names[i] for i in labels.tolist()],
                             "category_ids": [self.category_ids[i - 1] for i in labels.tolist()]})
@@ -458,15 +493,7 @@ def load(source: str | os.PathLike, *, device: str | torch.device | None = None,
         torch.set_num_threads(threads)
     if path.suffix == ".onnx":
         backend = _OnnxBackend(path, dev, threads)
-        m = backend.meta
-        if m.get("task") not in ("detection", "segmentation", "multitask"):
-            raise CheckpointError(f"{path} has no mnv2_vision metadata (task); export it with tools/export.py")
-        pp = m.get("postprocess") or {}
-        size = int((m.get("input_size") or [0])[0])
-        mask_names = list(m.get("seg_class_names") or (m["class_names"] if m["task"] == "segmentation" else []))
-        spec = _Spec(m["task"], size, tuple(m["mean"]), tuple(m["std"]), list(m["class_names"]),
-                     [int(c) for c in m.get("category_ids", [])], pp, mask_names)
-        return Predictor(backend, spec, dev, str(path))
+        return Predictor(backend, _spec_from_metadata(backend.meta), dev, str(path))
     if path.suffix == ".ckpt":
         cfg, model, hparams = load_model(path)
     else:
@@ -476,7 +503,11 @@ def load(source: str | os.PathLike, *, device: str | torch.device | None = None,
             raise UserError(f"{path} is a plain state dict: its model needs a config. Keep it in its run folder "
                             "(next to config.yaml) or pass config=<config.yaml>")
         cfg = load_config(cfg_path)
-        hparams = json.loads(classes_path.read_text()) if classes_path is not None else {}
+        hparams: dict[str, Any] = {}
+        if classes_path is not None and cfg.task in ("detection", "segmentation", "multitask"):
+            from .deploy.metadata import read_label_map
+
+            hparams = read_label_map(classes_path, cfg.task, cfg.model.num_classes, cfg.model.seg_num_classes)
         from .files import load_torch
 
         sd = load_torch(path, "weights file")

@@ -36,6 +36,7 @@ from mnv2_vision.version import __version__
 
 try:  # the deploy extra (onnx, onnxruntime): without it main() names the install command instead of a traceback
     from mnv2_vision.deploy import evaluate as ev
+    from mnv2_vision.deploy.metadata import decode_props, encode_props, validate_metadata
     from mnv2_vision.deploy.onnx_export import (
         DetectionExport, MultiTaskExport, SegmentationExport, check_parity, export_onnx, ort_session)
     from mnv2_vision.deploy.quantize import detection_calibration, quantize_int8, segmentation_calibration
@@ -122,7 +123,12 @@ def main(argv: Sequence[str] | None = None) -> dict:
     boxes = kind in ("detection", "multitask")
     wrapper = (MultiTaskExport if kind == "multitask" else DetectionExport)(model, size, args.detection_output, **pp) \
         if boxes else SegmentationExport(model)
-    path = export_onnx(wrapper, out_dir / "model.onnx", size, _metadata(cfg, hparams, kind, size, wrapper), args.opset)
+    meta, target = _metadata(cfg, hparams, kind, size, wrapper), str(out_dir / "model.onnx")
+    # what load would refuse is refused before anything is written, naming where the value comes from
+    validate_metadata(decode_props(encode_props(meta).items(), target), target,
+                      fix=f"it comes from {args.ckpt} (its config's data.image_size, data.mean, data.std, eval.* "
+                          "or its label map): give values within these limits")
+    path = export_onnx(wrapper, out_dir / "model.onnx", size, meta, args.opset)
     print(f"wrote {path} ({kind}{', ' + args.detection_output if boxes else ''}, opset {args.opset})")
     inputs = _sample_inputs(cfg, kind, size, args.check_images)
     checks = [check_parity(path, model, kind, x, mode=args.detection_output, atol=args.atol, rtol=args.rtol,

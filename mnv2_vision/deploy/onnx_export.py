@@ -18,7 +18,6 @@ and has a stable route for custom ONNX nodes (``autograd.Function.symbolic``) th
 """
 from __future__ import annotations
 
-import json
 import math
 import warnings
 from pathlib import Path
@@ -30,13 +29,15 @@ import torch
 from torch import Tensor, nn
 from torchvision.ops import clip_boxes_to_image, nms
 
+from ..errors import CheckpointError
 from ..files import atomic_write, temp_name
 from ..ops.boxes import BoxCoder
 from ..ops.postprocess import postprocess_detections
+from .metadata import decode_props, encode_props
 
 __all__ = [
-    "DETECTION_MODES", "DetectionExport", "SegmentationExport", "MultiTaskExport", "export_onnx", "read_metadata",
-    "ort_session", "ParityError", "check_parity", "match_detections",
+    "DETECTION_MODES", "DetectionExport", "SegmentationExport", "MultiTaskExport", "export_onnx", "read_onnx",
+    "read_metadata", "ort_session", "ParityError", "check_parity", "match_detections",
 ]
 
 DETECTION_MODES = ("nms", "raw")
@@ -193,7 +194,7 @@ def export_onnx(wrapper: nn.Module, path: str | Path, image_size: tuple[int, int
             model = onnx.load(str(raw))
         finally:
             raw.unlink(missing_ok=True)
-    props = {k: v if isinstance(v, str) else json.dumps(v) for k, v in metadata.items()}
+    props = encode_props(metadata)
     onnx.helper.set_model_props(model, props)
     model.doc_string = f"mnv2_vision {props.get('model_name', '')} ({props.get('task', '')}); see metadata_props"
     onnx.checker.check_model(model)
@@ -202,15 +203,27 @@ def export_onnx(wrapper: nn.Module, path: str | Path, image_size: tuple[int, int
     return path
 
 
+def read_onnx(path: str | Path) -> onnx.ModelProto:
+    """The ONNX model in ``path`` (external weight files not read), or a ``CheckpointError`` naming the file where it
+    holds none: random, truncated or empty bytes."""
+    from google.protobuf.message import DecodeError
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except (DecodeError, ValueError, RuntimeError) as e:
+        reason = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+        raise CheckpointError(f"{path} is not a readable ONNX model ({reason}); export it again with "
+                              "tools/export.py") from None
+    if not model.HasField("graph"):  # an empty file parses as an empty model
+        raise CheckpointError(f"{path} is not an ONNX model (empty, or without a graph); export it again with "
+                              "tools/export.py")
+    return model
+
+
 def read_metadata(path: str | Path) -> dict[str, Any]:
-    """The ``metadata_props`` of an ONNX file, JSON values decoded."""
-    out: dict[str, Any] = {}
-    for prop in onnx.load(str(path), load_external_data=False).metadata_props:
-        try:
-            out[prop.key] = json.loads(prop.value)
-        except json.JSONDecodeError:
-            out[prop.key] = prop.value
-    return out
+    """The ``metadata_props`` of an ONNX file, decoded by ``metadata.decode_props`` (a value that is not JSON for a
+    key written as JSON is a ``CheckpointError`` naming the file and the key); not checked against a task."""
+    return decode_props(((p.key, p.value) for p in read_onnx(path).metadata_props), str(path))
 
 
 def ort_session(path: str | Path, threads: int = 2, profile_prefix: str | Path | None = None):
