@@ -37,7 +37,7 @@ from .data.decode import EncodedImage, decode_rgb
 from .data.images import pil_to_rgb
 from .errors import CheckpointError, UserError
 
-__all__ = ["load", "Predictor", "IMAGE_SUFFIXES", "to_rgb", "expand_inputs"]
+__all__ = ["load", "Predictor", "IMAGE_SUFFIXES", "to_rgb", "expand_inputs", "check_score_thresh"]
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
@@ -97,6 +97,18 @@ def expand_inputs(inputs: Any) -> list[Any]:
     if isinstance(inputs, (list, tuple)):
         return [x for item in inputs for x in expand_inputs(item)]
     return [inputs]
+
+
+def check_score_thresh(value: Any, name: str = "score_thresh") -> float:
+    """``value`` as a float, or ``ValueError`` naming ``name`` unless it is a number in [0, 1] (scores are
+    probabilities; NaN would silently keep no box, a negative value means nothing more than 0)."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        v = float("nan")
+    if not 0.0 <= v <= 1.0:  # False for NaN
+        raise ValueError(f"{name} must be a number in [0, 1] (the lowest score kept), got {value}")
+    return v
 
 
 def _batches(items: Sequence[Any], size: int) -> Iterator[list[Any]]:
@@ -306,6 +318,8 @@ class Predictor:
         """
         if batch_size < 1:
             raise ValueError(f"batch_size must be ≥ 1, got {batch_size}")
+        if score_thresh is not None:
+            score_thresh = check_score_thresh(score_thresh)
         items = expand_inputs(inputs)
         if self.task in ("detection", "multitask") and isinstance(self.backend, _TorchBackend) and self.backend.freeze:
             return self._detect_streams(items, batch_size, score_thresh, probs)
