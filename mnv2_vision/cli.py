@@ -1,10 +1,19 @@
 """What every tool shares: ``--cfg/--set/--out/--print-config/--resume/--overwrite/--debug``, the run folder set-up,
 and one place that turns a user's mistake into one line and an exit status.
 
-Exit status: 0 done; 1 the data has problems (``check_data`` found some, ``predict`` skipped images, no usable
-image); 2 a mistake in what was given (config key or value, missing or unreadable file, wrong checkpoint, run folder
-in use, full disk); 128 + N stopped by signal N after saving ``last.ckpt`` (143 SIGTERM, 130 Ctrl-C). ``--debug``
-shows the traceback instead.
+Exit status: 0 done; 1 the data has problems (``check_data`` found some, a tool skipped images, no usable image);
+2 a mistake in what was given (config key or value, missing or unreadable file, wrong checkpoint, run folder in use,
+full disk); 128 + N stopped by signal N after saving ``last.ckpt`` (143 SIGTERM, 130 Ctrl-C). ``--debug`` shows the
+traceback instead.
+
+Skipped images, one rule for every tool that predicts or scores a set of images (``predict``, ``eval_det``,
+``eval_seg``, ``eval_cls``): an image it cannot use (unreadable, missing, a broken symlink, too large for the memory)
+is left out with a warning, the results of all the others are computed and written in full, and the command then
+exits with status 1 and one line ``error: skipped N of M image(s) that could not be used: <file> (<reason>); ...``
+(``skipped_message``). From Python, the eval tools' ``main`` returns its result dict, which lists them under
+``skipped_images`` (``exit_status(result, scored=True)`` maps such a result to 1); ``predict``'s ``main`` raises
+its ``DataError`` once everything is written (``guarded``: that line, ``SystemExit(1)``). A training run's final
+validation lists the images it skipped too, but the run succeeded: exit status 0.
 """
 from __future__ import annotations
 
@@ -21,7 +30,7 @@ from .errors import UserError
 from .files import is_disk_full
 from .runfolder import RunFolder
 
-__all__ = ["base_parser", "setup_run", "write_config", "guarded", "add_debug_flag", "exit_status"]
+__all__ = ["base_parser", "setup_run", "write_config", "guarded", "add_debug_flag", "exit_status", "skipped_message"]
 
 log = logging.getLogger("mnv2_vision")
 
@@ -81,10 +90,25 @@ def write_config(cfg: Config, folder: str | Path) -> Path:
     return path
 
 
-def exit_status(result: object) -> int:
+def skipped_message(skipped: Sequence[object], used: int, where: str, shown: int = 10) -> str:
+    """The one line of a tool that left out unusable images: ``skipped 2 of 9 image(s) that could not be used:
+    a.jpg (reason); b.jpg (reason). The other 7 are <where>``; the first ``shown`` are named."""
+    names = "; ".join(str(s) for s in skipped[:shown]) + ("; ..." if len(skipped) > shown else "")
+    return (f"skipped {len(skipped)} of {len(skipped) + used} image(s) that could not be used: {names}. "
+            f"The other {used} are {where}")
+
+
+def exit_status(result: object, scored: bool = False) -> int:
     """A tool's exit status from what its ``main`` returned: an int is the status (``check_data``: 1 when it found
-    problems), anything else (a result dict for Python callers) means success. Console commands and
-    ``python tools/<tool>.py`` exit with this."""
+    problems); with ``scored`` (the eval tools) a result dict listing ``skipped_images`` is 1, after
+    ``skipped_message``'s line on stderr; anything else (a result for Python callers) means success. Console commands
+    and ``python tools/<tool>.py`` exit with this. (A training run's final metrics also list the validation images
+    it skipped; the run itself succeeded: 0.)"""
+    if scored and isinstance(result, dict) and result.get("skipped_images"):
+        used = int(result.get("num_images", 0))
+        print(f"error: {skipped_message(result['skipped_images'], used, 'scored in the results above')}",
+              file=sys.stderr, flush=True)
+        return 1
     return result if isinstance(result, int) and not isinstance(result, bool) else 0
 
 

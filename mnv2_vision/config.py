@@ -221,6 +221,9 @@ class Config:
                               f"{self.trainer.ckpt_every_n_steps}")
         if self.data.subset is not None and self.data.subset < 1:
             raise ConfigError(f"data.subset must be ≥ 1 or null, got {self.data.subset}")
+        for key, v in (("eval.score_thresh", self.eval.score_thresh), ("eval.nms_iou", self.eval.nms_iou)):
+            if not 0 <= v <= 1:  # a score and an overlap: outside [0, 1] no box would be kept, or every one
+                raise ConfigError(f"{key} must be in [0, 1], got {v}")
         return self
 
 

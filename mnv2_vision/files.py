@@ -217,16 +217,20 @@ def plan_outputs(inputs: list[Path], out_dir: Path, suffixes: tuple[str, ...],
                  replaceable: set[Path] = frozenset()) -> list[tuple[Path, ...]]:
     """Output paths ``out_dir/<stem><suffix>`` for each input (one per suffix), never the path of an input, of another
     planned output, or of an existing file, except those in ``replaceable`` (an earlier run's outputs). A taken name
-    gets ``_1``, ``_2``, ... after the stem, the same number for all of one input's outputs (they stay a set)."""
-    taken = {p.resolve() for p in inputs}
+    gets ``_1``, ``_2``, ... after the stem, the same number for all of one input's outputs (they stay a set).
+    A symlink, even a broken or looping one, is an existing file."""
+    def real(p: Path) -> Path:
+        return Path(os.path.realpath(p))  # Path.resolve raises on a symlink loop
+
+    taken = {real(p) for p in inputs}
     planned: list[tuple[Path, ...]] = []
     for f in inputs:
         for k in range(len(inputs) + len(taken) + 2):
             stem = f.stem if k == 0 else f"{f.stem}_{k}"
             outs = tuple(out_dir / f"{stem}{s}" for s in suffixes)
-            free = all(o.resolve() not in taken and (not o.exists() or o.resolve() in replaceable) for o in outs)
+            free = all(real(o) not in taken and (not os.path.lexists(o) or real(o) in replaceable) for o in outs)
             if free:
                 break
-        taken.update(o.resolve() for o in outs)
+        taken.update(real(o) for o in outs)
         planned.append(outs)
     return planned

@@ -5,28 +5,32 @@
 
 The model, data format, input size and normalisation come from the config stored in the checkpoint; ``--root`` and
 ``--split`` point it at other data. Writes ``metrics.json`` and ``confusion.png`` to ``--out`` (default: ``eval/``
-next to the checkpoint's ``ckpt/`` folder).
+next to the checkpoint's ``ckpt/`` folder). An image that cannot be read is left out and listed; the others are
+scored, and the command exits with status 1 (the rule of every tool that scores images, ``mnv2_vision/cli.py``).
 """
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
+from torch import Tensor
 from torch.utils.data import DataLoader
 
 from mnv2_vision.checkpoint import load_model
 from mnv2_vision.cli import add_debug_flag, exit_status, guarded
 from mnv2_vision.data import resolve_root
 from mnv2_vision.data.classification import (
-    TransformedDataset, classification_transform, read_classification_split)
+    TransformedDataset, classification_eval_collate, classification_transform, read_classification_split)
+from mnv2_vision.errors import DataError
 from mnv2_vision.files import output_folder, save_figure, write_json
 from mnv2_vision.lit.classification import evaluate_classifier
+from mnv2_vision.lit.common import skipped_note
 
 
 def plot_confusion(matrix: np.ndarray, classes: Sequence[str], path: Path, title: str) -> Path:
@@ -57,6 +61,14 @@ def plot_confusion(matrix: np.ndarray, classes: Sequence[str], path: Path, title
     return path
 
 
+def _usable(loader: DataLoader, skipped: list[str]) -> Iterator[tuple[Tensor, Tensor]]:
+    """The loader's batches without their unusable images, which are appended to ``skipped``."""
+    for images, labels, bad in loader:
+        skipped += bad
+        if len(labels):
+            yield images, labels
+
+
 @guarded
 def main(argv: Sequence[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -83,20 +95,27 @@ def main(argv: Sequence[str] | None = None) -> dict:
                          f"{classes[:5]}… ({len(classes)} classes)")
     tf = classification_transform(d.augment, False, d.image_size, d.crop_scale, d.mean, d.std)
 
-    loader = DataLoader(TransformedDataset(dataset, tf, None), batch_size=args.batch_size or d.val_batch_size, num_workers=d.num_workers)
-    res = evaluate_classifier(model, loader, len(classes))
+    # an unreadable image is left out and listed (exit status 1, cli.py); the others are scored in full
+    loader = DataLoader(TransformedDataset(dataset, tf, None, on_bad="drop"),
+                        batch_size=args.batch_size or d.val_batch_size, num_workers=d.num_workers,
+                        collate_fn=classification_eval_collate)
+    skipped: list[str] = []
+    res = evaluate_classifier(model, _usable(loader, skipped), len(classes))
+    if res["images"] == 0:
+        raise DataError(f"none of the {len(skipped)} images of {root}/{split} could be read{skipped_note(skipped)}; "
+                        "run tools/check_data.py on this dataset")
     matrix = res["confusion"].numpy()
     png = plot_confusion(matrix, classes, out / "confusion.png",
                          f"{cfg.model.name} on {split}: top-1 {res['top1']:.3f} ({res['images']} images)")
     per_class = dict(zip(classes, res["per_class"]))
-    print(f"{args.ckpt} on {root}/{split} ({res['images']} images, {len(classes)} classes)")
+    print(f"{args.ckpt} on {root}/{split} ({res['images']} images, {len(classes)} classes{skipped_note(skipped)})")
     print(f"top-1 {res['top1']:.4f}  top-5 {res['top5']:.4f}")
     width = max(len(c) for c in classes)
     for c, acc in per_class.items():
         print(f"  {c:<{width}}  {acc:.4f}  ({int(matrix[classes.index(c)].sum())} images)")
     result = {"checkpoint": str(ckpt), "root": str(root), "split": split, "images": res["images"],
               "top1": res["top1"], "top5": res["top5"], "per_class": per_class, "confusion": matrix.tolist(),
-              "confusion_png": str(png)}
+              "confusion_png": str(png), "num_images": res["images"], "skipped_images": skipped}
     write_json(out / "metrics.json", result)
     print(f"wrote {out / 'metrics.json'} and {png}")
     return result
@@ -104,7 +123,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
 def console() -> int:
     """The ``mnv2-eval-cls`` command and ``python tools/eval_cls.py``: ``main`` with its exit status."""
-    return exit_status(main())
+    return exit_status(main(), scored=True)  # skipped images: 1 (cli.py, the rule for every scoring tool)
 
 
 if __name__ == "__main__":

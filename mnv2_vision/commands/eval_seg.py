@@ -7,7 +7,8 @@
 
 The model and data settings come from the config stored in the checkpoint; ``--set`` overrides them. mIoU comes
 from one confusion matrix over the whole split (255 ignored; classes absent from both targets and predictions are
-left out of the mean).
+left out of the mean). An image that cannot be read is left out and listed; the others are scored, and the command
+exits with status 1 (the rule of every tool that scores images, ``mnv2_vision/cli.py``).
 """
 from __future__ import annotations
 
@@ -102,7 +103,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
 def console() -> int:
     """The ``mnv2-eval-seg`` command and ``python tools/eval_seg.py``: ``main`` with its exit status."""
-    return exit_status(main())
+    return exit_status(main(), scored=True)  # skipped images: 1 (cli.py, the rule for every scoring tool)
 
 
 if __name__ == "__main__":

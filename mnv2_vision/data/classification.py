@@ -22,11 +22,12 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from ..config import DataCfg
+from .check import Skipped, load_or_skip
 from .decode import decode_rgb  # load_rgb's pixels and errors, faster for JPEGs
 
 __all__ = ["read_cifar_batch", "CLASSIFICATION_FORMATS", "CLASSIFICATION_PRESETS", "ImageFolderClassification", "Cifar10", "Flowers102",
            "classification_transform", "TransformedDataset", "ClassificationDataModule",
-           "read_classification_split"]
+           "read_classification_split", "classification_eval_collate"]
 
 CLASSIFICATION_FORMATS = ("imagefolder", "cifar10", "flowers102")
 CLASSIFICATION_PRESETS = ("cls", "cls_invariant", "cifar", "none")
@@ -204,16 +205,44 @@ def classification_transform(preset: str, train: bool, image_size: int, crop_sca
 
 
 class TransformedDataset(Dataset):
-    def __init__(self, base: Dataset, transform: Callable[..., dict], indices: Sequence[int] | None) -> None:
-        self.base, self.transform = base, transform
+    """``base``'s items (at ``indices``) through ``transform``. ``on_bad``: what an unreadable image does,
+    ``"raise"`` its error, or ``"drop"`` it as a ``check.Skipped`` record (evaluation: ``classification_eval_collate``
+    leaves it out and lists it)."""
+
+    def __init__(self, base: Dataset, transform: Callable[..., dict], indices: Sequence[int] | None,
+                 on_bad: str = "raise") -> None:
+        if on_bad not in ("raise", "drop"):
+            raise ValueError(f"on_bad must be 'raise' or 'drop', got {on_bad!r}")
+        self.base, self.transform, self.on_bad = base, transform, on_bad
         self.indices = list(range(len(base))) if indices is None else list(indices)  # type: ignore[arg-type]
+        self._warned: set[str] = set()
 
     def __len__(self) -> int:
         return len(self.indices)
 
-    def __getitem__(self, i: int) -> tuple[Tensor, int]:
+    def _load(self, i: int) -> tuple[Tensor, int]:
         image, label = self.base[self.indices[i]]
         return self.transform(image=np.asarray(image))["image"], label
+
+    def _name(self, i: int) -> str:
+        paths = getattr(self.base, "paths", None)  # file-based readers; CIFAR-10's arrays cannot be unreadable
+        return str(paths[self.indices[i]]) if paths is not None else f"item {self.indices[i]}"
+
+    def __getitem__(self, i: int) -> tuple[Tensor, int] | Skipped:
+        if self.on_bad == "raise":
+            return self._load(i)
+        return load_or_skip(self._load, i, len(self), self._name, self._warned, self.on_bad)
+
+
+def classification_eval_collate(batch: Sequence[tuple[Tensor, int] | Skipped]) -> tuple[Tensor, Tensor, list[str]]:
+    """``(images, labels, skipped)`` of an evaluation batch: unusable images (``Skipped``) are left out and listed as
+    "file (reason)" strings; a batch of only such images has empty tensors."""
+    skipped = [str(b) for b in batch if isinstance(b, Skipped)]
+    usable = [b for b in batch if not isinstance(b, Skipped)]
+    if not usable:
+        return torch.zeros(0), torch.zeros(0, dtype=torch.int64), skipped
+    images, labels = zip(*usable)
+    return torch.stack(images), torch.tensor(labels, dtype=torch.int64), skipped
 
 
 def _spread(n: int, k: int | None) -> list[int] | None:
