@@ -16,7 +16,9 @@ per defect, naming the file. Training does not stop on such defects; it applies 
   image whose labels cannot be trusted is left out, not "repaired";
 - COCO instance masks painted into semantic labels (``data/masks.py``): a polygon outside the image is clipped by
   the rasteriser; an RLE of another size than its image skips the image (as above); an instance whose mask is empty
-  has its box region set to 255 (ignore), with one warning per file.
+  or malformed (an RLE whose counts do not add up to its size or are of the wrong type, a size that is not two
+  positive integers, a polygon far outside the image) has its box region set to 255 (ignore), with one warning per
+  file naming the annotation; the rest of the image is used.
 """
 from __future__ import annotations
 

@@ -194,15 +194,23 @@ class CocoDetection(Dataset):
 
     def load_mask(self, index: int, size: tuple[int, int]) -> np.ndarray:
         """The ``(H, W)`` uint8 semantic label map of item ``index`` (``masks`` must be set). An RLE whose size
-        differs from the image raises ``ValueError`` naming the file; empty instance masks warn once per file."""
+        differs from the image raises ``ValueError`` naming the file; empty and malformed instance masks (skipped,
+        their box regions 255) warn once per file."""
         img_id = self.ids[index]
         info = self.coco.imgs[img_id]
         h, w = int(info.get("height") or size[0]), int(info.get("width") or size[1])
         path = self.image_dir / info["file_name"]
+        malformed: list[str] = []
         try:
-            label, empty = paint_semantic(self.coco.imgToAnns.get(img_id, []), h, w, self.mask_labels)
+            label, empty = paint_semantic(self.coco.imgToAnns.get(img_id, []), h, w, self.mask_labels, malformed)
         except ValueError as e:
             raise ValueError(f"{path}: {e} ({self.ann_file.name})") from e
+        if malformed and f"{path} malformed" not in self._warned:
+            self._warned.add(f"{path} malformed")
+            which = "; ".join("{} ({})".format(*m.split(": ", 1)) for m in malformed)
+            its = "its box region is" if len(malformed) == 1 else "their box regions are"
+            log.warning("%s: skipped the malformed mask of %s; %s ignored (255) in the label map (%s; "
+                        "tools/check_data.py lists every one)", path, which, its, self.ann_file.name)
         if empty and str(path) not in self._warned:
             self._warned.add(str(path))
             log.warning("%s: annotation(s) %s have an empty mask; their box regions are ignored (255) in the label "
