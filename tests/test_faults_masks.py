@@ -6,6 +6,9 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
+import os
+import random
+import time
 from pathlib import Path
 
 import numpy as np
@@ -103,27 +106,7 @@ def _half_cut() -> dict:
     return {**rle, "counts": rle["counts"][: len(rle["counts"]) // 2]}
 
 
-# ---------------------------------------------------------------------------------------------- regression tests
-def test_a_half_cut_counts_string_is_reported_and_skipped_in_training(tmp_path, capsys, warnings):
-    rle = _half_cut()
-    root = _coco(tmp_path / "coco", rle)
-    assert check_coco(root, "val", masks=False) == []  # boxes and images are fine: only the mask is damaged
-    assert _tool("check_data").main(["--cfg", str(_cfg(tmp_path, root))]) == 1
-    out = capsys.readouterr().out
-    assert f"{root / 'val' / 'a.png'}\n  [malformed_mask] annotation {DOG_ID}: RLE counts " in out, out
-    assert f"sum to {sum_runs(rle['counts'])} pixels, not 48x64 = 3072" in out, out
-    assert "1 problem(s) in 1 file(s) (malformed_mask: 1)" in out
-    # Training (on_bad="replace") keeps the image, skips the dog (its box region ignored) and says so once.
-    train = CocoSegmentation(root, "val", SegEvalTransform(), masks="voc20", on_bad="replace")
-    np.testing.assert_array_equal(train[0]["mask"].numpy(), _ignored_dog_label())
-    np.testing.assert_array_equal(train[0]["mask"].numpy(), _ignored_dog_label())
-    said = [m for m in warnings if f"annotation {DOG_ID}" in m]
-    assert len(said) == 1 and said[0].startswith(f"{root / 'val' / 'a.png'}: skipped the malformed mask of "
-                                                 f"annotation {DOG_ID} (RLE counts "), warnings
-    assert "instances_val.json" in said[0] and "box region is ignored (255)" in said[0]
-
-
-def sum_runs(counts: str) -> int:
+def _sum_runs(counts: str) -> int:
     """The sum of the run lengths of a compressed counts string, decoded as pycocotools' maskApi.c rleFrString
     does (a plain loop, independent of the project's vectorised validator); a value cut short counts as ended."""
     runs: list[int] = []
@@ -140,6 +123,26 @@ def sum_runs(counts: str) -> int:
                 x |= -1 << 5 * k
         runs.append(x + runs[-2] if len(runs) > 2 else x)
     return sum(runs)
+
+
+# ---------------------------------------------------------------------------------------------- regression tests
+def test_a_half_cut_counts_string_is_reported_and_skipped_in_training(tmp_path, capsys, warnings):
+    rle = _half_cut()
+    root = _coco(tmp_path / "coco", rle)
+    assert check_coco(root, "val", masks=False) == []  # boxes and images are fine: only the mask is damaged
+    assert _tool("check_data").main(["--cfg", str(_cfg(tmp_path, root))]) == 1
+    out = capsys.readouterr().out
+    assert f"{root / 'val' / 'a.png'}\n  [malformed_mask] annotation {DOG_ID}: RLE counts " in out, out
+    assert f"sum to {_sum_runs(rle['counts'])} pixels, not 48x64 = 3072" in out, out
+    assert "1 problem(s) in 1 file(s) (malformed_mask: 1)" in out
+    # Training (on_bad="replace") keeps the image, skips the dog (its box region ignored) and says so once.
+    train = CocoSegmentation(root, "val", SegEvalTransform(), masks="voc20", on_bad="replace")
+    np.testing.assert_array_equal(train[0]["mask"].numpy(), _ignored_dog_label())
+    np.testing.assert_array_equal(train[0]["mask"].numpy(), _ignored_dog_label())
+    said = [m for m in warnings if f"annotation {DOG_ID}" in m]
+    assert len(said) == 1 and said[0].startswith(f"{root / 'val' / 'a.png'}: skipped the malformed mask of "
+                                                 f"annotation {DOG_ID} (RLE counts "), warnings
+    assert "instances_val.json" in said[0] and "box region is ignored (255)" in said[0]
 
 
 @pytest.mark.parametrize("counts", ["", [1, 2, 3]], ids=["empty_string", "short_list"])
@@ -383,8 +386,6 @@ def _fuzz(root: Path, seeds: range) -> dict[str, int]:
     logger.addHandler(handler)
     try:
         for seed in seeds:
-            import random
-
             text = _mutate(random.Random(seed), base)
             ann_file.write_text(text)
             where = f"seed {seed}: {text[:300]}"
@@ -433,8 +434,6 @@ QUIET_PYCOCOTOOLS = pytest.mark.filterwarnings("ignore:__array__ implementation:
 
 @QUIET_PYCOCOTOOLS
 def test_fuzz_a_thousand_mutations_of_an_annotation_file_with_masks(fuzz_root):
-    import time
-
     start = time.perf_counter()
     outcomes = _fuzz(fuzz_root, range(1000))
     seconds = time.perf_counter() - start
@@ -454,8 +453,6 @@ def test_fuzz_twenty_thousand_mutations(fuzz_root):
 def test_fuzz_masks_alone_paint_deterministically_or_name_the_annotation():
     """2,000 mutated segmentations straight through paint_semantic and segmentation_problems (no files): a label map
     painted twice alike, or a ValueError naming the annotation; every problem line names it too."""
-    import random
-
     from mnv2_vision.data.masks import MalformedMaskError, segmentation_problems
 
     base = [a for a in _fuzz_base()["annotations"] if a["image_id"] == 1]
@@ -486,8 +483,6 @@ def test_fuzz_masks_alone_paint_deterministically_or_name_the_annotation():
 
 def test_a_half_cut_real_dog_is_reported_and_ignored(tmp_path, warnings):
     """The real coco_masks dog (MNV2_REAL_DATA): its counts string cut in half is reported and its box ignored."""
-    import os
-
     base = os.environ.get("MNV2_REAL_DATA")
     real = Path(base or "") / "coco_masks"
     if not base or not (real / "annotations" / "instances_val2017.json").is_file():
