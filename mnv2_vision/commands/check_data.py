@@ -4,13 +4,15 @@
     python tools/check_data.py --cfg deeplabv3_voc --set data.root=/data/VOCdevkit
     python tools/check_data.py --cfg ssdlite_coco --split val2017
 
-Checks: missing, unreadable, corrupt or truncated images; image size ≠ the size in the annotation file; boxes that
-are NaN/inf, negative, zero-area or outside the image; unknown category ids; annotations of unlisted images; VOC
+Checks: an annotation file that is not JSON or not shaped as COCO annotations (each defective entry); missing,
+unreadable, corrupt or truncated images; image size ≠ the size in the annotation file; boxes that are malformed,
+NaN/inf, negative, zero-area or outside the image; unknown category ids; annotations of unlisted images; VOC
 label maps that are missing, not palette/index PNGs, of another size than their image, or with values outside the
 classes and 255; with ``data.masks`` set (COCO semantic masks), polygons outside the image, RLE masks of another
-size than their image, and empty or malformed instance masks. Exit status 1 when anything was found (usable in CI),
-0 when the data is clean. What training does with each kind of problem is in ``mnv2_vision/data/check.py`` and the
-README.
+size than their image, and empty or malformed instance masks (RLE counts that do not add up to height × width or
+are of the wrong type, sizes that are not two positive integers). Exit status 1 when anything was found (usable in
+CI), 0 when the data is clean. What training does with each kind of problem is in ``mnv2_vision/data/check.py`` and
+the README.
 """
 from __future__ import annotations
 

@@ -16,7 +16,12 @@ per defect, naming the file. Training does not stop on such defects; it applies 
   image whose labels cannot be trusted is left out, not "repaired";
 - COCO instance masks painted into semantic labels (``data/masks.py``): a polygon outside the image is clipped by
   the rasteriser; an RLE of another size than its image skips the image (as above); an instance whose mask is empty
-  has its box region set to 255 (ignore), with one warning per file.
+  or malformed (an RLE whose counts do not add up to its size or are of the wrong type, a size that is not two
+  positive integers, a polygon far outside the image) has its box region set to 255 (ignore), with one warning per
+  file naming the annotation; the rest of the image is used;
+- an annotation file that is not JSON or not shaped as COCO annotations (``coco_structure_problems``: entries that
+  are not objects, image or category ids that are not integers, ...) is refused as a whole: ``DataError`` naming the
+  file and its first defect.
 """
 from __future__ import annotations
 
@@ -33,7 +38,8 @@ from PIL import Image
 
 from .images import load_rgb
 
-__all__ = ["Problem", "Skipped", "check_coco", "check_voc", "load_or_skip", "OVERFLOW_TOLERANCE", "BAD_POLICIES"]
+__all__ = ["Problem", "Skipped", "check_coco", "check_voc", "coco_structure_problems", "load_or_skip",
+           "OVERFLOW_TOLERANCE", "BAD_POLICIES"]
 
 # What a dataset does with an unusable item: raise (datasets used directly), give the next usable item instead
 # (training), or return a ``Skipped`` record (validation / evaluation: the image is left out and reported).
@@ -88,7 +94,7 @@ def _box_problems(where: str, ann: dict, size: tuple[int, int] | None) -> list[P
         return [Problem(where, "malformed_box", f"annotation {aid}: bbox {bbox!r} is not [x, y, w, h]")]
     try:
         x, y, w, h = (float(v) for v in bbox)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return [Problem(where, "malformed_box", f"annotation {aid}: bbox {bbox!r} is not numeric")]
     if not all(math.isfinite(v) for v in (x, y, w, h)):
         return [Problem(where, "nonfinite_box", f"annotation {aid}: bbox {bbox} has NaN/inf")]
@@ -105,6 +111,58 @@ def _box_problems(where: str, ann: dict, size: tuple[int, int] | None) -> list[P
     return []
 
 
+def _is_int(v: object) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_key(v: object) -> bool:
+    """A value pycocotools can index by (a dict key) that reads back as itself: a JSON scalar, NaN excluded."""
+    return v is None or isinstance(v, (int, str)) or (isinstance(v, float) and not math.isnan(v))
+
+
+def coco_structure_problems(data: object) -> list[str]:
+    """What makes a parsed COCO annotation file unusable as a whole, one line per defect (empty: none). The index
+    (pycocotools) and the datasets need: an object with an ``images`` list and, when present, ``annotations`` and
+    ``categories`` lists, all of objects; integer image and category ids, a string ``file_name`` per image and a
+    string ``name`` per category; an ``id``, ``image_id`` and ``category_id`` per annotation that are JSON scalars
+    (an unknown one is a per-image problem: ``orphan_annotation``, ``unknown_category``)."""
+    if not isinstance(data, dict):
+        return [f"the top level is {type(data).__name__}, not an object with 'images' and 'annotations'"]
+    if "images" not in data:
+        return ["it has no 'images' list"]
+    problems = [f"'{key}' is {type(data[key]).__name__}, not a list" for key in ("images", "annotations", "categories")
+                if key in data and not isinstance(data[key], list)]
+    if problems:
+        return problems
+    for key, fields in (("images", ("id", "file_name")), ("categories", ("id", "name")),
+                        ("annotations", ("id", "image_id", "category_id"))):
+        for i, entry in enumerate(data.get(key, [])):
+            if not isinstance(entry, dict):
+                problems.append(f"{key}[{i}] is {entry!r}, not an object")
+                continue
+            for field in fields:
+                value = entry.get(field)
+                if field not in entry:
+                    problems.append(f"{key}[{i}] has no {field!r}")
+                elif field == "id" and key != "annotations" and not _is_int(value):
+                    problems.append(f"{key}[{i}]: id {value!r} is not an integer")
+                elif field in ("file_name", "name") and not (isinstance(value, str) and value):
+                    problems.append(f"{key}[{i}]: {field} {value!r} is not a non-empty string")
+                elif not _is_key(value):
+                    problems.append(f"{key}[{i}]: {field} {value!r} is not a number or a string")
+    return problems
+
+
+def _annotated_size(img: dict) -> tuple[int, int] | None:
+    """The image entry's (height, width) when both are positive whole numbers of a plausible product, else None."""
+    hw = (img.get("height"), img.get("width"))
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v == int(v) and v > 0
+               for v in hw):
+        return None
+    h, w = int(hw[0]), int(hw[1])  # type: ignore[arg-type]
+    return (h, w) if h * w < 2**31 else None
+
+
 def check_coco(root: str | os.PathLike, split: str, masks: bool = False,
                scanned: list[str] | None = None) -> list[Problem]:
     """Every problem of ``<root>/<split>`` + ``<root>/annotations/instances_<split>.json`` (COCO layout); with
@@ -115,10 +173,13 @@ def check_coco(root: str | os.PathLike, split: str, masks: bool = False,
     if not ann_file.is_file():
         return [Problem(str(ann_file), "missing_file", "annotation file does not exist")]
     try:
-        data = json.loads(ann_file.read_text())
-        images, anns, cats = data["images"], data.get("annotations", []), data.get("categories", [])
-    except (ValueError, KeyError, TypeError) as e:
+        data = json.loads(ann_file.read_bytes())
+    except ValueError as e:  # not JSON, or not UTF-8
         return [Problem(str(ann_file), "unreadable_annotations", f"{type(e).__name__}: {e}")]
+    structure = coco_structure_problems(data)
+    if structure:  # training refuses such a file (DataError): nothing below could be trusted
+        return [Problem(str(ann_file), "unreadable_annotations", p) for p in structure]
+    images, anns, cats = data["images"], data.get("annotations", []), data.get("categories", [])
     cat_ids = {c.get("id") for c in cats}
     if scanned is not None:
         scanned.append(f"{root / split}: {len(images)} image(s), {len(anns)} annotation(s)"
@@ -150,7 +211,7 @@ def check_coco(root: str | os.PathLike, split: str, masks: bool = False,
             if masks:
                 from .masks import segmentation_problems
 
-                h, w = expected if None not in expected else (size or (None, None))
+                h, w = _annotated_size(img) or size or (None, None)
                 for text in segmentation_problems(a, h, w, OVERFLOW_TOLERANCE):
                     kind, detail = text.split(": ", 1)
                     problems.append(Problem(str(path), kind, detail))

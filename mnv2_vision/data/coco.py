@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import logging
 import os
 from pathlib import Path
@@ -21,7 +22,8 @@ from torch import Tensor
 from torch.utils.data import Dataset
 from torchvision.ops import box_convert
 
-from .check import Skipped, load_or_skip
+from ..errors import DataError
+from .check import Skipped, coco_structure_problems, load_or_skip
 from .decode import EncodedImage
 from .images import load_rgb
 from .masks import mask_label_map, paint_semantic
@@ -52,12 +54,40 @@ def check_coco_layout(root: str | os.PathLike, splits: Sequence[str]) -> None:
 
 
 def _quiet_coco(path: Path) -> COCO:
-    """``COCO(path)`` without its progress prints, with the file named in any error."""
+    """The pycocotools index of ``path``, without its progress prints. A file that is not JSON or not shaped as COCO
+    annotations (``check.coco_structure_problems``) raises ``DataError`` naming the file and the first defect."""
     try:
-        with contextlib.redirect_stdout(io.StringIO()):
-            return COCO(str(path))
-    except Exception as e:  # json errors, missing keys: say which file
-        raise ValueError(f"cannot read COCO annotations {path}: {type(e).__name__}: {e}") from e
+        data = json.loads(path.read_bytes())
+    except ValueError as e:  # not JSON, or not UTF-8
+        raise DataError(f"cannot read COCO annotations {path}: {type(e).__name__}: {e}") from e
+    problems = coco_structure_problems(data)
+    if problems:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise DataError(f"cannot read COCO annotations {path}: {problems[0]}{more}; tools/check_data.py lists "
+                        "every one")
+    coco = COCO()
+    coco.dataset = data
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco.createIndex()
+    return coco
+
+
+def _xywh(bbox: Any) -> list[float]:
+    """An annotation's ``bbox`` as four floats; NaNs when it is not four numbers, so that it is dropped with the
+    non-finite ones (check_data reports it as ``malformed_box``)."""
+    if isinstance(bbox, (list, tuple)) and len(bbox) == 4:
+        try:
+            return [float(v) for v in bbox]
+        except (TypeError, ValueError, OverflowError):  # OverflowError: an integer beyond float range
+            pass
+    return [float("nan")] * 4
+
+
+def _area(ann: dict) -> float:
+    """An annotation's ``area``; 0 when it is not a finite non-negative number (it only ranks images)."""
+    area = ann.get("area", 0.0)
+    ok = isinstance(area, (int, float)) and not isinstance(area, bool) and 0 <= area < float("inf")
+    return float(area) if ok else 0.0
 
 
 class CocoDetection(Dataset):
@@ -106,10 +136,10 @@ class CocoDetection(Dataset):
         self.transform = transform
         ids = sorted(self.coco.getImgIds())
         self.ids: list[int] = ids[:subset] if subset else ids
-        file_cats = sorted(self.coco.getCatIds())
+        file_cats = sorted(self.coco.cats)  # getCatIds() fails on a file without "categories"
         self.category_ids: list[int] = list(category_ids) if category_ids is not None else file_cats
         if not self.category_ids:
-            raise ValueError(f"{self.ann_file} defines no categories")
+            raise DataError(f"{self.ann_file} defines no categories")
         cats = self.coco.loadCats(self.category_ids) if set(self.category_ids) <= set(file_cats) else []
         names = {c["id"]: c["name"] for c in cats}
         self.category_names: list[str] = [names.get(c, str(c)) for c in self.category_ids]
@@ -176,7 +206,7 @@ class CocoDetection(Dataset):
         if not anns:
             return np.zeros((0, 4), np.float32), np.zeros((0,), np.int64)
         # numpy after the one conversion: a dozen small torch ops cost ~0.5 ms per image, a tenth of the pipeline
-        xywh = np.array([[float(v) for v in a["bbox"]] for a in anns], dtype=np.float64).reshape(-1, 4)
+        xywh = np.array([_xywh(a.get("bbox")) for a in anns], dtype=np.float64).reshape(-1, 4)
         boxes = box_convert(torch.from_numpy(xywh), "xywh", "xyxy").numpy()
         h, w = size
         finite = np.isfinite(boxes).all(axis=1)
@@ -187,22 +217,30 @@ class CocoDetection(Dataset):
         if not keep.all() and file_name not in self._warned:
             self._warned.add(file_name)
             bad = [anns[i].get("id") for i in np.flatnonzero(~keep).tolist()]
-            log.warning("%s: dropped %d degenerate box(es) (non-finite, or no area inside the %dx%d image), "
-                        "annotation ids %s", self.image_dir / file_name, len(bad), w, h, bad)
+            log.warning("%s: dropped %d degenerate box(es) (not 4 numbers, non-finite, or no area inside the %dx%d "
+                        "image), annotation ids %s", self.image_dir / file_name, len(bad), w, h, bad)
         labels = np.array([self.cat_to_label[a["category_id"]] for a in anns], np.int64)
         return boxes[keep].astype(np.float32), labels[keep]
 
     def load_mask(self, index: int, size: tuple[int, int]) -> np.ndarray:
         """The ``(H, W)`` uint8 semantic label map of item ``index`` (``masks`` must be set). An RLE whose size
-        differs from the image raises ``ValueError`` naming the file; empty instance masks warn once per file."""
+        differs from the image raises ``ValueError`` naming the file; empty and malformed instance masks (skipped,
+        their box regions 255) warn once per file."""
         img_id = self.ids[index]
         info = self.coco.imgs[img_id]
         h, w = int(info.get("height") or size[0]), int(info.get("width") or size[1])
         path = self.image_dir / info["file_name"]
+        malformed: list[str] = []
         try:
-            label, empty = paint_semantic(self.coco.imgToAnns.get(img_id, []), h, w, self.mask_labels)
+            label, empty = paint_semantic(self.coco.imgToAnns.get(img_id, []), h, w, self.mask_labels, malformed)
         except ValueError as e:
             raise ValueError(f"{path}: {e} ({self.ann_file.name})") from e
+        if malformed and f"{path} malformed" not in self._warned:
+            self._warned.add(f"{path} malformed")
+            which = "; ".join("{} ({})".format(*m.split(": ", 1)) for m in malformed)
+            its = "its box region is" if len(malformed) == 1 else "their box regions are"
+            log.warning("%s: skipped the malformed mask of %s; %s ignored (255) in the label map (%s; "
+                        "tools/check_data.py lists every one)", path, which, its, self.ann_file.name)
         if empty and str(path) not in self._warned:
             self._warned.add(str(path))
             log.warning("%s: annotation(s) %s have an empty mask; their box regions are ignored (255) in the label "
@@ -283,7 +321,7 @@ class CocoSegmentation(Dataset):
             labels = self.source.mask_labels
 
             def covered(img_id: int) -> float:
-                return sum(float(a.get("area", 0.0)) for a in self.source.coco.imgToAnns.get(img_id, [])
+                return sum(_area(a) for a in self.source.coco.imgToAnns.get(img_id, [])
                            if a.get("category_id") in labels and not a.get("iscrowd", 0))
 
             kept = [i for i in ids if covered(i) > min_mask_pixels]
@@ -291,8 +329,8 @@ class CocoSegmentation(Dataset):
                      len(ids), min_mask_pixels)
             ids = kept
         if not ids:
-            raise ValueError(f"{self.source.ann_file}: no image left for segmentation (masks={masks!r}, "
-                             f"min_mask_pixels={min_mask_pixels})")
+            raise DataError(f"{self.source.ann_file}: no image left for segmentation (masks={masks!r}, "
+                            f"min_mask_pixels={min_mask_pixels})")
         self.source.ids = ids[:subset] if subset else ids
         self.ids = [str(i) for i in self.source.ids]
         self.missing: list[str] = []  # as VOCSegmentation's: a missing image is skipped when it is read
