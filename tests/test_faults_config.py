@@ -1,18 +1,26 @@
-"""Config files a user can get wrong or craft (issue #23, item 8): every one is one error line naming the file, in
-bounded time and memory, never a traceback. A seeded fuzz of a config file checks that nothing else comes out."""
+"""Config files and CIFAR batches a user can get wrong or craft (issue #23, items 8 and 9): every one is one error
+line naming the file, in bounded time and memory, never a traceback. A seeded fuzz of CIFAR batches and of a config
+file checks that nothing else comes out."""
 from __future__ import annotations
 
 import importlib.util
 import json
+import pickle
 import random
+import struct
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
+from torchvision.datasets import CIFAR10
 
 from mnv2_vision.config import ConfigError, config_dir, config_from_dict, load_config
+from mnv2_vision.data import prepare
+from mnv2_vision.data.classification import Cifar10
+from mnv2_vision.errors import DataError
 
 ROOT = Path(__file__).resolve().parents[1]
 TOOLS = ROOT / "tools"
@@ -274,6 +282,357 @@ def test_config_fuzz_gives_a_config_or_one_config_error(tmp_path):
     outcomes = _fuzz_config(500, 0, tmp_path)
     print(f"config fuzz: {outcomes} in {time.perf_counter() - t0:.1f} s")
     assert outcomes["config"] > 20 and outcomes["ConfigError"] > 100
+
+
+# ---------------------------------------------------------------------------------------------- 9: CIFAR batches
+def _cifar_dict(n: int, seed: int = 0) -> dict[str, object]:
+    """A batch with the keys and value types of the real ``data_batch_1``; the pickles below write its strings as
+    Python 2 did (read back as str) or as bytes (what ``pickle.load(..., encoding='bytes')`` shows of the real file)."""
+    rng = np.random.default_rng(seed)
+    return {"batch_label": "training batch 1 of 5", "labels": [int(v) for v in rng.integers(0, 10, n)],
+            "data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
+            "filenames": [f"image_{seed}_{i:06d}.png" for i in range(n)]}
+
+
+def _py3_pickle(batch: dict, protocol: int = 2) -> bytes:
+    """Python 3's pickle with bytes keys and strings (protocols 0 to 2 write each as ``_codecs.encode(..., 'latin1')``,
+    the array's pixels too)."""
+    def b(v: object) -> object:
+        return v.encode() if isinstance(v, str) else [b(x) for x in v] if isinstance(v, list) else v
+
+    return pickle.dumps({b(k): b(v) if k != "labels" else v for k, v in batch.items()}, protocol=protocol)
+
+
+def _py2_pickle(obj: object) -> bytes:
+    """Protocol 2 as Python 2's cPickle wrote the real CIFAR-10 files: byte strings (BINSTRING), the array through
+    ``numpy.core.multiarray._reconstruct``, BINPUT after each object."""
+    out = bytearray(b"\x80\x02")
+    puts = iter(range(1 << 30))
+
+    def put() -> None:
+        i = next(puts)
+        out.extend(b"q" + bytes([i]) if i < 256 else b"r" + struct.pack("<I", i))
+
+    def string(s: bytes) -> None:
+        out.extend((b"U" + bytes([len(s)]) if len(s) < 256 else b"T" + struct.pack("<I", len(s))) + s)
+        put()
+
+    def emit(v: object) -> None:
+        if isinstance(v, dict):
+            out.extend(b"}")
+            put()
+            out.extend(b"(")
+            for k, x in v.items():
+                emit(k)
+                emit(x)
+            out.extend(b"u")
+        elif isinstance(v, list):
+            out.extend(b"]")
+            put()
+            if v:
+                out.extend(b"(")
+                for x in v:
+                    emit(x)
+                out.extend(b"e")
+        elif isinstance(v, int):
+            out.extend(b"K" + bytes([v]) if 0 <= v < 256 else b"J" + struct.pack("<i", v))
+        elif isinstance(v, (str, bytes)):
+            string(v.encode("latin-1") if isinstance(v, str) else v)
+        elif isinstance(v, np.ndarray):
+            out.extend(b"cnumpy.core.multiarray\n_reconstruct\n")
+            put()
+            out.extend(b"cnumpy\nndarray\n")
+            put()
+            out.extend(b"K\x00\x85")
+            put()
+            string(b"b")
+            out.extend(b"\x87")
+            put()
+            out.extend(b"R")
+            put()
+            out.extend(b"(K\x01(")
+            for d in v.shape:
+                emit(d)
+            out.extend(b"t")
+            put()
+            out.extend(b"cnumpy\ndtype\n")
+            put()
+            string(v.dtype.str[1:].encode())
+            out.extend(b"K\x00K\x01\x87")
+            put()
+            out.extend(b"R")
+            put()
+            out.extend(b"(K\x03")
+            string(b"|")
+            out.extend(b"NNNJ\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00t")
+            put()
+            out.extend(b"b\x89")
+            string(v.tobytes())
+            out.extend(b"t")
+            put()
+            out.extend(b"b")
+        else:
+            raise TypeError(type(v))
+
+    emit(obj)
+    return bytes(out + b".")
+
+
+def _cifar_tree(root: Path, n: int = 3) -> Path:
+    """``<root>/cifar-10-batches-py`` with five train batches and a test batch of ``n`` images, in Python 2's pickle."""
+    base = root / "cifar-10-batches-py"
+    base.mkdir(parents=True)
+    for i, name in enumerate([f"data_batch_{k}" for k in range(1, 6)] + ["test_batch"]):
+        (base / name).write_bytes(_py2_pickle(_cifar_dict(n, i)))
+    names = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+    (base / "batches.meta").write_bytes(_py2_pickle({"num_cases_per_batch": n, "label_names": names,
+                                                     "num_vis": 3072}))
+    return base
+
+
+@pytest.fixture
+def cifar_counts(monkeypatch):
+    monkeypatch.setitem(prepare.EXPECTED_COUNTS, "cifar10", {"train": 15, "test": 3})
+
+
+def test_cifar_py2_and_py3_pickles_read_alike(tmp_path):
+    base = _cifar_tree(tmp_path)
+    py2 = Cifar10(tmp_path, "test")
+    expected = _cifar_dict(3, 5)
+    assert py2.targets == expected["labels"] and py2.classes[9] == "truck"
+    assert np.array_equal(py2.images, expected["data"].reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
+    (base / "test_batch").write_bytes(_py3_pickle(expected))
+    assert np.array_equal(Cifar10(tmp_path, "test").images, py2.images)
+
+
+# numpy.dtype('bogus') with only the allowed globals: the array's dtype in the py2 layout, renamed
+def _bogus_dtype(raw: bytes) -> bytes:
+    assert raw.count(b"U\x02u1q") == 1
+    return raw.replace(b"U\x02u1q", b"U\x05bogusq")
+
+
+def test_cifar_verify_reports_a_bogus_dtype_as_a_problem_line(tmp_path, cifar_counts, capsys):
+    base = _cifar_tree(tmp_path)
+    batch = base / "data_batch_2"
+    raw = _bogus_dtype(batch.read_bytes())
+    assert raw != batch.read_bytes()
+    batch.write_bytes(raw)
+    rc = _tool("prepare_data").main(["cifar10", "--root", str(tmp_path), "--verify"])  # unfixed: TypeError
+    out = capsys.readouterr().out
+    assert rc == 1
+    assert (f"PROBLEM malformed CIFAR-10 file (1): {batch}: not a readable CIFAR-10 file (numpy dtype "
+            "'bogus' is not a number type; a CIFAR-10 file holds uint8 pixels)") in out, out
+    assert "BAD CIFAR-10 train images: 12 (expected 15)" in out and "2 problem(s)" in out
+
+
+def test_cifar_training_reports_a_bad_batch_as_one_data_error_line(tmp_path, capsys):
+    base = _cifar_tree(tmp_path / "data")
+    batch = base / "data_batch_3"
+    batch.write_bytes(_bogus_dtype(batch.read_bytes()))
+    message = (f"{batch}: not a readable CIFAR-10 file (numpy dtype 'bogus' is not a number type; a CIFAR-10 file "
+               "holds uint8 pixels)")
+    with pytest.raises(DataError) as e:
+        Cifar10(tmp_path / "data", "train")
+    assert str(e.value) == message
+    line = _fails(capsys, "train_cls", ["--cfg", "mobilenet_v2_cifar10", "--set", f"data.root={tmp_path / 'data'}",
+                                        "--set", "data.num_workers=0", "--out", str(tmp_path / "run")], code=1)
+    assert line == f"error: {message}"
+
+
+def _object_from_bytes(batch: dict) -> bytes:
+    """The batch with an object array built from raw bytes, as the fuzz found: numpy reads each 8 bytes as a pointer
+    (the unfixed reader then crashed the process on a non-zero one; zeros, used here, are NULL: a TypeError)."""
+    raw = _py3_pickle(batch)
+    n = len(batch["data"])
+    assert raw.count(b"X\x02\x00\x00\x00u1") == 1
+    raw = raw.replace(b"X\x02\x00\x00\x00u1", b"X\x02\x00\x00\x00O8")
+    pixels = batch["data"].tobytes().decode("latin-1").encode("utf-8")  # as _codecs.encode's argument (BINUNICODE)
+    assert raw.count(pixels) == 1
+    zeros = b"\x00" * (8 * n * 3072)
+    head = raw.index(pixels) - 5  # BINUNICODE opcode + 4-byte length
+    return raw[:head] + b"X" + struct.pack("<I", len(zeros)) + zeros + raw[head + 5 + len(pixels):]
+
+
+def _structure_cases(n: int) -> list[tuple[str, bytes, str]]:
+    """(case, pickle, expected message after the file name) for batches whose pickle is fine but whose content is not
+    a CIFAR-10 batch."""
+    good = _cifar_dict(n)
+
+    def with_(**changes: object) -> dict:
+        return {**good, **changes}
+
+    shared: list = [1] * 10
+    for _ in range(8):
+        shared = [shared] * 10  # 10**9 labels once expanded, a few hundred bytes of pickle (memo references)
+    data_msg = "'data' must be an integer array of shape (N, 3072) with values 0..255, got "
+    not_numbers = "not a readable CIFAR-10 file (numpy dtype "
+    pixels = " is not a number type; a CIFAR-10 file holds uint8 pixels)"
+    label_msg = f"'labels' must be a list of {n} integers (one per row of 'data'), got "
+    return [
+        ("no data", _py2_pickle({"labels": good["labels"]}), "expected the keys 'data' and 'labels' of a CIFAR-10 "
+                                                             "batch, got ['labels']"),
+        ("a list", _py2_pickle([1, 2, 3]), "expected a pickled dict (a CIFAR-10 batch), got list"),
+        ("float data", _py3_pickle(with_(data=good["data"].astype(np.float32))), data_msg + "float32 array (3, 3072)"),
+        ("object data", _py3_pickle(with_(data=good["data"].astype(object))), not_numbers + "'O8'" + pixels),
+        ("object data from bytes", _object_from_bytes(good), not_numbers + "'O8'" + pixels),
+        ("3-D data", _py3_pickle(with_(data=good["data"].reshape(n, 3, 1024))), data_msg + "uint8 array (3, 3, 1024)"),
+        ("values > 255", _py3_pickle(with_(data=good["data"].astype(np.int32) + 256)), data_msg + "values 256..511"),
+        ("list data", _py3_pickle(with_(data=good["data"].tolist())), data_msg + "list"),
+        ("short labels", _py3_pickle(with_(labels=good["labels"][:-1])), label_msg + "list of 2"),
+        ("str labels", _py3_pickle(with_(labels=["1"] * n)), label_msg + "str '1' at index 0"),
+        ("bool labels", _py3_pickle(with_(labels=[True] * n)), label_msg + "bool True at index 0"),
+        ("shared labels", _py3_pickle(with_(labels=shared)), "'labels' must be a list of 3 integers (one per row of "
+                                                             "'data'), got list of 10"),
+        ("nested labels", _py3_pickle(with_(labels=[shared] * n)), label_msg + "list [[[[...], [...], [...], [...], "
+                                                                      "[...], [...], ...], [[...], [...], [...], "
+                                                                      "[...... at index 0"),
+        ("bad key", _py3_pickle({**good, b"\xff\xfe": 1}), "a key that is not UTF-8: b'\\xff\\xfe'"),
+    ]
+
+
+def test_cifar_malformed_contents_are_one_data_error_naming_the_file(tmp_path, cifar_counts):
+    base = _cifar_tree(tmp_path)
+    batch = base / "test_batch"
+    for case, raw, message in _structure_cases(3):
+        batch.write_bytes(raw)
+        with pytest.raises(DataError) as e:
+            Cifar10(tmp_path, "test")
+        assert str(e.value) == f"{batch}: {message}", case
+        report, problems = prepare.verify("cifar10", tmp_path)
+        assert f"PROBLEM malformed CIFAR-10 file (1): {batch}: {message}" in report and problems == 2, case
+
+
+def test_cifar_memo_index_past_the_opcodes_is_refused_without_allocating(tmp_path):
+    """A LONG_BINPUT to index 2**31 makes the C unpickler grow its memo to 2**32 entries (32 GiB) before storing."""
+    batch = tmp_path / "cifar-10-batches-py" / "test_batch"
+    base = _cifar_tree(tmp_path)
+    raw = _py2_pickle(_cifar_dict(3))
+    batch.write_bytes(raw[:2] + b"N" + b"r\x00\x00\x00\x80" + b"0" + raw[2:])
+    with pytest.raises(DataError) as e:  # unfixed: MemoryError (or, on a machine with the memory, 32 GiB zeroed)
+        Cifar10(tmp_path, "test")
+    assert str(e.value) == (f"{batch}: not a readable CIFAR-10 file (memo index 2,147,483,648 at byte 3, past the 2 "
+                            "opcodes before it)")
+    assert base.is_dir()
+
+
+@pytest.mark.parametrize("meta,message", [
+    ({"label_names": "airplane"}, "'label_names' must be a list of class names, got bytes"),
+    ({"num_vis": 3072}, "expected the key 'label_names' of batches.meta, got ['num_vis']"),
+    ({"label_names": [b"ok", b"\xff"]}, "class name 1 is not UTF-8: b'\\xff'"),
+    ({"label_names": [1, 2]}, "'label_names' must be a list of class names, got int 1 at index 0"),
+])
+def test_cifar_meta_malformed_is_one_data_error(tmp_path, meta, message):
+    base = _cifar_tree(tmp_path)
+    (base / "batches.meta").write_bytes(_py3_pickle(meta))
+    with pytest.raises(DataError) as e:  # unfixed: AttributeError / UnicodeDecodeError for some, ValueError others
+        Cifar10(tmp_path, "test")
+    assert str(e.value) == f"{base / 'batches.meta'}: {message}"
+    report, _ = prepare.verify("cifar10", tmp_path)
+    assert f"PROBLEM malformed CIFAR-10 file (1): {base / 'batches.meta'}: {message}" in report
+
+
+# ------------------------------------------------------------------------------------------------- CIFAR fuzz
+_OPCODES = [b"R", b"b", b"t", b"0", b"1", b"2", b"e", b"u", b"s", b"a", b"h\x00", b"h\x09", b"q\xff", b"\x85",
+            b"\x86", b"\x87", b"N", b"]", b"}", b"(", b")", b"\x88", b"\x89", b"K\x07", b"J\xff\xff\xff\xff",
+            b"X\xff\xff\xff\x7f", b"B\x00\x00\x00\x40", b"\x8e" + b"\xff" * 8, b"cnumpy\ndtype\n",
+            b"c_codecs\nencode\n", b"cbuiltins\neval\n", b"cnumpy\nndarray\n", b"\x94",
+            b"\x95\x00\x00\x00\x00\x00\x00\x00\x40", b".", b"U\x05bogus", b"U\x01O", b"U\x02O8", b"r\xff\xff\xff\xff",
+            b"j\x00\x01\x00\x00", b"\x8a\x08" + b"\xff" * 8, b"\x8b\xff\xff\xff\x7f"]
+
+
+def _mutate_bytes(rng: random.Random, raw: bytes, span: tuple[int, int]) -> bytes:
+    """One random edit of a pickle; ``span`` (the raw pixels) is hit only a fifth of the time, as in it nearly every
+    edit is a valid image."""
+    def pos() -> int:
+        while True:
+            p = rng.randrange(len(raw) + 1)
+            if not span[0] <= p < span[1] or rng.random() < 0.2:
+                return p
+
+    kind = rng.randrange(7)
+    p = pos()
+    if kind == 0:
+        return raw[:p] + bytes([rng.randrange(256)]) + raw[p + 1:]
+    if kind == 1:
+        return raw[:p] + bytes([raw[p] ^ (1 << rng.randrange(8))]) + raw[p + 1:] if p < len(raw) else raw
+    if kind == 2:
+        return raw[:p] + bytes(rng.randrange(256) for _ in range(rng.randint(1, 8))) + raw[p:]
+    if kind == 3:
+        return raw[:p] + raw[p + rng.randint(1, 16):]
+    if kind == 4:
+        return raw[:p]
+    if kind == 5:
+        q = pos()
+        return raw[:p] + raw[min(p, q):max(p, q)][:64] + raw[p:]
+    return raw[:p] + rng.choice(_OPCODES) + raw[p:]
+
+
+def _fuzz_cifar(count: int, seed: int, root: Path, monkeypatch) -> dict[str, int]:
+    """``count`` mutated batches (or meta files) read by the training reader and by ``--verify``: each one is read,
+    or both refuse it with a message naming the file. ``--verify`` checks the test batch only (the train batches
+    would be read unchanged each time)."""
+    monkeypatch.setattr(CIFAR10, "train_list", [])
+    rng = random.Random(seed)
+    base = _cifar_tree(root)
+    good = _cifar_dict(3, 5)
+    sources = [("test_batch", _py2_pickle(good)), ("test_batch", _py3_pickle(good)),
+               ("test_batch", _py3_pickle(good, protocol=4)), ("test_batch", _py3_pickle(good, protocol=0)),
+               ("test_batch", _bogus_dtype(_py2_pickle(good))),
+               ("test_batch", _py2_pickle({**good, "labels": [-1, 10, 3]})),
+               ("batches.meta", (base / "batches.meta").read_bytes())]
+    structures = _structure_cases(3)
+    pristine = {name: (base / name).read_bytes() for name in ("test_batch", "batches.meta")}
+    outcomes = {"read": 0, "DataError": 0}
+    slowest = 0.0
+    for i in range(count):
+        name, raw = rng.choice(sources)
+        if rng.random() < 0.1:
+            name, raw = "test_batch", rng.choice(structures)[1]
+        pixels = good["data"].tobytes()
+        start = raw.find(pixels)
+        span = (start, start + len(pixels)) if start >= 0 else (0, 0)
+        for _ in range(rng.choice((1, 1, 1, 2, 3))):
+            raw = _mutate_bytes(rng, raw, span)
+        for other, content in pristine.items():
+            (base / other).write_bytes(content)
+        path = base / name
+        path.write_bytes(raw)
+        t0 = time.perf_counter()
+        try:
+            Cifar10(root, "test")
+            refused = None
+            outcomes["read"] += 1
+        except DataError as e:
+            refused = str(e)
+            # a batches.meta with fewer class names is read, and the batch's labels are then outside them
+            named = path if "outside" not in refused else base / "test_batch"
+            assert refused.startswith(f"{named}: ") and "\n" not in refused and len(refused) < 600, (i, refused)
+            outcomes["DataError"] += 1
+        report, _ = prepare.verify("cifar10", root)
+        slowest = max(slowest, time.perf_counter() - t0)
+        problem = [line for line in report.splitlines() if line.startswith("PROBLEM malformed CIFAR-10 file")]
+        if refused is None or "labels" in refused and "outside" in refused:
+            assert not problem, (i, report)
+        else:
+            assert problem == [f"PROBLEM malformed CIFAR-10 file (1): {refused}"], (i, report, refused)
+    outcomes["slowest_ms"] = round(slowest * 1000)
+    return outcomes
+
+
+def test_cifar_fuzz_1000_mutations_give_a_dataset_or_one_data_error(tmp_path, cifar_counts, monkeypatch):
+    t0 = time.perf_counter()
+    outcomes = _fuzz_cifar(1000, 0, tmp_path, monkeypatch)
+    seconds = time.perf_counter() - t0
+    print(f"CIFAR fuzz: {outcomes} in {seconds:.1f} s")
+    assert outcomes["read"] > 50 and outcomes["DataError"] > 300 and outcomes["slowest_ms"] < 2000
+
+
+@pytest.mark.slow
+def test_cifar_fuzz_10000_mutations(tmp_path, cifar_counts, monkeypatch):
+    t0 = time.perf_counter()
+    outcomes = _fuzz_cifar(10_000, 1, tmp_path, monkeypatch)
+    print(f"CIFAR fuzz: {outcomes} in {time.perf_counter() - t0:.1f} s")
+    assert outcomes["read"] > 500 and outcomes["DataError"] > 3000 and outcomes["slowest_ms"] < 2000
 
 
 @pytest.mark.slow
