@@ -9,11 +9,12 @@ import dataclasses
 import difflib
 import math
 import os
+import reprlib
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence, Union
+from typing import Any, Callable, Sequence, Union
 
 import yaml
 
@@ -22,12 +23,33 @@ from .errors import UserError
 __all__ = [
     "ModelCfg", "DataCfg", "OptimCfg", "SchedCfg", "TrainerCfg", "EvalCfg", "LossCfg", "Config",
     "ConfigError", "load_config", "config_from_dict", "to_dict", "to_yaml", "save_config", "config_dir",
-    "list_configs", "Study", "load_study",
+    "list_configs", "Study", "load_study", "bounded_repr",
 ]
 
 
 class ConfigError(UserError, ValueError):
     """A config file, key or value is wrong; the message names it."""
+
+
+# A config is a few KB of YAML with a few hundred values, nested 3 levels deep (section, key, list). The bounds are
+# far above that and far below what would take the loader or an error message more than a moment.
+MAX_CONFIG_BYTES = 1 << 20
+MAX_CONFIG_VALUES = 100_000  # counting every repeat of a shared value: aliases (*name) expanded
+MAX_CONFIG_DEPTH = 16
+_MAX_REPR = 80
+
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxstring, _REPR.maxother, _REPR.maxlong = 3, 60, 60, 40
+
+
+def bounded_repr(value: Any) -> str:
+    """``repr(value)`` of at most 80 characters, for error messages: a value can be a 1 MiB string, a list of a
+    billion shared items or an integer of thousands of digits, of which a message shows only the ends."""
+    try:
+        text = _REPR.repr(value)
+    except Exception:  # int of more than 4300 digits (repr refuses it), an object whose repr fails
+        text = f"<{type(value).__name__}>"
+    return text if len(text) <= _MAX_REPR else text[: _MAX_REPR - 3] + "..."
 
 
 @dataclass
@@ -166,7 +188,7 @@ class Config:
     def validate(self) -> "Config":
         def choice(key: str, value: Any, options: Sequence[Any]) -> None:
             if value not in options:
-                raise ConfigError(f"{key}={value!r} is not one of {list(options)}")
+                raise ConfigError(f"{key}={bounded_repr(value)} is not one of {list(options)}")
 
         choice("task", self.task, ("detection", "segmentation", "classification", "multitask"))
         choice("data.format", self.data.format, ("coco", "voc", "imagefolder", "cifar10", "flowers102"))
@@ -180,50 +202,54 @@ class Config:
         if self.data.masks is not None:
             choice("data.masks", self.data.masks, ("voc20", "all"))
         if self.loss.seg_weight < 0:
-            raise ConfigError(f"loss.seg_weight must be ≥ 0, got {self.loss.seg_weight}")
+            raise ConfigError(f"loss.seg_weight must be ≥ 0, got {bounded_repr(self.loss.seg_weight)}")
         for key, options in (("block", ("inverted", "classic")), ("shortcut", ("bottleneck", "expansion", "none")),
                              ("projection_activation", ("none", "relu6"))):
             if getattr(self.model, key) is not None:
                 choice(f"model.{key}", getattr(self.model, key), options)
         if not 0 < self.data.crop_scale[0] <= self.data.crop_scale[1] <= 1:
-            raise ConfigError(f"data.crop_scale must satisfy 0 < min <= max <= 1, got {list(self.data.crop_scale)}")
+            raise ConfigError(f"data.crop_scale must satisfy 0 < min <= max <= 1, got "
+                              f"{bounded_repr(list(self.data.crop_scale))}")
         if self.model.output_stride is not None:
             choice("model.output_stride", self.model.output_stride, (8, 16, 32))
         for key, v in (("data.batch_size", self.data.batch_size), ("data.val_batch_size", self.data.val_batch_size),
                        ("data.image_size", self.data.image_size)):
             if v < 1:
-                raise ConfigError(f"{key} must be ≥ 1, got {v}")
+                raise ConfigError(f"{key} must be ≥ 1, got {bounded_repr(v)}")
         if self.optim.lr <= 0:
-            raise ConfigError(f"optim.lr must be > 0, got {self.optim.lr}")
+            raise ConfigError(f"optim.lr must be > 0, got {bounded_repr(self.optim.lr)}")
         if any(v <= 0 for v in self.data.std):
-            raise ConfigError(f"data.std must be > 0 for every channel (it divides the image), got {list(self.data.std)}")
+            raise ConfigError(f"data.std must be > 0 for every channel (it divides the image), got "
+                              f"{bounded_repr(list(self.data.std))}")
         if self.model.width_mult <= 0:
-            raise ConfigError(f"model.width_mult must be > 0, got {self.model.width_mult}")
+            raise ConfigError(f"model.width_mult must be > 0, got {bounded_repr(self.model.width_mult)}")
         for key, v in (("data.num_workers", self.data.num_workers), ("optim.weight_decay", self.optim.weight_decay),
                        ("sched.warmup_epochs", self.sched.warmup_epochs), ("sched.min_lr", self.sched.min_lr)):
             if v < 0:
-                raise ConfigError(f"{key} must be ≥ 0, got {v}")
+                raise ConfigError(f"{key} must be ≥ 0, got {bounded_repr(v)}")
         t = self.trainer
         if t.max_epochs == 0 or t.max_epochs < -1:
-            raise ConfigError(f"trainer.max_epochs must be ≥ 1 (or -1 with trainer.max_steps > 0), got {t.max_epochs}")
+            raise ConfigError(f"trainer.max_epochs must be ≥ 1 (or -1 with trainer.max_steps > 0), got "
+                              f"{bounded_repr(t.max_epochs)}")
         if t.max_epochs == -1 and t.max_steps <= 0:
             raise ConfigError("trainer.max_epochs=-1 (no epoch limit) needs trainer.max_steps > 0")
         if t.max_steps == 0 or t.max_steps < -1:
-            raise ConfigError(f"trainer.max_steps must be ≥ 1 or -1 (no step limit), got {t.max_steps}")
+            raise ConfigError(f"trainer.max_steps must be ≥ 1 or -1 (no step limit), got {bounded_repr(t.max_steps)}")
         if t.check_val_every_n_epoch < 1:
-            raise ConfigError(f"trainer.check_val_every_n_epoch must be ≥ 1, got {t.check_val_every_n_epoch}")
+            raise ConfigError(f"trainer.check_val_every_n_epoch must be ≥ 1, got "
+                              f"{bounded_repr(t.check_val_every_n_epoch)}")
         if t.num_threads is not None and t.num_threads < 1:
-            raise ConfigError(f"trainer.num_threads must be ≥ 1 or null (auto), got {t.num_threads}")
+            raise ConfigError(f"trainer.num_threads must be ≥ 1 or null (auto), got {bounded_repr(t.num_threads)}")
         if t.progress_interval_s <= 0:
-            raise ConfigError(f"trainer.progress_interval_s must be > 0, got {t.progress_interval_s}")
+            raise ConfigError(f"trainer.progress_interval_s must be > 0, got {bounded_repr(t.progress_interval_s)}")
         if self.trainer.ckpt_every_n_steps is not None and self.trainer.ckpt_every_n_steps < 1:
             raise ConfigError(f"trainer.ckpt_every_n_steps must be ≥ 1 or null, got "
-                              f"{self.trainer.ckpt_every_n_steps}")
+                              f"{bounded_repr(self.trainer.ckpt_every_n_steps)}")
         if self.data.subset is not None and self.data.subset < 1:
-            raise ConfigError(f"data.subset must be ≥ 1 or null, got {self.data.subset}")
+            raise ConfigError(f"data.subset must be ≥ 1 or null, got {bounded_repr(self.data.subset)}")
         for key, v in (("eval.score_thresh", self.eval.score_thresh), ("eval.nms_iou", self.eval.nms_iou)):
             if not 0 <= v <= 1:  # a score and an overlap: outside [0, 1] no box would be kept, or every one
-                raise ConfigError(f"{key} must be in [0, 1], got {v}")
+                raise ConfigError(f"{key} must be in [0, 1], got {bounded_repr(v)}")
         return self
 
 
@@ -242,33 +268,37 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
                 return _coerce(value, arg, key)
             except ConfigError as e:
                 errors.append(str(e))
-        raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r} ({type(value).__name__})")
+        raise ConfigError(f"{key}: expected {_type_name(tp)}, got {bounded_repr(value)} ({type(value).__name__})")
     if tp is type(None):
         if value is None:
             return None
-        raise ConfigError(f"{key}: expected null, got {value!r}")
+        raise ConfigError(f"{key}: expected null, got {bounded_repr(value)}")
     if origin is tuple:
         args = typing.get_args(tp)
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{key}: expected a list, got {value!r} ({type(value).__name__})")
+            raise ConfigError(f"{key}: expected a list, got {bounded_repr(value)} ({type(value).__name__})")
         if len(args) == 2 and args[1] is Ellipsis:
             return tuple(_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value))
         if len(value) != len(args):
-            raise ConfigError(f"{key}: expected a list of {len(args)} values, got {len(value)}: {value!r}")
+            raise ConfigError(f"{key}: expected a list of {len(args)} values, got {len(value)}: {bounded_repr(value)}")
         return tuple(_coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{key}: expected float, got {value!r} ({type(value).__name__})")
-        if not math.isfinite(value):  # YAML's .nan / .inf: training would save NaN weights
-            raise ConfigError(f"{key}: expected a finite number, got {value!r}")
-        return float(value)
+            raise ConfigError(f"{key}: expected float, got {bounded_repr(value)} ({type(value).__name__})")
+        try:
+            number = float(value)
+        except OverflowError:  # an int past 1.8e308: YAML reads "1000…" of 400 digits as one
+            raise ConfigError(f"{key}: {bounded_repr(value)} is too large for a float") from None
+        if not math.isfinite(number):  # YAML's .nan / .inf: training would save NaN weights
+            raise ConfigError(f"{key}: expected a finite number, got {bounded_repr(value)}")
+        return number
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{key}: expected int, got {value!r} ({type(value).__name__})")
+            raise ConfigError(f"{key}: expected int, got {bounded_repr(value)} ({type(value).__name__})")
         return value
     if tp in (bool, str):
         if not isinstance(value, tp):
-            raise ConfigError(f"{key}: expected {tp.__name__}, got {value!r} ({type(value).__name__})")
+            raise ConfigError(f"{key}: expected {tp.__name__}, got {bounded_repr(value)} ({type(value).__name__})")
         return value
     raise ConfigError(f"{key}: unsupported type {tp}")
 
@@ -276,12 +306,12 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
 def _unknown(key: str, options: Sequence[str], where: str) -> ConfigError:
     close = difflib.get_close_matches(key.rsplit(".", 1)[-1], options, n=3)
     hint = f"; did you mean {', '.join(close)}?" if close else f"; valid keys: {', '.join(options)}"
-    return ConfigError(f"unknown config key {key!r}{where}{hint}")
+    return ConfigError(f"unknown config key {bounded_repr(key)}{where}{hint}")
 
 
 def _fill(obj: Any, data: dict, prefix: str, where: str) -> None:
     if not isinstance(data, dict):
-        raise ConfigError(f"{prefix.rstrip('.') or 'config'}{where}: expected a mapping, got {data!r}")
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'}{where}: expected a mapping, got {bounded_repr(data)}")
     hints = typing.get_type_hints(type(obj))
     names = [f.name for f in dataclasses.fields(obj)]
     for k, v in data.items():
@@ -297,7 +327,7 @@ def _fill(obj: Any, data: dict, prefix: str, where: str) -> None:
 
 def _set(cfg: Config, override: str) -> None:
     if "=" not in override:
-        raise ConfigError(f"--set expects key=value, got {override!r}")
+        raise ConfigError(f"--set expects key=value, got {bounded_repr(override)}")
     key, raw = override.split("=", 1)
     key = key.strip()
     obj: Any = cfg
@@ -312,14 +342,141 @@ def _set(cfg: Config, override: str) -> None:
                 raise ConfigError(f"--set {key}: {'.'.join(parts[: i + 1])} is not a section")
     if dataclasses.is_dataclass(getattr(obj, parts[-1])):
         raise ConfigError(f"--set {key}: is a section; set one of its keys")
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError as e:
-        raise ConfigError(f"--set {key}: cannot parse {raw!r}: {e}") from e
+    value = _parse_yaml(raw, f"--set {key}") if raw.strip() else ""
     hints = typing.get_type_hints(type(obj))
     if hints[parts[-1]] is str and not isinstance(value, str):
         value = raw  # "--set data.root=2017" is still a string
     setattr(obj, parts[-1], _coerce(value, hints[parts[-1]], key + " (from --set)"))
+
+
+# ---------------------------------------------------------------------------------------------- reading YAML
+def _node_children(node: Any) -> Sequence[Any]:
+    if isinstance(node, yaml.MappingNode):
+        return [part for pair in node.value for part in pair]
+    return node.value if isinstance(node, yaml.SequenceNode) else ()
+
+
+def _object_children(value: Any) -> Sequence[Any]:
+    if isinstance(value, dict):
+        return [*value.keys(), *value.values()]
+    return value if isinstance(value, (list, tuple)) else ()
+
+
+def _too_deep(source: str, where: str = "") -> ConfigError:
+    return ConfigError(f"{source}: nested more than {MAX_CONFIG_DEPTH} levels deep{where}; a config nests its sections "
+                       "2 or 3 levels deep")
+
+
+def _check_shape(root: Any, children: Callable[[Any], Sequence[Any]], source: str) -> None:
+    """Refuse a YAML node graph (or an unpickled value) that nests deeper than ``MAX_CONFIG_DEPTH``, contains itself,
+    or holds more than ``MAX_CONFIG_VALUES`` values once its shared parts are expanded, before anything walks it: a
+    repeat of an alias (``*name``) is the same node object, so nine nested anchors compose in a millisecond, and it is
+    the construction, the type checks and the error's repr that then meet 10**9 items. Each distinct node's expanded
+    size is counted once (memo by id), so the check costs the graph's own size; the walk is iterative, so 50,000
+    levels cannot exhaust the stack."""
+    size: dict[int, int] = {}
+    on_path: set[int] = set()
+    stack: list[tuple[Any, bool]] = [(root, False)]
+    while stack:
+        node, done = stack.pop()
+        key = id(node)
+        if done:  # every child is counted: this node's expanded size
+            on_path.discard(key)
+            size[key] = 1 + sum(size[id(child)] for child in children(node))
+            if size[key] > MAX_CONFIG_VALUES:
+                raise ConfigError(f"{source}: more than {MAX_CONFIG_VALUES:,} values once its aliases (*name) are "
+                                  "expanded; a config holds a few hundred: write the values out instead of nesting "
+                                  "aliases")
+        elif key not in size:
+            if key in on_path:
+                raise ConfigError(f"{source}: a value contains itself (a recursive alias &name ... *name); a config "
+                                  "holds plain values")
+            if len(on_path) >= MAX_CONFIG_DEPTH:
+                raise _too_deep(source)
+            on_path.add(key)
+            stack.append((node, True))
+            stack.extend((child, False) for child in children(node))
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing to compose deeper than ``MAX_CONFIG_DEPTH`` (its composer recurses once per
+    level: 50,000 nested ``[`` end in a RecursionError) and naming the node whose value cannot be constructed (a
+    date that does not exist, an integer of more than 4300 digits raise a bare ValueError)."""
+
+    def __init__(self, text: str, source: str) -> None:
+        super().__init__(text)
+        self.source, self.depth = source, 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.depth >= MAX_CONFIG_DEPTH:
+            raise _too_deep(self.source, f" (line {self.peek_event().start_mark.line + 1})")
+        self.depth += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
+
+    def construct_object(self, node: Any, deep: bool = False) -> Any:
+        try:
+            return super().construct_object(node, deep)
+        except (ValueError, OverflowError) as e:
+            raise yaml.constructor.ConstructorError(None, None, str(e), node.start_mark) from e
+
+
+def _clip(text: str, limit: int = 300) -> str:
+    """PyYAML's problem texts quote what they found (an alias name, a tag), which can be as long as the file."""
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _yaml_problem(e: yaml.YAMLError) -> str:
+    """A YAML error as one line: where, what (PyYAML's own text spans five, with a snippet of the file)."""
+    if isinstance(e, yaml.MarkedYAMLError) and e.problem_mark is not None:
+        mark, context = e.problem_mark, e.context or ""
+        if context and e.context_mark is not None:
+            context += f" (line {e.context_mark.line + 1}, column {e.context_mark.column + 1})"
+        what = f"{context}: {e.problem}" if context else str(e.problem)
+        return f"at line {mark.line + 1}, column {mark.column + 1}: {what}"
+    if isinstance(e, yaml.reader.ReaderError):
+        return f"at character {e.position:,}: unacceptable character #x{e.character:04x}: {e.reason}"
+    return " ".join(str(e).split())
+
+
+def _parse_yaml(text: str, source: str) -> Any:
+    """``yaml.safe_load(text)`` within the bounds of a config (size, nesting, values once aliases are expanded); any
+    problem is one ``ConfigError`` line starting with ``source`` (a file, ``--set KEY``)."""
+    if len(text) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{source}: {len(text):,} characters is over the 1 MiB limit of a config value "
+                          f"({MAX_CONFIG_BYTES:,})")
+    loader = None
+    try:
+        loader = _BoundedLoader(text, source)  # checks the characters first: a ReaderError comes from here
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _check_shape(node, _node_children, source)
+        return loader.construct_document(node)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{source}: invalid YAML {_clip(_yaml_problem(e))}") from None
+    except RecursionError:  # the bounded composer stops at MAX_CONFIG_DEPTH; this is the parser's own recursion
+        raise _too_deep(source) from None
+    finally:
+        if loader is not None:
+            loader.dispose()
+
+
+def _read_yaml(path: Path) -> Any:
+    """A config or study file: at most 1 MiB of UTF-8 YAML (``_parse_yaml``'s bounds), else one ``ConfigError``."""
+    with open(path, "rb") as f:
+        raw = f.read(MAX_CONFIG_BYTES + 1)  # bounded even if the file is a device or grows meanwhile
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{path}: {path.stat().st_size:,} bytes is over the 1 MiB limit of a config file "
+                          f"({MAX_CONFIG_BYTES:,} bytes; a config is a few KB); is this the right file?")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text: byte {e.start:,} is 0x{raw[e.start]:02x}; save the config as "
+                          "UTF-8") from None
+    return _parse_yaml(text, str(path))
 
 
 # ---------------------------------------------------------------------------------------------- loading / saving
@@ -348,10 +505,14 @@ def _resolve(name: str | os.PathLike) -> Path:
         return candidate
     close = difflib.get_close_matches(str(name), list_configs(), n=3)
     hint = f"; did you mean {', '.join(close)}?" if close else ""
-    raise ConfigError(f"no config named {str(name)!r} in {config_dir()}{hint} (available: {', '.join(list_configs())})")
+    raise ConfigError(f"no config named {bounded_repr(str(name))} in {config_dir()}{hint} "
+                      f"(available: {', '.join(list_configs())})")
 
 
 def config_from_dict(data: dict, where: str = "") -> Config:
+    """The config stored in a checkpoint (``where``: " in checkpoint PATH"), checked as a config file is: an unpickled
+    dict can share one list a billion times over, or nest it 50,000 deep."""
+    _check_shape(data, _object_children, f"config{where}")
     cfg = Config()
     _fill(cfg, data or {}, "", where)
     return cfg.validate()
@@ -362,10 +523,7 @@ def load_config(name: str | os.PathLike | None = None, overrides: Sequence[str] 
     cfg = Config()
     if name is not None:
         path = _resolve(name)
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: invalid YAML: {e}") from e
+        data = _read_yaml(path) or {}
         _fill(cfg, data, "", f" in {path}")
     for o in overrides:
         _set(cfg, o)
@@ -417,12 +575,10 @@ def load_study(name: str | os.PathLike) -> Study:
     if not p.is_file():
         known = sorted(q.stem for q in (config_dir() / "studies").glob("*.yaml"))
         raise ConfigError(f"study not found: {p} (available in {config_dir() / 'studies'}: {', '.join(known)})")
-    try:
-        data = yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{p}: invalid YAML: {e}") from e
+    data = _read_yaml(p) or {}
     if not isinstance(data, dict) or set(data) - {"base", "set", "variants"}:
-        raise ConfigError(f"{p}: a study has the keys base, set (optional) and variants; got {sorted(data)}")
+        got = bounded_repr(list(data) if isinstance(data, dict) else data)
+        raise ConfigError(f"{p}: a study has the keys base, set (optional) and variants; got {got}")
     if not isinstance(data.get("base"), str):
         raise ConfigError(f"{p}: 'base' must name a config (e.g. mobilenet_v2_cifar10)")
 
@@ -430,7 +586,7 @@ def load_study(name: str | os.PathLike) -> Study:
         if v is None:
             return ()
         if not isinstance(v, list) or not all(isinstance(o, str) and "=" in o for o in v):
-            raise ConfigError(f"{p}: {where} must be a list of 'key=value' strings, got {v!r}")
+            raise ConfigError(f"{p}: {where} must be a list of 'key=value' strings, got {bounded_repr(v)}")
         return tuple(v)
 
     variants = data.get("variants")
@@ -442,5 +598,5 @@ def load_study(name: str | os.PathLike) -> Study:
         try:
             study.config(v)
         except ConfigError as e:
-            raise ConfigError(f"{p}: variant {v!r}: {e}") from e
+            raise ConfigError(f"{p}: variant {bounded_repr(v)}: {e}") from e
     return study

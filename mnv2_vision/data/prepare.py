@@ -32,6 +32,7 @@ from torchvision.datasets.utils import calculate_md5
 from torchvision.datasets.voc import DATASET_YEAR_DICT
 from tqdm import tqdm
 
+from ..errors import DataError
 from .synthetic import voc_palette
 
 __all__ = [
@@ -507,24 +508,30 @@ def _verify_flowers(root: Path, report: _Report, expected: dict[str, int]) -> No
 
 
 def _verify_cifar(root: Path, report: _Report, expected: dict[str, int]) -> None:
-    from .classification import read_cifar_batch
+    from .classification import read_cifar_images, read_cifar_label_names
 
     base = root / CIFAR10.base_folder
     for split, files in (("train", CIFAR10.train_list), ("test", CIFAR10.test_list)):
         n = 0
         for name, _ in files:
-            try:  # the restricted unpickler of training: a batch file is data, a planted payload is refused
-                batch = read_cifar_batch(base / name)
-                labels = np.asarray(batch["labels"])
-            except (OSError, ValueError, KeyError) as err:
-                report.problem("missing or unreadable batch", f"{base / name}: {err!r}")
+            try:  # the readers of training: a planted payload is refused, a malformed batch is one DataError
+                _, labels = read_cifar_images(base / name)
+            except OSError as err:
+                report.problem("missing or unreadable file", f"{base / name}: {err!r}")
                 continue
-            n += labels.size
-            if np.shape(batch["data"]) != (labels.size, 3072):
-                report.problem("batch data shape", f"{base / name}: {np.shape(batch['data'])}")
-            if labels.size and (labels.min() < 0 or labels.max() > 9):
-                report.problem("label values outside the classes", f"{base / name}: {labels.min()}..{labels.max()}")
+            except DataError as err:
+                report.problem("malformed CIFAR-10 file", str(err))
+                continue
+            n += len(labels)
+            if labels and (min(labels) < 0 or max(labels) > 9):
+                report.problem("label values outside the classes", f"{base / name}: {min(labels)}..{max(labels)}")
         report.count(f"CIFAR-10 {split} images", n, expected.get(split))
+    try:
+        report.count("CIFAR-10 class names in batches.meta", len(read_cifar_label_names(base / "batches.meta")), 10)
+    except OSError as err:
+        report.problem("missing or unreadable file", f"{base / 'batches.meta'}: {err!r}")
+    except DataError as err:
+        report.problem("malformed CIFAR-10 file", str(err))
 
 
 _VERIFIERS: dict[str, Callable[[Path, _Report, dict[str, int]], None]] = {
