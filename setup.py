@@ -11,6 +11,7 @@ COMMANDS = {
     "train-multitask": "train_multitask", "eval-det": "eval_det", "eval-seg": "eval_seg", "eval-cls": "eval_cls",
     "predict": "predict", "export": "export", "benchmark": "benchmark", "check-data": "check_data",
     "prepare-data": "prepare_data", "ablate": "ablate", "plot-logs": "plot_logs", "compare-multitask": "compare_multitask",
+    "complexity": "complexity",
 }
 
 setup(
@@ -27,8 +28,7 @@ setup(
     package_data={"mnv2_vision.configs": ["*.yaml", "studies/*.yaml"]},
     entry_points={"console_scripts": [
         *(f"mnv2-{name} = mnv2_vision.commands.{module}:console" for name, module in COMMANDS.items()),
-        "mnv2-complexity = mnv2_vision.profiling:console",
-        "mnv2-profile = mnv2_vision.profiling:console",  # the old name of tools/complexity.py
+        "mnv2-profile = mnv2_vision.commands.complexity:console",  # the old name of tools/complexity.py
     ]},
     python_requires=">=3.10",
     install_requires=[

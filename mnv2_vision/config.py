@@ -23,7 +23,7 @@ from .errors import UserError
 __all__ = [
     "ModelCfg", "DataCfg", "OptimCfg", "SchedCfg", "TrainerCfg", "EvalCfg", "LossCfg", "Config",
     "ConfigError", "load_config", "config_from_dict", "to_dict", "to_yaml", "save_config", "config_dir",
-    "list_configs", "Study", "load_study", "bounded_repr",
+    "list_configs", "Study", "load_study", "bounded_repr", "parse_yaml",
 ]
 
 
@@ -342,7 +342,7 @@ def _set(cfg: Config, override: str) -> None:
                 raise ConfigError(f"--set {key}: {'.'.join(parts[: i + 1])} is not a section")
     if dataclasses.is_dataclass(getattr(obj, parts[-1])):
         raise ConfigError(f"--set {key}: is a section; set one of its keys")
-    value = _parse_yaml(raw, f"--set {key}") if raw.strip() else ""
+    value = parse_yaml(raw, f"--set {key}") if raw.strip() else ""
     hints = typing.get_type_hints(type(obj))
     if hints[parts[-1]] is str and not isinstance(value, str):
         value = raw  # "--set data.root=2017" is still a string
@@ -441,7 +441,7 @@ def _yaml_problem(e: yaml.YAMLError) -> str:
     return " ".join(str(e).split())
 
 
-def _parse_yaml(text: str, source: str) -> Any:
+def parse_yaml(text: str, source: str) -> Any:
     """``yaml.safe_load(text)`` within the bounds of a config (size, nesting, values once aliases are expanded); any
     problem is one ``ConfigError`` line starting with ``source`` (a file, ``--set KEY``)."""
     if len(text) > MAX_CONFIG_BYTES:
@@ -465,7 +465,7 @@ def _parse_yaml(text: str, source: str) -> Any:
 
 
 def _read_yaml(path: Path) -> Any:
-    """A config or study file: at most 1 MiB of UTF-8 YAML (``_parse_yaml``'s bounds), else one ``ConfigError``."""
+    """A config or study file: at most 1 MiB of UTF-8 YAML (``parse_yaml``'s bounds), else one ``ConfigError``."""
     with open(path, "rb") as f:
         raw = f.read(MAX_CONFIG_BYTES + 1)  # bounded even if the file is a device or grows meanwhile
     if len(raw) > MAX_CONFIG_BYTES:
@@ -476,7 +476,7 @@ def _read_yaml(path: Path) -> Any:
     except UnicodeDecodeError as e:
         raise ConfigError(f"{path}: not UTF-8 text: byte {e.start:,} is 0x{raw[e.start]:02x}; save the config as "
                           "UTF-8") from None
-    return _parse_yaml(text, str(path))
+    return parse_yaml(text, str(path))
 
 
 # ---------------------------------------------------------------------------------------------- loading / saving

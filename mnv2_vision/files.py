@@ -3,7 +3,7 @@
 A crash, ``kill -9`` or a full disk in the middle of a write then leaves the previous version of the file (or no
 file), never a truncated one: ``os.replace`` is atomic on POSIX and Windows. What a killed process leaves behind is a
 temporary ``.<name>.tmp-<pid>`` file, which ``remove_temp_files`` deletes on the next start once that process is
-gone (the run folder does it for its own places, ``runfolder.py``).
+gone (the run folder does it for its own places, ``lit/runfolder.py``).
 """
 from __future__ import annotations
 

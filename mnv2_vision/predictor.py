@@ -29,56 +29,17 @@ from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
-from PIL import Image
 from torch import Tensor, nn
 
-from .data.decode import EncodedImage, decode_rgb
-from .data.images import pil_to_rgb
+from .data.io.decode import EncodedImage, to_rgb
 from .errors import CheckpointError, UserError
 
-__all__ = ["load", "Predictor", "IMAGE_SUFFIXES", "to_rgb", "expand_inputs", "check_score_thresh"]
+__all__ = ["load", "Predictor", "IMAGE_SUFFIXES", "expand_inputs", "check_score_thresh"]
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 
 # ---------------------------------------------------------------------------------------------- inputs
-def to_rgb(item: Any) -> np.ndarray:
-    """An ``(H, W, 3)`` uint8 RGB array from a path, PIL image, numpy array or tensor, converted as training reads
-    files: EXIF orientation, grayscale / RGBA / palette / CMYK / 16-bit to RGB.
-
-    Arrays are HWC (or HW grayscale) RGB, uint8 or 16-bit (65535 → 255) or float in [0, 1]; tensors are CHW
-    (torchvision's layout), uint8 or float in [0, 1]."""
-    if isinstance(item, (str, os.PathLike)):
-        return decode_rgb(item)  # load_rgb's pixels and errors, faster for JPEGs
-    if isinstance(item, Image.Image):
-        return pil_to_rgb(item)
-    if isinstance(item, Tensor):
-        t = item.detach().cpu()
-        if t.ndim == 3 and t.shape[0] in (1, 3, 4):
-            t = t.permute(1, 2, 0)
-        item = t.numpy()
-    if isinstance(item, np.ndarray):
-        a = item
-        if a.ndim == 3 and a.shape[2] == 1:
-            a = a[:, :, 0]
-        if a.ndim == 2:
-            a = np.repeat(a[:, :, None], 3, axis=2)
-        if a.ndim != 3 or a.shape[2] not in (3, 4) or 0 in a.shape[:2]:
-            raise ValueError(f"expected an (H, W, 3) RGB image array, got shape {item.shape}")
-        a = a[:, :, :3]
-        if a.dtype == np.uint8:
-            return np.ascontiguousarray(a)
-        if a.dtype == np.uint16:
-            return (a // 257).astype(np.uint8)
-        if np.issubdtype(a.dtype, np.floating):
-            if np.isfinite(a).all() and a.min() >= 0 and a.max() <= 1:
-                return np.round(a * 255).astype(np.uint8)
-            raise ValueError("a float image must hold values in [0, 1] (torchvision's convention)")
-        raise ValueError(f"unsupported image dtype {a.dtype}; give uint8, uint16 or float in [0, 1]")
-    raise TypeError(f"cannot read an image from {type(item).__name__}; give a path, a folder, a PIL image, an "
-                    "(H, W, 3) uint8 array or a (3, H, W) tensor")
-
-
 def expand_inputs(inputs: Any) -> list[Any]:
     """One entry per image: a folder becomes its images (sorted), a 4-D tensor/array its batch, a list its items.
 
@@ -135,7 +96,7 @@ class _Spec:
 
 
 def _spec_from_config(cfg: Any, hparams: dict[str, Any]) -> _Spec:
-    from .lit.segmentation import segmentation_class_names
+    from .data.classes import segmentation_class_names
 
     e = cfg.eval
     pp = {"score_thresh": e.score_thresh, "nms_iou": e.nms_iou, "topk_candidates": e.topk_candidates,
@@ -143,7 +104,7 @@ def _spec_from_config(cfg: Any, hparams: dict[str, Any]) -> _Spec:
     ids = [int(c) for c in hparams.get("category_ids", [])]
     mask_names: list[str] = []
     if cfg.task == "multitask":
-        from .lit.multitask import multitask_seg_class_names
+        from .data.classes import multitask_seg_class_names
 
         mask_names = list(hparams.get("class_names") or multitask_seg_class_names(cfg))
     if cfg.task == "segmentation":
@@ -295,7 +256,7 @@ class Predictor:
         self.task, self.names, self.category_ids = spec.task, spec.names, spec.category_ids
         self.mask_names = spec.mask_names
         if self.task in ("detection", "multitask"):
-            from .data.detection_pipeline import fast_detection_transform
+            from .data.detection.pipeline import fast_detection_transform
             from .ops.boxes import BoxCoder
 
             # the evaluation preset the data module (so eval_det) runs

@@ -67,7 +67,7 @@ def overlay_segmentation(image: np.ndarray, label_map: np.ndarray, palette: Sequ
     if label_map.shape[:2] != image.shape[:2]:
         raise ValueError(f"label map {label_map.shape[:2]} and image {image.shape[:2]} differ in size")
     if palette is None:
-        from .data.synthetic import voc_palette
+        from .data.io.labels import voc_palette
 
         palette = voc_palette()
     lut = np.zeros((256, 3), np.uint8)

@@ -9,7 +9,7 @@ from PIL import Image
 
 from mnv2_vision.checkpoint import build_from_config
 from mnv2_vision.config import ConfigError, config_dir, load_study
-from mnv2_vision.profiling import count_madds, count_params
+from mnv2_vision.perf.complexity import count_madds, count_params
 
 TOOLS = Path(__file__).resolve().parents[1] / "tools"
 

@@ -7,7 +7,7 @@ import torchvision
 
 from mnv2_vision.models import build_model, list_models
 from mnv2_vision.models.mobilenetv2 import INVERTED_RESIDUAL_SETTING, MobileNetV2
-from mnv2_vision.profiling import count_madds, count_params
+from mnv2_vision.perf.complexity import count_madds, count_params
 
 SPEC_PARAMS = {0.35: 1_677_128, 0.5: 1_968_680, 0.75: 2_636_424, 1.0: 3_504_872, 1.4: 6_108_776}
 SPEC_MADDS_M = {0.35: 59, 0.5: 97, 0.75: 209, 1.0: 301, 1.4: 582}

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from mnv2_vision.deploy import bench
+from mnv2_vision.perf import network as bench
 from mnv2_vision.perf.timing import matmul_madd_rate, time_round_robin
 from mnv2_vision.models import build_model
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mnv2_vision.data.check import check_coco, check_voc
+from mnv2_vision.data.verify import check_coco, check_voc
 from mnv2_vision.data.coco import CocoDetection
 from mnv2_vision.data.synthetic import generate_shapes
 
@@ -190,7 +190,7 @@ def test_strict_dataset_still_raises_naming_the_file(damaged):
 
 
 def test_segmentation_loader_applies_the_policy(damaged):
-    from mnv2_vision.data.seg_datamodule import SegmentationDataModule
+    from mnv2_vision.data.segmentation.datamodule import SegmentationDataModule
 
     handler = _Records()
     logging.getLogger("mnv2_vision").addHandler(handler)

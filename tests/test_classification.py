@@ -14,8 +14,9 @@ from scipy.io import savemat
 from torch.utils.data import DataLoader, TensorDataset
 
 from mnv2_vision.config import load_config
-from mnv2_vision.data.classification import (Cifar10, ClassificationDataModule, Flowers102, ImageFolderClassification,
-                                             classification_transform)
+from mnv2_vision.data.classification.datamodule import ClassificationDataModule
+from mnv2_vision.data.classification.datasets import Cifar10, Flowers102, ImageFolderClassification
+from mnv2_vision.data.classification.transforms import classification_transform
 from mnv2_vision.lit.classification import ClassificationModule, accuracy_from_confusion
 from mnv2_vision.models import build_model
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from mnv2_vision.data.classification import ImageFolderClassification
-from mnv2_vision.data.images import load_rgb
+from mnv2_vision.data.classification.datasets import ImageFolderClassification
+from mnv2_vision.data.io.images import load_rgb
 
 REAL = os.environ.get("MNV2_REAL_DATA")
 pytestmark = pytest.mark.skipif(not REAL, reason="MNV2_REAL_DATA is not set (folder holding coco128/)")

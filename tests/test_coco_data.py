@@ -12,8 +12,8 @@ import torch
 from PIL import Image
 
 from mnv2_vision.data.coco import CocoDetection
-from mnv2_vision.data.datamodules import DetectionDataModule, detection_collate
-from mnv2_vision.data.images import load_rgb
+from mnv2_vision.data.detection.datamodule import DetectionDataModule, detection_collate
+from mnv2_vision.data.io.images import load_rgb
 
 # Non-contiguous and unsorted on purpose: sorted ids (2, 5, 90) must become labels (1, 2, 3).
 CATEGORIES = [{"id": 90, "name": "toothbrush"}, {"id": 2, "name": "bicycle"}, {"id": 5, "name": "airplane"}]

@@ -12,7 +12,7 @@ from pycocotools.coco import COCO
 from torchvision.ops import box_iou
 
 from mnv2_vision.data.coco import CocoDetection
-from mnv2_vision.data.transforms import detection_transform
+from mnv2_vision.data.detection.transforms import detection_transform
 from mnv2_vision.eval.coco import STAT_NAMES, evaluate_coco, format_coco_stats, to_coco_results
 from mnv2_vision.ops.boxes import BoxCoder
 from mnv2_vision.ops.postprocess import postprocess_detections

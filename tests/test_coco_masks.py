@@ -16,10 +16,11 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
-from mnv2_vision.data.check import check_coco
-from mnv2_vision.data.coco import CocoDetection, CocoSegmentation
+from mnv2_vision.data.verify import check_coco
+from mnv2_vision.data.coco import CocoDetection
+from mnv2_vision.data.segmentation.coco import CocoSegmentation
 from mnv2_vision.data.masks import VOC20_CATEGORY_IDS, paint_semantic, segmentation_problems
-from mnv2_vision.data.seg_transforms import SegEvalTransform
+from mnv2_vision.data.segmentation.transforms import SegEvalTransform
 
 H, W = 40, 50
 CATS = [{"id": i, "name": n} for i, n in ((1, "person"), (18, "dog"), (28, "umbrella"))]

@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 
 from mnv2_vision.checkpoint import model_kwargs
-from mnv2_vision.cli import base_parser, guarded, setup_run, write_config
+from mnv2_vision.commands.cli import base_parser, guarded, setup_run
+from mnv2_vision.lit.runfolder import write_config
 from mnv2_vision.config import (Config, ConfigError, config_from_dict, list_configs, load_config, save_config,
                                 to_dict)
 
@@ -130,7 +131,7 @@ def test_complexity_table_rows_add_up_for_a_detector():
     # SSDLite walks the body block by block to reach the expansion tap; every block's MAdds still count (they
     # used to show 0 from layer3 on).
     from mnv2_vision.models import build_model
-    from mnv2_vision.profiling import profile_model
+    from mnv2_vision.perf.complexity import profile_model
 
     prof = profile_model(build_model("ssdlite320_mobilenet_v2", num_classes=91), (320, 320))
     rows = {r.name: r for r in prof.rows}

@@ -99,8 +99,8 @@ def test_eval_sampler_is_off_without_ddp_and_for_splits_smaller_than_the_world()
 
 
 def test_datamodule_val_loaders_split_without_repeats(shapes_root):
-    from mnv2_vision.data.datamodules import DetectionDataModule
-    from mnv2_vision.data.seg_datamodule import SegmentationDataModule
+    from mnv2_vision.data.detection.datamodule import DetectionDataModule
+    from mnv2_vision.data.segmentation.datamodule import SegmentationDataModule
 
     det = DetectionDataModule(shapes_root / "coco", image_size=96, subset=N, val_batch_size=2, num_workers=0)
     seg = SegmentationDataModule(shapes_root, num_classes=5, subset=N, val_batch_size=2, num_workers=0)

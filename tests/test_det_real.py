@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from mnv2_vision.data.coco import CocoDetection
-from mnv2_vision.data.transforms import detection_transform
+from mnv2_vision.data.detection.transforms import detection_transform
 from mnv2_vision.eval.coco import evaluate_coco, to_coco_results
 from mnv2_vision.ops.postprocess import resize_boxes
 

@@ -16,13 +16,13 @@ from PIL import Image
 from scipy.stats import ks_2samp
 from test_transforms import _painted  # box i painted in channel i % 3
 
-from mnv2_vision.data.decode import EncodedImage, decode_rgb, png_indices, reduction_factor
-from mnv2_vision.data.detection_pipeline import FastDetectionTransform, _Decoded, _Plan, fast_detection_transform
-from mnv2_vision.data.images import load_rgb
-from mnv2_vision.data.pixels import Normalizer, stack_images, uint8_chw
-from mnv2_vision.data.seg_transforms import FastSegTrainTransform, SegTrainTransform
-from mnv2_vision.data.transforms import IoURandomCrop, detection_transform, ssd_crop
-from mnv2_vision.data.voc import read_label, write_label
+from mnv2_vision.data.io.decode import EncodedImage, decode_rgb, png_indices, reduction_factor
+from mnv2_vision.data.detection.pipeline import FastDetectionTransform, _Decoded, _Plan, fast_detection_transform
+from mnv2_vision.data.io.images import load_rgb
+from mnv2_vision.data.io.pixels import Normalizer, stack_images, uint8_chw
+from mnv2_vision.data.segmentation.transforms import FastSegTrainTransform, SegTrainTransform
+from mnv2_vision.data.detection.transforms import IoURandomCrop, detection_transform, ssd_crop
+from mnv2_vision.data.io.labels import read_label, write_label
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 REAL = os.environ.get("MNV2_REAL_DATA")
@@ -468,8 +468,8 @@ def test_segmentation_distribution_matches_the_reference_and_labels_are_exact():
 
 
 def test_training_batches_are_uint8_and_the_data_modules_normalise_them(shapes_root):
-    from mnv2_vision.data.datamodules import DetectionDataModule
-    from mnv2_vision.data.seg_datamodule import SegmentationDataModule
+    from mnv2_vision.data.detection.datamodule import DetectionDataModule
+    from mnv2_vision.data.segmentation.datamodule import SegmentationDataModule
 
     det = DetectionDataModule(shapes_root / "coco", image_size=64, augment="ssdlite", batch_size=2, num_workers=0,
                               subset=4)

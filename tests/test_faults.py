@@ -21,13 +21,13 @@ from PIL import Image
 
 from mnv2_vision.checkpoint import build_from_config
 from mnv2_vision.config import ConfigError, load_config, to_dict
-from mnv2_vision.data.images import load_rgb
+from mnv2_vision.data.io.images import load_rgb
 from mnv2_vision.data.synthetic import generate_shapes
 from mnv2_vision.errors import CheckpointError
 from mnv2_vision.files import atomic_write, remove_temp_files
 from mnv2_vision.lit.checkpointing import AtomicCheckpointIO, NonFiniteWeightsError, _AppendOnlyWriter
 from mnv2_vision.lit.guards import FiniteLossGuard, NonFiniteLossError
-from mnv2_vision.runfolder import RunFolder
+from mnv2_vision.lit.runfolder import RunFolder
 
 ROOT = Path(__file__).resolve().parents[1]
 TOOLS = ROOT / "tools"
@@ -145,7 +145,7 @@ def test_cifar_verify_refuses_a_planted_pickle_payload(tmp_path, capsys):
 # ---------------------------------------------------------------------------------------------- 3: run folders
 def test_a_second_process_cannot_use_a_run_folder_in_use(tmp_path, capsys):
     out = tmp_path / "run"
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from mnv2_vision.runfolder import RunFolder; "
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from mnv2_vision.lit.runfolder import RunFolder; "
                                f"RunFolder({str(out)!r}).open(); print('locked', flush=True); time.sleep(120)"],
                               cwd=ROOT, stdout=subprocess.PIPE, text=True, env=dict(os.environ, PYTHONPATH=str(ROOT)))
     try:
@@ -416,7 +416,7 @@ def test_resuming_another_runs_finished_checkpoint_is_refused(tmp_path, capsys):
 
 # ---------------------------------------------------------------------------------------------- 14: threads, progress
 def test_threads_follow_the_cores_this_process_can_use(monkeypatch):
-    import mnv2_vision.cpu as cpu
+    import mnv2_vision.lit.threads as cpu
 
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.setattr(cpu.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)

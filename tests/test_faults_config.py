@@ -19,7 +19,7 @@ from torchvision.datasets import CIFAR10
 
 from mnv2_vision.config import ConfigError, config_dir, config_from_dict, load_config
 from mnv2_vision.data import prepare
-from mnv2_vision.data.classification import Cifar10
+from mnv2_vision.data.classification.datasets import Cifar10
 from mnv2_vision.errors import DataError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -64,7 +64,7 @@ resource.setrlimit(resource.RLIMIT_DATA, (3 << 30, 3 << 30))
 package = types.ModuleType("mnv2_vision")
 package.__path__ = [sys.argv[3]]
 sys.modules["mnv2_vision"] = package
-from mnv2_vision.cli import base_parser, guarded, setup_run
+from mnv2_vision.commands.cli import base_parser, guarded, setup_run
 from mnv2_vision.config import ConfigError, config_from_dict, load_config
 
 folder, laughs = sys.argv[1], sys.argv[2]

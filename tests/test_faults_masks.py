@@ -19,10 +19,12 @@ from pycocotools import mask as mask_utils
 
 from mnv2_vision.checkpoint import build_from_config
 from mnv2_vision.config import load_config, to_dict
-from mnv2_vision.data.check import Skipped, check_coco
-from mnv2_vision.data.coco import CocoDetection, CocoSegmentation
+from mnv2_vision.data.io.skip import Skipped
+from mnv2_vision.data.verify import check_coco
+from mnv2_vision.data.coco import CocoDetection
+from mnv2_vision.data.segmentation.coco import CocoSegmentation
 from mnv2_vision.data.masks import VOC20_CATEGORY_IDS, paint_semantic
-from mnv2_vision.data.seg_transforms import SegEvalTransform
+from mnv2_vision.data.segmentation.transforms import SegEvalTransform
 from mnv2_vision.data.voc import VOC_CLASSES
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -17,7 +17,7 @@ from PIL import Image
 
 import mnv2_vision
 import mnv2_vision.commands.predict as commands_predict
-from mnv2_vision import cli
+from mnv2_vision.commands import cli
 from mnv2_vision import predictor as predictor_module
 from mnv2_vision.checkpoint import build_from_config
 from mnv2_vision.config import ConfigError, load_config, to_dict

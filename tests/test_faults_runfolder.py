@@ -19,7 +19,7 @@ from mnv2_vision.checkpoint import build_from_config
 from mnv2_vision.config import load_config, to_dict
 from mnv2_vision.data.synthetic import generate_shapes
 from mnv2_vision.errors import RunFolderError
-from mnv2_vision.runfolder import RunFolder
+from mnv2_vision.lit.runfolder import RunFolder
 
 ROOT = Path(__file__).resolve().parents[1]
 TOOLS = ROOT / "tools"
@@ -79,7 +79,7 @@ def writer():
 @pytest.fixture(autouse=True)
 def _never_sweep_outside(monkeypatch):
     """Safety net: should a regression let a run open ``/`` or the home folder, its sweep must not run there."""
-    import mnv2_vision.runfolder as runfolder
+    import mnv2_vision.lit.runfolder as runfolder
 
     real = runfolder.remove_temp_files
 
@@ -178,7 +178,7 @@ def test_resuming_with_a_smaller_limit_is_refused_before_any_file_changes(finish
 
 
 def test_a_checkpoint_inside_an_epoch_needs_that_epoch_in_max_epochs(tmp_path):
-    from mnv2_vision.checkpoint import inspect_resume
+    from mnv2_vision.lit.checkpointing import inspect_resume
     from mnv2_vision.errors import CheckpointError
 
     ckpt = tmp_path / "run" / "ckpt" / "last.ckpt"  # a step save in the 3rd epoch: 2 epochs done, the 3rd started

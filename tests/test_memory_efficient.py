@@ -4,7 +4,8 @@ import torch
 from torch import nn
 
 from mnv2_vision.deploy.fuse import fold_batchnorm
-from mnv2_vision.deploy.memory import ChunkedInvertedResidual, memory_efficient, peak_memory_bytes
+from mnv2_vision.deploy.memory import ChunkedInvertedResidual, memory_efficient
+from mnv2_vision.perf.memory import peak_memory_bytes
 from mnv2_vision.models import build_model
 from mnv2_vision.models.mobilenetv2 import InvertedResidual, MobileNetV2
 

@@ -7,7 +7,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from mnv2_vision.models import build_model, list_models
 from mnv2_vision.models.mobilenetv1 import DEPTHWISE_SEPARABLE_SETTING, MobileNetV1
-from mnv2_vision.profiling import count_madds, count_params
+from mnv2_vision.perf.complexity import count_madds, count_params
 
 # spec §5: 1000 classes, BN affine parameters counted, FC with bias
 SPEC_PARAMS = {1.0: 4_231_976, 0.75: 2_585_560, 0.5: 1_331_592, 0.25: 470_072}

@@ -10,7 +10,7 @@ from mnv2_vision.models import build_model
 from mnv2_vision.models.deeplabv3 import DeepLabV3
 from mnv2_vision.models.mobilenetv2 import MobileNetV2
 from mnv2_vision.models.multitask import SSDLiteDeepLabV3
-from mnv2_vision.profiling import count_madds, count_params
+from mnv2_vision.perf.complexity import count_madds, count_params
 
 ALPHA = 0.35
 SIZE = (96, 128)  # not square: anchors and feature sizes must follow H and W apart

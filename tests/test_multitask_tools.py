@@ -15,8 +15,8 @@ from PIL import Image
 from mnv2_vision.checkpoint import build_from_config, load_checkpoint, load_model
 from mnv2_vision.config import ConfigError, load_config, to_dict
 from mnv2_vision.deploy.onnx_export import read_metadata
-from mnv2_vision.lit.multitask import (MultiTaskModule, build_mt_datamodule, multitask_seg_class_names,
-                                       resolve_mt_classes)
+from mnv2_vision.data.classes import multitask_seg_class_names
+from mnv2_vision.lit.multitask import MultiTaskModule, build_mt_datamodule, resolve_mt_classes
 
 TOOLS = Path(__file__).resolve().parents[1] / "tools"
 TINY = ["--set", "data.subset=8", "--set", "data.image_size=96", "--set", "trainer.max_epochs=1",
@@ -101,7 +101,7 @@ def _evaluation_path(model, image: np.ndarray, cfg) -> tuple[dict, np.ndarray]:
     """Boxes (original pixels) and the uint8 label map of one RGB image the way training's validation gets them:
     the reference evaluation pipeline (resize, normalise), one forward pass, ``postprocess_detections`` and
     ``segment_targets`` (logits upsampled to the image)."""
-    from mnv2_vision.data.transforms import detection_transform
+    from mnv2_vision.data.detection.transforms import detection_transform
     from mnv2_vision.lit.multitask import segment_targets
     from mnv2_vision.ops.boxes import BoxCoder
     from mnv2_vision.ops.postprocess import postprocess_detections
@@ -120,7 +120,7 @@ def test_predictor_serves_the_pair_from_one_pass(trained, shapes_root):
     """mnv2_vision.load on the pair's checkpoint and model.pt: boxes and mask equal to the training's evaluation
     path (one forward pass, logits upsampled to the image); batched equals one by one."""
     import mnv2_vision
-    from mnv2_vision.data.images import load_rgb
+    from mnv2_vision.data.io.images import load_rgb
     from mnv2_vision.deploy.onnx_export import match_detections
 
     out, _ = trained
@@ -196,7 +196,7 @@ def test_each_sample_trains_only_the_head_it_has_labels_for(shapes_root):
     """A detection-only + segmentation-only combination: a batch of detection samples leaves the segmentation
     head's gradient exactly zero, a batch of segmentation samples the detection head's; an image of the detection set
     without objects is a real negative (it trains the detection head), one of the segmentation set is not."""
-    from mnv2_vision.data.datamodules import detection_collate
+    from mnv2_vision.data.detection.datamodule import detection_collate
 
     _, dm, module = _combined_parts(shapes_root)
     module.model.train()

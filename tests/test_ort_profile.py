@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from mnv2_vision.deploy.ort_profile import CONV_KINDS, conv_kind, kernel_breakdown
+from mnv2_vision.perf.ort_profile import CONV_KINDS, conv_kind, kernel_breakdown
 
 
 def test_conv_kind_from_weight_shape():

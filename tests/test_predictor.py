@@ -18,7 +18,7 @@ from torchvision.ops import box_convert
 
 import mnv2_vision
 from mnv2_vision.checkpoint import load_model
-from mnv2_vision.data.images import load_rgb
+from mnv2_vision.data.io.images import load_rgb
 from mnv2_vision.deploy.onnx_export import match_detections
 from mnv2_vision.lit.detection import DetectionModule, build_det_datamodule, categories_from
 

@@ -14,10 +14,10 @@ import pytest
 import torch
 from torch.utils.data import Dataset, DistributedSampler
 
-from mnv2_vision.data.datamodules import DetectionDataModule
+from mnv2_vision.data.detection.datamodule import DetectionDataModule
 from mnv2_vision.data.resumable import ResumableDataLoader, ResumableSampler, sample_seed, seed_sample
-from mnv2_vision.data.seg_datamodule import SegmentationDataModule
-from mnv2_vision.data.transforms import detection_transform
+from mnv2_vision.data.segmentation.datamodule import SegmentationDataModule
+from mnv2_vision.data.detection.transforms import detection_transform
 
 ROOT = Path(__file__).resolve().parents[1]
 TOOLS = ROOT / "tools"

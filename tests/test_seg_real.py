@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from mnv2_vision.data.seg_transforms import SegEvalTransform, SegTrainTransform, pad_collate
+from mnv2_vision.data.segmentation.transforms import SegEvalTransform, SegTrainTransform, pad_collate
 from mnv2_vision.data.voc import VOC_CLASSES, VOCSegmentation
 from mnv2_vision.eval.miou import ConfusionMatrix
 from mnv2_vision.models.deeplabv3 import deeplabv3_mobilenet_v2

@@ -12,7 +12,7 @@ from PIL import Image
 
 from mnv2_vision.checkpoint import load_checkpoint, load_model
 from mnv2_vision.config import load_config
-from mnv2_vision.data.voc import read_label
+from mnv2_vision.data.io.labels import read_label
 from mnv2_vision.eval.miou import ConfusionMatrix
 from mnv2_vision.lit.segmentation import predict_probs, predict_segmentation
 
@@ -83,7 +83,7 @@ def test_predict_writes_label_maps_and_overlays(trained, tmp_path, shapes_root):
     assert label.shape == (h, w) and overlay.shape == (h, w, 3)
     assert sum(records[0]["pixels"].values()) == h * w
     cfg, model, _ = load_model(result["best_ckpt"])
-    from mnv2_vision.data.images import load_rgb
+    from mnv2_vision.data.io.images import load_rgb
 
     assert np.array_equal(label, predict_segmentation(model, load_rgb(image), cfg))
 

@@ -12,8 +12,9 @@ from scipy import ndimage
 from torchvision.datasets import ImageFolder
 
 from mnv2_vision.data import synthetic
+from mnv2_vision.data.io.labels import voc_palette
 from mnv2_vision.data.synthetic import (CATEGORY_IDS, SHAPE_CLASSES, Scene, ShapeObject, ensure_shapes,
-                                        generate_shapes, render_scene, voc_palette)
+                                        generate_shapes, render_scene)
 
 TINY = {"num_train": 6, "num_val": 3, "num_cls_train": 3, "num_cls_val": 2}
 

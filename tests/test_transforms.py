@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from mnv2_vision.data.transforms import DetectionTransform, IoURandomCrop, ZoomOut, detection_transform
+from mnv2_vision.data.detection.transforms import DetectionTransform, IoURandomCrop, ZoomOut, detection_transform
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 

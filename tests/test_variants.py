@@ -8,7 +8,7 @@ from mnv2_vision.checkpoint import build_from_config
 from mnv2_vision.config import ConfigError, load_config
 from mnv2_vision.models import build_model
 from mnv2_vision.models.mobilenetv2 import ClassicResidual, InvertedResidual, MobileNetV2
-from mnv2_vision.profiling import count_params
+from mnv2_vision.perf.complexity import count_params
 
 
 def n_params(module: torch.nn.Module) -> int:

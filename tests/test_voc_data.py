@@ -6,9 +6,10 @@ import pytest
 import torch
 from PIL import Image
 
-from mnv2_vision.data.seg_transforms import SegEvalTransform, SegTrainTransform, pad_collate
-from mnv2_vision.data.synthetic import voc_palette
-from mnv2_vision.data.voc import VOCSegmentation, find_voc_root, read_label, resolve_split, write_label
+from mnv2_vision.data.segmentation.transforms import SegEvalTransform, SegTrainTransform, pad_collate
+from mnv2_vision.data.io.labels import voc_palette
+from mnv2_vision.data.io.labels import read_label, write_label
+from mnv2_vision.data.voc import VOCSegmentation, find_voc_root, resolve_split
 
 
 def _identity(image, mask):

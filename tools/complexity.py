@@ -5,10 +5,10 @@
     python tools/complexity.py deeplabv3_mobilenet_v2 --size 513 513 --set aspp=full
 
 Formerly tools/profile.py (a name that shadowed the standard library's ``profile`` module whenever a tool ran);
-installed, it is the ``mnv2-complexity`` command, with ``mnv2-profile`` kept as an alias. The logic lives in
-``mnv2_vision.profiling.main``.
+installed, it is the ``mnv2-complexity`` command, with ``mnv2-profile`` kept as an alias. The tool lives in
+``mnv2_vision/commands/complexity.py``.
 """
-from mnv2_vision.profiling import console, main
+from mnv2_vision.commands.complexity import console, main
 
 __all__ = ["console", "main"]  # main(argv) for Python callers and tests
 

@@ -24,12 +24,12 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 from mnv2_vision.checkpoint import build_from_config, model_kwargs
-from mnv2_vision.cli import add_debug_flag, exit_status, guarded
+from mnv2_vision.commands.cli import add_debug_flag, exit_status, guarded
 from mnv2_vision.config import Study, load_study, to_dict
 from mnv2_vision.files import save_figure, write_json, write_text
 from mnv2_vision.lit.classification import fit_classifier
-from mnv2_vision.profiling import count_madds, count_params
-from mnv2_vision.runfolder import RunFolder
+from mnv2_vision.perf.complexity import count_madds, count_params
+from mnv2_vision.lit.runfolder import RunFolder
 
 
 def run_variant(study: Study, name: str, out: Path) -> dict:

@@ -37,21 +37,21 @@ from typing import Sequence
 
 import torch
 
-from mnv2_vision.cli import add_debug_flag, exit_status, guarded, require_extra
-from mnv2_vision.deploy import bench
+from mnv2_vision.commands.cli import add_debug_flag, exit_status, guarded, require_extra
+from mnv2_vision.perf import network as bench
 from mnv2_vision.deploy.fuse import fold_batchnorm, fuse_for_inference
 from mnv2_vision.files import write_json
 from mnv2_vision.perf.coco_eval import coco_eval_benchmark
 from mnv2_vision.perf.data import data_benchmark, format_data_benchmark
 from mnv2_vision.perf.timing import matmul_madd_rate, time_round_robin
 from mnv2_vision.models import build_model
-from mnv2_vision.profiling import count_madds, count_params
+from mnv2_vision.perf.complexity import count_madds, count_params
 
 try:  # the deploy extra (onnx, onnxruntime): without it main() names the install command instead of a traceback
     import onnxruntime
 
     from mnv2_vision.deploy.onnx_export import DetectionExport, SegmentationExport, export_onnx, ort_session
-    from mnv2_vision.deploy.ort_profile import kernel_breakdown
+    from mnv2_vision.perf.ort_profile import kernel_breakdown
     from mnv2_vision.deploy.quantize import detection_calibration, quantize_int8, segmentation_calibration
     _NO_DEPLOY: ImportError | None = None
 except ImportError as e:

@@ -19,10 +19,10 @@ from __future__ import annotations
 from collections import Counter
 from typing import Sequence
 
-from mnv2_vision.cli import add_debug_flag, exit_status, guarded
+from mnv2_vision.commands.cli import add_debug_flag, exit_status, guarded
 from mnv2_vision.config import load_config
 from mnv2_vision.data import resolve_root
-from mnv2_vision.data.check import Problem, check_coco, check_voc
+from mnv2_vision.data.verify import Problem, check_coco, check_voc
 
 
 def scan(cfg_name: str, overrides: Sequence[str] = (), splits: Sequence[str] = (),
@@ -36,7 +36,7 @@ def scan(cfg_name: str, overrides: Sequence[str] = (), splits: Sequence[str] = (
         masks = cfg.data.masks is not None  # the instance masks matter only when labels are painted from them
         return [p for s in splits for p in check_coco(root, s, masks=masks, scanned=scanned)]
     if cfg.data.format == "voc":
-        from mnv2_vision.lit.segmentation import segmentation_class_names
+        from mnv2_vision.data.classes import segmentation_class_names
 
         k = len(segmentation_class_names(cfg))
         return [p for s in splits for p in check_voc(root, s, k, scanned=scanned)]

@@ -26,7 +26,7 @@ from typing import Sequence
 
 import torch
 
-from mnv2_vision.cli import add_debug_flag, exit_status, guarded
+from mnv2_vision.commands.cli import add_debug_flag, exit_status, guarded
 from mnv2_vision.config import load_config
 from mnv2_vision.data.synthetic import ensure_shapes
 from mnv2_vision.files import write_json, write_text
@@ -69,7 +69,7 @@ def _latency_rows(sharings: Sequence[str], threads: int, runs: int) -> dict[str,
     from mnv2_vision.deploy.fuse import fuse_for_inference
     from mnv2_vision.models import build_model
     from mnv2_vision.perf.timing import time_round_robin
-    from mnv2_vision.profiling import count_madds, count_params
+    from mnv2_vision.perf.complexity import count_madds, count_params
 
     torch.set_num_threads(threads)
     x = torch.randn(1, 3, 320, 320)

@@ -6,7 +6,7 @@
 The model, data format, input size and normalisation come from the config stored in the checkpoint; ``--root`` and
 ``--split`` point it at other data. Writes ``metrics.json`` and ``confusion.png`` to ``--out`` (default: ``eval/``
 next to the checkpoint's ``ckpt/`` folder). An image that cannot be read is left out and listed; the others are
-scored, and the command exits with status 1 (the rule of every tool that scores images, ``mnv2_vision/cli.py``).
+scored, and the command exits with status 1 (the rule of every tool that scores images, ``commands/cli.py``).
 """
 from __future__ import annotations
 
@@ -23,10 +23,11 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 
 from mnv2_vision.checkpoint import load_model
-from mnv2_vision.cli import add_debug_flag, exit_status, guarded
+from mnv2_vision.commands.cli import add_debug_flag, exit_status, guarded
 from mnv2_vision.data import resolve_root
-from mnv2_vision.data.classification import (
-    TransformedDataset, classification_eval_collate, classification_transform, read_classification_split)
+from mnv2_vision.data.classification.datamodule import TransformedDataset, classification_eval_collate
+from mnv2_vision.data.classification.datasets import read_classification_split
+from mnv2_vision.data.classification.transforms import classification_transform
 from mnv2_vision.errors import DataError
 from mnv2_vision.files import output_folder, save_figure, write_json
 from mnv2_vision.lit.classification import evaluate_classifier
@@ -95,7 +96,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
                          f"{classes[:5]}… ({len(classes)} classes)")
     tf = classification_transform(d.augment, False, d.image_size, d.crop_scale, d.mean, d.std)
 
-    # an unreadable image is left out and listed (exit status 1, cli.py); the others are scored in full
+    # an unreadable image is left out and listed (exit status 1, commands/cli.py); the others are scored in full
     loader = DataLoader(TransformedDataset(dataset, tf, None, on_bad="drop"),
                         batch_size=args.batch_size or d.val_batch_size, num_workers=d.num_workers,
                         collate_fn=classification_eval_collate)
@@ -123,7 +124,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
 def console() -> int:
     """The ``mnv2-eval-cls`` command and ``python tools/eval_cls.py``: ``main`` with its exit status."""
-    return exit_status(main(), scored=True)  # skipped images: 1 (cli.py, the rule for every scoring tool)
+    return exit_status(main(), scored=True)  # skipped images: 1 (commands/cli.py, the rule for every scoring tool)
 
 
 if __name__ == "__main__":

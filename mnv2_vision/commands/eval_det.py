@@ -8,7 +8,7 @@ The model, label map and data settings come from the checkpoint; ``--set`` chang
 location, split, post-processing). Writes ``<out>/detections_<split>.json`` (COCO results format: image_id,
 category_id, bbox xywh, score), ``<out>/metrics_<split>.json`` and ``<out>/config.yaml``; the printed mAP is
 pycocotools' on exactly that JSON. An image that cannot be read is left out and listed; the others are scored, and
-the command exits with status 1 (the rule of every tool that scores images, ``mnv2_vision/cli.py``).
+the command exits with status 1 (the rule of every tool that scores images, ``mnv2_vision/commands/cli.py``).
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from typing import Sequence
 import pytorch_lightning as pl
 
 from mnv2_vision.checkpoint import load_model
-from mnv2_vision.cli import add_debug_flag, exit_status, guarded
+from mnv2_vision.commands.cli import add_debug_flag, exit_status, guarded
 from mnv2_vision.config import load_config, save_config
 from mnv2_vision.errors import CheckpointError
 from mnv2_vision.eval.coco import format_coco_stats, save_results
@@ -89,7 +89,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
 def console() -> int:
     """The ``mnv2-eval-det`` command and ``python tools/eval_det.py``: ``main`` with its exit status."""
-    return exit_status(main(), scored=True)  # skipped images: 1 (cli.py, the rule for every scoring tool)
+    return exit_status(main(), scored=True)  # skipped images: 1 (commands/cli.py, the rule for every scoring tool)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@
 The model and data settings come from the config stored in the checkpoint; ``--set`` overrides them. mIoU comes
 from one confusion matrix over the whole split (255 ignored; classes absent from both targets and predictions are
 left out of the mean). An image that cannot be read is left out and listed; the others are scored, and the command
-exits with status 1 (the rule of every tool that scores images, ``mnv2_vision/cli.py``).
+exits with status 1 (the rule of every tool that scores images, ``mnv2_vision/commands/cli.py``).
 """
 from __future__ import annotations
 
@@ -22,13 +22,14 @@ from typing import Sequence
 import torch
 
 from mnv2_vision.checkpoint import load_model
-from mnv2_vision.cli import add_debug_flag, exit_status, guarded
+from mnv2_vision.commands.cli import add_debug_flag, exit_status, guarded
 from mnv2_vision.config import load_config, save_config
-from mnv2_vision.data.voc import IGNORE_INDEX, write_label
+from mnv2_vision.data.io.labels import IGNORE_INDEX, write_label
 from mnv2_vision.eval.miou import ConfusionMatrix
 from mnv2_vision.files import output_folder, write_json
 from mnv2_vision.lit.common import skipped_note
-from mnv2_vision.lit.segmentation import build_seg_datamodule, predict_batch, segmentation_class_names
+from mnv2_vision.data.classes import segmentation_class_names
+from mnv2_vision.lit.segmentation import build_seg_datamodule, predict_batch
 
 
 def _predictions(cfg, model, hparams, scales, flip, device, skipped: list[str]):
@@ -103,7 +104,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
 def console() -> int:
     """The ``mnv2-eval-seg`` command and ``python tools/eval_seg.py``: ``main`` with its exit status."""
-    return exit_status(main(), scored=True)  # skipped images: 1 (cli.py, the rule for every scoring tool)
+    return exit_status(main(), scored=True)  # skipped images: 1 (commands/cli.py, the rule for every scoring tool)
 
 
 if __name__ == "__main__":

@@ -25,17 +25,18 @@ import numpy as np
 import torch
 
 from mnv2_vision.checkpoint import load_model
-from mnv2_vision.cli import add_debug_flag, exit_status, guarded, require_extra
+from mnv2_vision.commands.cli import add_debug_flag, exit_status, guarded, require_extra
 from mnv2_vision.config import save_config, to_dict
 from mnv2_vision.data import resolve_root
 from mnv2_vision.files import output_folder, save_torch, write_json
 from mnv2_vision.lit.detection import build_det_datamodule, categories_from
-from mnv2_vision.lit.segmentation import build_seg_datamodule, segmentation_class_names
+from mnv2_vision.data.classes import segmentation_class_names
+from mnv2_vision.lit.segmentation import build_seg_datamodule
 from mnv2_vision.perf.timing import time_round_robin
 from mnv2_vision.version import __version__
 
 try:  # the deploy extra (onnx, onnxruntime): without it main() names the install command instead of a traceback
-    from mnv2_vision.deploy import evaluate as ev
+    from mnv2_vision.perf import accuracy as ev
     from mnv2_vision.deploy.metadata import decode_props, encode_props, validate_metadata
     from mnv2_vision.deploy.onnx_export import (
         DetectionExport, MultiTaskExport, SegmentationExport, check_parity, export_onnx, ort_session)

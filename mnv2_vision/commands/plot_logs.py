@@ -15,7 +15,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-from mnv2_vision.cli import add_debug_flag, exit_status, guarded
+from mnv2_vision.commands.cli import add_debug_flag, exit_status, guarded
 from mnv2_vision.files import save_figure
 
 # The validation panel holds the 0..1 metrics (mAP, mIoU, accuracy); counts such as val/num_images (96 on the mAP

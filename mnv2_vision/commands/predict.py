@@ -27,7 +27,7 @@ file) and adds the others.
 An image that cannot be used (unreadable, a broken symlink or a symlink loop, too large for the memory: ``10000×10000
 px needs at least 18.7 GB, 4.0 GB is available``, or out of memory while predicted) is skipped with a warning; the
 others are still predicted and written, and the tool ends with one line listing the skipped files and exit status 1
-(the rule of every tool that predicts or scores images, ``mnv2_vision/cli.py``). ``--score-thresh`` must lie in
+(the rule of every tool that predicts or scores images, ``mnv2_vision/commands/cli.py``). ``--score-thresh`` must lie in
 [0, 1].
 """
 from __future__ import annotations
@@ -48,11 +48,12 @@ import torch
 from PIL import Image
 
 import mnv2_vision
-from mnv2_vision.cli import add_debug_flag, exit_status, guarded, skipped_message
-from mnv2_vision.data.voc import write_label
+from mnv2_vision.commands.cli import add_debug_flag, exit_status, guarded, skipped_message
+from mnv2_vision.data.io.labels import write_label
 from mnv2_vision.errors import DataError, UserError
 from mnv2_vision.files import output_folder, plan_outputs, remove_temp_files, save_image, write_json
-from mnv2_vision.predictor import IMAGE_SUFFIXES, Predictor, check_score_thresh, to_rgb
+from mnv2_vision.data.io.decode import to_rgb
+from mnv2_vision.predictor import IMAGE_SUFFIXES, Predictor, check_score_thresh
 from mnv2_vision.viz import draw_detections, overlay_segmentation
 
 log = logging.getLogger("mnv2_vision")

@@ -10,7 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from mnv2_vision.cli import add_debug_flag, exit_status, guarded
+from mnv2_vision.commands.cli import add_debug_flag, exit_status, guarded
 from mnv2_vision.data.prepare import ARCHIVES, DATASETS, STEPS, DatasetError, prepare, verify
 
 ROOTS = """what --root is (the folder a config's data.root names):

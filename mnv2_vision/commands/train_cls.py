@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from mnv2_vision.cli import base_parser, exit_status, guarded, setup_run
+from mnv2_vision.commands.cli import base_parser, exit_status, guarded, setup_run
 from mnv2_vision.lit.classification import fit_classifier
 
 

@@ -17,8 +17,10 @@ from typing import Sequence
 
 import pytorch_lightning as pl
 
-from mnv2_vision.checkpoint import build_from_config, inspect_resume
-from mnv2_vision.cli import base_parser, exit_status, guarded, setup_run, write_config
+from mnv2_vision.checkpoint import build_from_config
+from mnv2_vision.commands.cli import base_parser, exit_status, guarded, setup_run
+from mnv2_vision.lit.checkpointing import inspect_resume
+from mnv2_vision.lit.runfolder import write_config
 from mnv2_vision.config import to_dict
 from mnv2_vision.data import pin_root
 from mnv2_vision.eval.coco import format_coco_stats

@@ -11,6 +11,7 @@ import contextlib
 import io
 import json
 import logging
+import math
 import os
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -23,19 +24,61 @@ from torch.utils.data import Dataset
 from torchvision.ops import box_convert
 
 from ..errors import DataError
-from .check import Skipped, coco_structure_problems, load_or_skip
-from .decode import EncodedImage
-from .images import load_rgb
+from .io.skip import Skipped, load_or_skip
+from .io.decode import EncodedImage
+from .io.images import load_rgb
 from .masks import mask_label_map, paint_semantic
 from .resumable import seed_sample
 
-__all__ = ["CocoDetection", "CocoSegmentation", "check_coco_layout", "annotation_file"]
+__all__ = ["coco_structure_problems", "CocoDetection", "check_coco_layout", "area_of", "annotation_file"]
 
 log = logging.getLogger("mnv2_vision")
 
 # A transform takes (image HxWx3 uint8, boxes (G, 4) float32 xyxy, labels (G,) int64) and returns
-# (image tensor, boxes, labels) in the network-input frame; see ``data/transforms.py``.
+# (image tensor, boxes, labels) in the network-input frame; see ``data/detection/transforms.py``.
 DetTransform = Callable[[np.ndarray, np.ndarray, np.ndarray], tuple[Tensor, Tensor, Tensor]]
+
+
+def _is_int(v: object) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_key(v: object) -> bool:
+    """A value pycocotools can index by (a dict key) that reads back as itself: a JSON scalar, NaN excluded."""
+    return v is None or isinstance(v, (int, str)) or (isinstance(v, float) and not math.isnan(v))
+
+
+def coco_structure_problems(data: object) -> list[str]:
+    """What makes a parsed COCO annotation file unusable as a whole, one line per defect (empty: none). The index
+    (pycocotools) and the datasets need: an object with an ``images`` list and, when present, ``annotations`` and
+    ``categories`` lists, all of objects; integer image and category ids, a string ``file_name`` per image and a
+    string ``name`` per category; an ``id``, ``image_id`` and ``category_id`` per annotation that are JSON scalars
+    (an unknown one is a per-image problem: ``orphan_annotation``, ``unknown_category``)."""
+    if not isinstance(data, dict):
+        return [f"the top level is {type(data).__name__}, not an object with 'images' and 'annotations'"]
+    if "images" not in data:
+        return ["it has no 'images' list"]
+    problems = [f"'{key}' is {type(data[key]).__name__}, not a list" for key in ("images", "annotations", "categories")
+                if key in data and not isinstance(data[key], list)]
+    if problems:
+        return problems
+    for key, fields in (("images", ("id", "file_name")), ("categories", ("id", "name")),
+                        ("annotations", ("id", "image_id", "category_id"))):
+        for i, entry in enumerate(data.get(key, [])):
+            if not isinstance(entry, dict):
+                problems.append(f"{key}[{i}] is {entry!r}, not an object")
+                continue
+            for field in fields:
+                value = entry.get(field)
+                if field not in entry:
+                    problems.append(f"{key}[{i}] has no {field!r}")
+                elif field == "id" and key != "annotations" and not _is_int(value):
+                    problems.append(f"{key}[{i}]: id {value!r} is not an integer")
+                elif field in ("file_name", "name") and not (isinstance(value, str) and value):
+                    problems.append(f"{key}[{i}]: {field} {value!r} is not a non-empty string")
+                elif not _is_key(value):
+                    problems.append(f"{key}[{i}]: {field} {value!r} is not a number or a string")
+    return problems
 
 
 def annotation_file(root: str | os.PathLike, split: str) -> Path:
@@ -55,7 +98,7 @@ def check_coco_layout(root: str | os.PathLike, splits: Sequence[str]) -> None:
 
 def _quiet_coco(path: Path) -> COCO:
     """The pycocotools index of ``path``, without its progress prints. A file that is not JSON or not shaped as COCO
-    annotations (``check.coco_structure_problems``) raises ``DataError`` naming the file and the first defect."""
+    annotations (``coco_structure_problems``) raises ``DataError`` naming the file and the first defect."""
     try:
         data = json.loads(path.read_bytes())
     except ValueError as e:  # not JSON, or not UTF-8
@@ -83,7 +126,7 @@ def _xywh(bbox: Any) -> list[float]:
     return [float("nan")] * 4
 
 
-def _area(ann: dict) -> float:
+def area_of(ann: dict) -> float:
     """An annotation's ``area``; 0 when it is not a finite non-negative number (it only ranks images)."""
     area = ann.get("area", 0.0)
     ok = isinstance(area, (int, float)) and not isinstance(area, bool) and 0 <= area < float("inf")
@@ -103,16 +146,17 @@ class CocoDetection(Dataset):
     Args:
         root: folder with ``<split>/`` and ``annotations/``.
         split: image folder name, e.g. ``"val2017"``.
-        transform: a detection transform (``data/transforms.py``); ``None`` returns the uint8 ``(3, H, W)`` image
-            and boxes in original pixels. A transform with ``from_file`` (``data/detection_pipeline.py``) gets the
-            undecoded image (``EncodedImage``) and decodes only what its output needs.
+        transform: a detection transform (``data/detection/transforms.py``); ``None`` returns the uint8
+            ``(3, H, W)`` image and boxes in original pixels. A transform with ``from_file``
+            (``data/detection/pipeline.py``) gets the undecoded image (``EncodedImage``) and decodes only what its
+            output needs.
         subset: keep only the first ``subset`` image ids (sorted).
         category_ids: the label map to use (label i ↔ ``category_ids[i-1]``); default: this file's sorted ids.
             An annotation whose category is not in the map is an error naming the file.
         on_bad: what to do with an unusable image (missing, unreadable or truncated file, size differing from the
             annotation file, unknown category id): ``"raise"``; ``"replace"`` it by the next usable item (training);
-            ``"drop"`` it, returning a ``check.Skipped`` record (evaluation). Both warn once naming the file
-            (the bad-data policy, ``data/check.py``).
+            ``"drop"`` it, returning a ``Skipped`` record (evaluation). Both warn once naming the file
+            (the bad-data policy, ``data/io/skip.py``).
         masks: ``None`` (boxes only), ``"voc20"`` (the 20 VOC classes, labels 1..20, other categories background)
             or ``"all"`` (every category, labels 1..C as for the boxes).
     """
@@ -182,7 +226,7 @@ class CocoDetection(Dataset):
         return image
 
     def open_image(self, index: int) -> EncodedImage:
-        """The image file with its header read and size checked, pixels not yet decoded (``data/decode.py``)."""
+        """The image file with its header read and size checked, pixels not yet decoded (``data/io/decode.py``)."""
         encoded = EncodedImage(self.image_path(index))
         self._check_size(index, encoded.size)
         return encoded
@@ -261,7 +305,7 @@ class CocoDetection(Dataset):
 
     def _item(self, index: int) -> tuple[Tensor, dict]:
         if self.masks is None and hasattr(self.transform, "from_file"):
-            # decodes only what its output needs (data/detection_pipeline.py); boxes only, no label map
+            # decodes only what its output needs (data/detection/pipeline.py); boxes only, no label map
             encoded = self.open_image(index)
             boxes, labels = self.load_annotations(index, encoded.size)
             tensor, box_t, label_t = self.transform.from_file(encoded, boxes, labels)
@@ -292,71 +336,3 @@ class CocoDetection(Dataset):
         masks = f", masks={self.masks!r}" if self.masks is not None else ""
         return (f"CocoDetection({self.root}, split={self.split!r}, images={len(self)}, "
                 f"classes={len(self.category_ids)}{masks})")
-
-
-class CocoSegmentation(Dataset):
-    """Semantic segmentation from COCO instance annotations: items ``{"image", "mask", "id"}`` like
-    ``VOCSegmentation``'s, the label map painted by ``data/masks.py`` (TF DeepLab's COCO pre-training on the VOC
-    classes with ``masks="voc20"``).
-
-    Args:
-        root, split, subset: as ``CocoDetection``.
-        transform: ``(image uint8, mask uint8) → (image tensor, mask tensor)`` (``data/seg_transforms.py``).
-        masks: ``"voc20"`` or ``"all"``.
-        min_mask_pixels: keep only images whose selected, non-crowd instances cover more than this many pixels by
-            the annotations' ``area`` (torchvision's COCO segmentation reference keeps > 1000 for training); 0 keeps
-            every image.
-        on_bad: an unusable image (unreadable, size differing from the annotation file, an RLE of another size):
-            ``"raise"``, ``"replace"`` it by the next usable one (training) or ``"drop"`` it as a ``check.Skipped``
-            record (evaluation), with one warning naming the file (the bad-data policy, ``data/check.py``).
-    """
-
-    def __init__(self, root: str | os.PathLike, split: str, transform: Callable[[np.ndarray, np.ndarray], Any],
-                 masks: str = "voc20", subset: int | None = None, min_mask_pixels: int = 0,
-                 on_bad: str = "raise") -> None:
-        self.source = CocoDetection(root, split, None, None, masks=masks)
-        self.transform, self.on_bad, self.masks = transform, on_bad, masks
-        ids = self.source.ids
-        if min_mask_pixels > 0:
-            labels = self.source.mask_labels
-
-            def covered(img_id: int) -> float:
-                return sum(_area(a) for a in self.source.coco.imgToAnns.get(img_id, [])
-                           if a.get("category_id") in labels and not a.get("iscrowd", 0))
-
-            kept = [i for i in ids if covered(i) > min_mask_pixels]
-            log.info("%s: %d of %d images have more than %d labelled pixels", self.source.ann_file, len(kept),
-                     len(ids), min_mask_pixels)
-            ids = kept
-        if not ids:
-            raise DataError(f"{self.source.ann_file}: no image left for segmentation (masks={masks!r}, "
-                            f"min_mask_pixels={min_mask_pixels})")
-        self.source.ids = ids[:subset] if subset else ids
-        self.ids = [str(i) for i in self.source.ids]
-        self.missing: list[str] = []  # as VOCSegmentation's: a missing image is skipped when it is read
-        self.class_names: list[str] = self.source.mask_class_names
-        self.num_classes = len(self.class_names)
-
-    def __len__(self) -> int:
-        return len(self.source.ids)
-
-    def image_path(self, index: int) -> Path:
-        return self.source.image_path(index)
-
-    def __getitem__(self, index: int | tuple[int, int]) -> dict | Skipped:
-        """Item ``index``; an ``(index, seed)`` pair (``data/resumable.py``) first reseeds the transform."""
-        index = seed_sample(self.transform, index)
-        if self.on_bad == "raise":
-            return self._item(index)
-        return load_or_skip(self._item, index, len(self), lambda i: str(self.image_path(i)), self.source._warned,
-                            self.on_bad)
-
-    def _item(self, index: int) -> dict:
-        image = self.source.load_image(index)
-        mask = self.source.load_mask(index, (int(image.shape[0]), int(image.shape[1])))
-        image_t, mask_t = self.transform(image, mask)
-        return {"image": image_t, "mask": mask_t, "id": self.ids[index]}
-
-    def __repr__(self) -> str:
-        return f"CocoSegmentation({self.source.root}, split={self.source.split!r}, images={len(self)}, " \
-               f"masks={self.masks!r}, classes={self.num_classes})"

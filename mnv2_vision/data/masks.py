@@ -31,13 +31,14 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 from pycocotools import mask as mask_utils
 
-__all__ = ["VOC20_CATEGORY_IDS", "MASK_MODES", "IGNORE_INDEX", "MalformedMaskError", "mask_label_map", "rle_runs",
+from .io.labels import IGNORE_INDEX
+
+__all__ = ["VOC20_CATEGORY_IDS", "MASK_MODES", "MalformedMaskError", "mask_label_map", "rle_runs",
            "annotation_rle", "paint_semantic", "segmentation_problems"]
 
 # COCO category ids of the 20 VOC classes, in VOC label order (spec §7): label i ↔ VOC20_CATEGORY_IDS[i - 1].
 VOC20_CATEGORY_IDS: tuple[int, ...] = (5, 2, 16, 9, 44, 6, 3, 17, 62, 21, 67, 18, 19, 4, 1, 64, 20, 63, 7, 72)
 MASK_MODES = ("voc20", "all")
-IGNORE_INDEX = 255
 # pycocotools accumulates a run length's 5-bit chunks in a C int: six chunks hold every value it writes (< 2**29), a
 # seventh overflows it. RLE sizes are capped so that every run length fits the uint32 it is stored in.
 _MAX_RUN_CHARS = 6

@@ -2,7 +2,8 @@
 segmentation-only VOC-layout dataset, each sample carrying the labels it has.
 
 Every item is ``(image, target)`` as in detection (``data/coco.py``): images go through one detection pipeline
-(``data/transforms.py``, resize to the network input), so samples of both sources batch together. ``target`` holds
+(``data/detection/transforms.py``, resize to the network input), so samples of both sources batch together.
+``target`` holds
 
 - ``boxes``, ``labels`` and ``has_boxes``: ``True`` for a sample of the detection dataset, including an image with no
   object (a real negative: its anchors train the background class); ``False`` for a sample of a segmentation-only
@@ -25,10 +26,10 @@ import torch
 from torch import Tensor
 from torch.utils.data import ConcatDataset, Dataset
 
-from .check import Skipped
+from .io.skip import Skipped
 from .coco import CocoDetection
-from .datamodules import DetectionDataModule
-from .transforms import DetectionTransform, detection_transform
+from .detection.datamodule import DetectionDataModule
+from .detection.transforms import DetectionTransform, detection_transform
 from .voc import VOCSegmentation
 
 __all__ = ["SegmentationOnly", "TaskConcat", "MultiTaskDataModule"]
@@ -56,8 +57,8 @@ class SegmentationOnly(Dataset):
     Args:
         root, split, num_classes, subset: as ``VOCSegmentation``.
         transform: a detection pipeline (``detection_transform``).
-        on_bad: the bad-data policy (``data/check.py``): ``"raise"``, ``"replace"`` (training) or ``"drop"``
-            (evaluation: an unusable item comes back as a ``check.Skipped`` record).
+        on_bad: the bad-data policy (``data/io/skip.py``): ``"raise"``, ``"replace"`` (training) or ``"drop"``
+            (evaluation: an unusable item comes back as a ``Skipped`` record).
     """
 
     def __init__(self, root: str | os.PathLike, split: str, transform: DetectionTransform, num_classes: int,

@@ -33,7 +33,7 @@ from torchvision.datasets.voc import DATASET_YEAR_DICT
 from tqdm import tqdm
 
 from ..errors import DataError
-from .synthetic import voc_palette
+from .io.labels import voc_palette
 
 __all__ = [
     "Archive", "Step", "ARCHIVES", "EXPECTED_COUNTS", "DATASETS", "ChecksumError", "DatasetError", "download",
@@ -508,7 +508,7 @@ def _verify_flowers(root: Path, report: _Report, expected: dict[str, int]) -> No
 
 
 def _verify_cifar(root: Path, report: _Report, expected: dict[str, int]) -> None:
-    from .classification import read_cifar_images, read_cifar_label_names
+    from .classification.datasets import read_cifar_images, read_cifar_label_names
 
     base = root / CIFAR10.base_folder
     for split, files in (("train", CIFAR10.train_list), ("test", CIFAR10.test_list)):

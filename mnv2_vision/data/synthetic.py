@@ -31,8 +31,10 @@ from PIL import Image, ImageDraw
 from pycocotools import mask as mask_utils
 from scipy import ndimage
 
+from .io.labels import voc_palette
+
 __all__ = [
-    "SHAPE_CLASSES", "CATEGORY_IDS", "VERSION", "ShapeObject", "Scene", "voc_palette", "render_scene",
+    "SHAPE_CLASSES", "CATEGORY_IDS", "VERSION", "ShapeObject", "Scene", "render_scene",
     "render_classification_image", "generate_shapes", "ensure_shapes", "default_cache_dir",
 ]
 
@@ -72,21 +74,6 @@ def _unit_shape(name: str) -> np.ndarray:
 
 
 _UNIT_SHAPES = {name: _unit_shape(name) for name in SHAPE_CLASSES}
-
-
-def voc_palette() -> list[int]:
-    """PASCAL VOC's 256-colour map (768 ints): the bits of each index interleaved into R, G, B from the top bit."""
-    palette = []
-    for index in range(256):
-        r = g = b = 0
-        c = index
-        for bit in range(8):
-            r |= ((c >> 0) & 1) << (7 - bit)
-            g |= ((c >> 1) & 1) << (7 - bit)
-            b |= ((c >> 2) & 1) << (7 - bit)
-            c >>= 3
-        palette += [r, g, b]
-    return palette
 
 
 @dataclass(frozen=True)

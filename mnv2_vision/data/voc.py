@@ -14,19 +14,19 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable
 
 import numpy as np
-from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from .check import Skipped, load_or_skip
-from .decode import EncodedImage, decode_rgb, png_indices
+from .io.skip import Skipped, load_or_skip
+from .io.decode import EncodedImage, decode_rgb
+from .io.labels import read_label
 from .resumable import seed_sample
 
 __all__ = [
-    "VOC_CLASSES", "IGNORE_INDEX", "find_voc_root", "resolve_split", "read_label", "write_label", "VOCSegmentation",
+    "VOC_CLASSES", "find_voc_root", "resolve_split", "VOCSegmentation",
 ]
 
 log = logging.getLogger("mnv2_vision")
@@ -35,7 +35,6 @@ VOC_CLASSES: tuple[str, ...] = (
     "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
     "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor",
 )
-IGNORE_INDEX = 255
 _LABEL_DIRS = {"SegmentationClass": ("P",), "SegmentationClassAug": ("P", "L")}
 
 # A transform takes (image (H, W, 3) uint8, mask (H, W) uint8) and returns (image (3, h, w) float, mask (h, w) int64).
@@ -72,74 +71,20 @@ def resolve_split(root: Path, split: str) -> tuple[str, str]:
     return split, "SegmentationClass"
 
 
-def read_label(path: str | os.PathLike, num_classes: int, modes: Sequence[str] = ("P",),
-               pillow: bool = False) -> np.ndarray:
-    """Read a label PNG as its (H, W) uint8 indices; wrong mode, unreadable file or bad values raise naming it.
-
-    ``pillow``: always decode with Pillow (the reference that the fast path, ``decode.png_indices``, is tested and
-    timed against)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"label map not found: {path}")
-    # Unfiltered 8-bit PNGs (VOC's): ~4× faster than Pillow, the same indices (data/decode.py)
-    fast = None if pillow else png_indices(path.read_bytes())
-    if fast is not None and fast[0] in modes:
-        label = fast[1]
-    else:
-        try:
-            with Image.open(path) as img:
-                mode = img.mode
-                if mode not in modes:
-                    raise ValueError(f"label map {path} has mode {mode!r}; expected {' or '.join(map(repr, modes))} "
-                                     "(class indices, e.g. VOC's palette PNGs). An RGB or converted grayscale mask "
-                                     "holds colours, not labels: convert it to indices first")
-                label = np.array(img)
-        except (OSError, SyntaxError) as e:
-            raise ValueError(f"cannot read label map {path}: {type(e).__name__}: {e}") from e
-    # Fast check first: uint8 v + 1 wraps 255 (ignore) to 0, so every value is valid iff max(v + 1) ≤ K (two SIMD
-    # passes, ~0.05 ms at VOC size; the boolean indexing below costs ~0.5 ms and only runs to report bad values).
-    if label.dtype == np.uint8 and label.size and int(np.add(label, 1, dtype=np.uint8).max()) <= num_classes:
-        return label
-    valid = label[label != IGNORE_INDEX]
-    if valid.size and int(valid.max()) >= num_classes:
-        bad = np.unique(valid[valid >= num_classes])[:8].tolist()
-        raise ValueError(f"label map {path} has values {bad} outside 0..{num_classes - 1} (and {IGNORE_INDEX} = "
-                         "ignore); wrong num_classes, or a colour mask instead of class indices?")
-    return label
-
-
-def write_label(path: str | os.PathLike, label: np.ndarray) -> Path:
-    """Write (H, W) integer labels as a VOC palette PNG (indices kept, colours for viewing).
-
-    The palette is attached before saving: a mode-"P" image saved without one does not keep its indices (spec §3).
-    """
-    from .synthetic import voc_palette
-
-    label = np.asarray(label)
-    if label.ndim != 2:
-        raise ValueError(f"label map must be (H, W), got shape {label.shape}")
-    if label.size and (label.min() < 0 or label.max() > 255):
-        raise ValueError(f"label values must fit 0..255 for a palette PNG, got {label.min()}..{label.max()}")
-    img = Image.fromarray(label.astype(np.uint8), mode="P")
-    img.putpalette(voc_palette())
-    from ..files import save_image
-
-    return save_image(img, path)
-
-
 class VOCSegmentation(Dataset):
     """Items ``{"image": (3, H, W) float, "mask": (H, W) int64, "id": str}`` from a VOC-layout folder.
 
     Args:
         root: ``VOCdevkit/VOC2012`` or its ``VOCdevkit`` parent.
         split: an ``ImageSets/Segmentation`` list name (``train``, ``val``, ``trainaug``) or ``auto``.
-        transform: ``(image uint8, mask uint8) → (image tensor, mask tensor)``; see ``data/seg_transforms.py``.
+        transform: ``(image uint8, mask uint8) → (image tensor, mask tensor)``; see
+            ``data/segmentation/transforms.py``.
         num_classes: labels are checked against 0..num_classes-1 (and 255).
         subset: keep only the first ``subset`` ids (quick runs, overfitting checks).
         on_bad: ``"raise"`` on a missing or unusable item; otherwise ids whose image or label file is missing are left
             out (one warning listing them), and an unusable item (unreadable file, wrong label mode, mask size or
             values) is, with one warning naming it, ``"replace"``d by the next usable item (training) or ``"drop"``ped
-            as a ``check.Skipped`` record (evaluation) (the bad-data policy, ``data/check.py``).
+            as a ``Skipped`` record (evaluation) (the bad-data policy, ``data/io/skip.py``).
     """
 
     def __init__(self, root: str | os.PathLike, split: str, transform: SegTransform, num_classes: int = 21,
@@ -180,7 +125,7 @@ class VOCSegmentation(Dataset):
 
     def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         """The raw (image (H, W, 3) uint8, label (H, W) uint8) pair of item ``index``."""
-        image = decode_rgb(self.image_path(index))  # load_rgb's pixels and errors, faster (data/decode.py)
+        image = decode_rgb(self.image_path(index))  # load_rgb's pixels and errors, faster (data/io/decode.py)
         return image, self._label(index, image.shape[:2])
 
     def _label(self, index: int, size: tuple[int, ...], pillow: bool = False) -> np.ndarray:

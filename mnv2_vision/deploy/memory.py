@@ -1,4 +1,4 @@
-"""Memory-efficient inference for inverted residuals (MobileNetV2 paper §5.1) and peak-memory measurement.
+"""Memory-efficient inference for inverted residuals (MobileNetV2 paper §5.1); measured by ``perf/memory.py``.
 
 An inverted residual ``x → expand (1×1) → depthwise (3×3) → project (1×1) → (+ x)`` is, per expansion channel,
 independent until the projection, and the projection is a sum over expansion channels. Splitting the t·C expansion
@@ -15,16 +15,13 @@ ablation variants whose layout differs (pre-activation, shortcuts between expans
 from __future__ import annotations
 
 import copy
-from typing import Callable
 
-import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
-from torch.profiler import ProfilerActivity, profile
 
 from ..models.mobilenetv2 import InvertedResidual
 
-__all__ = ["ChunkedInvertedResidual", "memory_efficient", "peak_memory_bytes"]
+__all__ = ["ChunkedInvertedResidual", "memory_efficient"]
 
 
 def _conv_norm(x: Tensor, conv: nn.Conv2d, norm: nn.Module, channels: slice, depthwise: bool) -> Tensor:
@@ -112,22 +109,3 @@ def memory_efficient(model: nn.Module, chunks: int) -> nn.Module:
     if converted == 0:
         raise ValueError(f"{type(model).__name__} has no inverted residual that can be chunked")
     return model
-
-
-def peak_memory_bytes(fn: Callable[[], object]) -> int:
-    """Peak CPU tensor memory (bytes) allocated while ``fn()`` runs, above the level when it starts.
-
-    Read from the allocator events of ``torch.profiler`` (``profile_memory=True``): every allocation and free of
-    tensor storage, replayed in order. Tensors alive before the call (model weights, the input) are not counted;
-    the output is, since it is allocated inside.
-    """
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        fn()
-    events = [e for e in prof.profiler.kineto_results.events()
-              if e.name() == "[memory]" and e.device_type() == torch.autograd.DeviceType.CPU]
-    events.sort(key=lambda e: e.start_ns())
-    level = peak = 0
-    for e in events:
-        level += e.nbytes()
-        peak = max(peak, level)
-    return peak

@@ -31,7 +31,7 @@ def detection_calibration(root: str | Path, split: str, image_size: int, mean: S
     """The first ``num_images`` images (sorted ids) of a COCO-layout ``split``, preprocessed by the evaluation
     pipeline (resize to ``image_size``, normalise): a list of ``(1, 3, S, S)`` float32 arrays."""
     from ..data.coco import CocoDetection
-    from ..data.transforms import detection_transform
+    from ..data.detection.transforms import detection_transform
 
     dataset = CocoDetection(root, split, detection_transform("none", False, image_size, mean, std), subset=num_images)
     return [dataset[i][0].unsqueeze(0).numpy() for i in range(min(num_images, len(dataset)))]
@@ -41,7 +41,7 @@ def segmentation_calibration(root: str | Path, split: str, mean: Sequence[float]
                              num_images: int, num_classes: int) -> list[np.ndarray]:
     """The first ``num_images`` images of a VOC-layout ``split`` normalised at their own size (the evaluation
     pipeline): a list of ``(1, 3, H, W)`` float32 arrays."""
-    from ..data.seg_transforms import SegEvalTransform
+    from ..data.segmentation.transforms import SegEvalTransform
     from ..data.voc import VOCSegmentation
 
     dataset = VOCSegmentation(root, split, SegEvalTransform(mean, std), num_classes=num_classes, subset=num_images)

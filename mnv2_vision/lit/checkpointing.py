@@ -12,6 +12,7 @@ or a resume never leaves a wrong file behind.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import os
 from pathlib import Path
 from typing import Any
@@ -25,10 +26,12 @@ from pytorch_lightning.loggers import CSVLogger
 from pytorch_lightning.loggers.csv_logs import ExperimentWriter
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 
-from ..errors import UserError
+from ..config import Config, TrainerCfg, config_from_dict
+from ..errors import CheckpointError, UserError
 from ..files import atomic_write, load_torch, write_text
 
-__all__ = ["AtomicCheckpointIO", "NonFiniteWeightsError", "LastCheckpoint", "RunCSVLogger", "resume_step"]
+__all__ = ["AtomicCheckpointIO", "NonFiniteWeightsError", "LastCheckpoint", "RunCSVLogger", "resume_step",
+           "inspect_resume", "ResumeInfo"]
 
 
 class NonFiniteWeightsError(UserError, RuntimeError):
@@ -220,3 +223,87 @@ class RunCSVLogger(CSVLogger):
         if self._experiment is None:
             self._experiment = _AppendOnlyWriter(self.log_dir, self._resume_from)
         return self._experiment
+
+
+# ---------------------------------------------------------------------------------------------- resuming a run
+@dataclasses.dataclass(frozen=True)
+class ResumeInfo:
+    """What ``--resume`` will continue: the checkpoint, whether its training already finished, and the logging step
+    the run continues at (the logs drop rows written after the checkpoint)."""
+
+    path: Path
+    finished: bool
+    epochs_done: int
+    global_step: int
+    log_step: int
+
+
+def _diff(a: dict, b: dict, prefix: str) -> list[str]:
+    return [f"{prefix}{k}: {a.get(k)!r} in the checkpoint, {b.get(k)!r} now" for k in sorted(set(a) | set(b))
+            if k != "pretrained" and a.get(k) != b.get(k)]
+
+
+def _check_limits(path: Path, old: Config, t: TrainerCfg, epochs_done: int, mid_epoch: bool, step: int) -> None:
+    """A resume only trains on: a ``trainer.max_epochs`` / ``max_steps`` below what the checkpoint has trained is
+    refused here, before any file of the run is rewritten (Lightning would stop with a traceback or, at an epoch's
+    end, quietly record the smaller limit in config.yaml as if the run had trained that long)."""
+
+    trained = f"{epochs_done} epoch(s){' and part of the next' if mid_epoch else ''} (step {step})"
+    hint = f"or start a new run from these weights with --set model.pretrained={path}"
+    if t.max_epochs > 0 and (epochs_done > t.max_epochs or (mid_epoch and epochs_done >= t.max_epochs)):
+        need = epochs_done + int(mid_epoch)
+        raise CheckpointError(f"{path} has trained {trained}, more than trainer.max_epochs={t.max_epochs}: a resume "
+                              f"only trains on. Resume with at least trainer.max_epochs={need} (its run was set "
+                              f"to {old.trainer.max_epochs}), {hint}")
+    if t.max_steps > 0 and step > t.max_steps:
+        raise CheckpointError(f"{path} has trained {trained}, more than trainer.max_steps={t.max_steps}: a resume "
+                              f"only trains on. Resume with at least trainer.max_steps={step} (its run was set "
+                              f"to {old.trainer.max_steps}), {hint}")
+
+
+def inspect_resume(path: str | Path, cfg: Config, run_dir: str | Path) -> ResumeInfo:
+    """Check that ``path`` is a training checkpoint this run can continue, before Lightning loads it.
+
+    Errors (``CheckpointError``, one line each): not a readable checkpoint; a plain state dict (``model.pt``); a
+    checkpoint of another task or of another model than ``cfg.model``; a finished training of another run folder
+    (continuing it would write that run's results here).
+    """
+
+    path = Path(path)
+    ckpt = load_torch(path, "checkpoint")
+    if isinstance(ckpt, dict) and ckpt and all(isinstance(v, torch.Tensor) for v in ckpt.values()):
+        raise CheckpointError(f"{path} is a plain state dict (like model.pt), not a training checkpoint: it has no "
+                              "optimiser, schedule or epoch to resume. Resume from <run>/ckpt/last.ckpt, or start a "
+                              f"new run from these weights with --set model.pretrained={path}")
+    if not isinstance(ckpt, dict) or "loops" not in ckpt or "state_dict" not in ckpt:
+        raise CheckpointError(f"{path} is not a training checkpoint of mnv2_vision (no training loop state); resume "
+                              "from <run>/ckpt/last.ckpt")
+    stored = (ckpt.get("hyper_parameters") or {}).get("config")
+    if not isinstance(stored, dict):
+        raise CheckpointError(f"{path} carries no config; was it written by an mnv2_vision training tool?")
+    old = config_from_dict(stored, where=f" in checkpoint {path}")
+    if old.task != cfg.task:
+        raise CheckpointError(f"{path} is a {old.task} checkpoint; this run trains {cfg.task}: resume it with the "
+                              f"{old.task} tool, or give this task's checkpoint")
+    diffs = _diff(dataclasses.asdict(old.model), dataclasses.asdict(cfg.model), "model.")
+    if diffs:
+        raise CheckpointError(f"{path} holds another model than this config builds ({'; '.join(diffs[:4])}); "
+                              "resume with the config it was trained with (its config.yaml)")
+    progress = ckpt["loops"].get("fit_loop", {}).get("epoch_progress", {}).get("current", {})
+    # An epoch counts once its training batches are done ("processed"): last.ckpt at an epoch's end is written
+    # before Lightning counts the epoch "completed". A step save inside the next epoch has "started" it.
+    completed = int(progress.get("completed", ckpt.get("epoch", 0)))
+    epochs_done = max(completed, int(progress.get("processed", completed)))
+    mid_epoch = int(progress.get("started", epochs_done)) > epochs_done
+    step = int(ckpt.get("global_step", 0))
+    t = cfg.trainer
+    _check_limits(path, old, t, epochs_done, mid_epoch, step)
+    finished = (t.max_epochs > 0 and epochs_done >= t.max_epochs) or (t.max_steps > 0 and step >= t.max_steps)
+    inside = Path(run_dir).resolve() in path.resolve().parents
+    if finished and not inside:
+        raise CheckpointError(f"{path} finished its training ({epochs_done} epoch(s), step {step}; "
+                              f"trainer.max_epochs={t.max_epochs}): there is nothing to resume, and continuing it "
+                              "here would copy another run's results into this folder. Train longer with a larger "
+                              f"trainer.max_epochs, start a new run from its weights with --set model.pretrained="
+                              f"{path}, or evaluate it with the eval tool")
+    return ResumeInfo(path, finished, epochs_done, step, resume_step(ckpt))

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from ..config import Config, OptimCfg, SchedCfg, to_dict
-from ..data.classification import ClassificationDataModule
+from ..data.classification.datamodule import ClassificationDataModule
 from ..eval.miou import ConfusionMatrix
 from .common import build_optimizer, build_scheduler, make_trainer
 
@@ -143,11 +143,11 @@ def fit_classifier(cfg: Config, out_dir: str | Path, *, download: bool = False, 
     validation top-1/top-5, the per-epoch history, parameters, the best checkpoint and the wall time. ``resume``:
     a checkpoint to continue (checked with ``checkpoint.inspect_resume``). The caller owns the folder (``RunFolder``).
     """
-    from ..checkpoint import build_from_config, inspect_resume
+    from ..checkpoint import build_from_config
+    from .checkpointing import inspect_resume
     from ..data import pin_root
-    from ..cli import write_config
+    from .runfolder import write_config
     from ..files import load_torch, save_torch, write_json
-    from ..profiling import count_params
     from .common import set_num_threads
 
     t0 = time.time()
@@ -176,7 +176,7 @@ def fit_classifier(cfg: Config, out_dir: str | Path, *, download: bool = False, 
         "final_top1": history[-1]["top1"] if history else float("nan"),
         "final_top5": history[-1]["top5"] if history else float("nan"),
         "epochs": trainer.current_epoch, "steps": trainer.global_step, "history": history,
-        "params": count_params(module.model), "checkpoint": best_path, "classes": dm.classes,
+        "params": sum(p.numel() for p in module.model.parameters()), "checkpoint": best_path, "classes": dm.classes,
         "wall_time_s": time.time() - t0,
     }
     if not trainer.is_global_zero:

@@ -17,7 +17,7 @@ from pytorch_lightning.loggers import TensorBoardLogger
 from torch import nn
 
 from ..config import Config, OptimCfg, SchedCfg
-from ..cpu import choose_num_threads
+from .threads import choose_num_threads
 from ..data.resumable import derive_seed
 from .checkpointing import AtomicCheckpointIO, LastCheckpoint, NonFiniteWeightsError, RunCSVLogger
 from .guards import FiniteLossGuard, NonFiniteLossError, StopOnSignal
@@ -210,7 +210,7 @@ def skipped_note(skipped: list[Any], shown: int = 5) -> str:
 
 
 def set_num_threads(cfg: Config) -> int:
-    """Set torch's intra-op threads from ``trainer.num_threads`` (or the available cores, ``cpu.py``); one line says
+    """Set torch's intra-op threads from ``trainer.num_threads`` (or the available cores, ``threads.py``); one line says
     how many and why."""
     threads, why = choose_num_threads(cfg.trainer.num_threads, cfg.data.num_workers)
     torch.set_num_threads(threads)

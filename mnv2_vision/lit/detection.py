@@ -12,20 +12,19 @@ import math
 import re
 from typing import Any, Sequence
 
-import numpy as np
 import pytorch_lightning as pl
 import torch
 from torch import Tensor, nn
 
 from ..config import Config, EvalCfg, LossCfg, OptimCfg, SchedCfg
-from ..data.datamodules import DetectionDataModule
+from ..data.detection.datamodule import DetectionDataModule
 from ..eval.coco import evaluate_coco, to_coco_results
 from ..ops.boxes import BoxCoder
 from ..ops.losses import ssd_multibox_loss
 from ..ops.postprocess import postprocess_detections
 from .common import build_optimizer, build_scheduler, gather_lists, skipped_note
 
-__all__ = ["DetectionModule", "build_det_datamodule", "resolve_det_classes", "detect_images", "categories_from",
+__all__ = ["DetectionModule", "build_det_datamodule", "resolve_det_classes", "categories_from",
            "check_annotations"]
 
 
@@ -68,36 +67,6 @@ def categories_from(hparams: dict[str, Any]) -> tuple[list[int], list[str]]:
     return ids, names
 
 
-# ---------------------------------------------------------------------------------------------- inference
-@torch.no_grad()
-def detect_images(
-    model: nn.Module,
-    images: Sequence[np.ndarray],
-    image_size: int,
-    mean: Sequence[float],
-    std: Sequence[float],
-    eval_cfg: EvalCfg,
-    coder: BoxCoder | None = None,
-) -> list[dict[str, Tensor]]:
-    """Detections for RGB uint8 ``(H, W, 3)`` images, boxes in each image's own pixels (the evaluation pipeline:
-    resize to ``image_size`` and normalise). The model is used as given (put it in eval mode first)."""
-    from ..data.detection_pipeline import fast_detection_transform
-
-    coder = coder or BoxCoder()
-    tf = fast_detection_transform("none", False, image_size, mean, std)  # the data module's evaluation preset
-    device = next(model.parameters()).device
-    out: list[dict[str, Tensor]] = []
-    for image in images:
-        x, _, _ = tf(image, np.zeros((0, 4), np.float32), np.zeros((0,), np.int64))
-        x = x.unsqueeze(0).to(device)
-        raw = model(x)
-        out += postprocess_detections(
-            raw["cls_logits"], raw["bbox_regression"], model.anchors(tuple(x.shape[-2:]), device), coder,
-            tuple(x.shape[-2:]), [image.shape[:2]], score_thresh=eval_cfg.score_thresh, nms_iou=eval_cfg.nms_iou,
-            topk_candidates=eval_cfg.topk_candidates, detections_per_img=eval_cfg.detections_per_img)
-    return [{k: v.cpu() for k, v in d.items()} for d in out]
-
-
 # ---------------------------------------------------------------------------------------------- training system
 class DetectionModule(pl.LightningModule):
     """SSDLite training: SSD multibox loss, optimiser/schedule from the config, COCO mAP over the whole val set.
@@ -114,7 +83,7 @@ class DetectionModule(pl.LightningModule):
     Logs ``train/loss``, ``train/loss_cls``, ``train/loss_box``, ``val/map``, ``val/map50``, ``val/map75``,
     ``val/ap_<name>`` and ``val/num_images`` (images evaluated, over all ranks, each once); the last evaluation's full
     summary (12 stats, per-class AP) is in ``coco_summary``, its COCO results in ``coco_results``, its image ids
-    in ``val_image_ids`` and the unusable images it left out (``check.Skipped``) in ``val_skipped``.
+    in ``val_image_ids`` and the unusable images it left out (``Skipped``) in ``val_skipped``.
     """
 
     def __init__(self, model: nn.Module, *, optim: OptimCfg, sched: SchedCfg, eval_cfg: EvalCfg, loss: LossCfg,

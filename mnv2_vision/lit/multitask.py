@@ -20,14 +20,14 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from ..config import Config, ConfigError, EvalCfg, LossCfg, OptimCfg, SchedCfg
-from ..data.voc import IGNORE_INDEX, VOC_CLASSES
+from ..data.io.labels import IGNORE_INDEX
+from ..data.classes import multitask_seg_class_names
 from ..eval.miou import ConfusionMatrix
 from ..ops.losses import seg_loss, ssd_multibox_loss
 from .detection import DetectionModule
 from .segmentation import predict_probs
 
-__all__ = ["MultiTaskModule", "segment_targets", "segmentation_pairs", "multitask_seg_class_names",
-           "resolve_mt_classes", "build_mt_datamodule"]
+__all__ = ["MultiTaskModule", "segment_targets", "segmentation_pairs", "resolve_mt_classes", "build_mt_datamodule"]
 
 
 # ---------------------------------------------------------------------------------------------- inference
@@ -66,26 +66,6 @@ def segmentation_pairs(model: nn.Module, loader, scales: Sequence[float] = (1.0,
 
 
 # ---------------------------------------------------------------------------------------------- config → parts
-def multitask_seg_class_names(cfg: Config) -> tuple[str, ...]:
-    """The pair's segmentation classes: VOC's for COCO masks in VOC classes, the annotation file's categories for
-    masks of every category, else those of the segmentation-only dataset (the shapes' or VOC's)."""
-    from .segmentation import coco_category_names
-
-    d = cfg.data
-    if d.masks == "voc20":
-        return VOC_CLASSES
-    if d.masks == "all":
-        return ("background", *coco_category_names(cfg))
-    if d.seg_root is None:
-        raise ConfigError("the multi-task pair needs segmentation labels: set data.masks (voc20 | all) and/or "
-                          "data.seg_root (a VOC-layout segmentation dataset)")
-    if d.synthetic:
-        from ..data.synthetic import SHAPE_CLASSES
-
-        return ("background", *SHAPE_CLASSES)
-    return VOC_CLASSES
-
-
 def resolve_mt_classes(cfg: Config, num_classes: int, seg_class_names: Sequence[str]) -> Config:
     """``cfg`` with ``model.num_classes`` and ``model.seg_num_classes`` from the data (a different configured value
     is an error), so checkpoints rebuild the same heads."""

@@ -17,15 +17,14 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from ..config import Config, ConfigError, OptimCfg, SchedCfg
-from ..data.voc import IGNORE_INDEX, VOC_CLASSES
+from ..data.io.labels import IGNORE_INDEX
+from ..data.classes import segmentation_class_names
 from ..eval.miou import ConfusionMatrix
 from ..ops.losses import seg_loss
 from .common import build_optimizer, build_scheduler, gather_lists, skipped_note
 
-__all__ = [
-    "SegmentationModule", "size_groups", "predict_probs", "predict_batch", "predict_segmentation", "segmentation_class_names",
-    "resolve_num_classes", "build_seg_datamodule", "coco_category_names",
-]
+__all__ = ["SegmentationModule", "size_groups", "predict_probs", "predict_batch", "predict_segmentation",
+           "resolve_num_classes", "build_seg_datamodule"]
 
 
 # ---------------------------------------------------------------------------------------------- inference
@@ -101,42 +100,6 @@ def predict_segmentation(model: nn.Module, image: np.ndarray, cfg: Config, ms_fl
 
 
 # ---------------------------------------------------------------------------------------------- config → parts
-def segmentation_class_names(cfg: Config) -> tuple[str, ...]:
-    """Class names: VOC's for COCO masks in the 20 VOC classes, the annotation file's categories for COCO masks of
-    every category, the shapes' for the built-in data, VOC's otherwise; generic names if model.num_classes differs."""
-    if cfg.data.format == "coco" and cfg.data.masks == "all":
-        names: tuple[str, ...] = ("background", *coco_category_names(cfg))
-    elif cfg.data.format == "coco" and cfg.data.masks == "voc20":
-        names = VOC_CLASSES
-    elif cfg.data.synthetic:
-        from ..data.synthetic import SHAPE_CLASSES
-
-        names = ("background", *SHAPE_CLASSES)
-    else:
-        names = VOC_CLASSES
-    k = cfg.model.num_classes
-    if k is not None and k != len(names):
-        names = ("background", *(f"class{i}" for i in range(1, k)))
-    return names
-
-
-def coco_category_names(cfg: Config) -> list[str]:
-    """The category names of ``cfg.data``'s COCO training annotation file, sorted by id (the label order)."""
-    import json
-
-    from ..data import resolve_root
-    from ..data.coco import annotation_file
-
-    path = annotation_file(resolve_root(cfg.data), cfg.data.train_split)
-    if not path.is_file():
-        raise FileNotFoundError(f"COCO annotation file not found: {path}")
-    try:
-        cats = json.loads(path.read_text())["categories"]
-        return [str(c["name"]) for c in sorted(cats, key=lambda c: c["id"])]
-    except (ValueError, KeyError, TypeError) as e:
-        raise ValueError(f"cannot read the categories of {path}: {type(e).__name__}: {e}") from e
-
-
 def resolve_num_classes(cfg: Config) -> Config:
     """``cfg`` with ``model.num_classes`` filled in from the dataset, so checkpoints rebuild the same head."""
     k = len(segmentation_class_names(cfg))
@@ -146,7 +109,7 @@ def resolve_num_classes(cfg: Config) -> Config:
 def build_seg_datamodule(cfg: Config):
     """The ``SegmentationDataModule`` that ``cfg.data`` describes (VOC layout, or the built-in shapes)."""
     from ..data import resolve_root
-    from ..data.seg_datamodule import SegmentationDataModule
+    from ..data.segmentation.datamodule import SegmentationDataModule
 
     if not (cfg.data.format == "voc" or (cfg.data.format == "coco" and cfg.data.masks is not None)):
         raise ConfigError(f"segmentation reads the VOC layout (data.format: voc) or COCO with painted masks "

@@ -2,11 +2,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Sequence
 
 from torch import nn
 
-__all__ = ["make_divisible", "ConvNormAct", "FeatureInfo"]
+__all__ = ["make_divisible", "ConvNormAct", "FeatureInfo", "find_tap"]
 
 
 def make_divisible(v: float, divisor: int = 8, min_value: int | None = None) -> int:
@@ -57,3 +57,11 @@ class FeatureInfo:
     stride: int
     module: int
     expand: bool = False
+
+
+def find_tap(feature_info: Sequence[FeatureInfo], name: str) -> FeatureInfo:
+    """The tap called ``name``; an unknown name is a ``KeyError`` listing the taps there are."""
+    for f in feature_info:
+        if f.name == name:
+            return f
+    raise KeyError(f"unknown tap {name!r}; this backbone offers {[f.name for f in feature_info]}")

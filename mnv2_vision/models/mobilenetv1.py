@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Sequence
 import torch
 from torch import Tensor, nn
 
-from .layers import ConvNormAct, FeatureInfo
+from .layers import ConvNormAct, FeatureInfo, find_tap
 
 if TYPE_CHECKING:
     from .weights import LoadReport
@@ -137,10 +137,7 @@ class MobileNetV1(nn.Module):
                 nn.init.zeros_(m.bias)
 
     def tap(self, name: str) -> FeatureInfo:
-        for f in self.feature_info:
-            if f.name == name:
-                return f
-        raise KeyError(f"unknown tap {name!r}; this backbone offers {[f.name for f in self.feature_info]}")
+        return find_tap(self.feature_info, name)
 
     def forward_features(self, x: Tensor, taps: Sequence[str]) -> dict[str, Tensor]:
         """Run the body once, as far as the deepest requested tap, and return ``{name: tensor}`` for each tap."""

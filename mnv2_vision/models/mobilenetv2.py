@@ -13,7 +13,7 @@ from typing import Iterator, Sequence
 import torch
 from torch import Tensor, nn
 
-from .layers import ConvNormAct, FeatureInfo, make_divisible
+from .layers import ConvNormAct, FeatureInfo, find_tap, make_divisible
 
 __all__ = ["INVERTED_RESIDUAL_SETTING", "InvertedResidual", "ClassicResidual", "MobileNetV2", "mobilenet_v2"]
 
@@ -324,10 +324,7 @@ class MobileNetV2(nn.Module):
                 nn.init.zeros_(m.bias)
 
     def tap(self, name: str) -> FeatureInfo:
-        for f in self.feature_info:
-            if f.name == name:
-                return f
-        raise KeyError(f"unknown tap {name!r}; this backbone offers {[f.name for f in self.feature_info]}")
+        return find_tap(self.feature_info, name)
 
     def _walk(self, x: Tensor, last: int) -> Iterator[tuple[int, Tensor, Tensor | None]]:
         """Yield (index, output, expansion output or None) for ``features[0..last]``."""

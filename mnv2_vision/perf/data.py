@@ -4,7 +4,7 @@ For each pipeline (detection, segmentation and classification training, and each
 are timed on the same images in one process and one thread (a DataLoader worker), taking turns image by image,
 so load from other processes hits them alike and their ratios hold on a shared machine:
 
-- ``ours``: what the data modules run (``data/detection_pipeline.py``, ``FastSegTrainTransform``, ``decode_rgb``);
+- ``ours``: what the data modules run (``data/detection/pipeline.py``, ``FastSegTrainTransform``, ``decode_rgb``);
 - ``before``: the albumentations pipelines with Pillow decoding (``load_rgb``, and label PNGs through Pillow), as the
   data modules ran them before the fast pipelines (the distribution reference of ``tests/test_fast_pipeline.py``);
 - ``torchvision v2 ssdlite`` / ``torchvision v2 ssd``: torchvision's detection reference recipes
@@ -80,7 +80,7 @@ def time_pipelines(candidates: dict[str, Candidate], n: int, rounds: int = 3,
 
 # ---------------------------------------------------------------------------------------------- detection
 def _det_fast(ds, train: bool) -> Candidate:
-    from ..data.detection_pipeline import FastDetectionTransform
+    from ..data.detection.pipeline import FastDetectionTransform
 
     tf: FastDetectionTransform = ds.transform
 
@@ -121,7 +121,7 @@ def _det_fast(ds, train: bool) -> Candidate:
 def _det_before(ds, steps: list[tuple[str, int]]) -> Candidate:
     """``ds``: CocoDetection with an albumentations ``DetectionTransform``; ``steps``: (stage, number of compose
     steps it ends with)."""
-    from ..data.transforms import DetectionTransform
+    from ..data.detection.transforms import DetectionTransform
 
     full: DetectionTransform = ds.transform
     parts = {n: DetectionTransform(list(full.compose.transforms[:n])) for _, n in steps}
@@ -188,8 +188,8 @@ def detection_candidates(root: Path, split: str, size: int, train: bool, torchvi
                          mean: Sequence[float] = (0.485, 0.456, 0.406),
                          std: Sequence[float] = (0.229, 0.224, 0.225)) -> tuple[dict[str, Candidate], int]:
     from ..data.coco import CocoDetection
-    from ..data.detection_pipeline import fast_detection_transform
-    from ..data.transforms import detection_transform
+    from ..data.detection.pipeline import fast_detection_transform
+    from ..data.detection.transforms import detection_transform
 
     # Training: uint8 out of the worker, as the data module runs it (normalised per batch on the device); the float
     # variant is timed too.
@@ -212,9 +212,9 @@ def segmentation_candidates(root: Path, split: str, crop: int, num_classes: int,
                             train: bool) -> tuple[dict[str, Candidate], int]:
     import albumentations as A
 
-    from ..data.decode import EncodedImage
-    from ..data.images import load_rgb
-    from ..data.seg_transforms import (FastSegEvalTransform, FastSegTrainTransform, SegEvalTransform,
+    from ..data.io.decode import EncodedImage
+    from ..data.io.images import load_rgb
+    from ..data.segmentation.transforms import (FastSegEvalTransform, FastSegTrainTransform, SegEvalTransform,
                                        SegTrainTransform)
     from ..data.voc import VOCSegmentation
 
@@ -275,9 +275,10 @@ def segmentation_candidates(root: Path, split: str, crop: int, num_classes: int,
 
 # ---------------------------------------------------------------------------------------------- classification
 def classification_candidates(root: Path, split: str, size: int, train: bool) -> tuple[dict[str, Candidate], int]:
-    from ..data.classification import ImageFolderClassification, classification_transform
-    from ..data.decode import decode_rgb
-    from ..data.images import load_rgb
+    from ..data.classification.datasets import ImageFolderClassification
+    from ..data.classification.transforms import classification_transform
+    from ..data.io.decode import decode_rgb
+    from ..data.io.images import load_rgb
 
     ds = ImageFolderClassification(root, split)
     tf = classification_transform("cls", train, size)

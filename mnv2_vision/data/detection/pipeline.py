@@ -1,5 +1,5 @@
-"""The detection pipeline as the data modules run it: same augmentation distribution as ``data/transforms.py``,
-several times less CPU per image (spec §8; measured in ``tools/benchmark.py --data``).
+"""The detection pipeline as the data modules run it: same augmentation distribution as ``transforms.py``, several
+times less CPU per image (spec §8; measured in ``tools/benchmark.py --data``).
 
 The albumentations pipeline of ``transforms.py`` (the reference) decodes the whole JPEG, jitters colour on the full
 image, pastes it into a zoom-out canvas up to 4 × 4 times its area, crops, flips and resizes. Here every random
@@ -31,8 +31,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .decode import EncodedImage, reduction_factor
-from .pixels import Jitter, Normalizer, apply_jitter, uint8_chw
+from ..io.decode import EncodedImage, reduction_factor
+from ..io.pixels import Jitter, Normalizer, apply_jitter, uint8_chw
 from .transforms import (DETECTION_PRESETS, FLIP_P, JITTER_P, JITTER_RANGES, ZOOM_OUT_P, ZOOM_OUT_RANGE, ssd_crop,
                          zoom_out_geometry)
 

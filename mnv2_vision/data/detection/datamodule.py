@@ -14,13 +14,13 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, get_worker_info
 
-from ..config import DataCfg
-from .check import Skipped
-from .coco import CocoDetection
-from .distributed import distributed_eval_loader
-from .resumable import ResumableDataLoader, ResumableSampler, replicas
-from .detection_pipeline import fast_detection_transform
-from .pixels import stack_images
+from ...config import DataCfg
+from ..io.skip import Skipped
+from ..coco import CocoDetection
+from ..distributed import distributed_eval_loader
+from ..resumable import ResumableDataLoader, ResumableSampler, replicas
+from .pipeline import fast_detection_transform
+from ..io.pixels import stack_images
 
 __all__ = ["DetectionDataModule", "detection_collate", "detection_eval_collate", "worker_init"]
 
@@ -63,7 +63,7 @@ class DetectionDataModule(pl.LightningDataModule):
 
     The label map comes from the training annotation file (sorted category ids → 1..C) unless ``category_ids`` is
     given (e.g. from a checkpoint); the validation file must use the same categories. Unusable images are skipped
-    with one warning each (``CocoDetection(on_bad=...)``, policy in ``data/check.py``), so an epoch never stops on
+    with one warning each (``CocoDetection(on_bad=...)``, policy in ``data/io/skip.py``), so an epoch never stops on
     a bad file: in training the next usable image takes its place, in validation the image is left out and listed
     (each usable image is scored exactly once).
 

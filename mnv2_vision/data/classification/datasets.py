@@ -1,9 +1,9 @@
-"""Classification data: ImageFolder (ImageNet's own layout), CIFAR-10 python batches, Flowers102; albumentations.
+"""Classification readers: ImageFolder (ImageNet's own layout), CIFAR-10 python batches, Flowers102.
 
-The readers return ``(H, W, 3)`` uint8 RGB arrays and an int label; ``ClassificationDataModule`` applies the
-transform presets and builds the loaders. CIFAR-10 and Flowers102 are read here rather than through torchvision's
-classes, which refuse any file whose md5 differs from the full official archive (so subsets and test fixtures
-cannot be read); torchvision still does the downloading (``download=True``) and its checksums guard that.
+The readers return ``(H, W, 3)`` uint8 RGB arrays and an int label (``datamodule.py`` applies the transforms).
+CIFAR-10 and Flowers102 are read here rather than through torchvision's classes, which refuse any file whose md5
+differs from the full official archive (so subsets and test fixtures cannot be read); torchvision still does the
+downloading (``download=True``) and its checksums guard that.
 """
 from __future__ import annotations
 
@@ -14,29 +14,20 @@ import pickle
 import pickletools
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
-import albumentations as A
-import cv2
 import numpy as np
-import pytorch_lightning as pl
-import torch
-from albumentations.pytorch import ToTensorV2
-from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
-from ..config import DataCfg, bounded_repr
-from ..errors import DataError
-from .check import Skipped, load_or_skip
-from .decode import decode_rgb  # load_rgb's pixels and errors, faster for JPEGs
+from ...config import bounded_repr
+from ...errors import DataError
+from ..io.decode import decode_rgb  # load_rgb's pixels and errors, faster for JPEGs
 
 __all__ = ["read_cifar_batch", "read_cifar_images", "read_cifar_label_names", "CLASSIFICATION_FORMATS",
-           "CLASSIFICATION_PRESETS", "ImageFolderClassification", "Cifar10", "Flowers102", "classification_transform",
-           "TransformedDataset", "ClassificationDataModule", "read_classification_split", "classification_eval_collate"]
+           "ImageFolderClassification", "Cifar10", "Flowers102", "read_classification_split"]
+
 
 CLASSIFICATION_FORMATS = ("imagefolder", "cifar10", "flowers102")
-CLASSIFICATION_PRESETS = ("cls", "cls_invariant", "cifar", "none")
-EVAL_CROP_RATIO = 0.875  # resize the shorter side to size / 0.875, centre-crop size (the ImageNet convention)
 
 
 class ImageFolderClassification(Dataset):
@@ -344,156 +335,3 @@ def read_classification_split(fmt: str, root: str | os.PathLike, split: str, dow
     raise ValueError(f"data.format={fmt!r} is not a classification format; use one of {CLASSIFICATION_FORMATS}")
 
 
-def classification_transform(preset: str, train: bool, image_size: int, crop_scale: tuple[float, float] = (0.08, 1.0),
-                             mean: Sequence[float] = (0.485, 0.456, 0.406),
-                             std: Sequence[float] = (0.229, 0.224, 0.225)) -> A.Compose:
-    """``"cls"``: Inception-style random-resized crop + flip (ImageNet recipes); ``"cls_invariant"``: the same plus
-    vertical flips, 90° rotations, strong colour jitter, channel shuffle and grayscale, for data whose class depends
-    on neither orientation nor colour (the built-in shapes; aerial or microscopy images): each of a small set's
-    images then shows up in many colourings and orientations, which is what lets a from-scratch network learn the
-    shapes rather than memorise the images; ``"cifar"``: pad 4 px, random crop, flip (the CIFAR convention);
-    ``"none"``: the evaluation pipeline. Evaluation: resize the shorter side to size / 0.875 and centre-crop
-    (``"cifar"``: a plain resize, the images are already the input size)."""
-    if preset not in CLASSIFICATION_PRESETS:
-        raise ValueError(f"unknown classification preset {preset!r}; use one of {CLASSIFICATION_PRESETS}")
-    s = image_size
-    tail = [A.Normalize(mean=tuple(mean), std=tuple(std), max_pixel_value=255.0), ToTensorV2()]
-    if preset == "cifar":
-        ops: list[Any] = [A.Resize(s, s)]
-        if train:
-            ops += [A.PadIfNeeded(s + 8, s + 8, border_mode=cv2.BORDER_CONSTANT, fill=0), A.RandomCrop(s, s),
-                    A.HorizontalFlip(p=0.5)]
-        return A.Compose(ops + tail)
-    if train and preset in ("cls", "cls_invariant"):
-        ops = [A.RandomResizedCrop(size=(s, s), scale=tuple(crop_scale)), A.HorizontalFlip(p=0.5)]
-        if preset == "cls_invariant":
-            ops += [A.VerticalFlip(p=0.5), A.RandomRotate90(p=1.0),
-                    A.ColorJitter(brightness=0.3, contrast=0.3, saturation=0.5, hue=0.5, p=1.0),
-                    A.ChannelShuffle(p=0.5), A.ToGray(p=0.2)]
-        return A.Compose(ops + tail)
-    return A.Compose([A.SmallestMaxSize(max_size=int(round(s / EVAL_CROP_RATIO))), A.CenterCrop(s, s)] + tail)
-
-
-class TransformedDataset(Dataset):
-    """``base``'s items (at ``indices``) through ``transform``. ``on_bad``: what an unreadable image does,
-    ``"raise"`` its error, or ``"drop"`` it as a ``check.Skipped`` record (evaluation: ``classification_eval_collate``
-    leaves it out and lists it)."""
-
-    def __init__(self, base: Dataset, transform: Callable[..., dict], indices: Sequence[int] | None,
-                 on_bad: str = "raise") -> None:
-        if on_bad not in ("raise", "drop"):
-            raise ValueError(f"on_bad must be 'raise' or 'drop', got {on_bad!r}")
-        self.base, self.transform, self.on_bad = base, transform, on_bad
-        self.indices = list(range(len(base))) if indices is None else list(indices)  # type: ignore[arg-type]
-        self._warned: set[str] = set()
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def _load(self, i: int) -> tuple[Tensor, int]:
-        image, label = self.base[self.indices[i]]
-        return self.transform(image=np.asarray(image))["image"], label
-
-    def _name(self, i: int) -> str:
-        paths = getattr(self.base, "paths", None)  # file-based readers; CIFAR-10's arrays cannot be unreadable
-        return str(paths[self.indices[i]]) if paths is not None else f"item {self.indices[i]}"
-
-    def __getitem__(self, i: int) -> tuple[Tensor, int] | Skipped:
-        if self.on_bad == "raise":
-            return self._load(i)
-        return load_or_skip(self._load, i, len(self), self._name, self._warned, self.on_bad)
-
-
-def classification_eval_collate(batch: Sequence[tuple[Tensor, int] | Skipped]) -> tuple[Tensor, Tensor, list[str]]:
-    """``(images, labels, skipped)`` of an evaluation batch: unusable images (``Skipped``) are left out and listed as
-    "file (reason)" strings; a batch of only such images has empty tensors."""
-    skipped = [str(b) for b in batch if isinstance(b, Skipped)]
-    usable = [b for b in batch if not isinstance(b, Skipped)]
-    if not usable:
-        return torch.zeros(0), torch.zeros(0, dtype=torch.int64), skipped
-    images, labels = zip(*usable)
-    return torch.stack(images), torch.tensor(labels, dtype=torch.int64), skipped
-
-
-def _spread(n: int, k: int | None) -> list[int] | None:
-    """``k`` indices spread evenly over ``n`` (every class of a class-sorted dataset keeps a share); None = all."""
-    if k is None or k >= n:
-        return None
-    return np.linspace(0, n - 1, k).round().astype(int).tolist()
-
-
-class ClassificationDataModule(pl.LightningDataModule):
-    """Train / validation loaders for one classification dataset.
-
-    Args:
-        root: dataset folder (see ``read_classification_split`` for the layouts).
-        fmt: ``imagefolder`` | ``cifar10`` | ``flowers102``.
-        train_split, val_split: split names (folders for ImageFolder; ``train``/``test`` for CIFAR-10;
-            ``train``/``val``/``test`` for Flowers102).
-        image_size: network input side.
-        augment: training preset (``cls`` | ``cls_invariant`` | ``cifar`` | ``none``); validation never augments.
-        crop_scale: area range of the ``cls`` random-resized crop.
-        batch_size, val_batch_size, num_workers: loader settings.
-        subset: at most this many images per split, spread evenly over the (class-sorted) split.
-        mean, std: normalisation.
-        download: let torchvision fetch CIFAR-10 / Flowers102 into ``root`` first.
-    """
-
-    def __init__(
-        self,
-        root: str | os.PathLike,
-        fmt: str = "imagefolder",
-        train_split: str = "train",
-        val_split: str = "val",
-        image_size: int = 224,
-        augment: str = "cls",
-        crop_scale: tuple[float, float] = (0.08, 1.0),
-        batch_size: int = 96,
-        val_batch_size: int = 100,
-        num_workers: int = 4,
-        subset: int | None = None,
-        mean: Sequence[float] = (0.485, 0.456, 0.406),
-        std: Sequence[float] = (0.229, 0.224, 0.225),
-        download: bool = False,
-    ) -> None:
-        super().__init__()
-        self.batch_size, self.val_batch_size, self.num_workers = batch_size, val_batch_size, num_workers
-        train = read_classification_split(fmt, root, train_split, download)
-        val = read_classification_split(fmt, root, val_split, download)
-        self.classes: list[str] = list(train.classes)  # type: ignore[attr-defined]
-        if list(val.classes) != self.classes:  # type: ignore[attr-defined]
-            raise ValueError(f"{root}: splits {train_split!r} and {val_split!r} have different classes: "
-                             f"{self.classes[:5]}… vs {list(val.classes)[:5]}…")  # type: ignore[attr-defined]
-        tf = dict(image_size=image_size, crop_scale=crop_scale, mean=mean, std=std)
-        self.train_dataset = TransformedDataset(train, classification_transform(augment, True, **tf),
-                                          _spread(len(train), subset))  # type: ignore[arg-type]
-        self.val_dataset = TransformedDataset(val, classification_transform(augment, False, **tf),
-                                        _spread(len(val), subset))  # type: ignore[arg-type]
-        for name, ds in (("train", self.train_dataset), ("val", self.val_dataset)):
-            if len(ds) == 0:
-                raise ValueError(f"{root}: the {name} split holds no images")
-
-    @classmethod
-    def from_config(cls, data: DataCfg, root: str | os.PathLike, download: bool = False) -> "ClassificationDataModule":
-        return cls(root, data.format, data.train_split, data.val_split, data.image_size, data.augment,
-                   data.crop_scale, data.batch_size, data.val_batch_size, data.num_workers, data.subset, data.mean,
-                   data.std, download)
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.classes)
-
-    def _loader(self, dataset: Dataset, batch_size: int, train: bool) -> DataLoader:
-        from .datamodules import worker_init
-
-        return DataLoader(dataset, batch_size=batch_size, shuffle=train, num_workers=self.num_workers,
-                          # a lone last sample would give BatchNorm one value per channel at the 1×1 stage
-                          drop_last=train and len(dataset) > batch_size,  # type: ignore[arg-type]
-                          worker_init_fn=worker_init, persistent_workers=self.num_workers > 0,
-                          pin_memory=torch.cuda.is_available())
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_dataset, self.batch_size, True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_dataset, self.val_batch_size, False)

@@ -9,10 +9,10 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
 
-from .distributed import distributed_eval_loader
-from .resumable import ResumableDataLoader, ResumableSampler, replicas
-from .seg_transforms import FastSegEvalTransform, FastSegTrainTransform, pad_collate
-from .voc import VOCSegmentation
+from ..distributed import distributed_eval_loader
+from ..resumable import ResumableDataLoader, ResumableSampler, replicas
+from .transforms import FastSegEvalTransform, FastSegTrainTransform, pad_collate
+from ..voc import VOCSegmentation
 
 if TYPE_CHECKING:
     from .coco import CocoSegmentation
@@ -26,7 +26,7 @@ class SegmentationDataModule(pl.LightningDataModule):
     """Training crops and full-size validation images: ``SegTrainTransform`` / ``SegEvalTransform``'s distributions,
     run by their fast equivalents (``FastSegTrainTransform``, ``FastSegEvalTransform``).
 
-    Unusable items are skipped with one warning each (``VOCSegmentation(on_bad=...)``, policy in ``data/check.py``),
+    Unusable items are skipped with one warning each (``VOCSegmentation(on_bad=...)``, policy in ``data/io/skip.py``),
     so an epoch never stops on a bad file: in training the next usable image takes its place, in validation the
     image is left out and listed (each usable image is scored exactly once).
 

@@ -1,67 +1,29 @@
-"""Dataset checks (``tools/check_data.py``) and the bad-sample policy that training applies.
+"""Dataset checks (``tools/check_data.py``): every defect of a split, one ``Problem`` a defect, naming the file.
 
 ``check_coco`` / ``check_voc`` read every annotation and decode every image of a split and return one ``Problem``
-per defect, naming the file. Training does not stop on such defects; it applies one policy instead (README,
-"Running like a product"):
-
-- box outside the image: clipped to the image (``CocoDetection``; sub-pixel overflows are common in real COCO);
-- box with no area (zero/negative width or height, or nothing left after clipping) or a NaN/inf coordinate: dropped,
-  with one warning per image file;
-- image that cannot be used as annotated (missing, unreadable, corrupt or truncated file, size differing from the
-  annotation file, a category id outside the label map, a VOC mask of the wrong size/mode or with values outside
-  ``0..K-1`` ∪ {255}): skipped, with one warning naming the file. In training the loader returns the next usable
-  sample instead (``load_or_skip``, ``on_bad="replace"``), so batches keep their size; in validation and evaluation
-  the image is left out (``on_bad="drop"``: the collate drops the ``Skipped`` record and lists it in the batch), so
-  every usable image is scored exactly once and the skipped files are reported. Labels are never rewritten: an
-  image whose labels cannot be trusted is left out, not "repaired";
-- COCO instance masks painted into semantic labels (``data/masks.py``): a polygon outside the image is clipped by
-  the rasteriser; an RLE of another size than its image skips the image (as above); an instance whose mask is empty
-  or malformed (an RLE whose counts do not add up to its size or are of the wrong type, a size that is not two
-  positive integers, a polygon far outside the image) has its box region set to 255 (ignore), with one warning per
-  file naming the annotation; the rest of the image is used;
-- an annotation file that is not JSON or not shaped as COCO annotations (``coco_structure_problems``: entries that
-  are not objects, image or category ids that are not integers, ...) is refused as a whole: ``DataError`` naming the
-  file and its first defect.
+per defect, naming the file.
+Training and evaluation do not stop on such defects: they apply the policy in ``data/io/skip.py``.
 """
 from __future__ import annotations
 
 import json
-import logging
 import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, TypeVar
 
 import numpy as np
 from PIL import Image
 
-from .images import load_rgb
+from .coco import coco_structure_problems
+from .io.images import load_rgb
 
-__all__ = ["Problem", "Skipped", "check_coco", "check_voc", "coco_structure_problems", "load_or_skip",
-           "OVERFLOW_TOLERANCE", "BAD_POLICIES"]
+__all__ = ["Problem", "check_coco", "check_voc", "OVERFLOW_TOLERANCE"]
 
-# What a dataset does with an unusable item: raise (datasets used directly), give the next usable item instead
-# (training), or return a ``Skipped`` record (validation / evaluation: the image is left out and reported).
-BAD_POLICIES = ("raise", "replace", "drop")
-
-log = logging.getLogger("mnv2_vision")
-T = TypeVar("T")
 
 # Boxes may overflow the image by this many pixels before check_data reports them: real COCO boxes often end a
 # fraction of a pixel past the border (float rounding), and training clips them anyway.
 OVERFLOW_TOLERANCE = 1.0
-
-
-@dataclass(frozen=True)
-class Skipped:
-    """An unusable item left out of validation / evaluation: its file (or id) and why."""
-
-    name: str
-    reason: str
-
-    def __str__(self) -> str:
-        return f"{self.name} ({self.reason})"
 
 
 @dataclass(frozen=True)
@@ -109,48 +71,6 @@ def _box_problems(where: str, ann: dict, size: tuple[int, int] | None) -> list[P
             return [Problem(where, "out_of_bounds_box",
                             f"annotation {aid}: bbox {bbox} (xywh) leaves the {ww}x{hh} image by more than {t:g} px")]
     return []
-
-
-def _is_int(v: object) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_key(v: object) -> bool:
-    """A value pycocotools can index by (a dict key) that reads back as itself: a JSON scalar, NaN excluded."""
-    return v is None or isinstance(v, (int, str)) or (isinstance(v, float) and not math.isnan(v))
-
-
-def coco_structure_problems(data: object) -> list[str]:
-    """What makes a parsed COCO annotation file unusable as a whole, one line per defect (empty: none). The index
-    (pycocotools) and the datasets need: an object with an ``images`` list and, when present, ``annotations`` and
-    ``categories`` lists, all of objects; integer image and category ids, a string ``file_name`` per image and a
-    string ``name`` per category; an ``id``, ``image_id`` and ``category_id`` per annotation that are JSON scalars
-    (an unknown one is a per-image problem: ``orphan_annotation``, ``unknown_category``)."""
-    if not isinstance(data, dict):
-        return [f"the top level is {type(data).__name__}, not an object with 'images' and 'annotations'"]
-    if "images" not in data:
-        return ["it has no 'images' list"]
-    problems = [f"'{key}' is {type(data[key]).__name__}, not a list" for key in ("images", "annotations", "categories")
-                if key in data and not isinstance(data[key], list)]
-    if problems:
-        return problems
-    for key, fields in (("images", ("id", "file_name")), ("categories", ("id", "name")),
-                        ("annotations", ("id", "image_id", "category_id"))):
-        for i, entry in enumerate(data.get(key, [])):
-            if not isinstance(entry, dict):
-                problems.append(f"{key}[{i}] is {entry!r}, not an object")
-                continue
-            for field in fields:
-                value = entry.get(field)
-                if field not in entry:
-                    problems.append(f"{key}[{i}] has no {field!r}")
-                elif field == "id" and key != "annotations" and not _is_int(value):
-                    problems.append(f"{key}[{i}]: id {value!r} is not an integer")
-                elif field in ("file_name", "name") and not (isinstance(value, str) and value):
-                    problems.append(f"{key}[{i}]: {field} {value!r} is not a non-empty string")
-                elif not _is_key(value):
-                    problems.append(f"{key}[{i}]: {field} {value!r} is not a number or a string")
-    return problems
 
 
 def _annotated_size(img: dict) -> tuple[int, int] | None:
@@ -222,7 +142,8 @@ def check_voc(root: str | os.PathLike, split: str, num_classes: int,
               scanned: list[str] | None = None) -> list[Problem]:
     """Every problem of a VOC-layout split: images, palette label maps (mode, size, values in 0..K-1 ∪ {255}).
     ``scanned`` gets one line saying what was read (for the report)."""
-    from .voc import IGNORE_INDEX, find_voc_root, resolve_split
+    from .io.labels import IGNORE_INDEX
+    from .voc import find_voc_root, resolve_split
 
     root = find_voc_root(root)
     split, label_dir = resolve_split(root, split)
@@ -261,37 +182,3 @@ def check_voc(root: str | os.PathLike, split: str, num_classes: int,
             problems.append(Problem(str(label_path), "mask_values", f"values {bad[:8].tolist()} outside "
                                     f"0..{num_classes - 1} and {IGNORE_INDEX} (ignore)"))
     return problems
-
-
-def load_or_skip(load: Callable[[int], T], index: int, length: int, name: Callable[[int], str],
-                 warned: set[str], policy: str = "replace") -> T | Skipped:
-    """``load(index)``; when that sample is unusable (``ValueError``/``OSError``: missing, corrupt, mislabelled),
-    one warning per bad file (per process: each DataLoader worker has its own copy of the dataset), then by
-    ``policy``: ``"replace"`` the next usable sample (wrapping around), ``"drop"`` a ``Skipped`` record, ``"raise"``
-    the error."""
-    if policy not in BAD_POLICIES:
-        raise ValueError(f"on_bad must be one of {BAD_POLICIES}, got {policy!r}")
-    if policy != "replace":
-        try:
-            return load(index)
-        except (ValueError, OSError) as e:
-            if policy == "raise":
-                raise
-            key = name(index)
-            if key not in warned:
-                warned.add(key)
-                log.warning("skipping %s: %s", key, e)
-            return Skipped(key, str(e).replace(f"{key}: ", "").replace(f" {key}", ""))
-    for k in range(length):
-        i = (index + k) % length
-        try:
-            return load(i)
-        except (ValueError, OSError) as e:
-            key = name(i)
-            if key not in warned:
-                warned.add(key)
-                log.warning("skipping %s: %s", key, e)
-    from ..errors import DataError
-
-    raise DataError(f"none of the {length} samples could be loaded (see the warnings above); "
-                    "run tools/check_data.py on this dataset")

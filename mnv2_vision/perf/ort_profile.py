@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from .onnx_export import ort_session
+from ..deploy.onnx_export import ort_session
 
 __all__ = ["conv_kind", "kernel_breakdown", "CONV_KINDS"]
 

@@ -23,11 +23,11 @@ import torch
 from albumentations.pytorch import ToTensorV2
 from torch import Tensor
 
-from .check import Skipped
-from .decode import EncodedImage
-from .pixels import Normalizer, stack_images, uint8_chw
-from .transforms import seed_compose
-from .voc import IGNORE_INDEX
+from ..io.skip import Skipped
+from ..io.decode import EncodedImage
+from ..io.pixels import Normalizer, stack_images, uint8_chw
+from ..detection.transforms import seed_compose
+from ..io.labels import IGNORE_INDEX
 
 __all__ = ["SegTrainTransform", "SegEvalTransform", "FastSegTrainTransform", "FastSegEvalTransform", "pad_collate"]
 
@@ -203,7 +203,7 @@ def pad_collate(items: list[dict]) -> dict:
 
     Returns ``{"image": (N, 3, H, W), "mask": (N, H, W), "size": (N, 2) true (h, w), "id": [str], "skipped": [...]}``.
     Consumers run the network per true size (``lit/segmentation.py``), so the padding only serves the batching.
-    Unusable items (``check.Skipped``, evaluation's ``on_bad="drop"``) are left out and listed under ``"skipped"``
+    Unusable items (``Skipped``, evaluation's ``on_bad="drop"``) are left out and listed under ``"skipped"``
     as "id (reason)" strings.
     """
     skipped = [str(it) for it in items if isinstance(it, Skipped)]  # plain strings: batches are traversed

@@ -66,7 +66,7 @@ def ssd_crop(rng: random.Random, h: int, w: int, boxes: np.ndarray,
              min_ious: Sequence[float | None] = SSD_MIN_IOUS, scale: tuple[float, float] = (0.3, 1.0),
              aspect: tuple[float, float] = (0.5, 2.0), trials: int = 40) -> tuple[int, int, int, int]:
     """SSD's crop geometry (``IoURandomCrop``) for an ``h`` × ``w`` image with ``(G, 4)`` xyxy pixel ``boxes``:
-    integer ``(x0, y0, x1, y1)``, drawn from ``rng`` only; what the fast pipeline (``data/detection_pipeline.py``)
+    integer ``(x0, y0, x1, y1)``, drawn from ``rng`` only; what the fast pipeline (``data/detection/pipeline.py``)
     uses, with the constraints of ``IoURandomCrop`` (the reference; ``tests/test_fast_pipeline.py`` compares the two
     distributions).
 

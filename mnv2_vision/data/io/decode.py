@@ -22,15 +22,17 @@ import io
 import os
 import zlib
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import simplejpeg
 from PIL import Image, UnidentifiedImageError
+from torch import Tensor
 from zlib_ng import zlib_ng
 
-from .images import load_rgb
+from .images import load_rgb, pil_to_rgb
 
-__all__ = ["DCT_FACTORS", "EncodedImage", "decode_rgb", "png_indices", "reduction_factor"]
+__all__ = ["DCT_FACTORS", "EncodedImage", "decode_rgb", "png_indices", "reduction_factor", "to_rgb"]
 
 DCT_FACTORS = (1, 2, 4, 8)  # libjpeg-turbo's fast power-of-two scales (other n/8 scales are slower)
 _ORIENTATION_TAG = 0x0112
@@ -75,7 +77,7 @@ class EncodedImage:
 
     ``size`` is the upright ``(H, W)`` (after EXIF orientation), known before decoding, so a pipeline can choose its
     geometry first and then decode only at the resolution it needs. Missing files raise ``FileNotFoundError``,
-    unreadable ones ``ValueError``, both naming the file (training's bad-data policy, ``data/check.py``).
+    unreadable ones ``ValueError``, both naming the file (training's bad-data policy, ``data/io/skip.py``).
     """
 
     def __init__(self, path: str | os.PathLike) -> None:
@@ -194,3 +196,40 @@ def png_indices(data: bytes) -> tuple[str, np.ndarray] | None:
     if rows[:, 0].any():  # a row filter (Sub, Up, Average, Paeth) to undo: Pillow's job
         return None
     return _PNG_MODES[colour], rows[:, 1:].copy()  # contiguous and writable, like np.array(img)
+
+
+def to_rgb(item: Any) -> np.ndarray:
+    """An ``(H, W, 3)`` uint8 RGB array from a path, PIL image, numpy array or tensor, converted as training reads
+    files: EXIF orientation, grayscale / RGBA / palette / CMYK / 16-bit to RGB.
+
+    Arrays are HWC (or HW grayscale) RGB, uint8 or 16-bit (65535 → 255) or float in [0, 1]; tensors are CHW
+    (torchvision's layout), uint8 or float in [0, 1]."""
+    if isinstance(item, (str, os.PathLike)):
+        return decode_rgb(item)  # load_rgb's pixels and errors, faster for JPEGs
+    if isinstance(item, Image.Image):
+        return pil_to_rgb(item)
+    if isinstance(item, Tensor):
+        t = item.detach().cpu()
+        if t.ndim == 3 and t.shape[0] in (1, 3, 4):
+            t = t.permute(1, 2, 0)
+        item = t.numpy()
+    if isinstance(item, np.ndarray):
+        a = item
+        if a.ndim == 3 and a.shape[2] == 1:
+            a = a[:, :, 0]
+        if a.ndim == 2:
+            a = np.repeat(a[:, :, None], 3, axis=2)
+        if a.ndim != 3 or a.shape[2] not in (3, 4) or 0 in a.shape[:2]:
+            raise ValueError(f"expected an (H, W, 3) RGB image array, got shape {item.shape}")
+        a = a[:, :, :3]
+        if a.dtype == np.uint8:
+            return np.ascontiguousarray(a)
+        if a.dtype == np.uint16:
+            return (a // 257).astype(np.uint8)
+        if np.issubdtype(a.dtype, np.floating):
+            if np.isfinite(a).all() and a.min() >= 0 and a.max() <= 1:
+                return np.round(a * 255).astype(np.uint8)
+            raise ValueError("a float image must hold values in [0, 1] (torchvision's convention)")
+        raise ValueError(f"unsupported image dtype {a.dtype}; give uint8, uint16 or float in [0, 1]")
+    raise TypeError(f"cannot read an image from {type(item).__name__}; give a path, a folder, a PIL image, an "
+                    "(H, W, 3) uint8 array or a (3, H, W) tensor")

@@ -28,15 +28,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .errors import RunFolderError
-from .files import is_temp_name, output_folder, remove_temp_files
+from ..config import Config, save_config
+from ..errors import RunFolderError
+from ..files import is_temp_name, output_folder, remove_temp_files
 
 try:  # POSIX
     import fcntl
 except ImportError:  # pragma: no cover - Windows
     fcntl = None  # type: ignore[assignment]
 
-__all__ = ["RunFolder", "launched_as_rank_zero", "RUN_FILES"]
+__all__ = ["RunFolder", "write_config", "launched_as_rank_zero", "RUN_FILES"]
 
 # What a training run writes into its folder (files and folders). ``--overwrite`` removes exactly these.
 RUN_FILES = ("config.yaml", "classes.json", "ckpt", "metrics.csv", "hparams.yaml", "tb", "model.pt", "final_metrics.json",
@@ -252,3 +253,10 @@ def _home() -> Path | None:
         return Path.home().resolve()
     except (RuntimeError, KeyError, OSError):  # no HOME and no password entry
         return None
+
+
+def write_config(cfg: Config, folder: str | Path) -> Path:
+    """``<folder>/config.yaml`` (the resolved config: ``--print-config`` shows the same), announced in one line."""
+    path = save_config(cfg, Path(folder) / "config.yaml")
+    print(f"config: {path}", flush=True)
+    return path

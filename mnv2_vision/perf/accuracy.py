@@ -80,7 +80,7 @@ def evaluate_detection(model: nn.Module, datamodule, category_ids: Sequence[int]
 def evaluate_segmentation(model: nn.Module, datamodule, class_names: Sequence[str]) -> dict[str, Any]:
     """mIoU, pixel accuracy and per-class IoU of ``model`` on the datamodule's validation split, single scale,
     each image at its own size (``predict_batch``), one confusion matrix over the split."""
-    from ..data.voc import IGNORE_INDEX
+    from ..data.io.labels import IGNORE_INDEX
     from ..eval.miou import ConfusionMatrix
     from ..lit.segmentation import predict_batch
 

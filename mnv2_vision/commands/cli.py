@@ -25,12 +25,12 @@ import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
-from .config import Config, ConfigError, load_config, save_config, to_yaml
-from .errors import UserError
-from .files import is_disk_full
-from .runfolder import RunFolder
+from ..config import Config, ConfigError, load_config, to_yaml
+from ..errors import UserError
+from ..files import is_disk_full
+from ..lit.runfolder import RunFolder
 
-__all__ = ["base_parser", "setup_run", "write_config", "guarded", "add_debug_flag", "exit_status", "skipped_message"]
+__all__ = ["base_parser", "setup_run", "guarded", "add_debug_flag", "exit_status", "skipped_message"]
 
 log = logging.getLogger("mnv2_vision")
 
@@ -81,13 +81,6 @@ def setup_run(args: argparse.Namespace, task: str | None = None) -> tuple[Config
     if run.removed_temp:
         print(f"removed {len(run.removed_temp)} temporary file(s) left by an interrupted run in {out_dir}", flush=True)
     return cfg, run
-
-
-def write_config(cfg: Config, folder: str | Path) -> Path:
-    """``<folder>/config.yaml`` (the resolved config: ``--print-config`` shows the same), announced in one line."""
-    path = save_config(cfg, Path(folder) / "config.yaml")
-    print(f"config: {path}", flush=True)
-    return path
 
 
 def skipped_message(skipped: Sequence[object], used: int, where: str, shown: int = 10) -> str:

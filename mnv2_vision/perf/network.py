@@ -17,9 +17,10 @@ from torch import Tensor, nn
 from ..ops.boxes import BoxCoder
 from ..ops.losses import ssd_multibox_loss
 from ..ops.postprocess import postprocess_detections
-from .memory import memory_efficient, peak_memory_bytes
-from .postprocess import fast_postprocess_detections
-from ..perf.timing import time_round_robin
+from ..deploy.memory import memory_efficient
+from .memory import peak_memory_bytes
+from ..deploy.postprocess import fast_postprocess_detections
+from .timing import time_round_robin
 
 __all__ = ["detection_runner", "segmentation_runner", "ort_runner", "torchvision_peers", "synthetic_targets",
            "TRAIN_CANDIDATES", "training_steps", "training_throughput", "isolated_training_throughput",
@@ -166,7 +167,7 @@ def training_throughput(ours: nn.Module, peer: nn.Module | None, batch: int = 8,
 
 def _time_one_training_candidate(name: str, batch: int, size: int, steps: int, warmup: int, threads: int,
                                  postprocess: dict[str, Any]) -> list[float]:
-    """Seconds per step of one candidate (``python -m mnv2_vision.deploy.bench``), in this fresh process."""
+    """Seconds per step of one candidate (``python -m mnv2_vision.perf.network``), in this fresh process."""
     from ..models import build_model
 
     torch.set_num_threads(threads)
@@ -195,7 +196,7 @@ def isolated_training_throughput(candidates: Sequence[str] = TRAIN_CANDIDATES, b
     samples: dict[str, list[float]] = {c: [] for c in candidates}
     for _ in range(rounds):
         for c in candidates:
-            cmd = [sys.executable, "-m", "mnv2_vision.deploy.bench", json.dumps(
+            cmd = [sys.executable, "-m", "mnv2_vision.perf.network", json.dumps(
                 {"name": c, "batch": batch, "size": size, "steps": steps, "warmup": warmup, "threads": threads,
                  "postprocess": pp})]
             out = subprocess.run(cmd, check=True, capture_output=True, text=True)
