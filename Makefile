@@ -31,5 +31,15 @@ test-all: venv
 wheel-check: venv
 	bash .ci/check_wheel.sh
 
+# The docs site (MkDocs, Material theme, API pages from the docstrings) into site/; --strict fails the build on any
+# warning: a broken link or anchor, a page left out of the nav, a docstring griffe cannot read. `.ci/run` builds it.
+.PHONY: docs
+$(VENV)/.docs-installed: $(VENV)/.installed
+	$(PIP) install -e ".[docs]"
+	touch $@
+
+docs: $(VENV)/.docs-installed
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --site-dir site
+
 clean:
 	rm -rf $(VENV) runs

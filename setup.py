@@ -59,6 +59,12 @@ setup(
         "fast-eval": [
             "faster-coco-eval>=1.6",
         ],
+        # `make docs`: the documentation site (mkdocs.yml), API pages generated from the docstrings
+        "docs": [
+            "mkdocs>=1.6",
+            "mkdocs-material>=9.5",
+            "mkdocstrings[python]>=1.0",
+        ],
         # tools/export.py and tools/benchmark.py: ONNX export, ONNX Runtime parity check, int8 quantisation
         "deploy": [
             "onnx>=1.15",
