@@ -73,7 +73,7 @@ class ModelCfg:
     bn_eps: float | None = None  # BatchNorm ε; None = the builder's default
     bn_momentum: float | None = None  # PyTorch convention: TF-slim's decay 0.997 is momentum 0.003
     # Multi-task pair (task: multitask): segmentation classes (None = from the data) and how the two heads share the
-    # backbone's strides (None = the builder's default; spec §7 options: os32 = (a), os16 = (b), twin = (c)).
+    # backbone's strides (None = the builder's default; docs/design.md#sharing: os32 = (a), os16 = (b), twin = (c)).
     seg_num_classes: int | None = None
     sharing: str | None = None
 
@@ -145,7 +145,7 @@ class TrainerCfg:
     limit_val_batches: Union[int, float] = 1.0
     deterministic: bool = False
     # Also write ckpt/last.ckpt after every N optimizer steps (null: only at the end of each epoch). Resuming from it
-    # continues exactly like an uninterrupted run: the training loaders save their place in the epoch (README, Resume).
+    # continues exactly like an uninterrupted run: the training loaders save their place in the epoch (docs/product.md).
     ckpt_every_n_steps: int | None = None
     # Intra-op CPU threads of the training process; null = from the cores this process may use (affinity, cgroup
     # quota), less the data workers and the cores other processes keep busy (lit/common.py: choose_num_threads).

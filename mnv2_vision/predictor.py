@@ -11,7 +11,7 @@ and COCO ``category_ids``; segmentation a ``mask`` (H, W) int64 of label indices
 request); a multi-task checkpoint (``tools/train_multitask.py``) both, from one forward pass. Every result also
 carries ``size`` (H, W) and, for a file, its ``path``.
 
-Inputs are preprocessed exactly as in evaluation (``data.images.load_rgb``'s conversions — EXIF orientation,
+Inputs are preprocessed exactly as in evaluation (``data.io.images.load_rgb``'s conversions — EXIF orientation,
 grayscale / RGBA / palette / CMYK / 16-bit to RGB — then the evaluation resize and normalisation stored in the
 checkpoint's config or the ONNX file's metadata), so ``predict`` gives ``tools/eval_det.py``'s detections.
 Backends: PyTorch for checkpoints and ``model.pt`` (fused, and a frozen graph on CPU; autocast on GPU), ONNX Runtime for

@@ -1,4 +1,4 @@
-"""SSD anchors against coordinates worked out by hand from TF's ssd_anchor_generator formulas (spec §2).
+"""SSD anchors against coordinates worked out by hand from TF's ssd_anchor_generator formulas (docs/design.md#ssdlite).
 
 TF: scales s_k = 0.2 + 0.75·k/5 → 0.2, 0.35, 0.5, 0.65, 0.8, 0.95 (and s_6 = 1 for the interpolated box);
 box height = s/√a · min(H, W), width = s·√a · min(H, W), centre ((j + ½)/fw · W, (i + ½)/fh · H).

@@ -1,4 +1,4 @@
-"""MobileNetV2: exact parameter counts (spec §1), MAdds, torchvision weight compatibility, taps and strides."""
+"""MobileNetV2: exact parameter counts (design notes), MAdds, torchvision weight compatibility, taps and strides."""
 import math
 
 import pytest

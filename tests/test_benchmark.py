@@ -58,7 +58,7 @@ def test_benchmark_tool_rows(tmp_path, shapes_root):
         pytest.approx(pair_row["median_ms"] / (det_row["median_ms"] + seg_row["median_ms"]), rel=1e-6)
     madds_ratio = result["ratios"][f"multitask MAdds / ssdlite MAdds{tag}"]
     assert madds_ratio == pytest.approx(pair_row["madds_b"] / det_row["madds_b"], rel=1e-6) and 1.0 < madds_ratio < 1.3
-    # Parameter counts are independent of the input size: spec §2/§3/§4 figures.
+    # Parameter counts are independent of the input size: docs/design.md#check-figures.
     assert rows[("ssdlite320_mobilenet_v2", "eager")]["params_m"] == pytest.approx(4.50, abs=0.01)
     assert rows[("deeplabv3_mobilenet_v2 (lite)", "fused")]["params_m"] == pytest.approx(2.11, abs=0.01)
     assert rows[("lraspp_mobilenet_v3_large (torchvision)", "eager")]["params_m"] == pytest.approx(3.22, abs=0.01)

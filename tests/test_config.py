@@ -122,7 +122,7 @@ def test_profile_tool_prints_counts():
     assert r.returncode == 0, r.stderr
     assert "params: 1,968,680" in r.stdout and "features.18" not in r.stdout
     rows = {line.split()[0]: line.split() for line in r.stdout.splitlines() if line.startswith("layer")}
-    assert list(rows) == [f"layer{i}" for i in range(1, 20)]  # the README's tap names, layer1 = the stem conv
+    assert list(rows) == [f"layer{i}" for i in range(1, 20)]  # the documented tap names, layer1 = the stem conv
     assert rows["layer1"][1] == "16×112×112" and rows["layer19"][1] == "1280×7×7"  # width 0.5: 32·0.5 = 16
 
 
@@ -136,7 +136,7 @@ def test_complexity_table_rows_add_up_for_a_detector():
     prof = profile_model(build_model("ssdlite320_mobilenet_v2", num_classes=91), (320, 320))
     rows = {r.name: r for r in prof.rows}
     assert rows["backbone.layer15"].out_shape == (1, 160, 10, 10) and rows["backbone.layer15"].madds > 0
-    assert sum(r.madds for r in prof.rows) == prof.madds == 804_397_504  # README: 0.804 B MAdds at 320²
+    assert sum(r.madds for r in prof.rows) == prof.madds == 804_397_504  # docs: 0.804 B MAdds at 320²
 
 
 def _write(tmp_path):

@@ -43,7 +43,7 @@ def test_ground_truth_as_detections_gives_map_one(coco128):
 
 @pytest.mark.slow
 def test_overfits_sixteen_training_images(coco128, tmp_path):
-    """The documented overfitting command (README, configs/ssdlite_coco128.yaml): train on the first 16 images of
+    """The documented overfitting command (docs, configs/ssdlite_coco128.yaml): train on the first 16 images of
     coco128/train2017 for 300 steps and evaluate on the same images: mAP50 ≥ 0.5."""
     spec = importlib.util.spec_from_file_location("det_tool_train_det", TOOLS / "train_det.py")
     tool = importlib.util.module_from_spec(spec)

@@ -1,4 +1,4 @@
-"""MobileNetV1: the paper's layer table, exact parameter counts and MAdds (spec §5), taps and output stride."""
+"""MobileNetV1: the paper's layer table, exact parameter counts and MAdds (design notes), taps and output stride."""
 import math
 
 import pytest
@@ -9,7 +9,7 @@ from mnv2_vision.models import build_model, list_models
 from mnv2_vision.models.mobilenetv1 import DEPTHWISE_SEPARABLE_SETTING, MobileNetV1
 from mnv2_vision.perf.complexity import count_madds, count_params
 
-# spec §5: 1000 classes, BN affine parameters counted, FC with bias
+# docs/design.md#ablations: 1000 classes, BN affine parameters counted, FC with bias
 SPEC_PARAMS = {1.0: 4_231_976, 0.75: 2_585_560, 0.5: 1_331_592, 0.25: 470_072}
 SPEC_MADDS_M_224 = {1.0: 568.7, 0.75: 325.4, 0.5: 149.5, 0.25: 41.0}
 SPEC_MADDS_M_RES = {224: 568.7, 192: 418.1, 160: 290.7, 128: 186.4}
@@ -130,7 +130,7 @@ def _size_on_meta(name: str, size: int, **kwargs) -> tuple[int, float]:
 def test_ssdlite_v1_size_and_taps():
     params, madds = _size_on_meta("ssdlite320_mobilenet_v1", 320, num_classes=91)
     assert abs(params / 5.1e6 - 1) < 0.05 and abs(madds / 1.3e9 - 1) < 0.10  # paper Table 6
-    assert abs(params - 5.25e6) / 5.25e6 < 0.005 and abs(madds - 1.32e9) / 1.32e9 < 0.005  # spec §2 re-build
+    assert abs(params - 5.25e6) / 5.25e6 < 0.005 and abs(madds - 1.32e9) / 1.32e9 < 0.005  # check figures
     model = build_model("ssdlite320_mobilenet_v1", num_classes=5, width_mult=0.25).eval()
     assert model.taps == ("Conv2d_11_pointwise", "Conv2d_13_pointwise") and model.tap_strides == (16, 32)
     assert model.feature_channels[:2] == (128, 256)  # 512·0.25, 1024·0.25, read from feature_info

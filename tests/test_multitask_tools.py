@@ -314,7 +314,7 @@ def test_compare_multitask_smoke(tmp_path, shapes_root):
     assert set(runs) == {"ssdlite", "deeplab", "pair os32"}
     for row in runs.values():
         assert row["params_m"] > 0 and row["madds_b"] > 0 and row["fused_ms"] > 0 and row["cpu_s"] > 0
-    # the pair at α = 1 / 320² against SSDLite: the os32 decoder adds a little (spec §7 option a)
+    # the pair at α = 1 / 320² against SSDLite: the os32 decoder adds a little (docs/design.md#sharing, option a)
     assert 1.0 < runs["pair os32"]["madds_b"] / runs["ssdlite"]["madds_b"] < 1.3
     assert both["madds_b"] == pytest.approx(runs["ssdlite"]["madds_b"] + runs["deeplab"]["madds_b"])
     r = result["ratios"]["pair os32"]

@@ -1,4 +1,4 @@
-"""SSDLite model contract: size and cost (paper Table 6 / spec §2), shapes, gradients, taps, backbone weights."""
+"""SSDLite model contract: size and cost (paper Table 6 / design notes), shapes, gradients, taps, backbone weights."""
 import pytest
 import torch
 from torch import nn

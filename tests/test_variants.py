@@ -1,4 +1,4 @@
-"""MobileNetV2 ablation variants (spec §5): hand-computed block parameter counts, wiring, and that the defaults are
+"""MobileNetV2 ablation variants (paper §6.4): hand-computed block parameter counts, wiring, and that the defaults are
 still exactly the paper's / torchvision's network."""
 import pytest
 import torch

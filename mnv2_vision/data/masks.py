@@ -1,6 +1,6 @@
 """Semantic label maps painted from COCO instance annotations (polygons, RLE, crowd RLE) with ``pycocotools.mask``.
 
-Conventions (spec §7; torchvision ``references/segmentation/coco_utils.py``, the public form of TF DeepLab's COCO
+Conventions (design notes; torchvision ``references/segmentation/coco_utils.py``, the public form of TF DeepLab's COCO
 pre-training on the VOC classes):
 
 - ``"voc20"``: the 20 PASCAL VOC classes, label ``i`` for COCO category ``VOC20_CATEGORY_IDS[i - 1]`` (VOC order:
@@ -36,7 +36,7 @@ from .io.labels import IGNORE_INDEX
 __all__ = ["VOC20_CATEGORY_IDS", "MASK_MODES", "MalformedMaskError", "mask_label_map", "rle_runs",
            "annotation_rle", "paint_semantic", "segmentation_problems"]
 
-# COCO category ids of the 20 VOC classes, in VOC label order (spec §7): label i ↔ VOC20_CATEGORY_IDS[i - 1].
+# COCO ids of the 20 VOC classes, in VOC order (docs/design.md#coco-masks): label i ↔ VOC20_CATEGORY_IDS[i - 1].
 VOC20_CATEGORY_IDS: tuple[int, ...] = (5, 2, 16, 9, 44, 6, 3, 17, 62, 21, 67, 18, 19, 4, 1, 64, 20, 63, 7, 72)
 MASK_MODES = ("voc20", "all")
 # pycocotools accumulates a run length's 5-bit chunks in a C int: six chunks hold every value it writes (< 2**29), a

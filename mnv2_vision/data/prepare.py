@@ -1,11 +1,11 @@
-"""Fetch, check and lay out the real datasets (spec §6): COCO 2017, PASCAL VOC 2012 + SBD trainaug, Flowers102,
+"""Fetch, check and lay out the real datasets (docs/datasets.md): COCO 2017, PASCAL VOC 2012 + SBD trainaug, Flowers102,
 CIFAR-10, in exactly the folders the configs' ``data.root`` expects.
 
 Every step is idempotent and atomic. An archive downloads to ``<name>.part`` (resumed with an HTTP range request) and
 gets its final name only once its md5 matches. It extracts into a temporary folder under the root whose members are
 renamed into place at the end, so a final folder exists only when it is complete and an interrupted step is simply
 redone. A step whose outputs already exist is skipped without needing its archive, so folders extracted by other
-means work as they are. ``verify`` checks a finished tree: counts against spec §6, every listed id's image and
+means work as they are. ``verify`` checks a finished tree: counts against docs/datasets.md, every listed id's image and
 label, label values, COCO JSON references.
 """
 from __future__ import annotations
@@ -290,7 +290,7 @@ def _write_text_atomic(path: Path, text: str) -> None:
 
 def voc_trainaug_ids(voc_train: Iterable[str], voc_val: Iterable[str], sbd_train: Iterable[str],
                      sbd_val: Iterable[str]) -> list[str]:
-    """(VOC train ∪ SBD train ∪ SBD val) − VOC val, sorted: 10,582 ids on the real data (spec §6)."""
+    """(VOC train ∪ SBD train ∪ SBD val) − VOC val, sorted: 10,582 ids on the real data (docs/datasets.md#archives)."""
     return sorted((set(voc_train) | set(sbd_train) | set(sbd_val)) - set(voc_val))
 
 

@@ -260,7 +260,7 @@ def _write_detection_splits(root: Path, seed: int, counts: dict[str, int]) -> di
             (coco / _COCO_SPLIT[split] / f"{stem}.jpg").write_bytes(jpeg)
             (voc / "JPEGImages" / f"{stem}.jpg").write_bytes(jpeg)
             label_png = Image.fromarray(scene.label_map(), mode="P")
-            label_png.putpalette(palette)  # without a palette Pillow does not keep the indices (spec §3)
+            label_png.putpalette(palette)  # without one Pillow drops the indices (docs/design.md#label-pngs)
             label_png.save(voc / "SegmentationClass" / f"{stem}.png")
             images.append({"id": image_id, "file_name": f"{stem}.jpg", "width": w, "height": h})
             stems.append(stem)

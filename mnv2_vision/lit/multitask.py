@@ -2,7 +2,7 @@
 
 It is ``DetectionModule`` (anchors, SSD loss, post-processing, COCO evaluation, channels-last on CPU, optimiser and
 schedule) plus the segmentation half of ``SegmentationModule`` (cross-entropy with ignore 255, one confusion matrix
-over the whole split). Loss masking (spec §7): each sample trains only the head it has labels for — the SSD loss
+over the whole split). Loss masking (design notes): each sample trains only the head it has labels for — the SSD loss
 runs on the samples with ``has_boxes`` (an image of a detection set without objects included: a real negative) and
 the segmentation loss on the samples with a ``mask``; a batch without any sample of one kind gives that head an
 exactly zero gradient (its outputs still enter the graph, times 0, so DDP sees every parameter used).

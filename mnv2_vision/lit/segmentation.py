@@ -83,7 +83,7 @@ def predict_batch(model: nn.Module, images: Tensor, sizes: Tensor | None = None,
 
 @torch.no_grad()
 def predict_segmentation(model: nn.Module, image: np.ndarray, cfg: Config, ms_flip: bool = False) -> np.ndarray:
-    """Label map (H, W) uint8 for one RGB uint8 image (H, W, 3), e.g. from ``data.images.load_rgb``.
+    """Label map (H, W) uint8 for one RGB uint8 image (H, W, 3), e.g. from ``data.io.images.load_rgb``.
 
     Normalises with ``cfg.data.mean/std`` (the training normalisation); ``ms_flip`` uses ``cfg.eval.ms_scales`` and
     left-right flips when ``cfg.eval.flip``. The model is used as given (put it in eval mode first).

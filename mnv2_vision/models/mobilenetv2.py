@@ -31,7 +31,7 @@ INVERTED_RESIDUAL_SETTING: tuple[tuple[int, int, int, int], ...] = (
 STEM_CHANNELS = 32
 LAST_CHANNELS = 1280
 
-# Ablation switches (paper §6.4 / Figure 6 and the CIFAR-10 seed blog, spec §5); the first entry is the paper's design.
+# Ablation switches (paper §6.4 / Figure 6, CIFAR-10 seed blog: docs/design.md#ablations); the first is the paper's.
 BLOCKS = ("inverted", "classic")
 SHORTCUTS = ("bottleneck", "expansion", "none")
 PROJECTION_ACTIVATIONS = ("none", "relu6")
@@ -203,10 +203,10 @@ class MobileNetV2(nn.Module):
         dropout: dropout before the classifier.
         bn_eps, bn_momentum: BatchNorm settings (PyTorch momentum convention).
         setting: the (t, c, n, s) table.
-        small_input: the CIFAR-10 adaptation (spec §5): stride 1 in the first conv and in the second table row, so a
+        small_input: the CIFAR-10 adaptation (design.md): stride 1 in the first conv and in the second table row, so a
             32×32 input ends at 4×4 before pooling.
         expand_ratio: replaces t in every table row but the first (whose t = 1 reads the 32-channel stem); ``None``
-            keeps the table (ablation (c), spec §5).
+            keeps the table (ablation (c), docs/design.md#ablations).
         block: ``"inverted"`` (paper) or ``"classic"`` (``ClassicResidual``; ablation (d)).
         shortcut: ``"bottleneck"`` (paper: joins the thin block outputs), ``"expansion"`` (joins consecutive
             blocks' expansion outputs, paper Figure 6b) or ``"none"``.

@@ -1,10 +1,10 @@
-"""One backbone pass, boxes and masks: SSDLite and DeepLabv3 heads on a shared MobileNet body (spec §7).
+"""One backbone pass, boxes and masks: SSDLite and DeepLabv3 heads on one MobileNet body (docs/design.md#multi-task).
 
 Read top to bottom: ``SegDecoder`` (the decoder of sharing "os32") → ``tie_dilated_tail`` (the "twin" tail)
 → ``SSDLiteDeepLabV3`` → ``_ssdlite_deeplabv3`` (construction from any backbone family) → the registered builders.
 
 SSDLite reads the body at output stride 32 (MobileNetV2: ``layer15_expand`` at 16, ``layer19`` at 32), DeepLab at
-output stride 16 (``layer18``, the last stages dilated). ``sharing`` picks how one pass serves both (spec §7):
+output stride 16 (``layer18``, the last stages dilated). ``sharing`` picks how one pass serves both (design notes):
 
 - ``"os32"`` (a): the body at stride 32 for both heads. DeepLab's ASPP reads ``layer18`` at stride 32 and a light
   DeepLabv3+-style decoder adds the backbone's stride-16 and stride-8 maps (``DECODER_TAPS``: the expansion SSDLite
@@ -15,7 +15,7 @@ output stride 16 (``layer18``, the last stages dilated). ``sharing`` picks how o
 - ``"twin"`` (c): the body is shared up to stride 16, then its last stages run twice with the **same weights**:
   strided for SSDLite (exactly SSDLite) and dilated for DeepLab (exactly DeepLab); the dilated copy costs its pixels.
 
-The measured trade-off (parameters, MAdds, latency, accuracy after the same budget) is in the README; ``os32`` is the
+The measured trade-off (parameters, MAdds, latency, accuracy after one budget) is in docs/multitask.md; ``os32`` is the
 default. ``forward`` returns SSDLite's ``cls_logits`` / ``bbox_regression`` and DeepLab's ``out`` (segmentation
 logits at the input size) in one dict, the same in training and evaluation, so the detection and segmentation code
 paths (loss, post-processing, mIoU) take the model as they take the single-task ones.

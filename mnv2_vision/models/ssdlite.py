@@ -31,7 +31,7 @@ MIN_DEPTH = 16  # TF's min_depth for width-scaled extra layers
 def extra_block(in_channels: int, out_channels: int, bn_eps: float, bn_momentum: float) -> nn.Sequential:
     """1×1 conv to half depth → 3×3 depthwise stride 2 → 1×1 conv to depth, each with BN and ReLU6.
 
-    TF's ``insert_1x1_conv`` followed by a separable 3×3 convolution of stride 2 (spec §2).
+    TF's ``insert_1x1_conv`` followed by a separable 3×3 convolution of stride 2 (docs/design.md#ssdlite).
     """
     mid = out_channels // 2
     norm = dict(bn_eps=bn_eps, bn_momentum=bn_momentum)

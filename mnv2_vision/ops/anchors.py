@@ -1,4 +1,4 @@
-"""SSD default boxes with the TF Object Detection API's ``ssd_anchor_generator`` semantics (spec §2).
+"""SSD default boxes with the TF Object Detection API's ``ssd_anchor_generator`` semantics (docs/design.md#ssdlite).
 
 TF computes anchors in normalised coordinates (``multiple_grid_anchor_generator.create_ssd_anchors`` +
 ``grid_anchor_generator.tile_anchors``); here they are returned in absolute xyxy pixels of the network input, the

@@ -56,7 +56,7 @@ def ssd_multibox_loss(
     box_weight: float = 1.0,
     label_smoothing: float = 0.0,
 ) -> dict[str, Tensor]:
-    """SSD loss (Liu et al. 2016 §2.2; spec §2): ``loss = loss_cls + box_weight · loss_box``.
+    """SSD loss (SSD paper, Liu et al. 2016 §2.2; docs/design.md#ssdlite): ``loss = loss_cls + box_weight · loss_box``.
 
     Each image's anchors are matched to its ground truth (``match_anchors``). Classification is softmax
     cross-entropy over the positives and, per image, the ``max(neg_pos_ratio · num_pos, min_negatives)``

@@ -40,7 +40,7 @@ def postprocess_detections(
     Per image: softmax over classes, background dropped; per class, the ``topk_candidates`` best anchors whose
     score exceeds ``score_thresh``; boxes decoded and clipped to the network input; per-class NMS at ``nms_iou``
     (``torchvision.ops.batched_nms``); the ``detections_per_img`` best kept; boxes mapped to the original image.
-    A low ``score_thresh`` (spec §2: 1e-8..1e-3) is what COCO mAP needs; raising it lowers mAP.
+    A low ``score_thresh`` (1e-8..1e-3: docs/design.md#ssdlite) is what COCO mAP needs; raising it lowers mAP.
 
     Args:
         cls_logits: ``(N, A, K)`` raw class scores (index 0 = background).

@@ -52,7 +52,7 @@ def _first_tensor(out: object) -> torch.Tensor | None:
 
 
 def _block_names(model: nn.Module) -> dict[int, str]:
-    """A backbone's blocks by the names its ``feature_info`` declares (the README's taps): MobileNetV2 numbers its
+    """A backbone's blocks by the names its ``feature_info`` declares (the documented taps): MobileNetV2 numbers its
     layers as the paper does (``layer1`` = the stem conv … ``layer19``), MobileNetV1 names its taps TF-style."""
     declared = {f.module: f.name for f in getattr(model, "feature_info", []) if not f.expand}
     numbered = bool(declared) and all(n.startswith("layer") for n in declared.values())

@@ -1,4 +1,4 @@
-"""Data-pipeline throughput per loader worker: what one CPU core feeds the GPU (spec §8).
+"""Data-pipeline throughput per loader worker: what one CPU core feeds the GPU (docs/design.md#input-pipeline).
 
 For each pipeline (detection, segmentation and classification training, and each evaluation preset) the candidates
 are timed on the same images in one process and one thread (a DataLoader worker), taking turns image by image,

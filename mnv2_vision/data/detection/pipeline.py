@@ -1,5 +1,5 @@
 """The detection pipeline as the data modules run it: same augmentation distribution as ``transforms.py``, several
-times less CPU per image (spec §8; measured in ``tools/benchmark.py --data``).
+times less CPU per image (docs/design.md#input-pipeline; measured in ``tools/benchmark.py --data``).
 
 The albumentations pipeline of ``transforms.py`` (the reference) decodes the whole JPEG, jitters colour on the full
 image, pastes it into a zoom-out canvas up to 4 × 4 times its area, crops, flips and resizes. Here every random

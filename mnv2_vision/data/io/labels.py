@@ -75,7 +75,7 @@ def read_label(path: str | os.PathLike, num_classes: int, modes: Sequence[str] =
 def write_label(path: str | os.PathLike, label: np.ndarray) -> Path:
     """Write (H, W) integer labels as a VOC palette PNG (indices kept, colours for viewing).
 
-    The palette is attached before saving: a mode-"P" image saved without one does not keep its indices (spec §3).
+    The palette is attached before saving: a mode-"P" image saved without one does not keep its indices (design notes).
     """
     label = np.asarray(label)
     if label.ndim != 2:
