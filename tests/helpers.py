@@ -1,4 +1,4 @@
-"""What many test files share: the command-line tools run in-process, their one-line errors, real-data folders.
+"""What many test files share: the tools run in-process, their one-line errors, tiny runs and checkpoints, real data.
 
 pytest puts ``tests/`` on ``sys.path`` (its default ``prepend`` import mode; ``tests/`` is no package), so a test
 file imports these as ``from helpers import tool``.
