@@ -1,5 +1,4 @@
 """tools/ablate.py: a tiny study end to end (table, plot, skipping finished variants) and every shipped study file."""
-import importlib.util
 import json
 from pathlib import Path
 
@@ -11,14 +10,7 @@ from mnv2_vision.checkpoint import build_from_config
 from mnv2_vision.config import ConfigError, config_dir, load_study
 from mnv2_vision.perf.complexity import count_madds, count_params
 
-TOOLS = Path(__file__).resolve().parents[1] / "tools"
-
-
-def _ablate():
-    spec = importlib.util.spec_from_file_location("ablate_test_tool", TOOLS / "ablate.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from helpers import tool as _tool
 
 
 @pytest.mark.parametrize("path", sorted((config_dir() / "studies").glob("*.yaml")), ids=lambda p: p.stem)
@@ -53,7 +45,7 @@ def _write_study(path: Path, root: Path, t_small: int) -> Path:
 
 
 def test_tiny_study_table_plot_and_skip(tmp_path, capsys):
-    ablate = _ablate()
+    ablate = _tool("ablate")
     out = tmp_path / "out"
     root = _write_data(tmp_path)
     study_path = _write_study(tmp_path / "tiny.yaml", root, 2)

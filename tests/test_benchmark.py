@@ -1,5 +1,4 @@
 """Smoke test of tools/benchmark.py at tiny sizes: every row present, numbers sane. No timed assertions."""
-import importlib.util
 import json
 from pathlib import Path
 
@@ -10,15 +9,9 @@ from mnv2_vision.perf import network as bench
 from mnv2_vision.perf.timing import matmul_madd_rate, time_round_robin
 from mnv2_vision.models import build_model
 
+from helpers import tool as _tool
+
 VARIANTS = ("eager", "fused", "onnxruntime fp32", "onnxruntime int8")
-
-
-def _tool():
-    path = Path(__file__).parents[1] / "tools" / "benchmark.py"
-    spec = importlib.util.spec_from_file_location("benchmark_tool", path)
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
-    return tool
 
 
 def _pair_checkpoint(tmp_path: Path) -> tuple[Path, torch.nn.Module]:
@@ -37,9 +30,10 @@ def _pair_checkpoint(tmp_path: Path) -> tuple[Path, torch.nn.Module]:
 def test_benchmark_tool_rows(tmp_path, shapes_root):
     out = tmp_path / "bench.json"
     ckpt, pair = _pair_checkpoint(tmp_path)
-    _tool().main(["--det-size", "64", "--seg-size", "65", "--runs", "1", "--warmup", "0", "--calib-images", "1",
-                  "--peers", "--data", "--data-images", "1", "--no-memory", "--matmul-size", "256",
-                  "--json", str(out), "--topk", "20", "--detections", "10", "--mt-ckpt", str(ckpt)])
+    _tool("benchmark").main(["--det-size", "64", "--seg-size", "65", "--runs", "1", "--warmup", "0",
+                             "--calib-images", "1", "--peers", "--data", "--data-images", "1", "--no-memory",
+                             "--matmul-size", "256", "--json", str(out), "--topk", "20", "--detections", "10",
+                             "--mt-ckpt", str(ckpt)])
     result = json.loads(out.read_text())
     rows = {(r["model"], r["variant"]): r for r in result["latency"]}
     expected = [(m, v) for m in ("ssdlite320_mobilenet_v2", "deeplabv3_mobilenet_v2 (lite)") for v in VARIANTS]

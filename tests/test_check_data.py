@@ -2,7 +2,6 @@
 and training over it follows the documented policy (clip, drop zero-area boxes, skip unusable images) to the end."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import logging
 import math
@@ -16,7 +15,8 @@ from mnv2_vision.data.verify import check_coco, check_voc
 from mnv2_vision.data.coco import CocoDetection
 from mnv2_vision.data.synthetic import generate_shapes
 
-TOOLS = Path(__file__).resolve().parents[1] / "tools"
+from helpers import LogRecords as _Records, tool as _tool
+
 NUM_SEG_CLASSES = 5  # background + 4 shapes
 
 # kind → (layout, what training does with it)
@@ -37,22 +37,6 @@ VOC_DAMAGE = {
     "mask_rgb": ("label_mode", "skip"),
     "mask_missing": ("missing_file", "leave_out"),
 }
-
-
-def _tool(name: str):
-    spec = importlib.util.spec_from_file_location(f"check_data_test_{name}", TOOLS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-class _Records(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.WARNING)
-        self.messages: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.messages.append(record.getMessage())
 
 
 def _damage_coco(coco: Path) -> dict[str, Path]:

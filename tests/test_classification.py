@@ -1,6 +1,5 @@
 """Classification: the CIFAR-10 / Flowers102 / ImageFolder readers on files written here in the exact formats, the
 transforms, hand-computed validation metrics, train → eval tools, and classifier → detector/segmenter transfer."""
-import importlib.util
 import json
 import pickle
 from pathlib import Path
@@ -20,14 +19,7 @@ from mnv2_vision.data.classification.transforms import classification_transform
 from mnv2_vision.lit.classification import ClassificationModule, accuracy_from_confusion
 from mnv2_vision.models import build_model
 
-TOOLS = Path(__file__).resolve().parents[1] / "tools"
-
-
-def _tool(name: str):
-    spec = importlib.util.spec_from_file_location(f"cls_test_{name}", TOOLS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from helpers import tool as _tool
 
 
 train_cls, eval_cls = _tool("train_cls"), _tool("eval_cls")

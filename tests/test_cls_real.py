@@ -1,6 +1,5 @@
 """Real images: object crops cut from COCO boxes ($MNV2_REAL_DATA/coco128) through the ImageFolder reader, and a
 classifier that must fit 64 of them (top-1 ≥ 0.95 on those same crops, evaluated with the evaluation transform)."""
-import importlib.util
 import json
 import os
 from collections import defaultdict
@@ -11,6 +10,8 @@ from PIL import Image
 
 from mnv2_vision.data.classification.datasets import ImageFolderClassification
 from mnv2_vision.data.io.images import load_rgb
+
+from helpers import tool as _tool
 
 REAL = os.environ.get("MNV2_REAL_DATA")
 pytestmark = pytest.mark.skipif(not REAL, reason="MNV2_REAL_DATA is not set (folder holding coco128/)")
@@ -53,12 +54,8 @@ def test_crops_read_back_through_imagefolder(tmp_path):
 @pytest.mark.slow
 def test_classifier_fits_64_real_crops(tmp_path):
     _cut_crops(tmp_path / "crops")
-    spec = importlib.util.spec_from_file_location("cls_real_train_cls", Path(__file__).parents[1] / "tools" /
-                                                  "train_cls.py")
-    train_cls = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(train_cls)
     # Fitting, not generalising: validation reads the training crops themselves (evaluation transform).
-    result = train_cls.main([
+    result = _tool("train_cls").main([
         "--cfg", "mobilenet_v2_shapes", "--out", str(tmp_path / "run"), "--set", "data.synthetic=false",
         "--set", f"data.root={tmp_path / 'crops'}", "--set", "data.val_split=train", "--set", "data.augment=none",
         "--set", "data.image_size=64", "--set", "data.batch_size=16", "--set", "data.val_batch_size=64",

@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +20,8 @@ from mnv2_vision.data.coco import CocoDetection
 from mnv2_vision.data.segmentation.coco import CocoSegmentation
 from mnv2_vision.data.masks import VOC20_CATEGORY_IDS, paint_semantic, segmentation_problems
 from mnv2_vision.data.segmentation.transforms import SegEvalTransform
+
+from helpers import real_data, tool as _tool
 
 H, W = 40, 50
 CATS = [{"id": i, "name": n} for i, n in ((1, "person"), (18, "dog"), (28, "umbrella"))]
@@ -200,13 +201,7 @@ def _independent_label_map(coco: COCO, img_id: int, cat_to_label: dict[int, int]
 
 @pytest.fixture(scope="module")
 def coco_masks() -> Path:
-    base = os.environ.get("MNV2_REAL_DATA")
-    if not base:
-        pytest.skip("MNV2_REAL_DATA is not set (folder holding coco_masks)")
-    root = Path(base) / "coco_masks"
-    if not (root / "annotations" / "instances_train2017.json").is_file():
-        pytest.skip(f"{root} does not hold the coco_masks fixture")
-    return root
+    return real_data("coco_masks", "annotations/instances_train2017.json")
 
 
 @pytest.mark.parametrize("split", ["train2017", "val2017"])
@@ -242,19 +237,13 @@ def test_coco_pretraining_stage_then_voc_fine_tune(coco_masks, tmp_path, capsys)
     """TF DeepLab's two stages: configs/deeplabv3_coco_voc.yaml trains DeepLab on COCO painted in the VOC classes
     (here a few real coco_masks images), and configs/deeplabv3_voc.yaml starts from its model.pt through
     model.pretrained — every tensor, head included (same 21 classes), arrives."""
-    import importlib.util
-
     from mnv2_vision.checkpoint import build_from_config
     from mnv2_vision.config import load_config
 
-    spec = importlib.util.spec_from_file_location(
-        "coco_voc_train_seg", Path(__file__).resolve().parents[1] / "tools" / "train_seg.py")
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
     small = ["data.subset=4", "data.image_size=96", "data.batch_size=2", "data.val_batch_size=2",
              "data.num_workers=0", "model.width_mult=0.35", "model.pretrained=null", "trainer.max_epochs=1"]
     sets = [a for kv in [f"data.root={coco_masks}", *small] for a in ("--set", kv)]
-    result = tool.main(["--cfg", "deeplabv3_coco_voc", "--out", str(tmp_path / "coco"), *sets])
+    result = _tool("train_seg").main(["--cfg", "deeplabv3_coco_voc", "--out", str(tmp_path / "coco"), *sets])
     assert result["num_images"] > 0 and 0.0 <= result["val_miou"] <= 1.0
     out = capsys.readouterr().out
     assert "masks='voc20'" in out, out[-2000:]

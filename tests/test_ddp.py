@@ -8,7 +8,6 @@ the case where Lightning's default (padding) sampler would evaluate one image tw
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 import os
 import subprocess
@@ -23,6 +22,8 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from mnv2_vision.data.distributed import distributed_eval_loader, eval_sampler
 
+from helpers import tool as _tool
+
 pytestmark = pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_available()),
                                 reason="torch.distributed with the gloo backend is not available in this build")
 
@@ -35,13 +36,6 @@ COMMON = ["--set", f"data.subset={N}", "--set", "trainer.max_epochs=1", "--set",
 # Launcher / cluster variables of an outer job would make Lightning join that job instead of launching its own.
 _FOREIGN_ENV = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "RANK", "WORLD_SIZE", "GROUP_RANK",
                 "LOCAL_WORLD_SIZE", "TORCHELASTIC_RUN_ID", "PL_TRAINER_GPUS")
-
-
-def _tool(name: str):
-    spec = importlib.util.spec_from_file_location(f"ddp_tool_{name}", REPO / "tools" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _run_ddp(tool: str, cfg: str, out: Path, *extra: str) -> str:

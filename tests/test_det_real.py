@@ -1,7 +1,6 @@
 """Detection on real COCO images (``$MNV2_REAL_DATA/coco128``): evaluation sanity and an overfitting check."""
 from __future__ import annotations
 
-import importlib.util
 import os
 from pathlib import Path
 
@@ -13,17 +12,15 @@ from mnv2_vision.data.detection.transforms import detection_transform
 from mnv2_vision.eval.coco import evaluate_coco, to_coco_results
 from mnv2_vision.ops.postprocess import resize_boxes
 
+from helpers import real_data, tool as _tool
+
 REAL = os.environ.get("MNV2_REAL_DATA")
 pytestmark = pytest.mark.skipif(not REAL, reason="MNV2_REAL_DATA not set (real COCO subset coco128)")
-TOOLS = Path(__file__).resolve().parents[1] / "tools"
 
 
 @pytest.fixture(scope="module")
 def coco128() -> Path:
-    root = Path(REAL) / "coco128"
-    if not (root / "annotations" / "instances_val2017.json").is_file():
-        pytest.skip(f"{root} does not hold the coco128 subset")
-    return root
+    return real_data("coco128", "annotations/instances_val2017.json")
 
 
 def test_ground_truth_as_detections_gives_map_one(coco128):
@@ -45,10 +42,7 @@ def test_ground_truth_as_detections_gives_map_one(coco128):
 def test_overfits_sixteen_training_images(coco128, tmp_path):
     """The documented overfitting command (docs, configs/ssdlite_coco128.yaml): train on the first 16 images of
     coco128/train2017 for 300 steps and evaluate on the same images: mAP50 ≥ 0.5."""
-    spec = importlib.util.spec_from_file_location("det_tool_train_det", TOOLS / "train_det.py")
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
-    result = tool.main(["--cfg", "ssdlite_coco128", "--out", str(tmp_path), "--set", f"data.root={coco128}",
-                        "--set", "data.num_workers=0"])
+    result = _tool("train_det").main(["--cfg", "ssdlite_coco128", "--out", str(tmp_path),
+                                      "--set", f"data.root={coco128}", "--set", "data.num_workers=0"])
     print(f"overfit 16 coco128 images: mAP50 {result['map50']:.3f}, mAP {result['map']:.3f}")
     assert result["map50"] >= 0.5

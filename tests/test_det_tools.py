@@ -3,7 +3,6 @@ against pycocotools run directly on the files they write."""
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import io
 import json
 from pathlib import Path
@@ -18,25 +17,16 @@ from pycocotools.cocoeval import COCOeval
 from mnv2_vision.checkpoint import load_checkpoint, load_model
 from mnv2_vision.config import load_config, to_dict
 
-TOOLS = Path(__file__).resolve().parents[1] / "tools"
-TINY = ["--set", "data.subset=8", "--set", "data.image_size=96", "--set", "trainer.max_epochs=1",
-        "--set", "data.num_workers=0", "--set", "data.batch_size=4", "--set", "data.val_batch_size=4",
-        "--set", "model.width_mult=0.35", "--set", "trainer.check_val_every_n_epoch=1",
-        "--set", "trainer.log_every_n_steps=1"]
+from helpers import sets, tool as _tool, train
 
-
-def _tool(name: str):
-    spec = importlib.util.spec_from_file_location(f"det_tool_{name}", TOOLS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+TINY = sets("data.subset=8", "data.image_size=96", "trainer.max_epochs=1", "data.num_workers=0",
+            "data.batch_size=4", "data.val_batch_size=4", "model.width_mult=0.35",
+            "trainer.check_val_every_n_epoch=1", "trainer.log_every_n_steps=1")
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, shapes_root):
-    out = tmp_path_factory.mktemp("train_det")
-    result = _tool("train_det").main(["--cfg", "ssdlite_shapes", "--out", str(out), *TINY])
-    return out, result
+    return train(tmp_path_factory, "train_det", "ssdlite_shapes", TINY)
 
 
 def test_train_det_writes_checkpoints_config_and_metrics(trained, capsys, shapes_root):

@@ -1,6 +1,5 @@
 """ONNX export (deploy/onnx_export.py, deploy/quantize.py, tools/export.py): ONNX Runtime parity for both models,
 NMS in the graph = postprocess_detections, dynamic batch, metadata, int8 with per-channel weights."""
-import importlib.util
 import json
 import os
 from pathlib import Path
@@ -18,6 +17,7 @@ from mnv2_vision.models import build_model
 from mnv2_vision.ops.boxes import BoxCoder
 from mnv2_vision.ops.postprocess import postprocess_detections
 
+from helpers import tool as _tool
 from test_fuse import randomise_bn
 
 SIZE = (128, 128)
@@ -158,10 +158,7 @@ def _fake_checkpoint(path: Path, cfg_name: str, overrides: list[str], extra: dic
 
 
 def _run_tool(argv: list[str]) -> dict:
-    spec = importlib.util.spec_from_file_location("export_tool", Path(__file__).parents[1] / "tools" / "export.py")
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
-    return tool.main(argv)
+    return _tool("export").main(argv)
 
 
 def test_export_tool_segmentation_int8(tmp_path, shapes_root):

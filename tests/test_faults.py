@@ -3,7 +3,6 @@ with an exit status. The SIGKILL / SIGTERM / full-disk runs are in ``test_kill_r
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
 import os
 import pickle
@@ -11,6 +10,7 @@ import shutil
 import subprocess
 import sys
 import time
+from functools import partial
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -19,7 +19,6 @@ import pytest
 import torch
 from PIL import Image
 
-from mnv2_vision.checkpoint import build_from_config
 from mnv2_vision.config import ConfigError, load_config, to_dict
 from mnv2_vision.data.io.images import load_rgb
 from mnv2_vision.data.synthetic import generate_shapes
@@ -29,58 +28,16 @@ from mnv2_vision.lit.checkpointing import AtomicCheckpointIO, NonFiniteWeightsEr
 from mnv2_vision.lit.guards import FiniteLossGuard, NonFiniteLossError
 from mnv2_vision.lit.runfolder import RunFolder
 
-ROOT = Path(__file__).resolve().parents[1]
-TOOLS = ROOT / "tools"
-SHAPE_NAMES = ["background", "circle", "square", "star", "triangle"]
+from helpers import (ROOT, SHAPE_NAMES, TOOLS, det_checkpoint as _det_ckpt, fails, seg_checkpoint as _seg_ckpt,
+                     tool as _tool)
 
-
-def _tool(name: str):
-    spec = importlib.util.spec_from_file_location(f"fault_tool_{name}", TOOLS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def _fails(capsys, tool: str, argv: list[str], code: int = 2) -> str:
-    """Run ``tool`` in-process; it must exit with ``code`` and print exactly one line on stderr (no traceback)."""
-    with pytest.raises(SystemExit) as e:
-        _tool(tool).main(argv)
-    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith(("error:", "stopped:"))]
-    assert e.value.code == code and len(err) == 1, (e.value.code, err)
-    return err[0]
+_fails = partial(fails, prefixes=("error:", "stopped:"))
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> Path:
     """8 train / 7 val shapes scenes in the COCO and VOC layouts."""
     return generate_shapes(tmp_path_factory.mktemp("tiny"), num_train=8, num_val=7, num_cls_train=0, num_cls_val=0)
-
-
-def _det_ckpt(path: Path, root: Path) -> Path:
-    """A detection checkpoint as train_det writes it (random weights: these tests check files and counts)."""
-    cfg = load_config("ssdlite_shapes", ["data.synthetic=false", f"data.root={root / 'coco'}", "data.image_size=64",
-                                         "model.width_mult=0.35", "model.num_classes=5", "data.num_workers=0"])
-    model = build_from_config(cfg, pretrained=False)
-    torch.save({"hyper_parameters": {"config": to_dict(cfg), "category_ids": [1, 3, 4, 7],
-                                     "category_names": SHAPE_NAMES[1:]},
-                "state_dict": {f"model.{k}": v for k, v in model.state_dict().items()}}, path)
-    return path
-
-
-def _seg_ckpt(path: Path, root: Path, loops: bool = False) -> Path:
-    cfg = load_config("deeplabv3_shapes", ["data.synthetic=false", f"data.root={root / 'VOC2012'}",
-                                           "model.width_mult=0.35", "model.num_classes=5", "data.num_workers=0",
-                                           "data.val_batch_size=3"])
-    model = build_from_config(cfg, pretrained=False)
-    for m in model.modules():  # logits of a fresh head are ~1e-8: their softmax ties; give them a real spread
-        if isinstance(m, torch.nn.Conv2d) and m.out_channels == 5:
-            torch.nn.init.normal_(m.weight, std=1e3)
-    ckpt = {"hyper_parameters": {"config": to_dict(cfg), "class_names": SHAPE_NAMES},
-            "state_dict": {f"model.{k}": v for k, v in model.state_dict().items()}}
-    if loops:
-        ckpt.update(loops={"fit_loop": {}}, global_step=0, epoch=0)
-    torch.save(ckpt, path)
-    return path
 
 
 def _corrupt(path: Path) -> None:

@@ -3,7 +3,6 @@ line naming the file, in bounded time and memory, never a traceback. A seeded fu
 file checks that nothing else comes out."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import pickle
 import random
@@ -22,25 +21,7 @@ from mnv2_vision.data import prepare
 from mnv2_vision.data.classification.datasets import Cifar10
 from mnv2_vision.errors import DataError
 
-ROOT = Path(__file__).resolve().parents[1]
-TOOLS = ROOT / "tools"
-
-
-def _tool(name: str):
-    spec = importlib.util.spec_from_file_location(f"fault_config_tool_{name}", TOOLS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def _fails(capsys, tool: str, argv: list[str], code: int = 2) -> str:
-    """Run ``tool`` in-process; it must exit with ``code`` and print exactly one line on stderr (no traceback)."""
-    with pytest.raises(SystemExit) as e:
-        _tool(tool).main(argv)
-    err = capsys.readouterr().err.splitlines()
-    lines = [line for line in err if line.startswith("error:")]
-    assert e.value.code == code and len(lines) == 1 and "Traceback" not in "\n".join(err), (e.value.code, err)
-    return lines[0]
+from helpers import ROOT, fails as _fails, tool as _tool
 
 
 # ---------------------------------------------------------------------------------------------- 8: config files

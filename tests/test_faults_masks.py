@@ -3,7 +3,6 @@ counts / size are of the wrong type, is reported by check_data and skipped (its 
 evaluation; it never reaches pycocotools, whose decoder reads past the string or leaves pixels uninitialised."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import logging
 import os
@@ -27,28 +26,12 @@ from mnv2_vision.data.masks import VOC20_CATEGORY_IDS, paint_semantic
 from mnv2_vision.data.segmentation.transforms import SegEvalTransform
 from mnv2_vision.data.voc import VOC_CLASSES
 
-ROOT = Path(__file__).resolve().parents[1]
-TOOLS = ROOT / "tools"
+from helpers import LogRecords as _Records, tool as _tool
+
 H, W = 48, 64
 CATS = [{"id": 1, "name": "person"}, {"id": 18, "name": "dog"}]
 VOC20 = {c: i + 1 for i, c in enumerate(VOC20_CATEGORY_IDS)}
 DOG_ID, DOG_BOX = 12, [30.0, 10.0, 28.0, 30.0]  # the dog's annotation id and box (x, y, w, h)
-
-
-def _tool(name: str):
-    spec = importlib.util.spec_from_file_location(f"fault_masks_tool_{name}", TOOLS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-class _Records(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.WARNING)
-        self.messages: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.messages.append(record.getMessage())
 
 
 @pytest.fixture()

@@ -5,12 +5,12 @@ detection model's metadata and a ``classes.json`` of each task: every mutation g
 from __future__ import annotations
 
 import copy
-import importlib.util
 import json
 import math
 import random
 import string
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +25,10 @@ from mnv2_vision.checkpoint import build_from_config
 from mnv2_vision.config import load_config, save_config, to_dict
 from mnv2_vision.errors import CheckpointError
 
-ROOT = Path(__file__).resolve().parents[1]
-TOOLS = ROOT / "tools"
+from helpers import fails, tool as _tool
+
+_fails = partial(fails, prefixes=("error: ",), alone=True)
+
 SHAPE_NAMES = ["background", "circle", "square", "star", "triangle"]
 CLASSES = {  # classes.json as train_det, train_seg and train_multitask write it
     "detection": {"category_ids": [1, 3, 4, 7], "category_names": SHAPE_NAMES[1:]},
@@ -38,22 +40,6 @@ METADATA_KEYS = ("model_name", "task", "producer", "input_name", "input_layout",
                  "pixel_scaling", "mean", "std", "config", "class_names", "category_ids", "resize", "box_format",
                  "detection_output", "box_coder_weights", "postprocess", "seg_class_names", "ignore_index",
                  "seg_output", "quantization")
-
-
-def _tool(name: str):
-    spec = importlib.util.spec_from_file_location(f"fault_tool_{name}", TOOLS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def _fails(capsys, tool: str, argv: list[str], code: int = 2) -> str:
-    """Run ``tool`` in-process; it must exit with ``code`` and print exactly one line on stderr (no traceback)."""
-    with pytest.raises(SystemExit) as e:
-        _tool(tool).main(argv)
-    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
-    assert e.value.code == code and len(err) == 1 and err[0].startswith("error: "), (e.value.code, err)
-    return err[0]
 
 
 def _config(task: str):

@@ -1,16 +1,15 @@
 """Issue #23, predict and the scoring tools: a symlink loop in a predict folder, one exit-status rule for skipped
 images, score thresholds that are not a number, predict's own outputs read back as inputs, an image too large for
-the memory. Helpers copied from ``test_faults.py``."""
+the memory."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import shutil
 import sys
+from functools import partial
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -23,25 +22,9 @@ from mnv2_vision.checkpoint import build_from_config
 from mnv2_vision.config import ConfigError, load_config, to_dict
 from mnv2_vision.data.synthetic import SHAPE_CLASSES, generate_shapes
 
-ROOT = Path(__file__).resolve().parents[1]
-TOOLS = ROOT / "tools"
-SHAPE_NAMES = ["background", "circle", "square", "star", "triangle"]
+from helpers import det_checkpoint as _det_ckpt, fails, seg_checkpoint as _seg_ckpt, tool as _tool
 
-
-def _tool(name: str):
-    spec = importlib.util.spec_from_file_location(f"fault_tool_{name}", TOOLS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def _fails(capsys, tool: str, argv: list[str], code: int = 2) -> str:
-    """Run ``tool`` in-process; it must exit with ``code`` and print exactly one line on stderr (no traceback)."""
-    with pytest.raises(SystemExit) as e:
-        _tool(tool).main(argv)
-    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith(("error:", "stopped:"))]
-    assert e.value.code == code and len(err) == 1, (e.value.code, err)
-    return err[0]
+_fails = partial(fails, prefixes=("error:", "stopped:"))
 
 
 def _console(capsys, monkeypatch, tool: str, argv: list[str]) -> tuple[int, list[str]]:
@@ -55,30 +38,6 @@ def _console(capsys, monkeypatch, tool: str, argv: list[str]) -> tuple[int, list
 def tiny(tmp_path_factory) -> Path:
     """2 train / 7 val shapes scenes in the COCO and VOC layouts, 2 val images per class in the ImageFolder one."""
     return generate_shapes(tmp_path_factory.mktemp("tiny"), num_train=2, num_val=7, num_cls_train=0, num_cls_val=2)
-
-
-def _det_ckpt(path: Path, root: Path) -> Path:
-    """A detection checkpoint as train_det writes it (random weights: these tests check files and counts)."""
-    cfg = load_config("ssdlite_shapes", ["data.synthetic=false", f"data.root={root / 'coco'}", "data.image_size=64",
-                                         "model.width_mult=0.35", "model.num_classes=5", "data.num_workers=0"])
-    model = build_from_config(cfg, pretrained=False)
-    torch.save({"hyper_parameters": {"config": to_dict(cfg), "category_ids": [1, 3, 4, 7],
-                                     "category_names": SHAPE_NAMES[1:]},
-                "state_dict": {f"model.{k}": v for k, v in model.state_dict().items()}}, path)
-    return path
-
-
-def _seg_ckpt(path: Path, root: Path) -> Path:
-    cfg = load_config("deeplabv3_shapes", ["data.synthetic=false", f"data.root={root / 'VOC2012'}",
-                                           "model.width_mult=0.35", "model.num_classes=5", "data.num_workers=0",
-                                           "data.val_batch_size=3"])
-    model = build_from_config(cfg, pretrained=False)
-    for m in model.modules():  # logits of a fresh head are ~1e-8: their softmax ties; give them a real spread
-        if isinstance(m, torch.nn.Conv2d) and m.out_channels == 5:
-            torch.nn.init.normal_(m.weight, std=1e3)
-    torch.save({"hyper_parameters": {"config": to_dict(cfg), "class_names": SHAPE_NAMES},
-                "state_dict": {f"model.{k}": v for k, v in model.state_dict().items()}}, path)
-    return path
 
 
 def _cls_ckpt(path: Path, root: Path) -> Path:

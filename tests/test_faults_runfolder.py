@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import builtins
 import errno
-import importlib.util
 import io
 import os
 import subprocess
@@ -21,8 +20,8 @@ from mnv2_vision.data.synthetic import generate_shapes
 from mnv2_vision.errors import RunFolderError
 from mnv2_vision.lit.runfolder import RunFolder
 
-ROOT = Path(__file__).resolve().parents[1]
-TOOLS = ROOT / "tools"
+from helpers import fails as _fails, tool as _tool
+
 SHAPE_NAMES = ["background", "circle", "square", "star", "triangle"]
 
 # The quickest real detection run: 8 shapes scenes at 64 px, one step per epoch.
@@ -30,23 +29,6 @@ TINY_DET = ["--cfg", "ssdlite_shapes", "--set", "data.subset=8", "--set", "data.
             "--set", "model.width_mult=0.35", "--set", "data.num_workers=0", "--set", "data.batch_size=8",
             "--set", "data.val_batch_size=8", "--set", "trainer.log_every_n_steps=1",
             "--set", "trainer.check_val_every_n_epoch=1"]
-
-
-def _tool(name: str):
-    spec = importlib.util.spec_from_file_location(f"runfolder_tool_{name}", TOOLS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def _fails(capsys, tool: str, argv: list[str], code: int = 2) -> str:
-    """Run ``tool`` in-process; it must exit with ``code`` and print exactly one line on stderr (no traceback)."""
-    with pytest.raises(SystemExit) as e:
-        _tool(tool).main(argv)
-    err = capsys.readouterr().err
-    lines = [line for line in err.splitlines() if line.startswith("error:")]
-    assert e.value.code == code and len(lines) == 1 and "Traceback" not in err, (e.value.code, err[-2000:])
-    return lines[0]
 
 
 def _dead_pid() -> int:

@@ -9,24 +9,22 @@ from mnv2_vision.models import build_model
 from mnv2_vision.models.weights import holds_whole_model
 
 
-def _save_lightning_style(model: torch.nn.Module, path) -> None:
-    # What tools/train_*.py write: the LightningModule holds the network as ``self.model``.
-    torch.save({"state_dict": {f"model.{k}": v for k, v in model.state_dict().items()}, "epoch": 3}, path)
-
-
-def _randomise_bn(model: torch.nn.Module) -> None:
-    for m in model.modules():
+def _trained(name: str, num_classes: int, path) -> torch.nn.Module:
+    """A "trained" ``name`` (seeded weights, non-trivial BN statistics) saved to ``path`` as tools/train_*.py write
+    it: the LightningModule holds the network as ``self.model``."""
+    torch.manual_seed(0)
+    trained = build_model(name, num_classes=num_classes, width_mult=0.35)
+    for m in trained.modules():
         if isinstance(m, torch.nn.BatchNorm2d):
             m.running_mean.uniform_(-1, 1)
             m.running_var.uniform_(0.5, 2)
+    torch.save({"state_dict": {f"model.{k}": v for k, v in trained.state_dict().items()}, "epoch": 3}, path)
+    return trained
 
 
 def test_detector_checkpoint_fine_tunes_to_new_classes(tmp_path, capsys):
-    torch.manual_seed(0)
-    trained = build_model("ssdlite320_mobilenet_v2", num_classes=5, width_mult=0.35)
-    _randomise_bn(trained)
     path = tmp_path / "det.ckpt"
-    _save_lightning_style(trained, path)
+    trained = _trained("ssdlite320_mobilenet_v2", 5, path)
     assert holds_whole_model(path)
 
     model = build_model("ssdlite320_mobilenet_v2", num_classes=3, width_mult=0.35, pretrained=str(path))
@@ -55,11 +53,8 @@ def test_detector_checkpoint_with_the_same_classes_loads_everything(tmp_path, ca
 
 
 def test_segmenter_checkpoint_fine_tunes_to_new_classes(tmp_path, capsys):
-    torch.manual_seed(0)
-    trained = build_model("deeplabv3_mobilenet_v2", num_classes=21, width_mult=0.35)
-    _randomise_bn(trained)
     path = tmp_path / "seg.ckpt"
-    _save_lightning_style(trained, path)
+    trained = _trained("deeplabv3_mobilenet_v2", 21, path)
     model = build_model("deeplabv3_mobilenet_v2", num_classes=5, width_mult=0.35, pretrained=str(path))
     src, own = trained.state_dict(), model.state_dict()
     for k, v in own.items():

@@ -3,7 +3,6 @@ segmentation-only combination), loss masking down to exact zero gradients, and e
 cross-checked against the training run's own validation."""
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -18,37 +17,19 @@ from mnv2_vision.deploy.onnx_export import read_metadata
 from mnv2_vision.data.classes import multitask_seg_class_names
 from mnv2_vision.lit.multitask import MultiTaskModule, build_mt_datamodule, resolve_mt_classes
 
-TOOLS = Path(__file__).resolve().parents[1] / "tools"
-TINY = ["--set", "data.subset=8", "--set", "data.image_size=96", "--set", "trainer.max_epochs=1",
-        "--set", "data.num_workers=0", "--set", "data.batch_size=4", "--set", "data.val_batch_size=4",
-        "--set", "model.width_mult=0.35", "--set", "trainer.check_val_every_n_epoch=1",
-        "--set", "trainer.log_every_n_steps=1"]
+from helpers import sets, tool as _tool, train
+
+TINY = sets("data.subset=8", "data.image_size=96", "trainer.max_epochs=1", "data.num_workers=0",
+            "data.batch_size=4", "data.val_batch_size=4", "model.width_mult=0.35",
+            "trainer.check_val_every_n_epoch=1", "trainer.log_every_n_steps=1")
 SHAPES = ["background", "circle", "square", "star", "triangle"]
 # The shapes' COCO boxes (detection-only, no masks) next to the same scenes' VOC label maps (segmentation-only).
 COMBINED = ["--set", "data.masks=null", "--set", "data.seg_root=shapes"]
 
 
-def _load(path: Path, name: str):
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def _tool(name: str):
-    return _load(TOOLS / f"{name}.py", f"mt_tool_{name}")
-
-
-def _test_helpers(name: str):
-    """Another test module's helpers (the kill/resume and DDP drivers), loaded by path."""
-    return _load(Path(__file__).with_name(f"{name}.py"), f"mt_helpers_{name}")
-
-
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, shapes_root):
-    out = tmp_path_factory.mktemp("train_mt")
-    result = _tool("train_multitask").main(["--cfg", "multitask_shapes", "--out", str(out), *TINY])
-    return out, result
+    return train(tmp_path_factory, "train_multitask", "multitask_shapes", TINY)
 
 
 def test_train_writes_checkpoints_config_and_both_metrics(trained):
@@ -277,7 +258,8 @@ RESUME_ARGS = ["--cfg", "multitask_shapes", "--set", "data.subset=6", "--set", "
 def test_killed_mid_epoch_resumes_exactly(tmp_path, shapes_root):
     """SIGKILL after step 4 (the 2nd epoch's 1st batch) and ``--resume last``: the same final weights, optimiser,
     schedule and loader position as an uninterrupted run, with both sources' augmentation seeded per sample."""
-    h = _test_helpers("test_resume")
+    import test_resume as h  # the kill/resume driver
+
     ref, run, at_kill = h._killed_and_uninterrupted("train_multitask", tmp_path, RESUME_ARGS, kill_at="4")
     assert (at_kill["epoch"], at_kill["global_step"]) == (1, 4)
     assert at_kill["loops"]["fit_loop"]["state_dict"]["combined_loader"] == [{"epoch": 1, "batches_done": 1}]
@@ -290,7 +272,8 @@ def test_killed_mid_epoch_resumes_exactly(tmp_path, shapes_root):
 def test_ddp_metrics_equal_single_process_evaluation(tmp_path, shapes_root):
     """2 CPU ranks (gloo): the mAP and mIoU logged by the distributed validation equal eval_det / eval_seg of the
     same checkpoint in one process, every validation image counted once."""
-    h = _test_helpers("test_ddp")
+    import test_ddp as h  # the DDP driver
+
     out = tmp_path / "mt"
     stdout = h._run_ddp("train_multitask", "multitask_shapes", out, "--set", "data.image_size=64",
                         "--set", "model.width_mult=0.35")

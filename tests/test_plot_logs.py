@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import csv
-import importlib.util
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,14 +9,7 @@ from PIL import Image
 
 from mnv2_vision.data.synthetic import generate_shapes
 
-TOOLS = Path(__file__).resolve().parents[1] / "tools"
-
-
-def _tool(name: str):
-    spec = importlib.util.spec_from_file_location(f"plot_logs_test_{name}", TOOLS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from helpers import tool as _tool
 
 
 @pytest.fixture(scope="module")

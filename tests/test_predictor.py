@@ -3,7 +3,6 @@ input kinds, EXIF orientation, batching, ``model.pt`` + config, and the ONNX Run
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import io
 import json
 from pathlib import Path
@@ -22,17 +21,11 @@ from mnv2_vision.data.io.images import load_rgb
 from mnv2_vision.deploy.onnx_export import match_detections
 from mnv2_vision.lit.detection import DetectionModule, build_det_datamodule, categories_from
 
-TOOLS = Path(__file__).resolve().parents[1] / "tools"
+from helpers import tool as _tool
+
 TINY = ["--set", "data.subset=8", "--set", "data.image_size=96", "--set", "trainer.max_epochs=2",
         "--set", "data.num_workers=0", "--set", "data.batch_size=4", "--set", "data.val_batch_size=4",
         "--set", "model.width_mult=0.35", "--set", "trainer.check_val_every_n_epoch=1"]
-
-
-def _tool(name: str):
-    spec = importlib.util.spec_from_file_location(f"predictor_tool_{name}", TOOLS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import http.server
-import importlib.util
 import io
 import json
 import pickle
@@ -32,7 +31,8 @@ from mnv2_vision.data.io.labels import voc_palette
 from mnv2_vision.data.voc import VOCSegmentation
 from mnv2_vision.lit.segmentation import build_seg_datamodule
 
-REPO = Path(__file__).resolve().parents[1]
+from helpers import tool as _tool
+
 
 # VOC-style ids. trainaug = (VOC train ∪ SBD train ∪ SBD val) − VOC val, worked out by hand: VOC val's two ids go
 # although SBD lists them (one in SBD train, one in SBD val); 2011_000001 exists only in SBD (its JPEG too).
@@ -65,15 +65,8 @@ def _palette_png(path: Path, label: np.ndarray) -> None:
     png.save(path)
 
 
-def _tool():
-    spec = importlib.util.spec_from_file_location("prepare_data_tool", REPO / "tools" / "prepare_data.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def run_tool(*argv: str | Path) -> int:
-    return _tool().main([str(a) for a in argv])
+    return _tool("prepare_data").main([str(a) for a in argv])
 
 
 def _register(monkeypatch, *archives: Path, url: str = "http://unused.invalid/") -> None:

@@ -2,7 +2,6 @@
 training tools killed with SIGKILL mid-epoch and resumed from ``last.ckpt`` against uninterrupted runs (issue #6)."""
 from __future__ import annotations
 
-import importlib.util
 import os
 import signal
 import subprocess
@@ -19,8 +18,8 @@ from mnv2_vision.data.resumable import ResumableDataLoader, ResumableSampler, sa
 from mnv2_vision.data.segmentation.datamodule import SegmentationDataModule
 from mnv2_vision.data.detection.transforms import detection_transform
 
-ROOT = Path(__file__).resolve().parents[1]
-TOOLS = ROOT / "tools"
+from helpers import ROOT, TOOLS, tool as _tool
+
 
 # A real process, really killed: run the tool, and SIGKILL it right after the N-th last.ckpt of global step STEP is
 # on disk (argument "STEP" or "STEP:N"; deterministic, no timing). The patch only adds the kill; the tool is unchanged.
@@ -334,9 +333,7 @@ def test_detection_killed_mid_epoch_resumes_exactly(det_runs):
 
 def test_resume_from_a_checkpoint_of_another_model_fails(det_runs, tmp_path, capsys):
     ref, _, _ = det_runs
-    train_det = importlib.util.spec_from_file_location("resume_train_det", TOOLS / "train_det.py")
-    module = importlib.util.module_from_spec(train_det)
-    train_det.loader.exec_module(module)
+    module = _tool("train_det")
     args = [a if a != "model.width_mult=0.35" else "model.width_mult=1.0" for a in DET_ARGS]  # other tensor shapes
     with pytest.raises(SystemExit) as e:  # one line naming the differing key, before Lightning loads anything
         module.main([*args, "--out", str(tmp_path / "wide"), "--resume", str(ref)])

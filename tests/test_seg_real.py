@@ -17,16 +17,12 @@ from mnv2_vision.eval.miou import ConfusionMatrix
 from mnv2_vision.models.deeplabv3 import deeplabv3_mobilenet_v2
 from mnv2_vision.ops.losses import seg_loss
 
+from helpers import real_data
+
 
 @pytest.fixture(scope="module")
 def voc_root() -> Path:
-    base = os.environ.get("MNV2_REAL_DATA")
-    if not base:
-        pytest.skip("MNV2_REAL_DATA is not set (folder holding voc_coco/VOC2012)")
-    root = Path(base) / "voc_coco" / "VOC2012"
-    if not root.is_dir():
-        pytest.skip(f"{root} does not exist")
-    return root
+    return real_data("voc_coco", "VOC2012") / "VOC2012"
 
 
 def test_voc_coco_splits_and_labels(voc_root):

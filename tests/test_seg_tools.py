@@ -1,7 +1,6 @@
 """CPU smoke tests of the segmentation tools on the built-in shapes data, with cross-checks between the tools."""
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -16,24 +15,15 @@ from mnv2_vision.data.io.labels import read_label
 from mnv2_vision.eval.miou import ConfusionMatrix
 from mnv2_vision.lit.segmentation import predict_probs, predict_segmentation
 
-TOOLS = Path(__file__).resolve().parents[1] / "tools"
-TINY = ["--set", "data.subset=2", "--set", "data.image_size=64", "--set", "trainer.max_epochs=1",
-        "--set", "data.num_workers=0", "--set", "data.batch_size=2", "--set", "data.val_batch_size=2",
-        "--set", "trainer.log_every_n_steps=1"]
+from helpers import sets, tool as _tool, train
 
-
-def _tool(name: str):
-    spec = importlib.util.spec_from_file_location(f"seg_tool_{name}", TOOLS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+TINY = sets("data.subset=2", "data.image_size=64", "trainer.max_epochs=1", "data.num_workers=0", "data.batch_size=2",
+            "data.val_batch_size=2", "trainer.log_every_n_steps=1")
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, shapes_root):
-    out = tmp_path_factory.mktemp("train_seg")
-    result = _tool("train_seg").main(["--cfg", "deeplabv3_shapes", "--out", str(out), *TINY])
-    return out, result
+    return train(tmp_path_factory, "train_seg", "deeplabv3_shapes", TINY)
 
 
 def test_train_seg_writes_checkpoints_config_and_weights(trained):
