@@ -379,8 +379,9 @@ def prepare(name: str, root: Path, archives: Path | None = None, *, retries: int
 _HEADINGS = {
     "missing_file": "missing file", "unreadable_image": "unreadable file", "unreadable_label": "unreadable file",
     "unreadable_file": "unreadable file", "label_mode": "label not a palette/grey PNG",
-    "mask_size_mismatch": "label size differs from its image", "mask_values": "label values outside the classes and 255",
-    "label_values": "label values outside the classes", "unreadable_annotations": "COCO JSON does not load",
+    "mask_size_mismatch": "label size differs from its image",
+    "mask_values": "label values outside the classes and 255", "label_values": "label values outside the classes",
+    "unreadable_annotations": "COCO JSON does not load",
     "orphan_annotation": "annotation of an unknown image", "unknown_category": "annotation of an unknown category",
     "malformed_cifar": "malformed CIFAR-10 file",
 }

@@ -202,7 +202,7 @@ def check_coco(root: str | os.PathLike, split: str, masks: bool | None = False,
                         f"{len(data['images'])} image(s) in it)")]
     images, anns = data["images"], data.get("annotations", [])
     if masks is None:
-        masks = any(a.get("segmentation") for a in anns if isinstance(a, dict))
+        masks = any(a.get("segmentation") for a in anns)
     if scanned is not None:
         scanned.append(f"{image_dir}: {len(images)} image(s), {len(anns)} annotation(s)"
                        + (" with masks" if masks else "") + f" ({ann_file.name})")
@@ -273,7 +273,12 @@ def check_imagefolder(root: str | os.PathLike, splits: Sequence[str],
         if not folder.is_dir():
             problems.append(Problem(str(folder), "missing_file", "split folder does not exist"))
             continue
-        classes, class_to_idx = find_classes(str(folder))
+        try:
+            classes, class_to_idx = find_classes(str(folder))
+        except FileNotFoundError:  # no class folder at all
+            problems.append(Problem(str(folder), "missing_file", "no class folder in it (expected <split>/<class>/"
+                                    "*.jpg)"))
+            continue
         samples = make_dataset(str(folder), class_to_idx, IMG_EXTENSIONS, allow_empty=True)
         if scanned is not None:
             scanned.append(f"{folder}: {len(samples)} image(s) in {len(classes)} class folder(s)")
