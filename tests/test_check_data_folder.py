@@ -123,6 +123,9 @@ def test_damaged_imagefolder_and_cifar(shapes, tmp_path, capsys):
     assert f"{folder / 'val' / 'hexagon'}\n  [empty_class]" in out
     assert f"{folder / 'val'}\n  [class_mismatch] classes differ from split 'train''s: missing [], extra ['hexagon']" \
         in out
+    (folder / "test").mkdir()  # a split asked for that holds no class folder
+    assert _check_data([str(folder), "--split", "test"]) == 1
+    assert f"{folder / 'test'}\n  [missing_file] no class folder in it" in capsys.readouterr().out
     base = _cifar(tmp_path / "cifar", test_labels=[3, 12])
     assert _check_data([str(tmp_path / "cifar")]) == 1
     assert f"{base / 'test_batch'}\n  [label_values] labels 3..12 outside 0..9" in capsys.readouterr().out
