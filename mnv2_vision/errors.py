@@ -6,7 +6,9 @@ would catch without knowing ours (``ValueError``, ``RuntimeError``).
 """
 from __future__ import annotations
 
-__all__ = ["UserError", "CheckpointError", "DataError", "RunFolderError"]
+import os
+
+__all__ = ["UserError", "CheckpointError", "DataError", "DatasetError", "ChecksumError", "RunFolderError"]
 
 
 class UserError(Exception):
@@ -23,6 +25,19 @@ class DataError(UserError, ValueError):
     """The data itself is unusable (no usable image, no annotations): exit status 1, as ``check_data`` uses."""
 
     exit_code = 1
+
+
+class DatasetError(DataError):
+    """A dataset's download, archive or source file (``tools/prepare_data.py``) is missing or not what it should be;
+    the message names it, and the tool adds where the archives come from."""
+
+
+class ChecksumError(DatasetError):
+    """An archive whose md5 is not the published one: damaged, truncated or another file."""
+
+    def __init__(self, path: str | os.PathLike, expected: str, actual: str, hint: str = ""):
+        super().__init__(f"checksum mismatch for {path}: expected md5 {expected}, got {actual}{hint}")
+        self.path, self.expected, self.actual = path, expected, actual
 
 
 class RunFolderError(UserError):

@@ -326,7 +326,8 @@ def _mutate(rng, data: dict) -> str:
 
 KNOWN_KINDS = {"missing_file", "unreadable_image", "unreadable_annotations", "size_mismatch", "orphan_annotation",
                "unknown_category", "malformed_box", "nonfinite_box", "negative_box", "degenerate_box",
-               "out_of_bounds_box", "polygon_outside_image", "mask_size_mismatch", "empty_mask", "malformed_mask"}
+               "out_of_bounds_box", "polygon_outside_image", "mask_size_mismatch", "empty_mask", "malformed_mask",
+               "malformed_iscrowd"}  # the last: #24, iscrowd other than 0 or 1
 
 
 @pytest.fixture(scope="module")

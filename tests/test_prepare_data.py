@@ -26,9 +26,10 @@ from mnv2_vision.config import load_config
 from mnv2_vision.data import prepare
 from mnv2_vision.data.classification import datasets as classification
 from mnv2_vision.data.coco import CocoDetection
-from mnv2_vision.data.prepare import Archive, ChecksumError, DatasetError
+from mnv2_vision.data.prepare import Archive
 from mnv2_vision.data.io.labels import voc_palette
 from mnv2_vision.data.voc import VOCSegmentation
+from mnv2_vision.errors import ChecksumError, DatasetError
 from mnv2_vision.lit.segmentation import build_seg_datamodule
 
 from helpers import tool as _tool

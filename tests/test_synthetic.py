@@ -254,3 +254,16 @@ def test_default_dataset_in_cache(shapes_root):
     assert meta["counts"]["train_images"] == 2000 and meta["counts"]["val_images"] == 96
     assert len(list((shapes_root / "classification/train/circle").glob("*.jpg"))) == 500
     assert ensure_shapes() == shapes_root
+
+
+def test_ensure_shapes_says_what_it_generates_once(tmp_path, tiny_generator, capsys):
+    """Generation takes ~40 s at the default size: one line when it starts (where, how many images, once), one when
+    it is done; a cached dataset is used without a word."""
+    root = ensure_shapes(tmp_path, seed=4)
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 2, lines
+    assert lines[0] == (f"generating the built-in shapes dataset (4,196 images) into {root}; this happens once, "
+                        "later runs reuse it")
+    assert lines[1].startswith("built-in shapes dataset ready in ") and lines[1].endswith(" s")
+    assert ensure_shapes(tmp_path, seed=4) == root and len(tiny_generator) == 1
+    assert capsys.readouterr() == ("", "")

@@ -11,7 +11,8 @@ import sys
 from pathlib import Path
 
 from mnv2_vision.commands.cli import add_debug_flag, exit_status, guarded
-from mnv2_vision.data.prepare import ARCHIVES, DATASETS, STEPS, DatasetError, prepare, verify
+from mnv2_vision.data.prepare import ARCHIVES, DATASETS, STEPS, prepare, verify
+from mnv2_vision.errors import DatasetError
 
 ROOTS = """what --root is (the folder a config's data.root names):
   coco        the folder that becomes data/coco: train2017/, val2017/, annotations/instances_{train,val}2017.json

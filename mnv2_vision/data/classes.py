@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 
 from ..config import Config, ConfigError
+from ..errors import DataError
 from . import resolve_root
 from .coco import annotation_file
 from .synthetic import SHAPE_CLASSES
@@ -34,15 +35,19 @@ def segmentation_class_names(cfg: Config) -> tuple[str, ...]:
 
 
 def coco_category_names(cfg: Config) -> list[str]:
-    """The category names of ``cfg.data``'s COCO training annotation file, sorted by id (the label order)."""
+    """The category names of ``cfg.data``'s COCO training annotation file, sorted by id (the label order); a file
+    whose categories cannot be read is a ``DataError`` naming it."""
     path = annotation_file(resolve_root(cfg.data), cfg.data.train_split)
     if not path.is_file():
         raise FileNotFoundError(f"COCO annotation file not found: {path}")
     try:
-        cats = json.loads(path.read_text())["categories"]
-        return [str(c["name"]) for c in sorted(cats, key=lambda c: c["id"])]
-    except (ValueError, KeyError, TypeError) as e:
-        raise ValueError(f"cannot read the categories of {path}: {type(e).__name__}: {e}") from e
+        cats = json.loads(path.read_bytes())["categories"]
+        names = [str(c["name"]) for c in sorted(cats, key=lambda c: c["id"])]
+    except (ValueError, KeyError, TypeError) as e:  # not JSON, no "categories", entries without id / name
+        raise DataError(f"cannot read the categories of {path}: {type(e).__name__}: {e}") from e
+    if not names:
+        raise DataError(f"{path} defines no categories")
+    return names
 
 
 def multitask_seg_class_names(cfg: Config) -> tuple[str, ...]:

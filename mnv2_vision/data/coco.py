@@ -3,7 +3,9 @@
 Label map: the annotation file's category ids, sorted, become contiguous labels ``1..C`` (0 = background), so
 COCO's ids 1..90 with gaps give labels 1..80 and ``num_classes = C + 1``. The map is inverted at the evaluation edge
 (``label_to_category_id``). Crowd regions (``iscrowd = 1``) are never training targets: COCOeval treats them as
-"ignore" regions on its own. Images without objects are kept, with boxes of shape ``(0, 4)``.
+"ignore" regions on its own. An ``iscrowd`` other than 0 or 1 (the string ``"0"``, 2, null) is read as 0, with one
+warning naming the annotations (``check_data`` lists them). Images without objects are kept, with boxes of shape
+``(0, 4)``.
 """
 from __future__ import annotations
 
@@ -30,7 +32,7 @@ from .io.images import load_rgb
 from .masks import mask_label_map, paint_semantic
 from .resumable import seed_sample
 
-__all__ = ["coco_structure_problems", "CocoDetection", "check_coco_layout", "area_of", "annotation_file"]
+__all__ = ["coco_structure_problems", "crowd_flag", "CocoDetection", "check_coco_layout", "area_of", "annotation_file"]
 
 log = logging.getLogger("mnv2_vision")
 
@@ -81,6 +83,26 @@ def coco_structure_problems(data: object) -> list[str]:
     return problems
 
 
+def crowd_flag(value: object) -> bool | None:
+    """An annotation's ``iscrowd`` as a bool: 1 or true is a crowd, 0 or false is not; None for anything else (a
+    string, 2, null), which JSON allows and Python's truth would read as a crowd."""
+    if isinstance(value, (bool, int, float)) and value in (0, 1):
+        return bool(value)
+    return None
+
+
+def _normalise_crowd_flags(data: dict, path: Path) -> None:
+    """Set each ``iscrowd`` that is neither 0 nor 1 to 0 (not a crowd), so that training, the masks and COCOeval
+    (which read it by truth value) agree; one warning names the annotations."""
+    bad = [a for a in data.get("annotations", []) if crowd_flag(a.get("iscrowd", 0)) is None]
+    if bad:
+        log.warning("%s: annotation(s) %s have iscrowd %s, neither 0 nor 1; read as 0 (not a crowd). "
+                    "tools/check_data.py lists every one", path, [a.get("id") for a in bad[:10]]
+                    + (["..."] if len(bad) > 10 else []), sorted({repr(a["iscrowd"]) for a in bad})[:5])
+        for a in bad:
+            a["iscrowd"] = 0
+
+
 def annotation_file(root: str | os.PathLike, split: str) -> Path:
     return Path(root) / "annotations" / f"instances_{split}.json"
 
@@ -108,6 +130,7 @@ def _quiet_coco(path: Path) -> COCO:
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
         raise DataError(f"cannot read COCO annotations {path}: {problems[0]}{more}; tools/check_data.py lists "
                         "every one")
+    _normalise_crowd_flags(data, path)
     coco = COCO()
     coco.dataset = data
     with contextlib.redirect_stdout(io.StringIO()):

@@ -5,13 +5,12 @@ Every step is idempotent and atomic. An archive downloads to ``<name>.part`` (re
 gets its final name only once its md5 matches. It extracts into a temporary folder under the root whose members are
 renamed into place at the end, so a final folder exists only when it is complete and an interrupted step is simply
 redone. A step whose outputs already exist is skipped without needing its archive, so folders extracted by other
-means work as they are. ``verify`` checks a finished tree: counts against docs/datasets.md, every listed id's image and
-label, label values, COCO JSON references.
+means work as they are. ``verify`` checks a finished tree: counts against docs/datasets.md, and ``data/verify.py``'s
+checks of every listed id's image (its header) and label, label values, COCO JSON references, CIFAR-10 batches.
 """
 from __future__ import annotations
 
 import http.client
-import json
 import os
 import shutil
 import sys
@@ -32,23 +31,16 @@ from torchvision.datasets.utils import calculate_md5
 from torchvision.datasets.voc import DATASET_YEAR_DICT
 from tqdm import tqdm
 
-from ..errors import DataError
+from ..errors import ChecksumError, DatasetError
+from ..files import write_text
 from .io.labels import voc_palette
+from .verify import (Problem, check_cifar, check_flowers, coco_reference_problems, image_problem,
+                     read_coco_annotations, voc_item_problems)
 
 __all__ = [
-    "Archive", "Step", "ARCHIVES", "EXPECTED_COUNTS", "DATASETS", "ChecksumError", "DatasetError", "download",
-    "fetch_archive", "prepare", "voc_devkit", "voc_trainaug_ids", "read_sbd_label", "convert_sbd", "verify",
+    "Archive", "Step", "ARCHIVES", "EXPECTED_COUNTS", "DATASETS", "download", "fetch_archive", "prepare",
+    "voc_devkit", "voc_trainaug_ids", "read_sbd_label", "convert_sbd", "verify",
 ]
-
-
-class DatasetError(RuntimeError):
-    """A dataset file or archive is missing or not what it should be; the message names it."""
-
-
-class ChecksumError(DatasetError):
-    def __init__(self, path: Path, expected: str, actual: str, hint: str = ""):
-        super().__init__(f"checksum mismatch for {path}: expected md5 {expected}, got {actual}{hint}")
-        self.path, self.expected, self.actual = path, expected, actual
 
 
 @dataclass(frozen=True)
@@ -282,12 +274,6 @@ def _read_ids(path: Path) -> list[str]:
     return [line.split()[0] for line in path.read_text().splitlines() if line.strip()]
 
 
-def _write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def voc_trainaug_ids(voc_train: Iterable[str], voc_val: Iterable[str], sbd_train: Iterable[str],
                      sbd_val: Iterable[str]) -> list[str]:
     """(VOC train ∪ SBD train ∪ SBD val) − VOC val, sorted: 10,582 ids on the real data (docs/datasets.md#archives)."""
@@ -347,7 +333,7 @@ def convert_sbd(devkit: Path) -> int:
     if final.exists():  # left by a run interrupted before trainaug.txt was written: replace it whole
         shutil.rmtree(final)
     os.replace(tmp, final)
-    _write_text_atomic(sets / "trainaug.txt", "".join(f"{i}\n" for i in ids))  # written last: marks the step done
+    write_text(sets / "trainaug.txt", "".join(f"{i}\n" for i in ids))  # written last: marks the step done
     _say(f"trainaug: {len(ids):,} ids ({len(ids) - from_sbd:,} VOC labels, {from_sbd:,} converted from SBD; "
          f"{EXPECTED_COUNTS['voc']['trainaug']:,} expected on the full data)")
     return len(ids)
@@ -388,6 +374,21 @@ def prepare(name: str, root: Path, archives: Path | None = None, *, retries: int
 
 
 # ----------------------------------------------------------------------------------------------------- verify
+# How the report names each kind of Problem (data/verify.py): a heading, and one item's text where it is not
+# "<file>: <detail>". A dataset's verifier names its missing files itself ("missing image", "missing label", ...).
+_HEADINGS = {
+    "missing_file": "missing file", "unreadable_image": "unreadable file", "unreadable_label": "unreadable file",
+    "unreadable_file": "unreadable file", "label_mode": "label not a palette/grey PNG",
+    "mask_size_mismatch": "label size differs from its image",
+    "mask_values": "label values outside the classes and 255", "label_values": "label values outside the classes",
+    "unreadable_annotations": "COCO JSON does not load",
+    "orphan_annotation": "annotation of an unknown image", "unknown_category": "annotation of an unknown category",
+    "malformed_cifar": "malformed CIFAR-10 file",
+}
+_ITEMS = {"missing_file": "{file}", "label_mode": "{file} (mode {value})", "mask_values": "{file}: {value}",
+          "label_values": "{file}: {value}"}
+
+
 class _Report:
     """Collects count lines and problems grouped by kind (a few examples each, so a broken tree stays readable)."""
 
@@ -405,8 +406,14 @@ class _Report:
     def num_problems(self) -> int:
         return self.bad_counts + sum(map(len, self.problems.values()))
 
-    def problem(self, kind: str, item: str) -> None:
-        self.problems.setdefault(kind, []).append(item)
+    def problem(self, heading: str, item: str) -> None:
+        self.problems.setdefault(heading, []).append(item)
+
+    def add(self, problems: Iterable[Problem], **headings: str) -> None:
+        """Add ``problems`` under their kind's heading; ``headings`` (kind=heading) names them in this context."""
+        for p in problems:
+            item = _ITEMS.get(p.kind, "{file}: {detail}").format(file=p.file, detail=p.detail, value=p.value)
+            self.problem(headings.get(p.kind) or _HEADINGS.get(p.kind, p.kind.replace("_", " ")), item)
 
     def text(self) -> str:
         out = list(self.lines)
@@ -417,26 +424,8 @@ class _Report:
         return "\n".join(out)
 
 
-def _check_label(report: _Report, label: Path, image: Path, allowed: np.ndarray) -> None:
-    try:
-        with Image.open(label) as png, Image.open(image) as jpg:
-            if png.mode not in ("P", "L"):  # an RGB label holds colours, not class indices
-                report.problem("label not a palette/grey PNG", f"{label} (mode {png.mode})")
-                return
-            if png.size != jpg.size:
-                report.problem("label size differs from its image", f"{label} {png.size} vs {jpg.size}")
-            values = np.unique(np.asarray(png))
-    except OSError as err:
-        report.problem("unreadable file", f"{label} or {image}: {err}")
-        return
-    bad = values[~np.isin(values, allowed)]
-    if bad.size:
-        report.problem("label values outside the classes and 255", f"{label}: {bad.tolist()}")
-
-
 def _verify_voc(devkit: Path, report: _Report, expected: dict[str, int]) -> None:
     voc = devkit / "VOC2012"
-    allowed = np.array([*range(VOC_NUM_CLASSES), 255])
     for split, label_dir in (("train", "SegmentationClass"), ("val", "SegmentationClass"),
                              ("trainaug", "SegmentationClassAug")):
         id_file = voc / "ImageSets/Segmentation" / f"{split}.txt"
@@ -448,14 +437,10 @@ def _verify_voc(devkit: Path, report: _Report, expected: dict[str, int]) -> None
             continue
         ids = _read_ids(id_file)
         report.count(f"VOC {split} ids", len(ids), expected.get(split))
-        for image_id in ids:
-            image, label = voc / "JPEGImages" / f"{image_id}.jpg", voc / label_dir / f"{image_id}.png"
-            if not image.is_file():
-                report.problem("missing image", str(image))
-            if not label.is_file():
-                report.problem("missing label", str(label))
-            if image.is_file() and label.is_file():
-                _check_label(report, label, image, allowed)
+        for image_id in ids:  # the image's header only: a full decode of 13,000 images is check_data's job
+            image_problems, label_problems = voc_item_problems(voc, image_id, label_dir, VOC_NUM_CLASSES, decode=False)
+            report.add(image_problems, missing_file="missing image")
+            report.add(label_problems, missing_file="missing label")
 
 
 def _verify_coco(root: Path, report: _Report, expected: dict[str, int]) -> None:
@@ -465,73 +450,37 @@ def _verify_coco(root: Path, report: _Report, expected: dict[str, int]) -> None:
             report.problem("missing image folder", str(folder))
         else:
             report.count(f"{split}/*.jpg files", sum(1 for _ in folder.glob("*.jpg")), expected.get(split))
-        try:
-            data = json.loads(ann_file.read_text(encoding="utf-8"))
-            images, anns, cats = data["images"], data["annotations"], data["categories"]
-        except (OSError, ValueError, KeyError, TypeError) as err:
-            report.problem("COCO JSON does not load", f"{ann_file}: {err!r}")
+        data, problems = read_coco_annotations(ann_file)
+        report.add(problems, missing_file="COCO JSON does not load")
+        if data is None:
             continue
-        report.count(f"{split} JSON images", len(images), expected.get(split))
-        try:
-            for image in images:
-                if not (folder / image["file_name"]).is_file():
-                    report.problem("JSON image entry whose file is absent",
-                                   f"id {image['id']}: {folder / image['file_name']}")
-            image_ids, cat_ids = {image["id"] for image in images}, {cat["id"] for cat in cats}
-            for ann in anns:
-                if ann["image_id"] not in image_ids:
-                    report.problem("annotation of an unknown image", f"{ann_file.name} ann {ann['id']}")
-                if ann["category_id"] not in cat_ids:
-                    report.problem("annotation of an unknown category", f"{ann_file.name} ann {ann['id']}")
-        except (KeyError, TypeError) as err:
-            report.problem("malformed COCO JSON", f"{ann_file}: entry without {err}")
+        report.count(f"{split} JSON images", len(data["images"]), expected.get(split))
+        for image in data["images"]:  # headers only: 118,000 full decodes are check_data's job
+            problem, _ = image_problem(folder / image["file_name"], decode=False)
+            if problem is not None and problem.kind == "missing_file":
+                report.problem("JSON image entry whose file is absent", f"id {image['id']}: {problem.file}")
+            elif problem is not None:
+                report.add([problem])
+        report.add(coco_reference_problems(data, ann_file, folder))
 
 
 def _verify_flowers(root: Path, report: _Report, expected: dict[str, int]) -> None:
-    base = root / "flowers-102"
-    report.count("flowers-102/jpg images", sum(1 for _ in (base / "jpg").glob("*.jpg")), expected.get("images"))
-    try:
-        labels = np.ravel(scipy.io.loadmat(base / "imagelabels.mat")["labels"])
-        setid = scipy.io.loadmat(base / "setid.mat")
-    except (OSError, ValueError, KeyError) as err:
-        report.problem("unreadable .mat file", f"{base}: {err!r}")
-        return
-    report.count("labels in imagelabels.mat", labels.size, expected.get("images"))
-    if labels.size and (labels.min() < 1 or labels.max() > FLOWERS_NUM_CLASSES):
-        report.problem("label values outside the classes", f"imagelabels.mat: {labels.min()}..{labels.max()}")
-    for split, key in (("train", "trnid"), ("val", "valid"), ("test", "tstid")):
-        ids = np.ravel(setid[key])
-        report.count(f"Flowers102 {split} ids", ids.size, expected.get(split))
-        for i in ids:
-            if not (base / "jpg" / f"image_{i:05d}.jpg").is_file():
-                report.problem("missing image", str(base / "jpg" / f"image_{i:05d}.jpg"))
+    counts: dict[str, int] = {}
+    problems = check_flowers(root, counts)
+    names = {"images": "flowers-102/jpg images", "labels": "labels in imagelabels.mat"}
+    for key, n in counts.items():
+        report.count(names.get(key, f"Flowers102 {key} ids"), n, expected.get("images" if key == "labels" else key))
+    report.add(problems, missing_file="missing image", unreadable_file="unreadable .mat file")
 
 
 def _verify_cifar(root: Path, report: _Report, expected: dict[str, int]) -> None:
-    from .classification.datasets import read_cifar_images, read_cifar_label_names
-
-    base = root / CIFAR10.base_folder
-    for split, files in (("train", CIFAR10.train_list), ("test", CIFAR10.test_list)):
-        n = 0
-        for name, _ in files:
-            try:  # the readers of training: a planted payload is refused, a malformed batch is one DataError
-                _, labels = read_cifar_images(base / name)
-            except OSError as err:
-                report.problem("missing or unreadable file", f"{base / name}: {err!r}")
-                continue
-            except DataError as err:
-                report.problem("malformed CIFAR-10 file", str(err))
-                continue
-            n += len(labels)
-            if labels and (min(labels) < 0 or max(labels) > 9):
-                report.problem("label values outside the classes", f"{base / name}: {min(labels)}..{max(labels)}")
-        report.count(f"CIFAR-10 {split} images", n, expected.get(split))
-    try:
-        report.count("CIFAR-10 class names in batches.meta", len(read_cifar_label_names(base / "batches.meta")), 10)
-    except OSError as err:
-        report.problem("missing or unreadable file", f"{base / 'batches.meta'}: {err!r}")
-    except DataError as err:
-        report.problem("malformed CIFAR-10 file", str(err))
+    counts: dict[str, int] = {}
+    problems = check_cifar(root, counts=counts)
+    for split in ("train", "test"):
+        report.count(f"CIFAR-10 {split} images", counts[split], expected.get(split))
+    if "class names" in counts:
+        report.count("CIFAR-10 class names in batches.meta", counts["class names"], 10)
+    report.add(problems, missing_file="missing or unreadable file", unreadable_file="missing or unreadable file")
 
 
 _VERIFIERS: dict[str, Callable[[Path, _Report, dict[str, int]], None]] = {
@@ -540,7 +489,10 @@ _VERIFIERS: dict[str, Callable[[Path, _Report, dict[str, int]], None]] = {
 
 
 def verify(name: str, root: Path) -> tuple[str, int]:
-    """Check dataset ``name`` under ``root`` (as in ``prepare``) without downloading; returns (report, problems)."""
+    """Check dataset ``name`` under ``root`` (as in ``prepare``) without downloading; returns (report, problems).
+
+    The report has a line per count (against ``EXPECTED_COUNTS``) and per kind of problem (``data/verify.py``'s
+    checks: every listed id's image and label, label values, COCO JSON references, CIFAR-10 batches)."""
     if name not in _VERIFIERS:
         raise ValueError(f"unknown dataset {name!r}; expected one of {DATASETS}")
     root = voc_devkit(root) if name == "voc" else Path(root)

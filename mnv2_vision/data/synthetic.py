@@ -21,6 +21,8 @@ import io
 import json
 import os
 import shutil
+import sys
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +37,7 @@ from .io.labels import voc_palette
 
 __all__ = [
     "SHAPE_CLASSES", "CATEGORY_IDS", "VERSION", "ShapeObject", "Scene", "render_scene",
-    "render_classification_image", "generate_shapes", "ensure_shapes", "default_cache_dir",
+    "render_classification_image", "generate_shapes", "ensure_shapes", "default_cache_dir", "DEFAULT_COUNTS",
 ]
 
 VERSION = 2  # 2: 2,000 training scenes and 500 classification images per class (was 480 / 100)
@@ -54,6 +56,8 @@ _REL_SIZE = (0.08, 0.6)
 _MAX_OCCLUSION = 0.3  # an earlier object must keep >= 70 % of its pixels visible
 _NEGATIVE_EVERY = 20  # scene index i with i % 20 == 1 has no objects (so even 2-scene splits hold a negative)
 _MIN_BG_CONTRAST = 110.0  # RGB distance between an object's colour and the background's mean colour
+# What ensure_shapes writes into the cache (and main's defaults): detection scenes per split, images per class
+DEFAULT_COUNTS = {"num_train": 2000, "num_val": 96, "num_cls_train": 500, "num_cls_val": 25}
 
 
 def _unit_shape(name: str) -> np.ndarray:
@@ -286,8 +290,9 @@ def _write_detection_splits(root: Path, seed: int, counts: dict[str, int]) -> di
     return stats
 
 
-def generate_shapes(root: Path, *, seed: int = 0, num_train: int = 2000, num_val: int = 96, num_cls_train: int = 500,
-                    num_cls_val: int = 25) -> Path:
+def generate_shapes(root: Path, *, seed: int = 0, num_train: int = DEFAULT_COUNTS["num_train"],
+                    num_val: int = DEFAULT_COUNTS["num_val"], num_cls_train: int = DEFAULT_COUNTS["num_cls_train"],
+                    num_cls_val: int = DEFAULT_COUNTS["num_cls_val"]) -> Path:
     """Write the shapes dataset (COCO, VOC 2012 and ImageFolder layouts plus ``meta.json``) into ``root``.
 
     Args:
@@ -358,6 +363,12 @@ def ensure_shapes(cache_dir: Path | None = None, seed: int = 0) -> Path:
         for stale in cache.glob(f".{name}.tmp-*"):  # we hold the lock, so these are leftovers of interrupted runs
             shutil.rmtree(stale, ignore_errors=True)
         tmp = cache / f".{name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        c = DEFAULT_COUNTS
+        images = c["num_train"] + c["num_val"] + (c["num_cls_train"] + c["num_cls_val"]) * len(SHAPE_CLASSES)
+        # ~40 s of silence would look like a hang: say what happens, and that it happens once
+        print(f"generating the built-in shapes dataset ({images:,} images) into {final}; this happens once, later "
+              "runs reuse it", file=sys.stderr, flush=True)
+        start = time.perf_counter()
         try:
             generate_shapes(tmp, seed=seed)
             os.replace(tmp, final)
@@ -369,6 +380,7 @@ def ensure_shapes(cache_dir: Path | None = None, seed: int = 0) -> Path:
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
+        print(f"built-in shapes dataset ready in {time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
     return final
 
 
@@ -377,7 +389,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--root", type=Path, help="output folder; default: the cache folder used by ensure_shapes "
                         "(which always holds the default counts)")
     parser.add_argument("--seed", type=int, default=0)
-    counts = {"num_train": 2000, "num_val": 96, "num_cls_train": 500, "num_cls_val": 25}
+    counts = DEFAULT_COUNTS
     for key, default in counts.items():
         parser.add_argument("--" + key.replace("_", "-"), type=int, default=default, help="needs --root")
     args = parser.parse_args(argv)
