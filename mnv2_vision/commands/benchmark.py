@@ -38,6 +38,7 @@ from typing import Sequence
 import torch
 
 from mnv2_vision.commands.cli import add_debug_flag, exit_status, guarded, require_extra
+from mnv2_vision.config import EvalCfg
 from mnv2_vision.perf import network as bench
 from mnv2_vision.deploy.fuse import fold_batchnorm, fuse_for_inference
 from mnv2_vision.files import write_json
@@ -45,6 +46,7 @@ from mnv2_vision.perf.coco_eval import coco_eval_benchmark
 from mnv2_vision.perf.data import data_benchmark, format_data_benchmark
 from mnv2_vision.perf.timing import matmul_madd_rate, time_round_robin
 from mnv2_vision.models import build_model
+from mnv2_vision.ops.postprocess import PostprocessSettings
 from mnv2_vision.perf.complexity import count_madds, count_params
 
 try:  # the deploy extra (onnx, onnxruntime): without it main() names the install command instead of a traceback
@@ -69,8 +71,7 @@ def _ort_variants(name: str, wrapper, size: tuple[int, int], calib, tmp: Path) -
 def _latency_table(args, tmp: Path) -> tuple[list[dict], dict, dict]:
     from mnv2_vision.data.synthetic import SHAPE_CLASSES, ensure_shapes
 
-    pp = dict(score_thresh=args.score_thresh, nms_iou=args.nms_iou, topk_candidates=args.topk,
-              detections_per_img=args.detections)
+    pp = PostprocessSettings(args.score_thresh, args.nms_iou, args.topk, args.detections)
     mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
     shapes = ensure_shapes()
     det, seg = build_model("ssdlite320_mobilenet_v2").eval(), build_model("deeplabv3_mobilenet_v2").eval()
@@ -79,7 +80,7 @@ def _latency_table(args, tmp: Path) -> tuple[list[dict], dict, dict]:
     det_calib = detection_calibration(shapes / "coco", "train2017", args.det_size, mean, std, args.calib_images)
     seg_calib = segmentation_calibration(shapes / "VOC2012", "train", mean, std, args.calib_images,
                                          1 + len(SHAPE_CLASSES))
-    det_ort = _ort_variants("det", DetectionExport(det, sd, "nms", **pp), sd, det_calib, tmp)
+    det_ort = _ort_variants("det", DetectionExport(det, sd, "nms", pp), sd, det_calib, tmp)
     seg_ort = _ort_variants("seg", SegmentationExport(seg), ss, seg_calib, tmp)
     groups = {  # model → (input, module, {variant: runner})
         "ssdlite320_mobilenet_v2": (xd, det, {
@@ -124,10 +125,10 @@ def _latency_table(args, tmp: Path) -> tuple[list[dict], dict, dict]:
         for r in breakdown[name]:
             if r["madds"] is not None:
                 r.update(floor_ms=r["madds"] / rate * 1e3, of_matmul_rate=r["gmadds_per_s"] * 1e9 / rate)
-    return rows, {"matmul_gmadds_per_s": rate / 1e9, "postprocess": pp}, breakdown
+    return rows, {"matmul_gmadds_per_s": rate / 1e9, "postprocess": pp.as_dict()}, breakdown
 
 
-def _multitask_groups(args, pp: dict, tmp: Path, calib) -> dict:
+def _multitask_groups(args, pp: PostprocessSettings, tmp: Path, calib) -> dict:
     """The pair and the two single-task models it replaces, at the pair's input size: random α = 1 models at
     ``--det-size`` (91 COCO / 21 VOC classes), or ``--mt-ckpt``'s network next to single-task models of its width and
     class counts at its training size."""
@@ -148,7 +149,7 @@ def _multitask_groups(args, pp: dict, tmp: Path, calib) -> dict:
         det, seg = build_model("ssdlite320_mobilenet_v2").eval(), build_model("deeplabv3_mobilenet_v2").eval()
     x = torch.randn(1, 3, size, size)
     s2 = (size, size)
-    pair_onnx = export_onnx(MultiTaskExport(pair, s2, "nms", **pp), tmp / "pair.onnx", s2, {})
+    pair_onnx = export_onnx(MultiTaskExport(pair, s2, "nms", pp), tmp / "pair.onnx", s2, {})
     seg_onnx = export_onnx(SegmentationExport(seg), tmp / "seg_pair_size.onnx", s2, {})
     groups = {f"{MULTITASK} ({pair.sharing}){tag}": (x, pair, {
         "eager": bench.detection_runner(pair, x, pp),
@@ -158,7 +159,7 @@ def _multitask_groups(args, pp: dict, tmp: Path, calib) -> dict:
             "eager": bench.segmentation_runner(seg, x), "fused": bench.segmentation_runner(fuse_for_inference(seg), x),
             "onnxruntime fp32": bench.ort_runner(ort_session(seg_onnx, args.threads), x)})}
     if args.mt_ckpt:  # the default detector row is α = 1 at --det-size: time the matching one here
-        det_onnx = export_onnx(DetectionExport(det, s2, "nms", **pp), tmp / "det_pair_size.onnx", s2, {})
+        det_onnx = export_onnx(DetectionExport(det, s2, "nms", pp), tmp / "det_pair_size.onnx", s2, {})
         groups[f"ssdlite320_mobilenet_v2{tag}"] = (x, det, {
             "eager": bench.detection_runner(det, x, pp),
             "fused": bench.detection_runner(fuse_for_inference(det), x, pp, fast_nms=True),
@@ -256,10 +257,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
     p.add_argument("--calib-images", type=int, default=32, help="training images for int8 calibration")
     p.add_argument("--det-ckpt", action="append", default=[], help="trained detector: int8 mAP change (repeatable)")
     p.add_argument("--seg-ckpt", action="append", default=[], help="trained segmenter: int8 mIoU change (repeatable)")
-    p.add_argument("--score-thresh", type=float, default=0.001)
-    p.add_argument("--nms-iou", type=float, default=0.6)
-    p.add_argument("--topk", type=int, default=400)
-    p.add_argument("--detections", type=int, default=100)
+    p.add_argument("--score-thresh", type=float, default=EvalCfg.score_thresh)
+    p.add_argument("--nms-iou", type=float, default=EvalCfg.nms_iou)
+    p.add_argument("--topk", type=int, default=EvalCfg.topk_candidates)
+    p.add_argument("--detections", type=int, default=EvalCfg.detections_per_img)
     p.add_argument("--json", default="runs/benchmark.json")
     p.add_argument("--quiet", action="store_true", help="hide the export tool's output")
     args = add_debug_flag(p).parse_args(argv)
@@ -310,7 +311,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         candidates = bench.TRAIN_CANDIDATES if args.peers else ("ours", "ours NCHW")
         result["training_images_per_s"] = bench.isolated_training_throughput(
             candidates, args.train_batch, args.det_size, args.train_rounds, args.train_steps, threads=args.threads,
-            postprocess=floor["postprocess"])
+            postprocess=PostprocessSettings.from_dict(floor["postprocess"]))
         ips = result["training_images_per_s"]
         if "peer" in ips:
             result["ratios"]["ssdlite training images/s, ours / torchvision ssdlite320_mobilenet_v3_large"] = (
