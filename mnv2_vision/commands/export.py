@@ -174,12 +174,12 @@ def _accuracy(cfg, hparams, model, kind, size, pp, out_dir: Path, calib, args) -
     # same network, quantised with the same calibration images.
     raw = export_onnx(DetectionExport(model, size, "raw"), out_dir / "eval_raw.onnx", size, {}, args.opset)
     raw_int8 = quantize_int8(raw, out_dir / "eval_raw_int8.onnx", calib)
-    ids, names = categories_from(hparams)
+    ids, _ = categories_from(hparams)
     dm = build_det_datamodule(cfg, category_ids=ids)
     k = model.num_classes
     models = {"pytorch": model, "onnx_fp32": ev.OrtDetector(ort_session(raw, args.threads), k),
               "onnx_int8": ev.OrtDetector(ort_session(raw_int8, args.threads), k)}
-    out = {name: ev.evaluate_detection(m, dm, ids, names, cfg.eval) for name, m in models.items()}
+    out = {name: ev.evaluate_detection(m, dm, ids, pp, cfg.eval.coco_evaluator) for name, m in models.items()}
     raw.unlink()
     raw_int8.unlink()
     return out
