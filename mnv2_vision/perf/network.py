@@ -1,5 +1,5 @@
-"""Building blocks of ``tools/benchmark.py``: end-to-end inference callables, torchvision peers, training-step and
-data-pipeline throughput, and the memory-efficient-mode table.
+"""Building blocks of ``tools/benchmark.py``: end-to-end inference callables, torchvision peers and training-step
+throughput.
 
 Every latency is "preprocessed tensor in, final result out" at batch 1: detection ends at the final boxes (the same
 score threshold, per-class top-k, NMS IoU and detection count for every model), segmentation at the logits upsampled
@@ -17,13 +17,11 @@ from torch import Tensor, nn
 from ..ops.boxes import BoxCoder
 from ..ops.losses import ssd_multibox_loss
 from ..ops.postprocess import PostprocessSettings, postprocess_detections
-from ..deploy.memory import memory_efficient
-from .memory import peak_memory_bytes
 from .timing import time_round_robin
 
 __all__ = ["detection_runner", "segmentation_runner", "ort_runner", "torchvision_peers", "synthetic_targets",
            "TRAIN_CANDIDATES", "training_steps", "training_throughput", "isolated_training_throughput",
-           "memory_rows"]
+           "format_training_throughput"]
 
 
 def detection_runner(model: nn.Module, x: Tensor, postprocess: PostprocessSettings,
@@ -207,25 +205,14 @@ def isolated_training_throughput(candidates: Sequence[str] = TRAIN_CANDIDATES, b
     return {c: batch / float(np.median(v)) for c, v in samples.items()}
 
 
-@torch.inference_mode()
-def memory_rows(model: nn.Module, x: Tensor, chunks: tuple[int, ...] = (1, 2, 6)) -> list[dict[str, Any]]:
-    """Peak tensor memory of one forward of ``model`` with its inverted residuals in k expansion chunks, and the
-    largest output difference from k = 1 (absolute, and relative to the largest output magnitude)."""
-    ref = None
-    rows = []
-    for k in chunks:
-        m = memory_efficient(model, k)
-        out = m(x)
-        peak = peak_memory_bytes(lambda: m(x))
-        if ref is None:
-            ref = out
-        diff = max(float((out[key] - ref[key]).abs().max()) for key in ref)
-        scale = max(float(ref[key].abs().max()) for key in ref)
-        rows.append({"chunks": k, "peak_mib": peak / 2 ** 20, "max_abs_diff": diff, "max_rel_diff": diff / scale})
-    base = rows[0]["peak_mib"]
-    for r in rows:
-        r["reduction"] = 1.0 - r["peak_mib"] / base
-    return rows
+def format_training_throughput(ips: dict[str, float], batch: int, size: int) -> str:
+    """``isolated_training_throughput``'s images/s as printed by ``tools/benchmark.py``."""
+    text = (f"training step, batch {batch} at {size}², images/s, each candidate in a process of its own (ours: "
+            f"channels-last, as DetectionModule trains on a CPU; peer: torchvision's default layout): "
+            + ", ".join(f"{k} {v:.2f}" for k, v in ips.items()))
+    if "peer" in ips:
+        text += f"\n  ours / torchvision: {ips['ours'] / ips['peer']:.2f}"
+    return text
 
 
 if __name__ == "__main__":  # one training candidate in a fresh process, for isolated_training_throughput
