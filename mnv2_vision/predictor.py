@@ -23,7 +23,7 @@ import os
 import threading
 import warnings
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
@@ -33,6 +33,7 @@ from torch import Tensor, nn
 
 from .data.io.decode import EncodedImage, to_rgb
 from .errors import CheckpointError, UserError
+from .ops.postprocess import PostprocessSettings, postprocess_detections, resize_boxes
 
 __all__ = ["load", "Predictor", "IMAGE_SUFFIXES", "expand_inputs", "check_score_thresh"]
 
@@ -91,16 +92,14 @@ class _Spec:
     std: tuple[float, float, float]
     names: list[str]  # index = label (0 = background)
     category_ids: list[int]  # label i ↔ category_ids[i - 1] (detection)
-    postprocess: dict[str, Any]
+    postprocess: PostprocessSettings | None  # detection and multitask
     mask_names: list[str]  # segmentation label i's name (segmentation: = names; multitask: the mask head's)
 
 
 def _spec_from_config(cfg: Any, hparams: dict[str, Any]) -> _Spec:
     from .data.classes import segmentation_class_names
 
-    e = cfg.eval
-    pp = {"score_thresh": e.score_thresh, "nms_iou": e.nms_iou, "topk_candidates": e.topk_candidates,
-          "detections_per_img": e.detections_per_img}
+    pp = None if cfg.task == "segmentation" else PostprocessSettings.from_eval(cfg.eval)
     ids = [int(c) for c in hparams.get("category_ids", [])]
     mask_names: list[str] = []
     if cfg.task == "multitask":
@@ -126,7 +125,7 @@ def _spec_from_metadata(meta: Mapping[str, Any]) -> _Spec:
     detection = meta["task"] != "segmentation"
     return _Spec(meta["task"], int(meta["input_size"][0]), tuple(float(v) for v in meta["mean"]),
                  tuple(float(v) for v in meta["std"]), names, list(meta["category_ids"]) if detection else [],
-                 dict(meta["postprocess"]) if detection else {}, mask_names)
+                 PostprocessSettings.from_dict(meta["postprocess"]) if detection else None, mask_names)
 
 
 # ---------------------------------------------------------------------------------------------- backends
@@ -387,22 +386,20 @@ class Predictor:
 
     def _detect(self, x: Tensor, sizes: list[tuple[int, int]], score_thresh: float | None,
                 probs: bool = False) -> list[dict[str, Any]]:
-        from .ops.postprocess import postprocess_detections, resize_boxes
-
-        pp = dict(self.spec.postprocess)
+        pp = self.spec.postprocess
         if score_thresh is not None:
-            pp["score_thresh"] = float(score_thresh)
+            pp = replace(pp, score_thresh=float(score_thresh))
         size = tuple(x.shape[-2:])
         out = self.backend(x, fixed_shape=True)
         if "cls_logits" in out:
             anchors = out["anchors"][0] if "anchors" in out else self.backend.anchors(size)
             dets = postprocess_detections(out["cls_logits"].float(), out["bbox_regression"].float(),
-                                          anchors.to(out["cls_logits"].device), self._coder, size, sizes, **pp)
+                                          anchors.to(out["cls_logits"].device), self._coder, size, sizes, pp)
         else:  # an ONNX export with NMS in the graph: boxes in network-input pixels, padded rows
             dets = []
             for i, s in enumerate(sizes):
                 n = int(out["num_detections"][i])
-                keep = out["scores"][i, :n] > pp["score_thresh"]
+                keep = out["scores"][i, :n] > pp.score_thresh
                 dets.append({"boxes": resize_boxes(out["boxes"][i, :n][keep], size, s),
                              "scores": out["scores"][i, :n][keep], "labels": out["labels"][i, :n][keep]})
         results = []

@@ -1,10 +1,15 @@
 """Box coder and SSD matcher with hand-computed values and edge cases."""
 import math
+from dataclasses import replace
 
 import pytest
 import torch
 
+from mnv2_vision.config import EvalCfg
 from mnv2_vision.ops.boxes import BoxCoder, match_anchors
+from mnv2_vision.ops.postprocess import PostprocessSettings
+
+DEFAULTS = PostprocessSettings.from_eval(EvalCfg())  # the config's eval.* defaults
 
 
 def test_encode_hand_computed():
@@ -100,7 +105,7 @@ def test_postprocess_maps_boxes_to_original_pixels():
     logits = _logits_for([[0.1, 0.9, 0.0], [0.2, 0.0, 0.8], [0.3, 0.7, 0.0]])
     regression = torch.zeros(1, 3, 4)  # boxes decode to the anchors themselves
     # Network input 320×320, original H = 640, W = 480: x × 1.5, y × 2. The third box is clipped at x = 320 first.
-    det = postprocess_detections(logits[None], regression, anchors, BoxCoder(), (320, 320), [(640, 480)])[0]
+    det = postprocess_detections(logits[None], regression, anchors, BoxCoder(), (320, 320), [(640, 480)], DEFAULTS)[0]
     torch.testing.assert_close(det["scores"], torch.tensor([0.9, 0.8, 0.7]))
     assert det["labels"].tolist() == [1, 2, 1] and det["labels"].dtype == torch.int64
     torch.testing.assert_close(det["boxes"], torch.tensor([
@@ -115,15 +120,18 @@ def test_postprocess_nms_threshold_and_limit():
                             [200.0, 200.0, 220.0, 220.0]])
     logits = _logits_for([[0.1, 0.9, 0.0], [0.2, 0.8, 0.0], [0.4, 0.0, 0.6], [0.95, 0.05, 0.0]])
     args = (logits[None], torch.zeros(1, 4, 4), anchors, BoxCoder(), (320, 320), [(320, 320)])
-    det = postprocess_detections(*args)[0]
+    det = postprocess_detections(*args, DEFAULTS)[0]
     # per-class NMS: the class-1 duplicate (0.8) goes, the class-2 twin (0.6) and the far box (0.05) stay
     torch.testing.assert_close(det["scores"], torch.tensor([0.9, 0.6, 0.05]))
     assert det["labels"].tolist() == [1, 2, 1]
-    assert postprocess_detections(*args, nms_iou=0.9)[0]["scores"].tolist() == pytest.approx([0.9, 0.8, 0.6, 0.05])
-    assert postprocess_detections(*args, score_thresh=0.5)[0]["scores"].tolist() == pytest.approx([0.9, 0.6])
-    assert postprocess_detections(*args, detections_per_img=1)[0]["scores"].tolist() == pytest.approx([0.9])
+    def scores(**settings) -> list[float]:
+        return postprocess_detections(*args, replace(DEFAULTS, **settings))[0]["scores"].tolist()
+
+    assert scores(nms_iou=0.9) == pytest.approx([0.9, 0.8, 0.6, 0.05])
+    assert scores(score_thresh=0.5) == pytest.approx([0.9, 0.6])
+    assert scores(detections_per_img=1) == pytest.approx([0.9])
     # top-k per class: with 1 candidate per class, class 1 keeps only a0 before NMS
-    assert postprocess_detections(*args, topk_candidates=1)[0]["scores"].tolist() == pytest.approx([0.9, 0.6])
+    assert scores(topk_candidates=1) == pytest.approx([0.9, 0.6])
 
 
 def test_postprocess_empty_and_batch():
@@ -131,7 +139,8 @@ def test_postprocess_empty_and_batch():
 
     anchors = torch.tensor([[0.0, 0.0, 10.0, 10.0]])
     logits = _logits_for([[1.0, 0.0, 0.0]])[None].expand(2, 1, 3)  # background only
-    dets = postprocess_detections(logits, torch.zeros(2, 1, 4), anchors, BoxCoder(), (32, 32), [(32, 32), (64, 64)])
+    dets = postprocess_detections(logits, torch.zeros(2, 1, 4), anchors, BoxCoder(), (32, 32), [(32, 32), (64, 64)],
+                                  DEFAULTS)
     assert len(dets) == 2 and all(d["boxes"].shape == (0, 4) for d in dets)
     with pytest.raises(ValueError, match="original sizes"):
-        postprocess_detections(logits, torch.zeros(2, 1, 4), anchors, BoxCoder(), (32, 32), [(32, 32)])
+        postprocess_detections(logits, torch.zeros(2, 1, 4), anchors, BoxCoder(), (32, 32), [(32, 32)], DEFAULTS)

@@ -15,7 +15,8 @@ from mnv2_vision.data.coco import CocoDetection
 from mnv2_vision.data.detection.transforms import detection_transform
 from mnv2_vision.eval.coco import STAT_NAMES, evaluate_coco, format_coco_stats, to_coco_results
 from mnv2_vision.ops.boxes import BoxCoder
-from mnv2_vision.ops.postprocess import postprocess_detections
+from mnv2_vision.config import EvalCfg
+from mnv2_vision.ops.postprocess import PostprocessSettings, postprocess_detections
 
 
 def _gt(annotations: list[dict], num_images: int = 2) -> COCO:
@@ -114,7 +115,8 @@ def test_oracle_outputs_through_postprocess_score_one(shapes_root):
             logits[0, best, 0] = -10.0
             logits[0, best, t["labels"]] = 10.0
             reg[0, best] = coder.encode(t["boxes"], anchors[best])
-        dets += postprocess_detections(logits, reg, anchors, coder, (160, 160), [t["orig_size"]])
+        dets += postprocess_detections(logits, reg, anchors, coder, (160, 160), [t["orig_size"]],
+                                       PostprocessSettings.from_eval(EvalCfg()))
         ids.append(t["image_id"])
     s = evaluate_coco(ds.coco, to_coco_results(dets, ids, ds.category_ids), image_ids=ds.ids)
     assert s["map"] == pytest.approx(1.0)

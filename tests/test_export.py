@@ -15,13 +15,13 @@ from mnv2_vision.deploy.onnx_export import (DetectionExport, ParityError, Segmen
 from mnv2_vision.deploy.quantize import quantize_int8
 from mnv2_vision.models import build_model
 from mnv2_vision.ops.boxes import BoxCoder
-from mnv2_vision.ops.postprocess import postprocess_detections
+from mnv2_vision.ops.postprocess import PostprocessSettings, postprocess_detections
 
 from helpers import tool as _tool
 from test_fuse import randomise_bn
 
 SIZE = (128, 128)
-PP = dict(score_thresh=0.05, nms_iou=0.5, topk_candidates=50, detections_per_img=20)
+PP = PostprocessSettings(score_thresh=0.05, nms_iou=0.5, topk_candidates=50, detections_per_img=20)
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +39,7 @@ def det_onnx(detector, tmp_path_factory):
     path = tmp_path_factory.mktemp("onnx") / "det.onnx"
     meta = {"model_name": "ssdlite320_mobilenet_v2", "input_size": list(SIZE), "mean": [0.485, 0.456, 0.406],
             "class_names": ["background", "a", "b", "c", "d"]}
-    return export_onnx(DetectionExport(detector, SIZE, "nms", **PP), path, SIZE, meta)
+    return export_onnx(DetectionExport(detector, SIZE, "nms", PP), path, SIZE, meta)
 
 
 def test_nms_graph_matches_postprocess_with_dynamic_batch(detector, det_onnx):
@@ -47,11 +47,11 @@ def test_nms_graph_matches_postprocess_with_dynamic_batch(detector, det_onnx):
     for batch in (1, 3):
         x = torch.randn(batch, 3, *SIZE)
         boxes, scores, labels, counts = session.run(None, {"images": x.numpy()})
-        assert boxes.shape == (batch, PP["detections_per_img"], 4) and labels.dtype == np.int64
+        assert boxes.shape == (batch, PP.detections_per_img, 4) and labels.dtype == np.int64
         with torch.no_grad():
             raw = detector(x)
         ref = postprocess_detections(raw["cls_logits"], raw["bbox_regression"], detector.anchors(SIZE), BoxCoder(),
-                                     SIZE, [SIZE] * batch, **PP)
+                                     SIZE, [SIZE] * batch, PP)
         for i, r in enumerate(ref):
             n = int(counts[i])
             assert n == len(r["scores"]) and n > 0

@@ -86,9 +86,11 @@ def test_wrapper_delegates_model_api():
     (0.1, dict(topk_candidates=500, detections_per_img=300)),  # needs several prefix doublings
 ])
 def test_fast_postprocess_equals_postprocess(logit_scale, settings):
-    from mnv2_vision.deploy.postprocess import fast_postprocess_detections
+    from dataclasses import replace
+
+    from mnv2_vision.config import EvalCfg
     from mnv2_vision.ops.boxes import BoxCoder
-    from mnv2_vision.ops.postprocess import postprocess_detections
+    from mnv2_vision.ops.postprocess import PostprocessSettings, postprocess_detections
 
     g = torch.Generator().manual_seed(0)
     xy = torch.rand(500, 2, generator=g) * 100
@@ -96,7 +98,8 @@ def test_fast_postprocess_equals_postprocess(logit_scale, settings):
     cls_logits = torch.randn(2, 500, 21, generator=g) * logit_scale
     bbox_regression = torch.randn(2, 500, 4, generator=g) * 0.5
     args = (cls_logits, bbox_regression, anchors, BoxCoder(), (128, 128), [(128, 128), (300, 200)])
-    ref, fast = postprocess_detections(*args, **settings), fast_postprocess_detections(*args, **settings)
+    pp = replace(PostprocessSettings.from_eval(EvalCfg()), **settings)
+    ref, fast = postprocess_detections(*args, pp), postprocess_detections(*args, pp, prefix_nms=True)
     assert len(ref[0]["scores"]) > 0
     for r, f in zip(ref, fast):
         for key in ("boxes", "scores", "labels"):

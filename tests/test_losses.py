@@ -1,12 +1,14 @@
 """SSD multibox loss on logits built so that every per-anchor loss is known in closed form."""
 import math
+from dataclasses import replace
 
 import pytest
 import torch
 
+from mnv2_vision.config import EvalCfg
 from mnv2_vision.ops.boxes import BoxCoder, match_anchors
 from mnv2_vision.ops.losses import ssd_multibox_loss
-from mnv2_vision.ops.postprocess import postprocess_detections
+from mnv2_vision.ops.postprocess import PostprocessSettings, postprocess_detections
 
 NUM_ANCHORS = 20
 # 20 disjoint 8×8 anchors in a row: a ground truth equal to an anchor matches it and nothing else.
@@ -118,8 +120,8 @@ def test_perfect_predictions_give_zero_box_loss_and_recover_boxes():
     out = ssd_multibox_loss(logits[None], regression[None], anchors, [gt], coder)
     assert out["loss_box"].item() == pytest.approx(0.0, abs=1e-6)
     assert out["loss_cls"].item() < 1e-6
-    det = postprocess_detections(logits[None], regression[None], anchors, coder, (64, 64), [(64, 64)],
-                                 score_thresh=0.5)[0]
+    settings = replace(PostprocessSettings.from_eval(EvalCfg()), score_thresh=0.5)
+    det = postprocess_detections(logits[None], regression[None], anchors, coder, (64, 64), [(64, 64)], settings)[0]
     assert sorted(det["labels"].tolist()) == [1, 2]
     order = det["labels"].argsort(descending=True)
     torch.testing.assert_close(det["boxes"][order], gt["boxes"], atol=1e-3, rtol=0)

@@ -85,15 +85,14 @@ def _evaluation_path(model, image: np.ndarray, cfg) -> tuple[dict, np.ndarray]:
     from mnv2_vision.data.detection.transforms import detection_transform
     from mnv2_vision.lit.multitask import segment_targets
     from mnv2_vision.ops.boxes import BoxCoder
-    from mnv2_vision.ops.postprocess import postprocess_detections
+    from mnv2_vision.ops.postprocess import PostprocessSettings, postprocess_detections
 
     tf = detection_transform("none", False, cfg.data.image_size, cfg.data.mean, cfg.data.std)
     x = tf(image, np.zeros((0, 4), np.float32), np.zeros((0,), np.int64))[0][None]
     out = model(x)
-    size, orig, e = tuple(x.shape[-2:]), tuple(image.shape[:2]), cfg.eval
+    size, orig = tuple(x.shape[-2:]), tuple(image.shape[:2])
     det = postprocess_detections(out["cls_logits"], out["bbox_regression"], model.anchors(size, x.device), BoxCoder(),
-                                 size, [orig], score_thresh=e.score_thresh, nms_iou=e.nms_iou,
-                                 topk_candidates=e.topk_candidates, detections_per_img=e.detections_per_img)[0]
+                                 size, [orig], PostprocessSettings.from_eval(cfg.eval))[0]
     return det, segment_targets(model, x, [orig], logits=out["out"])[0].to(torch.uint8).numpy()
 
 

@@ -32,6 +32,7 @@ from mnv2_vision.files import output_folder, save_torch, write_json
 from mnv2_vision.lit.detection import build_det_datamodule, categories_from
 from mnv2_vision.data.classes import segmentation_class_names
 from mnv2_vision.lit.segmentation import build_seg_datamodule
+from mnv2_vision.ops.postprocess import PostprocessSettings
 from mnv2_vision.perf.timing import time_round_robin
 from mnv2_vision.version import __version__
 
@@ -47,18 +48,18 @@ except ImportError as e:
 
 
 def _metadata(cfg, hparams, kind: str, size: tuple[int, int], wrapper) -> dict:
+    """What the ONNX file carries in ``metadata_props``: preprocessing, labels and, for a detector, the wrapper's
+    output mode, box coder and post-processing settings (a raw-mode export's runtime applies them itself)."""
     meta = {"model_name": cfg.model.name, "task": kind, "producer": f"mnv2_vision {__version__}",
             "input_name": "images", "input_layout": "NCHW", "input_size": list(size), "color_order": "RGB",
             "pixel_scaling": "x / 255, then (x - mean) / std per channel", "mean": list(cfg.data.mean),
             "std": list(cfg.data.std), "config": to_dict(cfg)}
     if kind in ("detection", "multitask"):
         ids, names = categories_from(hparams)
-        e = cfg.eval
         meta.update(class_names=["background", *names], category_ids=ids, resize="plain resize to input_size",
                     box_format="xyxy, pixels of the network input (scale by original / input_size)",
                     detection_output=wrapper.mode, box_coder_weights=list(wrapper.coder.weights),
-                    postprocess={"score_thresh": e.score_thresh, "nms_iou": e.nms_iou,
-                                 "topk_candidates": e.topk_candidates, "detections_per_img": e.detections_per_img})
+                    postprocess=wrapper.postprocess.as_dict())
         if kind == "multitask":
             meta.update(seg_class_names=list(hparams.get("class_names") or []), ignore_index=255,
                         seg_output="logits (N, K, H, W) at input_size: upsample to the original image, then argmax")
@@ -118,11 +119,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
     if kind == "multitask" and args.int8:
         raise SystemExit("error: --int8 covers single-task checkpoints; export the pair in fp32 (its accuracy check "
                          "would need both metrics per precision)")
-    e = cfg.eval
-    pp = dict(score_thresh=e.score_thresh, nms_iou=e.nms_iou, topk_candidates=e.topk_candidates,
-              detections_per_img=e.detections_per_img)
+    pp = PostprocessSettings.from_eval(cfg.eval)
     boxes = kind in ("detection", "multitask")
-    wrapper = (MultiTaskExport if kind == "multitask" else DetectionExport)(model, size, args.detection_output, **pp) \
+    wrapper = (MultiTaskExport if kind == "multitask" else DetectionExport)(model, size, args.detection_output, pp) \
         if boxes else SegmentationExport(model)
     meta, target = _metadata(cfg, hparams, kind, size, wrapper), str(out_dir / "model.onnx")
     # what load would refuse is refused before anything is written, naming where the value comes from
@@ -173,14 +172,14 @@ def _accuracy(cfg, hparams, model, kind, size, pp, out_dir: Path, calib, args) -
         return {k: ev.evaluate_segmentation(m, dm, names) for k, m in models.items()}
     # The mAP path is the validation loop's (raw outputs → postprocess_detections), so score raw-mode exports of the
     # same network, quantised with the same calibration images.
-    raw = export_onnx(DetectionExport(model, size, "raw", **pp), out_dir / "eval_raw.onnx", size, {}, args.opset)
+    raw = export_onnx(DetectionExport(model, size, "raw"), out_dir / "eval_raw.onnx", size, {}, args.opset)
     raw_int8 = quantize_int8(raw, out_dir / "eval_raw_int8.onnx", calib)
-    ids, names = categories_from(hparams)
+    ids, _ = categories_from(hparams)
     dm = build_det_datamodule(cfg, category_ids=ids)
     k = model.num_classes
     models = {"pytorch": model, "onnx_fp32": ev.OrtDetector(ort_session(raw, args.threads), k),
               "onnx_int8": ev.OrtDetector(ort_session(raw_int8, args.threads), k)}
-    out = {name: ev.evaluate_detection(m, dm, ids, names, cfg.eval) for name, m in models.items()}
+    out = {name: ev.evaluate_detection(m, dm, ids, pp, cfg.eval.coco_evaluator) for name, m in models.items()}
     raw.unlink()
     raw_int8.unlink()
     return out

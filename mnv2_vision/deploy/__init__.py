@@ -1,7 +1,6 @@
-"""Deployment and speed: fused inference (``fuse``), memory-efficient inverted residuals (``memory``), ONNX export
-with the ONNX Runtime parity check (``onnx_export``), int8 quantisation (``quantize``), accuracy of exported models
-(``evaluate``), the fused path's post-processing (``postprocess``) and the model benchmark's parts (``bench``; its
-timing helpers are in ``perf/timing.py``).
+"""What ships: fused inference (``fuse``), memory-efficient inverted residuals (``memory``), ONNX export with the ONNX
+Runtime parity check (``onnx_export``), int8 quantisation (``quantize``) and the exported model's metadata
+(``metadata``). Measuring them is ``perf/``'s business; nothing here imports it.
 
-``onnx_export``, ``quantize`` and ``evaluate`` need the ``deploy`` extra (onnx, onnxruntime); the rest only torch.
+``onnx_export`` and ``quantize`` need the ``deploy`` extra (onnx, onnxruntime); the rest only torch.
 """

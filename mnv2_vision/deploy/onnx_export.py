@@ -32,7 +32,7 @@ from torchvision.ops import clip_boxes_to_image, nms
 from ..errors import CheckpointError
 from ..files import atomic_write, temp_name
 from ..ops.boxes import BoxCoder
-from ..ops.postprocess import postprocess_detections
+from ..ops.postprocess import PostprocessSettings, postprocess_detections
 from .metadata import decode_props, encode_props
 
 __all__ = [
@@ -83,31 +83,33 @@ class DetectionExport(nn.Module):
         model: returns ``{"cls_logits", "bbox_regression"}`` and offers ``anchors(size)``.
         image_size: network input ``(H, W)``; fixed, since the anchors depend on it.
         mode: ``"nms"`` or ``"raw"``.
-        score_thresh, nms_iou, topk_candidates, detections_per_img: as in ``postprocess_detections``.
+        postprocess: the settings of ``postprocess_detections``: the ``"nms"`` graph applies them (required there);
+            a ``"raw"`` export leaves them to the runtime, which finds them in the metadata (``tools/export.py``).
         coder: the box coder used in training.
     """
 
-    def __init__(self, model: nn.Module, image_size: tuple[int, int], mode: str = "nms", score_thresh: float = 0.001,
-                 nms_iou: float = 0.6, topk_candidates: int = 400, detections_per_img: int = 100,
-                 coder: BoxCoder | None = None) -> None:
+    def __init__(self, model: nn.Module, image_size: tuple[int, int], mode: str,
+                 postprocess: PostprocessSettings | None = None, coder: BoxCoder | None = None) -> None:
         super().__init__()
         if mode not in DETECTION_MODES:
             raise ValueError(f"detection export mode must be one of {DETECTION_MODES}, got {mode!r}")
+        if mode == "nms" and postprocess is None:
+            raise ValueError("the 'nms' detection export needs its post-processing settings (postprocess)")
         self.model, self.mode = model, mode
         self.image_size = (int(image_size[0]), int(image_size[1]))
         anchors = model.anchors(self.image_size).clone()
         self.register_buffer("anchors", anchors, persistent=False)
         self.coder = coder or BoxCoder()
-        self.score_thresh, self.nms_iou = float(score_thresh), float(nms_iou)
-        self.topk_candidates, self.detections_per_img = int(topk_candidates), int(detections_per_img)
-        num_classes = model.num_classes - 1
-        self.k = min(self.topk_candidates, anchors.shape[0])
-        cls = torch.arange(num_classes).repeat_interleave(self.k)  # (C·k,): class of each candidate, in order
-        grid = math.ceil(math.sqrt(num_classes))
-        h, w = self.image_size
-        ox, oy = (cls % grid).float() * (w + 1), (cls // grid).float() * (h + 1)
-        self.register_buffer("labels", cls + 1, persistent=False)
-        self.register_buffer("offsets", torch.stack([ox, oy, ox, oy], dim=1), persistent=False)  # (C·k, 4)
+        self.postprocess = postprocess
+        if postprocess is not None:  # each candidate's class, and the offset that moves it to its class's tile
+            num_classes = model.num_classes - 1
+            self.k = min(int(postprocess.topk_candidates), anchors.shape[0])
+            cls = torch.arange(num_classes).repeat_interleave(self.k)  # (C·k,): class of each candidate, in order
+            grid = math.ceil(math.sqrt(num_classes))
+            h, w = self.image_size
+            ox, oy = (cls % grid).float() * (w + 1), (cls // grid).float() * (h + 1)
+            self.register_buffer("labels", cls + 1, persistent=False)
+            self.register_buffer("offsets", torch.stack([ox, oy, ox, oy], dim=1), persistent=False)  # (C·k, 4)
 
     def forward(self, images: Tensor) -> tuple[Tensor, ...]:
         return self.detections(self.model(images), images)
@@ -117,6 +119,8 @@ class DetectionExport(nn.Module):
         if self.mode == "raw":
             # Per image (a view), since the tracer cannot make a constant a graph output.
             return raw["cls_logits"], raw["bbox_regression"], self.anchors.expand(images.shape[0], -1, -1)
+        p = self.postprocess
+        score_thresh, max_keep = float(p.score_thresh), int(p.detections_per_img)
         scores = torch.softmax(raw["cls_logits"], dim=-1)[..., 1:].transpose(1, 2)  # (N, C, A), background dropped
         boxes = clip_boxes_to_image(self.coder.decode(raw["bbox_regression"], self.anchors), self.image_size)
         n, a, ck = scores.shape[0], scores.shape[2], self.labels.shape[0]
@@ -126,14 +130,14 @@ class DetectionExport(nn.Module):
         # Row gathers from the flattened batch (ONNX Gather), cheaper than GatherElements on expanded indices.
         rows = torch.arange(n, device=images.device).unsqueeze(1)
         cand_boxes = boxes.reshape(n * a, 4)[idx.reshape(n, ck) + rows * a]  # (N, C·k, 4)
-        selected = _MultiClassNMS.apply(cand_boxes + self.offsets, cand_scores.unsqueeze(1), self.detections_per_img,
-                                        self.nms_iou, self.score_thresh)  # (M, 3): image, 0, candidate
+        selected = _MultiClassNMS.apply(cand_boxes + self.offsets, cand_scores.unsqueeze(1), max_keep,
+                                        float(p.nms_iou), score_thresh)  # (M, 3): image, 0, candidate
         flat = selected[:, 0] * ck + selected[:, 2]
         kept = torch.zeros(n * ck, dtype=scores.dtype).scatter(0, flat, 1.0).view(n, ck) > 0
         kept_scores = torch.where(kept, cand_scores, torch.full_like(cand_scores, -1.0))
-        d = min(self.detections_per_img, ck)
+        d = min(max_keep, ck)
         det_scores, det_idx = kept_scores.topk(d, dim=1)  # (N, D): the survivors, best first
-        valid = det_scores > self.score_thresh
+        valid = det_scores > score_thresh
         labels = torch.where(valid, self.labels[det_idx], torch.zeros_like(det_idx))
         det_boxes = cand_boxes.reshape(n * ck, 4)[det_idx + rows * ck]
         det_boxes = det_boxes * valid.unsqueeze(-1).to(det_boxes.dtype)
@@ -301,14 +305,15 @@ def _segmentation_parity(path: str | Path, got: np.ndarray, ref: Tensor, atol: f
 
 @torch.no_grad()
 def check_parity(path: str | Path, model: nn.Module, kind: str, images: Tensor, *, mode: str = "nms",
-                 atol: float = 1e-4, rtol: float = 1e-4, postprocess: dict[str, Any] | None = None,
+                 atol: float = 1e-4, rtol: float = 1e-4, postprocess: PostprocessSettings | None = None,
                  threads: int = 2) -> dict[str, Any]:
     """Run the ONNX file and the PyTorch ``model`` (eval mode) on ``images`` and raise ``ParityError`` on a mismatch.
 
     Raw tensors (segmentation logits, detection logits, offsets, anchors) must agree within
     ``atol + rtol · max |reference|`` (max absolute difference; 1e-4 for outputs of unit scale). Detection in
     ``"nms"`` mode must give the same detections as ``postprocess_detections`` on the PyTorch outputs with the same
-    ``postprocess`` settings (ties handled by ``match_detections``). Returns the measured differences.
+    ``postprocess`` settings (required there; ties handled by ``match_detections``). Returns the measured
+    differences.
     """
     session = ort_session(path, threads)
     outputs = session.run(None, {"images": images.numpy()})
@@ -332,9 +337,10 @@ def check_parity(path: str | Path, model: nn.Module, kind: str, images: Tensor, 
         if bad:
             raise ParityError(f"{path}: ONNX Runtime outputs differ from PyTorch: {bad}")
         return report
-    pp = dict(postprocess or {})
+    if postprocess is None:
+        raise ValueError("the parity check of an 'nms' detection export needs its post-processing settings")
     ref = postprocess_detections(raw["cls_logits"], raw["bbox_regression"], model.anchors(size), BoxCoder(), size,
-                                 [size] * images.shape[0], **pp)
+                                 [size] * images.shape[0], postprocess)
     boxes, scores, labels, counts = (torch.from_numpy(o) for o in outputs)
     problems, total = [], 0
     for i, r in enumerate(ref):

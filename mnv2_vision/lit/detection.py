@@ -21,7 +21,7 @@ from ..data.detection.datamodule import DetectionDataModule
 from ..eval.coco import evaluate_coco, to_coco_results
 from ..ops.boxes import BoxCoder
 from ..ops.losses import ssd_multibox_loss
-from ..ops.postprocess import postprocess_detections
+from ..ops.postprocess import PostprocessSettings, postprocess_detections
 from .common import build_optimizer, build_scheduler, gather_lists, skipped_note
 
 __all__ = ["DetectionModule", "build_det_datamodule", "resolve_det_classes", "categories_from",
@@ -74,7 +74,7 @@ class DetectionModule(pl.LightningModule):
     Args:
         model: returns ``{"cls_logits": (N, A, K), "bbox_regression": (N, A, 4)}`` and offers ``anchors(size, dev)``.
         optim, sched: optimiser and per-step LR schedule settings (``lit/common.py``).
-        eval_cfg: post-processing settings for validation (score threshold, NMS IoU, top-k, detections per image).
+        eval_cfg: validation settings: post-processing (``postprocess``, made once from it) and the COCO evaluator.
         loss: SSD loss settings (negatives per positive, box weight, label smoothing).
         category_ids: label ``i`` (1..C) ↔ COCO category id ``category_ids[i-1]``.
         category_names: names for the per-class AP log keys (``val/ap_<name>``).
@@ -101,6 +101,7 @@ class DetectionModule(pl.LightningModule):
         self.model = model
         self.coder = BoxCoder()
         self.optim_cfg, self.sched_cfg, self.eval_cfg, self.loss_cfg = optim, sched, eval_cfg, loss
+        self.postprocess = PostprocessSettings.from_eval(eval_cfg)
         self.category_ids, self.category_names = [int(c) for c in category_ids], names
         self.coco_summary: dict[str, Any] | None = None
         self.coco_results: list[dict[str, Any]] = []
@@ -176,11 +177,9 @@ class DetectionModule(pl.LightningModule):
 
     def collect_detections(self, out: dict[str, Tensor], images: Tensor, targets: Sequence[dict]) -> None:
         """Post-process raw outputs (one row per target) and keep the detections for the epoch's COCO evaluation."""
-        e = self.eval_cfg
         dets = postprocess_detections(
             out["cls_logits"], out["bbox_regression"], self._anchors(images), self.coder, tuple(images.shape[-2:]),
-            [tuple(t["orig_size"]) for t in targets], score_thresh=e.score_thresh, nms_iou=e.nms_iou,
-            topk_candidates=e.topk_candidates, detections_per_img=e.detections_per_img)
+            [tuple(t["orig_size"]) for t in targets], self.postprocess)
         self._val_dets += [{k: v.cpu() for k, v in d.items()} for d in dets]
         self._val_ids += [int(t["image_id"]) for t in targets]
 

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 from torchvision.ops import box_convert, box_iou
 
-__all__ = ["BoxCoder", "match_anchors", "fp32_region"]
+__all__ = ["BoxCoder", "match_anchors", "fp32_region", "check_predictions"]
 
 # torchvision's clamp on the exp input of the size offsets: a box may grow at most 1000/16 times its anchor.
 BBOX_XFORM_CLIP = math.log(1000.0 / 16)
@@ -25,6 +25,19 @@ def fp32_region(t: Tensor) -> ContextManager:
         return torch.autocast(device_type=t.device.type, enabled=False)
     except RuntimeError:  # a device type without autocast support: nothing to disable
         return contextlib.nullcontext()
+
+
+def check_predictions(cls_logits: Tensor, bbox_regression: Tensor, anchors: Tensor) -> tuple[int, int, int]:
+    """``(N, A, K)`` of an SSD head's raw outputs, or ``ValueError`` where ``cls_logits`` ``(N, A, K)``,
+    ``bbox_regression`` ``(N, A, 4)`` and ``anchors`` ``(A, 4)`` do not fit together (the loss and the
+    post-processing both start from them)."""
+    if cls_logits.ndim != 3 or bbox_regression.shape != (*cls_logits.shape[:2], 4):
+        raise ValueError(f"expected cls_logits (N, A, K) and bbox_regression (N, A, 4), got "
+                         f"{tuple(cls_logits.shape)} and {tuple(bbox_regression.shape)}")
+    num_images, num_anchors, num_classes = cls_logits.shape
+    if anchors.shape != (num_anchors, 4):
+        raise ValueError(f"anchors must be ({num_anchors}, 4) to match the predictions, got {tuple(anchors.shape)}")
+    return num_images, num_anchors, num_classes
 
 
 class BoxCoder:

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .boxes import BoxCoder, fp32_region, match_anchors
+from .boxes import BoxCoder, check_predictions, fp32_region, match_anchors
 
 __all__ = ["ssd_multibox_loss", "seg_loss"]
 
@@ -86,12 +86,7 @@ def ssd_multibox_loss(
     Returns:
         ``loss``, ``loss_cls``, ``loss_box`` (unweighted) and ``num_pos`` (positives in the batch, float, detached).
     """
-    if cls_logits.ndim != 3 or bbox_regression.shape != (*cls_logits.shape[:2], 4):
-        raise ValueError(f"expected cls_logits (N, A, K) and bbox_regression (N, A, 4), got "
-                         f"{tuple(cls_logits.shape)} and {tuple(bbox_regression.shape)}")
-    num_images, num_anchors, num_classes = cls_logits.shape
-    if anchors.shape != (num_anchors, 4):
-        raise ValueError(f"anchors must be ({num_anchors}, 4) to match the predictions, got {tuple(anchors.shape)}")
+    num_images, num_anchors, num_classes = check_predictions(cls_logits, bbox_regression, anchors)
     _check_targets(targets, num_images)
     device = cls_logits.device
 

@@ -1,15 +1,70 @@
-"""Detection post-processing: decode → per-class score threshold and top-k → per-class NMS → original pixels."""
+"""Detection post-processing: decode → per-class score threshold and top-k → per-class NMS → original pixels.
+
+The settings travel as one ``PostprocessSettings``, made from the config's ``eval`` section (whose defaults are the
+only place their values are written) or from an exported model's ``postprocess`` metadata.
+
+NMS runs one of two ways with the same detections. ``batched_nms`` over every candidate (up to ``topk_candidates``
+per class × classes, 36,000 for COCO's 90 classes at top-k 400) then keeps ``detections_per_img``; or, with
+``prefix_nms``, only on as many of the best candidates as the answer needs. Greedy NMS visits candidates in
+decreasing score order, and whether a candidate survives depends only on the candidates scored above it, so the first
+D survivors of NMS over all candidates are exactly the first D survivors of NMS over the best M candidates whenever
+that prefix yields at least D survivors (D = ``detections_per_img``): NMS first runs on the best 4·D candidates and
+the prefix doubles until D survive or the candidates run out. ONNX Runtime's ``NonMaxSuppression`` stops in the same
+way once ``max_output_boxes_per_class`` boxes are selected, which is why the exported graph is fast too.
+"""
 from __future__ import annotations
 
-from typing import Sequence
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Mapping, Protocol, Sequence
 
 import torch
 from torch import Tensor
 from torchvision.ops import batched_nms, clip_boxes_to_image
 
-from .boxes import BoxCoder, fp32_region
+from .boxes import BoxCoder, check_predictions, fp32_region
 
-__all__ = ["resize_boxes", "postprocess_detections"]
+__all__ = ["PostprocessSettings", "resize_boxes", "prefix_batched_nms", "postprocess_detections"]
+
+
+class _EvalSection(Protocol):
+    """What ``PostprocessSettings.from_eval`` reads: the config's ``eval`` section (``config.EvalCfg``)."""
+
+    score_thresh: float
+    nms_iou: float
+    topk_candidates: int
+    detections_per_img: int
+
+
+@dataclass(frozen=True)
+class PostprocessSettings:
+    """How raw SSD outputs become detections (``postprocess_detections``, the exported NMS graph, the predictor).
+
+    Attributes:
+        score_thresh: a candidate's class score must exceed it. Low for COCO mAP (1e-8..1e-3, docs/design.md#ssdlite; raising it
+            lowers mAP), higher for an application that shows the boxes.
+        nms_iou: per-class NMS suppresses a box overlapping a better one of its class by more than this IoU.
+        topk_candidates: per class, at most this many best-scoring anchors become candidates.
+        detections_per_img: the best this many survivors of NMS are kept.
+    """
+
+    score_thresh: float
+    nms_iou: float
+    topk_candidates: int
+    detections_per_img: int
+
+    @classmethod
+    def from_eval(cls, eval_cfg: _EvalSection) -> PostprocessSettings:
+        """The settings of a config's ``eval`` section (``eval.score_thresh`` ...)."""
+        return cls(eval_cfg.score_thresh, eval_cfg.nms_iou, eval_cfg.topk_candidates, eval_cfg.detections_per_img)
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> PostprocessSettings:
+        """The settings of an exported model's ``postprocess`` metadata (checked by ``deploy.metadata``)."""
+        return cls(**{f.name: values[f.name] for f in fields(cls)})
+
+    def as_dict(self) -> dict[str, Any]:
+        """The ``postprocess`` metadata of an export: the four settings by name, in this order."""
+        return asdict(self)
 
 
 def resize_boxes(boxes: Tensor, from_size: tuple[int, int], to_size: tuple[int, int]) -> Tensor:
@@ -23,6 +78,22 @@ def resize_boxes(boxes: Tensor, from_size: tuple[int, int], to_size: tuple[int, 
     return boxes * boxes.new_tensor([sx, sy, sx, sy])
 
 
+def prefix_batched_nms(boxes: Tensor, scores: Tensor, labels: Tensor, iou: float, max_keep: int) -> Tensor:
+    """``batched_nms(boxes, scores, labels, iou)[:max_keep]``, computed on the shortest sufficient score prefix
+    (module docstring); equal scores may be broken the other way."""
+    order = scores.argsort(descending=True)
+    n = order.numel()
+    m = min(n, 4 * max_keep)
+    while True:
+        head = order[:m]
+        # float64: below ~1000 boxes batched_nms offsets each class's boxes by label·(max coordinate + 1), and in
+        # float32 those offsets cost the IoUs ~1e-4 of precision; the full-set call does not.
+        kept = batched_nms(boxes[head].double(), scores[head].double(), labels[head], iou)
+        if kept.numel() >= max_keep or m == n:
+            return head[kept[:max_keep]]
+        m = min(n, 2 * m)
+
+
 def postprocess_detections(
     cls_logits: Tensor,
     bbox_regression: Tensor,
@@ -30,17 +101,15 @@ def postprocess_detections(
     coder: BoxCoder,
     image_size: tuple[int, int],
     original_sizes: Sequence[tuple[int, int]],
-    score_thresh: float = 0.001,
-    nms_iou: float = 0.6,
-    topk_candidates: int = 400,
-    detections_per_img: int = 100,
+    settings: PostprocessSettings,
+    *,
+    prefix_nms: bool = False,
 ) -> list[dict[str, Tensor]]:
     """Turn raw SSD outputs into per-image detections, as torchvision's ``SSD.postprocess_detections`` does.
 
     Per image: softmax over classes, background dropped; per class, the ``topk_candidates`` best anchors whose
     score exceeds ``score_thresh``; boxes decoded and clipped to the network input; per-class NMS at ``nms_iou``
     (``torchvision.ops.batched_nms``); the ``detections_per_img`` best kept; boxes mapped to the original image.
-    A low ``score_thresh`` (1e-8..1e-3: docs/design.md#ssdlite) is what COCO mAP needs; raising it lowers mAP.
 
     Args:
         cls_logits: ``(N, A, K)`` raw class scores (index 0 = background).
@@ -49,35 +118,37 @@ def postprocess_detections(
         coder: the box coder used in training.
         image_size: network input ``(H, W)``.
         original_sizes: ``(H, W)`` of each original image, the frame the returned boxes are in.
+        settings: score threshold, NMS IoU, top-k and detections per image.
+        prefix_nms: run NMS on the shortest sufficient prefix of the candidates (``prefix_batched_nms``; the fused
+            inference path's choice): the same detections, faster when many candidates pass the threshold.
 
     Returns:
         per image, ``boxes`` ``(D, 4)`` xyxy original pixels, ``scores`` ``(D,)`` and ``labels`` ``(D,)`` int64 in
         ``1..K-1``, sorted by decreasing score, ``D ≤ detections_per_img``.
     """
-    if cls_logits.ndim != 3 or bbox_regression.shape != (*cls_logits.shape[:2], 4):
-        raise ValueError(f"expected cls_logits (N, A, K) and bbox_regression (N, A, 4), got "
-                         f"{tuple(cls_logits.shape)} and {tuple(bbox_regression.shape)}")
-    num_images, num_anchors, num_classes = cls_logits.shape
-    if anchors.shape != (num_anchors, 4):
-        raise ValueError(f"anchors must be ({num_anchors}, 4) to match the predictions, got {tuple(anchors.shape)}")
+    num_images, num_anchors, num_classes = check_predictions(cls_logits, bbox_regression, anchors)
     if len(original_sizes) != num_images:
         raise ValueError(f"got {len(original_sizes)} original sizes for {num_images} images")
     image_size = (int(image_size[0]), int(image_size[1]))
+    s = settings
 
     results: list[dict[str, Tensor]] = []
     with fp32_region(cls_logits):
         scores_all = torch.softmax(cls_logits.float(), dim=-1)[..., 1:]  # (N, A, K-1)
         boxes_all = clip_boxes_to_image(coder.decode(bbox_regression, anchors), image_size)  # (N, A, 4)
         class_ids = torch.arange(1, num_classes, device=cls_logits.device)
-        k = min(topk_candidates, num_anchors)
+        k = min(s.topk_candidates, num_anchors)
         for scores, boxes, original in zip(scores_all, boxes_all, original_sizes):
             # Per class, its k best anchors (torchvision thresholds then takes the top k; same result).
             top_scores, top_idx = scores.t().topk(k, dim=1)  # (K-1, k)
-            keep = top_scores > score_thresh
+            keep = top_scores > s.score_thresh
             cand_scores = top_scores[keep]
             cand_boxes = boxes[top_idx[keep]]
             cand_labels = class_ids[:, None].expand_as(top_idx)[keep]
-            kept = batched_nms(cand_boxes, cand_scores, cand_labels, nms_iou)[:detections_per_img]
+            if prefix_nms:
+                kept = prefix_batched_nms(cand_boxes, cand_scores, cand_labels, s.nms_iou, s.detections_per_img)
+            else:
+                kept = batched_nms(cand_boxes, cand_scores, cand_labels, s.nms_iou)[:s.detections_per_img]
             results.append({
                 "boxes": resize_boxes(cand_boxes[kept], image_size, (int(original[0]), int(original[1]))),
                 "scores": cand_scores[kept],

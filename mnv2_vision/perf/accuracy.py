@@ -1,9 +1,10 @@
 """Accuracy of exported models through the project's own evaluation code.
 
 ONNX Runtime sessions are wrapped as modules with the PyTorch models' output contract, so a float or int8 export is
-scored by exactly the code that scores the PyTorch model: detection through ``DetectionModule``'s validation
-(``postprocess_detections`` → ``to_coco_results`` → pycocotools over the whole split, as ``tools/eval_det.py``),
-segmentation through ``predict_batch`` and one ``ConfusionMatrix`` over the split (as ``tools/eval_seg.py``).
+scored by exactly the code that scores the PyTorch model: detection by the steps of ``DetectionModule``'s validation
+(``postprocess_detections`` → ``to_coco_results`` → one COCO evaluation over the whole split, as
+``tools/eval_det.py``), segmentation through ``predict_batch`` and one ``ConfusionMatrix`` over the split (as
+``tools/eval_seg.py``).
 """
 from __future__ import annotations
 
@@ -13,7 +14,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..config import EvalCfg, LossCfg, OptimCfg, SchedCfg
+from ..eval.coco import evaluate_coco, to_coco_results
+from ..ops.boxes import BoxCoder
+from ..ops.postprocess import PostprocessSettings, postprocess_detections
 
 __all__ = ["OrtDetector", "OrtSegmenter", "evaluate_detection", "evaluate_segmentation"]
 
@@ -55,25 +58,31 @@ class OrtSegmenter(nn.Module):
         return {"out": torch.from_numpy(_run(self.session, images)[0])}
 
 
-def evaluate_detection(model: nn.Module, datamodule, category_ids: Sequence[int], category_names: Sequence[str],
-                       eval_cfg: EvalCfg) -> dict[str, Any]:
-    """COCO summary (``map``, ``map50``, ``map75``, ``stats``, ``per_class``) of ``model`` on the datamodule's
-    validation split, computed by ``DetectionModule``'s validation loop."""
-    import logging
-
-    import pytorch_lightning as pl
-
-    from ..lit.detection import DetectionModule
-
-    logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)  # no accelerator banner per evaluation
-
-    # Optimiser, schedule and loss settings are required by the constructor and unused by validation.
-    module = DetectionModule(model, optim=OptimCfg(), sched=SchedCfg(), eval_cfg=eval_cfg, loss=LossCfg(),
-                             category_ids=category_ids, category_names=category_names)
-    trainer = pl.Trainer(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False)
-    trainer.validate(module, dataloaders=datamodule.val_dataloader(), verbose=False)
-    return module.coco_summary
+@torch.inference_mode()
+def evaluate_detection(model: nn.Module, datamodule, category_ids: Sequence[int], postprocess: PostprocessSettings,
+                       evaluator: str = "pycocotools") -> dict[str, Any]:
+    """COCO summary (``map``, ``map50``, ``map75``, ``stats``, ``per_class``...: ``eval.coco.evaluate_coco``) of
+    ``model`` on the datamodule's validation split, by the steps of ``DetectionModule``'s validation: raw outputs →
+    ``postprocess_detections`` → ``to_coco_results`` → one evaluation of the whole split (images the loader leaves
+    out as unreadable are not scored), on the CPU."""
+    model.eval()
+    coder = BoxCoder()
+    found: dict[int, dict[str, Tensor]] = {}
+    for batch in datamodule.val_dataloader():
+        images, targets = batch[0], batch[1]
+        if not targets:
+            continue
+        # Channels-last, the layout DetectionModule validates in on a CPU (lit/detection.py ``_inputs``), so the
+        # PyTorch model's numbers are tools/eval_det.py's; an ONNX Runtime session reads the same values either way.
+        model.to(memory_format=torch.channels_last)
+        out = model(images.contiguous(memory_format=torch.channels_last))
+        size = tuple(images.shape[-2:])
+        dets = postprocess_detections(out["cls_logits"], out["bbox_regression"], model.anchors(size, images.device),
+                                      coder, size, [tuple(t["orig_size"]) for t in targets], postprocess)
+        found.update((int(t["image_id"]), {k: v.cpu() for k, v in d.items()}) for t, d in zip(targets, dets))
+    ids = sorted(found)
+    results = to_coco_results([found[i] for i in ids], ids, category_ids)
+    return evaluate_coco(datamodule.val_dataset.coco, results, image_ids=ids, evaluator=evaluator)
 
 
 @torch.no_grad()

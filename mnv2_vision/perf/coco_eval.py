@@ -18,7 +18,7 @@ from pycocotools.coco import COCO
 
 from ..eval.coco import evaluate_coco
 
-__all__ = ["realistic_results", "coco_eval_benchmark"]
+__all__ = ["realistic_results", "coco_eval_benchmark", "format_coco_eval_benchmark"]
 
 
 def realistic_results(coco_gt: COCO, per_image: int = 100, seed: int = 0) -> list[dict[str, Any]]:
@@ -70,3 +70,11 @@ def coco_eval_benchmark(ann_files: Sequence[str | Path], rounds: int = 3,
                          "max_stat_diff": float(np.max(np.abs(np.subtract(stats["pycocotools"],
                                                                           stats["faster_coco_eval"]))))}
     return out
+
+
+def format_coco_eval_benchmark(table: dict[str, dict[str, Any]]) -> str:
+    """``coco_eval_benchmark``'s seconds as printed by ``tools/benchmark.py``."""
+    return "COCO bbox evaluation of realistic results (100 detections per image), seconds:\n" + "\n".join(
+        f"  {ann}: {r['images']} images, {r['detections']} detections: pycocotools {r['pycocotools_s']:.2f}, "
+        f"faster-coco-eval {r['faster_coco_eval_s']:.2f} ({r['speedup']:.1f}×); "
+        f"largest difference of the 12 stats {r['max_stat_diff']:.1e}" for ann, r in table.items())

@@ -1,5 +1,5 @@
-"""Building blocks of ``tools/benchmark.py``: end-to-end inference callables, torchvision peers, training-step and
-data-pipeline throughput, and the memory-efficient-mode table.
+"""Building blocks of ``tools/benchmark.py``: end-to-end inference callables, torchvision peers and training-step
+throughput.
 
 Every latency is "preprocessed tensor in, final result out" at batch 1: detection ends at the final boxes (the same
 score threshold, per-class top-k, NMS IoU and detection count for every model), segmentation at the logits upsampled
@@ -16,29 +16,25 @@ from torch import Tensor, nn
 
 from ..ops.boxes import BoxCoder
 from ..ops.losses import ssd_multibox_loss
-from ..ops.postprocess import postprocess_detections
-from ..deploy.memory import memory_efficient
-from .memory import peak_memory_bytes
-from ..deploy.postprocess import fast_postprocess_detections
+from ..ops.postprocess import PostprocessSettings, postprocess_detections
 from .timing import time_round_robin
 
 __all__ = ["detection_runner", "segmentation_runner", "ort_runner", "torchvision_peers", "synthetic_targets",
            "TRAIN_CANDIDATES", "training_steps", "training_throughput", "isolated_training_throughput",
-           "memory_rows"]
+           "format_training_throughput"]
 
 
-def detection_runner(model: nn.Module, x: Tensor, postprocess: dict[str, Any],
+def detection_runner(model: nn.Module, x: Tensor, postprocess: PostprocessSettings,
                      fast_nms: bool = False) -> Callable[[], list[dict]]:
-    """Our SSDLite end to end: network → ``postprocess_detections`` (or, with ``fast_nms``, the fused path's
-    ``fast_postprocess_detections``, same detections), boxes in network-input pixels."""
+    """Our SSDLite end to end: network → ``postprocess_detections`` (with ``fast_nms``, its prefix NMS, the fused
+    path's choice: the same detections), boxes in network-input pixels."""
     size = tuple(x.shape[-2:])
     anchors, coder = model.anchors(size), BoxCoder()
-    post = fast_postprocess_detections if fast_nms else postprocess_detections
 
     def run() -> list[dict]:
         out = model(x)
-        return post(out["cls_logits"], out["bbox_regression"], anchors, coder, size, [size] * x.shape[0],
-                    **postprocess)
+        return postprocess_detections(out["cls_logits"], out["bbox_regression"], anchors, coder, size,
+                                      [size] * x.shape[0], postprocess, prefix_nms=fast_nms)
 
     return run
 
@@ -52,16 +48,16 @@ def ort_runner(session, x: Tensor) -> Callable[[], list[np.ndarray]]:
     return lambda: session.run(None, feed)
 
 
-def torchvision_peers(postprocess: dict[str, Any], det_classes: int = 91,
+def torchvision_peers(postprocess: PostprocessSettings, det_classes: int = 91,
                       seg_classes: int = 21) -> dict[str, nn.Module]:
     """torchvision's MobileNetV3 models with random weights (no download), in eval mode, detection post-processing
-    set to ``postprocess`` (``score_thresh``, ``nms_iou``, ``topk_candidates``, ``detections_per_img``)."""
+    set to ``postprocess``."""
     from torchvision.models import detection, segmentation
 
     ssd = detection.ssdlite320_mobilenet_v3_large(
-        weights=None, weights_backbone=None, num_classes=det_classes, score_thresh=postprocess["score_thresh"],
-        nms_thresh=postprocess["nms_iou"], topk_candidates=postprocess["topk_candidates"],
-        detections_per_img=postprocess["detections_per_img"])
+        weights=None, weights_backbone=None, num_classes=det_classes, score_thresh=postprocess.score_thresh,
+        nms_thresh=postprocess.nms_iou, topk_candidates=postprocess.topk_candidates,
+        detections_per_img=postprocess.detections_per_img)
     return {
         "ssdlite320_mobilenet_v3_large": ssd.eval(),
         "lraspp_mobilenet_v3_large": segmentation.lraspp_mobilenet_v3_large(
@@ -166,23 +162,26 @@ def training_throughput(ours: nn.Module, peer: nn.Module | None, batch: int = 8,
 
 
 def _time_one_training_candidate(name: str, batch: int, size: int, steps: int, warmup: int, threads: int,
-                                 postprocess: dict[str, Any]) -> list[float]:
+                                 postprocess: dict[str, Any] | None) -> list[float]:
     """Seconds per step of one candidate (``python -m mnv2_vision.perf.network``), in this fresh process."""
     from ..models import build_model
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     ours = build_model("ssdlite320_mobilenet_v2")
-    peer = torchvision_peers(postprocess)["ssdlite320_mobilenet_v3_large"] if name.startswith("peer") else None
+    peer = None
+    if name.startswith("peer"):
+        peer = torchvision_peers(PostprocessSettings.from_dict(postprocess))["ssdlite320_mobilenet_v3_large"]
     step = training_steps(ours, peer, batch, size, only=(name,))[0][name]
     return [t / 1e3 for t in time_round_robin({name: step}, runs=steps, warmup=warmup)[name]["samples_ms"]]
 
 
 def isolated_training_throughput(candidates: Sequence[str] = TRAIN_CANDIDATES, batch: int = 8, size: int = 320,
                                  rounds: int = 2, steps: int = 3, warmup: int = 2, threads: int = 2,
-                                 postprocess: dict[str, Any] | None = None) -> dict[str, float]:
+                                 postprocess: PostprocessSettings | None = None) -> dict[str, float]:
     """Images/s of each training candidate (``training_steps``), each run in a fresh Python process, the candidates
-    taking turns for ``rounds`` rounds (median of all timed steps).
+    taking turns for ``rounds`` rounds (median of all timed steps). The torchvision candidates (``"peer"``...) need
+    ``postprocess``: their constructor takes it (a training step does not use it).
 
     A training job trains one model; in one process the candidates' gigabyte of activations per step and their
     weights compete for the allocator and the caches, which slowed our step by a fifth to a third in round-robin
@@ -192,7 +191,9 @@ def isolated_training_throughput(candidates: Sequence[str] = TRAIN_CANDIDATES, b
     import subprocess
     import sys
 
-    pp = postprocess or dict(score_thresh=0.001, nms_iou=0.6, topk_candidates=400, detections_per_img=100)
+    if postprocess is None and any(c.startswith("peer") for c in candidates):
+        raise ValueError("the torchvision training candidates need the post-processing settings (postprocess)")
+    pp = postprocess.as_dict() if postprocess is not None else None
     samples: dict[str, list[float]] = {c: [] for c in candidates}
     for _ in range(rounds):
         for c in candidates:
@@ -204,25 +205,14 @@ def isolated_training_throughput(candidates: Sequence[str] = TRAIN_CANDIDATES, b
     return {c: batch / float(np.median(v)) for c, v in samples.items()}
 
 
-@torch.inference_mode()
-def memory_rows(model: nn.Module, x: Tensor, chunks: tuple[int, ...] = (1, 2, 6)) -> list[dict[str, Any]]:
-    """Peak tensor memory of one forward of ``model`` with its inverted residuals in k expansion chunks, and the
-    largest output difference from k = 1 (absolute, and relative to the largest output magnitude)."""
-    ref = None
-    rows = []
-    for k in chunks:
-        m = memory_efficient(model, k)
-        out = m(x)
-        peak = peak_memory_bytes(lambda: m(x))
-        if ref is None:
-            ref = out
-        diff = max(float((out[key] - ref[key]).abs().max()) for key in ref)
-        scale = max(float(ref[key].abs().max()) for key in ref)
-        rows.append({"chunks": k, "peak_mib": peak / 2 ** 20, "max_abs_diff": diff, "max_rel_diff": diff / scale})
-    base = rows[0]["peak_mib"]
-    for r in rows:
-        r["reduction"] = 1.0 - r["peak_mib"] / base
-    return rows
+def format_training_throughput(ips: dict[str, float], batch: int, size: int) -> str:
+    """``isolated_training_throughput``'s images/s as printed by ``tools/benchmark.py``."""
+    text = (f"training step, batch {batch} at {size}², images/s, each candidate in a process of its own (ours: "
+            f"channels-last, as DetectionModule trains on a CPU; peer: torchvision's default layout): "
+            + ", ".join(f"{k} {v:.2f}" for k, v in ips.items()))
+    if "peer" in ips:
+        text += f"\n  ours / torchvision: {ips['ours'] / ips['peer']:.2f}"
+    return text
 
 
 if __name__ == "__main__":  # one training candidate in a fresh process, for isolated_training_throughput
