@@ -40,8 +40,8 @@ class PostprocessSettings:
     """How raw SSD outputs become detections (``postprocess_detections``, the exported NMS graph, the predictor).
 
     Attributes:
-        score_thresh: a candidate's class score must exceed it. Low for COCO mAP (1e-8..1e-3, docs/design.md#ssdlite; raising it
-            lowers mAP), higher for an application that shows the boxes.
+        score_thresh: a candidate's class score must exceed it. Low for COCO mAP (1e-8..1e-3,
+            docs/design.md#ssdlite; raising it lowers mAP), higher for an application that shows the boxes.
         nms_iou: per-class NMS suppresses a box overlapping a better one of its class by more than this IoU.
         topk_candidates: per class, at most this many best-scoring anchors become candidates.
         detections_per_img: the best this many survivors of NMS are kept.
