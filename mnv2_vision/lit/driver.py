@@ -1,18 +1,20 @@
-"""One training run of any task: ``train(cfg, run_dir)`` is what every train command, ``ablate`` and
+"""One training run of any task: ``train(cfg, run_dir)``, what every train command, ``ablate`` and
 ``compare_multitask`` call.
 
-The steps, in order (the same for every task)::
+The steps, the same for every task:
 
-    seed → data module, classes from the data, data.root pinned, data checks   (a bad start fails here, before
-    → check the --resume checkpoint                                             any file is written: RunFolder then
-    → config.yaml, classes.json, "data:" line, threads                          removes nothing of another run)
-    → network, Lightning module, Trainer → fit
-    → final evaluation of the best checkpoint (detection, multi-task)
-    → model.pt, final_metrics.json (classification: result.json), the report and the next commands
+1. seed; the data module, the classes taken from the data, ``data.root`` pinned, the data checked;
+2. the ``--resume`` checkpoint checked. Nothing is written before this point: a start that fails leaves the folder
+   as it was (and ``RunFolder`` removes what a failed start wrote later, ``tests/test_faults_runfolder.py``);
+3. ``config.yaml``, ``classes.json``, the ``data:`` and ``threads:`` lines;
+4. the network, its Lightning module, the Trainer (``make_trainer``); fit;
+5. detection and multi-task: the final evaluation of the best checkpoint over the whole validation split;
+6. ``model.pt`` (the best checkpoint's weights; else ``last.ckpt``'s; else the final ones), ``final_metrics.json``
+   (classification: ``result.json``), the report, and the commands to run next with this run's paths.
 
 What differs between the tasks (data module, class resolution, ``classes.json``, Lightning module, the metric the
-best checkpoint follows, the final evaluation, result keys and report lines) is described by ``TaskParts`` and the
-``_<task>_result`` functions below, chosen with a plain if/elif on ``cfg.task``.
+best checkpoint follows, the final evaluation, result keys and report lines) is in ``TaskParts`` and the
+``_<task>_result`` functions, chosen with a plain if/elif on ``cfg.task``.
 """
 from __future__ import annotations
 
