@@ -92,10 +92,13 @@ def test_multitask_report_lists_per_class_iou_and_both_eval_commands(tmp_path, s
     out = capsys.readouterr().out
     lines = out.splitlines()
     header = lines.index(f"  {'class':<29s} {'IoU':>7s}")
-    rows = lines[header + 1:header + 1 + len(result["per_class_iou"])]
-    for row, (name, iou) in zip(rows, result["per_class_iou"].items()):
-        assert row.split() == [name, "n/a" if iou is None else f"{iou:.4f}"]
-    assert [r.split()[0] for r in rows] == ["background", "circle", "square", "star", "triangle"]
+    listed = {name: iou for name, iou in result["per_class_iou"].items() if iou is not None}
+    rows = lines[header + 1:header + 1 + len(listed)]
+    assert [row.split() for row in rows] == [[name, f"{iou:.4f}"] for name, iou in listed.items()]
+    assert list(result["per_class_iou"]) == ["background", "circle", "square", "star", "triangle"]
+    absent = len(result["per_class_iou"]) - len(listed)
+    assert (lines[header + 1 + len(listed)].startswith(f"  ({absent} of 5 classes are in neither") if absent
+            else lines[header + 1 + len(listed)].startswith("mAP@"))
     best = result["checkpoint"]
     for tool in ("eval_det", "eval_seg", "export"):
         assert f"  python tools/{tool}.py --ckpt {best}\n" in out
@@ -114,6 +117,14 @@ def test_the_coco_table_lists_only_categories_with_ground_truth():
     assert table[1].split() == ["car", "3", "0.0000"]
     assert "train" not in text and "boat" not in text
     assert table[2] == "  (2 of 3 categories have no ground truth in these images and are not listed: AP n/a)"
+
+
+def test_the_iou_table_counts_the_classes_without_a_number():
+    from mnv2_vision.lit.driver import _format_iou
+
+    assert _format_iou({"background": 0.875, "bird": float("nan"), "cat": 0.0}).splitlines()[1:] == [
+        f"  {'background':<29s}  0.8750", f"  {'cat':<29s}  0.0000",
+        "  (1 of 3 classes are in neither the label maps nor the predictions and are not listed: IoU n/a)"]
 
 
 class _Steps(pl.LightningModule):

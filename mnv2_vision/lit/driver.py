@@ -262,9 +262,14 @@ def _multitask_result(module: MultiTaskModule, cfg: Config, best: str, wall: flo
 
 
 def _format_iou(per_class: dict[str, float]) -> str:
-    """The per-class IoU table under the COCO one; "n/a" for a class in neither the targets nor the predictions."""
+    """The per-class IoU table under the COCO one. As there, a class without a number (in neither the label maps
+    nor the predictions: IoU n/a) is only counted."""
     rows = [f"  {'class':<29s} {'IoU':>7s}"]
-    rows += [f"  {name:<29s} {'    n/a' if math.isnan(iou) else f'{iou:7.4f}'}" for name, iou in per_class.items()]
+    rows += [f"  {name:<29s} {iou:7.4f}" for name, iou in per_class.items() if not math.isnan(iou)]
+    absent = sum(math.isnan(iou) for iou in per_class.values())
+    if absent:
+        rows.append(f"  ({absent} of {len(per_class)} classes are in neither the label maps nor the predictions and "
+                    "are not listed: IoU n/a)")
     return "\n".join(rows)
 
 
