@@ -27,7 +27,7 @@ from mnv2_vision.checkpoint import build_from_config, model_kwargs
 from mnv2_vision.commands.cli import add_debug_flag, exit_status, guarded
 from mnv2_vision.config import Study, load_study, to_dict
 from mnv2_vision.files import save_figure, write_json, write_text
-from mnv2_vision.lit.classification import fit_classifier
+from mnv2_vision.lit.driver import train
 from mnv2_vision.perf.complexity import count_madds, count_params
 from mnv2_vision.lit.runfolder import RunFolder
 
@@ -47,7 +47,7 @@ def run_variant(study: Study, name: str, out: Path) -> dict:
         shutil.rmtree(folder)  # an unfinished or outdated run: start clean so logs and checkpoints are this run's
     print(f"[ablate] {name}: training with {' '.join(study.common + study.variants[name]) or 'the base config'}",
           flush=True)
-    result = fit_classifier(cfg, folder)
+    result = train(cfg, folder, next_steps=False)
     model = build_from_config(cfg, num_classes=len(result["classes"]), pretrained=False)
     result.update(variant=name, overrides=list(study.variants[name]), params=count_params(model),
                   madds=count_madds(model, (cfg.data.image_size, cfg.data.image_size)), study_config=to_dict(cfg))

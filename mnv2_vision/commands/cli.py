@@ -1,5 +1,5 @@
 """What every tool shares: ``--cfg/--set/--out/--print-config/--resume/--overwrite/--debug``, the run folder set-up,
-and one place that turns a user's mistake into one line and an exit status.
+a train command's run (``run_training``), and one place that turns a user's mistake into one line and an exit status.
 
 Exit status: 0 done; 1 the data has problems (``check_data`` found some, a tool skipped images, no usable image);
 2 a mistake in what was given (config key or value, missing or unreadable file, wrong checkpoint, run folder in use,
@@ -30,7 +30,7 @@ from ..errors import UserError
 from ..files import is_disk_full
 from ..lit.runfolder import RunFolder
 
-__all__ = ["base_parser", "setup_run", "guarded", "add_debug_flag", "exit_status", "skipped_message"]
+__all__ = ["base_parser", "setup_run", "run_training", "guarded", "add_debug_flag", "exit_status", "skipped_message"]
 
 log = logging.getLogger("mnv2_vision")
 
@@ -152,3 +152,13 @@ def guarded(main: Callable[[Sequence[str] | None], object]) -> Callable[[Sequenc
             raise SystemExit(2) from None
 
     return wrapper
+
+
+def run_training(args: argparse.Namespace, task: str, download: bool = False) -> dict:
+    """What a train command does once its arguments are parsed: open the run folder (``setup_run``) and train the
+    config into it (``lit.driver.train``); the result dict, for Python callers."""
+    from ..lit.driver import train  # here, not at the top: the other commands need no training machinery
+
+    cfg, run = setup_run(args, task=task)
+    with run:
+        return train(cfg, run.path, resume=run.resume_path, download=download)

@@ -16,7 +16,6 @@ of this process). Writes ``<out>/comparison.md`` and ``<out>/comparison.json``.
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import math
 import sys
@@ -26,59 +25,43 @@ from typing import Sequence
 
 import torch
 
+from mnv2_vision.commands import eval_seg
 from mnv2_vision.commands.cli import add_debug_flag, exit_status, guarded
 from mnv2_vision.config import load_config
 from mnv2_vision.data.synthetic import ensure_shapes
 from mnv2_vision.files import write_json, write_text
+from mnv2_vision.lit.driver import train
+from mnv2_vision.lit.runfolder import RunFolder
+from mnv2_vision.perf.pair import pair_cost_rows
 
-COMMON = ["--set", "data.num_workers=0"]
-
-
-def _tool(name: str):
-    """The ``main`` of another command (``mnv2_vision/commands/<name>.py``), run in this process."""
-    return importlib.import_module(f"mnv2_vision.commands.{name}")
+COMMON = ["data.num_workers=0"]
 
 
 def _budget(cfg_name: str, steps: int, overrides: Sequence[str]) -> list[str]:
-    """``--set`` overrides that stop ``cfg_name`` after exactly ``steps`` optimiser steps (its LR schedule stretched
-    over them) and skip validation while training: every model is scored once, on its final weights. ``max_epochs``
-    covers the steps (the detection module sizes its warm-up in epochs, so it needs a finite epoch count)."""
+    """Overrides that stop ``cfg_name`` after exactly ``steps`` optimiser steps (its LR schedule stretched over them)
+    and skip validation while training: every model is scored once, on its final weights. ``max_epochs`` covers the
+    steps (the detection module sizes its warm-up in epochs, so it needs a finite epoch count)."""
     cfg = load_config(cfg_name, overrides)
     images = json.loads((ensure_shapes() / "meta.json").read_text())["counts"]["train_images"]
     per_epoch = max(1, min(images, cfg.data.subset or images) // cfg.data.batch_size)  # the last batch is dropped
-    return ["--set", f"trainer.max_epochs={math.ceil(steps / per_epoch)}", "--set", f"trainer.max_steps={steps}",
-            "--set", f"trainer.check_val_every_n_epoch={10 ** 6}"]
+    return [f"trainer.max_epochs={math.ceil(steps / per_epoch)}", f"trainer.max_steps={steps}",
+            f"trainer.check_val_every_n_epoch={10 ** 6}"]
 
 
-def _train(label: str, tool: str, cfg: str, out: Path, extra: list[str]) -> tuple[dict, float, float]:
-    print(f"\n=== {label}: {tool} --cfg {cfg} {' '.join(extra)}", flush=True)
+def _train(label: str, cfg_name: str, out: Path, overrides: list[str]) -> tuple[dict, float, float]:
+    print(f"\n=== {label}: --cfg {cfg_name} {' '.join(f'--set {kv}' for kv in overrides)}", flush=True)
     cpu, wall = time.process_time(), time.time()
-    # --overwrite: a rerun of this comparison replaces its own earlier runs in --out.
-    result = _tool(tool).main(["--cfg", cfg, "--out", str(out), "--overwrite", *COMMON, *extra])
+    # overwrite: a rerun of this comparison replaces its own earlier runs in --out.
+    with RunFolder(out, overwrite=True) as run:
+        result = train(load_config(cfg_name, [*COMMON, *overrides]), run.path, next_steps=False)
     print(f"=== {label}: {(time.process_time() - cpu) / 60:.1f} CPU min, {(time.time() - wall) / 60:.1f} min wall",
           flush=True)
     return result, time.process_time() - cpu, time.time() - wall
 
 
-def _latency_rows(sharings: Sequence[str], threads: int, runs: int) -> dict[str, dict]:
-    """Params, MAdds and fused batch-1 network latency at 320² of SSDLite, DeepLab (lite, OS 16) and each pair, α = 1.
-
-    The networks alone: detection post-processing is the same work after SSDLite and after the pair (and with random
-    weights at the mAP threshold 0.001 its NMS would outweigh both networks, hiding what one shared pass saves;
-    ``tools/benchmark.py --multitask`` times the end-to-end paths)."""
-    from mnv2_vision.deploy.fuse import fuse_for_inference
-    from mnv2_vision.models import build_model
-    from mnv2_vision.perf.timing import time_round_robin
-    from mnv2_vision.perf.complexity import count_madds, count_params
-
-    torch.set_num_threads(threads)
-    x = torch.randn(1, 3, 320, 320)
-    models = {"ssdlite": build_model("ssdlite320_mobilenet_v2"), "deeplab": build_model("deeplabv3_mobilenet_v2"),
-              **{f"pair {s}": build_model("ssdlite320_deeplabv3_mobilenet_v2", sharing=s) for s in sharings}}
-    runners = {name: (lambda fused=fuse_for_inference(model.eval()): fused(x)) for name, model in models.items()}
-    timing = time_round_robin(runners, runs=runs, warmup=2, block=6)
-    return {name: {"params_m": count_params(m) / 1e6, "madds_b": count_madds(m, (320, 320)) / 1e9,
-                   "fused_ms": timing[name]["median_ms"]} for name, m in models.items()}
+def _eval_seg(ckpt: Path, overrides: Sequence[str]) -> dict:
+    """``eval_seg`` of ``ckpt`` with config overrides, in this process."""
+    return eval_seg.main(["--ckpt", str(ckpt), *(a for kv in [*COMMON, *overrides] for a in ("--set", kv))])
 
 
 @guarded
@@ -94,36 +77,34 @@ def main(argv: Sequence[str] | None = None) -> dict:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="config override for every training run (repeatable), e.g. data.subset=16 for a smoke run")
     args = add_debug_flag(p).parse_args(argv)
-    common = [a for kv in args.set for a in ("--set", kv)]
 
     cpu0, wall0 = time.process_time(), time.time()
     out = Path(args.out)
     runs: dict[str, dict] = {}
 
     def budget(cfg_name: str) -> list[str]:
-        return [*common, *_budget(cfg_name, args.steps, args.set)]
+        return [*args.set, *_budget(cfg_name, args.steps, args.set)]
 
-    # train_det and train_multitask end by validating the final weights (no best checkpoint without validation).
-    det, cpu, wall = _train("SSDLite demo", "train_det", "ssdlite_shapes", out / "ssdlite", budget("ssdlite_shapes"))
+    # Detection and the pair end with a final evaluation: of the final weights here (no best without validation).
+    det, cpu, wall = _train("SSDLite demo", "ssdlite_shapes", out / "ssdlite", budget("ssdlite_shapes"))
     runs["ssdlite"] = {"map": det["map"], "map50": det["map50"], "cpu_s": cpu, "wall_s": wall}
-    _, cpu, wall = _train("DeepLab demo", "train_seg", "deeplabv3_shapes", out / "deeplab", budget("deeplabv3_shapes"))
+    _, cpu, wall = _train("DeepLab demo", "deeplabv3_shapes", out / "deeplab", budget("deeplabv3_shapes"))
     cpu_eval = time.process_time()
-    seg = _tool("eval_seg").main(["--ckpt", str(out / "deeplab" / "ckpt" / "last.ckpt"), *COMMON, *common])
+    seg = _eval_seg(out / "deeplab" / "ckpt" / "last.ckpt", args.set)
     runs["deeplab"] = {"miou_voc": seg["miou"], "cpu_s": cpu + time.process_time() - cpu_eval, "wall_s": wall}
     for sharing in args.sharing:
         run_dir = out / f"pair_{sharing}"
-        mt, cpu, wall = _train(f"pair, sharing {sharing}", "train_multitask", "multitask_shapes", run_dir,
-                               [*budget("multitask_shapes"), "--set", f"model.sharing={sharing}"])
+        mt, cpu, wall = _train(f"pair, sharing {sharing}", "multitask_shapes", run_dir,
+                               [*budget("multitask_shapes"), f"model.sharing={sharing}"])
         # The same label maps the DeepLab demo is scored on: the VOC layout of the same validation scenes.
-        voc = _tool("eval_seg").main(["--ckpt", str(run_dir / "ckpt" / "last.ckpt"), "--set", "data.masks=null",
-                                      "--set", "data.seg_root=shapes", *COMMON, *common])
+        voc = _eval_seg(run_dir / "ckpt" / "last.ckpt", ["data.masks=null", "data.seg_root=shapes", *args.set])
         runs[f"pair {sharing}"] = {"map": mt["map"], "map50": mt["map50"], "miou_voc": voc["miou"],
                                    "miou_painted": mt["miou"], "cpu_s": cpu, "wall_s": wall}
     train_cpu = time.process_time() - cpu0
     both: dict[str, float] = {}
     if args.latency_runs > 0:
         print(f"\n=== latency and complexity at 320² ({args.threads} threads)", flush=True)
-        speed = _latency_rows(args.sharing, args.threads, args.latency_runs)
+        speed = pair_cost_rows(args.sharing, args.threads, args.latency_runs)
         for name, row in speed.items():
             runs.setdefault(name, {}).update(row)
         both = {k: speed["ssdlite"][k] + speed["deeplab"][k] for k in ("params_m", "madds_b", "fused_ms")}

@@ -17,14 +17,13 @@ import math
 from pathlib import Path
 from typing import Sequence
 
-import pytorch_lightning as pl
-
 from mnv2_vision.checkpoint import load_model
 from mnv2_vision.commands.cli import add_debug_flag, exit_status, guarded
 from mnv2_vision.config import load_config, save_config
 from mnv2_vision.errors import CheckpointError
 from mnv2_vision.eval.coco import format_coco_stats, save_results
 from mnv2_vision.files import output_folder, write_json
+from mnv2_vision.lit.common import evaluation_trainer
 from mnv2_vision.lit.detection import DetectionModule, build_det_datamodule, categories_from
 
 
@@ -59,10 +58,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     print(f"evaluating {ckpt_path} on {dataset}", flush=True)
     module = DetectionModule(model, optim=cfg.optim, sched=cfg.sched, eval_cfg=cfg.eval, loss=cfg.loss,
                              category_ids=category_ids, category_names=category_names, config=hparams["config"])
-    trainer = pl.Trainer(accelerator=cfg.trainer.accelerator, devices=1, precision=cfg.trainer.precision,
-                         logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                         enable_model_summary=False, limit_val_batches=cfg.trainer.limit_val_batches)
-    trainer.validate(module, dataloaders=dm.val_dataloader(), verbose=False)
+    evaluation_trainer(cfg).validate(module, dataloaders=dm.val_dataloader(), verbose=False)
     summary = module.coco_summary
 
     split = cfg.data.val_split

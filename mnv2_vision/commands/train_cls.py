@@ -14,8 +14,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from mnv2_vision.commands.cli import base_parser, exit_status, guarded, setup_run
-from mnv2_vision.lit.classification import fit_classifier
+from mnv2_vision.commands.cli import base_parser, exit_status, guarded, run_training
 
 
 @guarded
@@ -24,13 +23,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser.add_argument("--download", action="store_true",
                         help="let torchvision download CIFAR-10 / Flowers102 into data.root (needs internet)")
     args = parser.parse_args(argv)
-    cfg, run = setup_run(args, task="classification")
-    with run:
-        result = fit_classifier(cfg, run.path, download=args.download, resume=run.resume_path)
-    print(f"best val top-1 {result['best_top1']:.4f}, final top-1 {result['final_top1']:.4f} / top-5 "
-          f"{result['final_top5']:.4f} after {result['epochs']} epochs ({result['wall_time_s']:.0f} s); "
-          f"best checkpoint {result['checkpoint']}")
-    return result
+    return run_training(args, task="classification", download=args.download)
 
 
 def console() -> int:

@@ -1,5 +1,5 @@
-"""ClassificationModule (the image-classifier training system), its metrics, and the config → run helper that
-``tools/train_cls.py`` and ``tools/ablate.py`` share.
+"""ClassificationModule (the image-classifier training system), its metrics, and the config → parts helpers that
+the training driver (``lit/driver.py``) and the classification tools share.
 
 Accuracy is computed once per validation pass from a confusion matrix accumulated over the whole split (rows:
 targets, columns: predictions), so it never depends on the batch size; top-5 is counted alongside.
@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import time
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -16,13 +15,13 @@ import pytorch_lightning as pl
 import torch
 from torch import Tensor, nn
 
-from ..config import Config, OptimCfg, SchedCfg, to_dict
+from ..config import Config, OptimCfg, SchedCfg
 from ..data.classification.datamodule import ClassificationDataModule
 from ..eval.miou import ConfusionMatrix
-from .common import build_optimizer, build_scheduler, make_trainer
+from .common import build_optimizer, build_scheduler
 
 __all__ = ["ClassificationModule", "accuracy_from_confusion", "build_cls_datamodule", "resolve_cls_classes",
-           "fit_classifier", "evaluate_classifier"]
+           "evaluate_classifier"]
 
 
 def accuracy_from_confusion(matrix: Tensor) -> tuple[float, Tensor]:
@@ -135,57 +134,6 @@ def resolve_cls_classes(cfg: Config, num_classes: int) -> Config:
         raise ValueError(f"model.num_classes={cfg.model.num_classes} but the dataset has {num_classes} classes; "
                          "set model.num_classes=null to take it from the data")
     return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, num_classes=num_classes))
-
-
-def fit_classifier(cfg: Config, out_dir: str | Path, *, download: bool = False, resume: str | Path | None = None,
-                   **trainer_overrides: Any) -> dict[str, Any]:
-    """Train ``cfg`` into ``out_dir`` and return its summary (also written to ``out_dir/result.json``): best and final
-    validation top-1/top-5, the per-epoch history, parameters, the best checkpoint and the wall time. ``resume``:
-    a checkpoint to continue (checked with ``checkpoint.inspect_resume``). The caller owns the folder (``RunFolder``).
-    """
-    from ..checkpoint import build_from_config
-    from .checkpointing import inspect_resume
-    from ..data import pin_root
-    from .runfolder import write_config
-    from ..files import load_torch, save_torch, write_json
-    from .common import set_num_threads
-
-    t0 = time.time()
-    out_dir = Path(out_dir)
-    if cfg.task != "classification":
-        raise ValueError(f"this config is a {cfg.task!r} config; classification training needs task: classification")
-    pl.seed_everything(cfg.seed, workers=True)
-    dm = build_cls_datamodule(cfg, download)
-    cfg = pin_root(resolve_cls_classes(cfg, dm.num_classes))  # the checkpoint must rebuild the same classifier
-    info = inspect_resume(resume, cfg, out_dir) if resume is not None else None
-    write_config(cfg, out_dir)
-    print(f"data: {len(dm.train_dataset)} train / {len(dm.val_dataset)} val images, {dm.num_classes} classes",
-          flush=True)
-    set_num_threads(cfg)
-    model = build_from_config(cfg)
-    module = ClassificationModule(model, num_classes=dm.num_classes, optim=cfg.optim, sched=cfg.sched,
-                                  label_smoothing=cfg.loss.label_smoothing, classes=dm.classes, config=to_dict(cfg))
-    trainer = make_trainer(cfg, out_dir, monitor="val/top1", mode="max",
-                           resume_from=info.log_step if info else None, **trainer_overrides)
-    trainer.fit(module, datamodule=dm, ckpt_path=str(info.path) if info else None)
-    ckpt_cb = trainer.checkpoint_callback
-    best_path = getattr(ckpt_cb, "best_model_path", "") or ""
-    history = module.history
-    result = {
-        "best_top1": max((h["top1"] for h in history), default=float("nan")),
-        "final_top1": history[-1]["top1"] if history else float("nan"),
-        "final_top5": history[-1]["top5"] if history else float("nan"),
-        "epochs": trainer.current_epoch, "steps": trainer.global_step, "history": history,
-        "params": sum(p.numel() for p in module.model.parameters()), "checkpoint": best_path, "classes": dm.classes,
-        "wall_time_s": time.time() - t0,
-    }
-    if not trainer.is_global_zero:
-        return result
-    if best_path:
-        best = load_torch(best_path)["state_dict"]
-        save_torch({k[len("model."):]: v for k, v in best.items() if k.startswith("model.")}, out_dir / "model.pt")
-    write_json(out_dir / "result.json", result)
-    return result
 
 
 @torch.no_grad()
