@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import Sequence
 
-from mnv2_vision.commands.cli import add_debug_flag, exit_status, guarded
+from mnv2_vision.commands.cli import add_debug_flag, exit_status, guarded, make_parser
 from mnv2_vision.config import load_config
 from mnv2_vision.data import resolve_root
 from mnv2_vision.data.verify import Problem, check_coco, check_voc
@@ -45,9 +45,7 @@ def scan(cfg_name: str, overrides: Sequence[str] = (), splits: Sequence[str] = (
 
 @guarded
 def main(argv: Sequence[str] | None = None) -> int:
-    import argparse
-
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = make_parser(__doc__)
     p.add_argument("--cfg", required=True, help="config name in configs/ or a YAML path")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override (repeatable)")
     p.add_argument("--split", action="append", default=[], help="split to scan (repeatable; default: train + val)")

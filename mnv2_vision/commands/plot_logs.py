@@ -4,7 +4,6 @@
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import math
 from pathlib import Path
@@ -15,7 +14,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-from mnv2_vision.commands.cli import add_debug_flag, exit_status, guarded
+from mnv2_vision.commands.cli import add_debug_flag, exit_status, guarded, make_parser
 from mnv2_vision.files import save_figure
 
 # The validation panel holds the 0..1 metrics (mAP, mIoU, accuracy); counts such as val/num_images (96 on the mAP
@@ -48,7 +47,7 @@ def read_metrics(path: Path) -> dict[str, list[tuple[int, float]]]:
 
 @guarded
 def main(argv: Sequence[str] | None = None) -> Path:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = make_parser(__doc__)
     p.add_argument("run_dir", help="a run folder written by tools/train_*.py (holds metrics.csv)")
     p.add_argument("--out", default=None, help="PNG path (default: RUN_DIR/curves.png)")
     args = add_debug_flag(p).parse_args(argv)
