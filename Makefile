@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIP    := $(VENV)/bin/pip
 
-.PHONY: venv demo test test-all wheel-check clean
+.PHONY: venv demo test test-all wheel-check clean distclean
 
 $(VENV)/.installed: setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -14,9 +14,14 @@ $(VENV)/.installed: setup.py
 
 venv: $(VENV)/.installed
 
-# Trains SSDLite on the built-in shapes dataset (generated on first use) and evaluates it with pycocotools.
+# Trains SSDLite on the built-in shapes dataset (generated on first use) and evaluates it with pycocotools, into
+# $(DEMO_OUT). Run again, it replaces the previous demo run there (--overwrite; the tool lists what it removed);
+# `make demo DEMO_OUT=runs/demo2` keeps it. DEMO_ARGS adds arguments, e.g. DEMO_ARGS="--set trainer.max_epochs=1".
+DEMO_OUT  ?= runs/ssdlite_shapes
+DEMO_ARGS ?=
 demo: venv
-	$(PY) tools/train_det.py --cfg ssdlite_shapes
+	@echo "make demo: training into $(DEMO_OUT), replacing an earlier demo run there (keep one: DEMO_OUT=runs/other)"
+	$(PY) tools/train_det.py --cfg ssdlite_shapes --out $(DEMO_OUT) --overwrite $(DEMO_ARGS)
 
 # The README's test command; `.ci/run` calls this from a clean clone. Real-data training checks that take minutes
 # are marked `slow` and run with `make test-all`.
@@ -31,5 +36,10 @@ test-all: venv
 wheel-check: venv
 	bash .ci/check_wheel.sh
 
+# `clean` removes what the tools and builds wrote (runs, wheels, build folders) and keeps the venv; `distclean` also
+# removes the venv and the CI cache, back to a fresh clone.
 clean:
-	rm -rf $(VENV) runs
+	rm -rf runs build dist wheelhouse *.egg-info
+
+distclean: clean
+	rm -rf $(VENV) .cache
