@@ -31,9 +31,10 @@ test: venv
 test-all: venv
 	$(PY) -m pytest -q tests
 
-# The wheel as users get it: built, installed into a fresh venv outside the source tree, then a console command
-# (a named config from the wheel), a tiny training run and a predictor call. `.ci/run` runs it after the tests.
-wheel-check: venv
+# The README's install lines as a new user runs them: a git clone of HEAD, a fresh venv, `pip install .`, then the
+# wheel (`pip wheel --no-deps -w dist .`, installed); each result used from outside the clone (console commands, a
+# tiny training run, a predictor call). Needs no .venv of its own. `.ci/run` runs it before the tests.
+wheel-check:
 	bash .ci/check_wheel.sh
 
 # `clean` removes what the tools and builds wrote (runs, wheels, build folders) and keeps the venv; `distclean` also
