@@ -6,9 +6,14 @@ PIP    := $(VENV)/bin/pip
 
 .PHONY: venv demo test test-all wheel-check clean distclean
 
+# A CPU-only machine skips PyPI's ~6 GB CUDA build of torch with the CPU build installed first:
+#   make demo TORCH_INDEX=https://download.pytorch.org/whl/cpu
+TORCH_INDEX ?=
+
 $(VENV)/.installed: setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --upgrade pip
+	$(if $(TORCH_INDEX),$(PIP) install torch torchvision --index-url $(TORCH_INDEX))
 	$(PIP) install -e ".[dev]"
 	touch $@
 

@@ -46,3 +46,16 @@ def test_make_clean_keeps_the_venv_and_distclean_removes_it():
     assert clean.returncode == 0 and distclean.returncode == 0, clean.stderr + distclean.stderr
     assert "runs" in clean.stdout and ".venv" not in clean.stdout
     assert "rm -rf .venv" in distclean.stdout and "runs" in distclean.stdout
+
+
+def test_a_cpu_only_machine_can_install_the_cpu_build_of_torch_first():
+    """``make demo TORCH_INDEX=https://download.pytorch.org/whl/cpu``: torch's CPU build before the package (dry run:
+    nothing is installed here)."""
+    cpu = "https://download.pytorch.org/whl/cpu"
+    lines = subprocess.run(["make", "--no-print-directory", "-C", str(ROOT), "-n", "-B", ".venv/.installed",
+                            f"TORCH_INDEX={cpu}"], capture_output=True, text=True, timeout=60).stdout.splitlines()
+    torch_line = f".venv/bin/pip install torch torchvision --index-url {cpu}"
+    assert torch_line in lines and lines.index(torch_line) < lines.index('.venv/bin/pip install -e ".[dev]"')
+    plain = subprocess.run(["make", "--no-print-directory", "-C", str(ROOT), "-n", "-B", ".venv/.installed"],
+                           capture_output=True, text=True, timeout=60).stdout
+    assert "--index-url" not in plain and '.venv/bin/pip install -e ".[dev]"' in plain
