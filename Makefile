@@ -4,19 +4,29 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIP    := $(VENV)/bin/pip
 
-.PHONY: venv demo test test-all wheel-check clean
+.PHONY: venv demo test test-all wheel-check clean distclean
+
+# A CPU-only machine skips PyPI's ~6 GB CUDA build of torch with the CPU build installed first:
+#   make demo TORCH_INDEX=https://download.pytorch.org/whl/cpu
+TORCH_INDEX ?=
 
 $(VENV)/.installed: setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --upgrade pip
+	$(if $(TORCH_INDEX),$(PIP) install torch torchvision --index-url $(TORCH_INDEX))
 	$(PIP) install -e ".[dev]"
 	touch $@
 
 venv: $(VENV)/.installed
 
-# Trains SSDLite on the built-in shapes dataset (generated on first use) and evaluates it with pycocotools.
+# Trains SSDLite on the built-in shapes dataset (generated on first use) and evaluates it with pycocotools, into
+# $(DEMO_OUT). Run again, it replaces the previous demo run there (--overwrite; the tool lists what it removed);
+# `make demo DEMO_OUT=runs/demo2` keeps it. DEMO_ARGS adds arguments, e.g. DEMO_ARGS="--set trainer.max_epochs=1".
+DEMO_OUT  ?= runs/ssdlite_shapes
+DEMO_ARGS ?=
 demo: venv
-	$(PY) tools/train_det.py --cfg ssdlite_shapes
+	@echo "make demo: training into $(DEMO_OUT), replacing an earlier demo run there (keep one: DEMO_OUT=runs/other)"
+	$(PY) tools/train_det.py --cfg ssdlite_shapes --out $(DEMO_OUT) --overwrite $(DEMO_ARGS)
 
 # The README's test command; `.ci/run` calls this from a clean clone. Real-data training checks that take minutes
 # are marked `slow` and run with `make test-all`.
@@ -26,9 +36,10 @@ test: venv
 test-all: venv
 	$(PY) -m pytest -q tests
 
-# The wheel as users get it: built, installed into a fresh venv outside the source tree, then a console command
-# (a named config from the wheel), a tiny training run and a predictor call. `.ci/run` runs it after the tests.
-wheel-check: venv
+# The README's install lines as a new user runs them: a git clone of HEAD, a fresh venv, `pip install .`, then the
+# wheel (`pip wheel --no-deps -w dist .`, installed); each result used from outside the clone (console commands, a
+# tiny training run, a predictor call). Needs no .venv of its own. `.ci/run` runs it before the tests.
+wheel-check:
 	bash .ci/check_wheel.sh
 
 # The docs site (MkDocs, Material theme, API pages from the docstrings) into site/; --strict fails the build on any
@@ -41,5 +52,10 @@ $(VENV)/.docs-installed: $(VENV)/.installed
 docs: $(VENV)/.docs-installed
 	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --site-dir site
 
+# `clean` removes what the tools and builds wrote (runs, wheels, build folders) and keeps the venv; `distclean` also
+# removes the venv and the CI cache, back to a fresh clone.
 clean:
-	rm -rf $(VENV) runs
+	rm -rf runs build dist wheelhouse *.egg-info
+
+distclean: clean
+	rm -rf $(VENV) .cache

@@ -320,8 +320,10 @@ class Predictor:
             batch_size: images processed together (images of any sizes can share a batch): one forward pass on a
                 GPU or in ONNX Runtime; on the CPU graph (detection) up to that many images in flight at once, one
                 per intra-op thread (see ``_detect_streams``). Results do not depend on it.
-            score_thresh: detection: the lowest score kept (default: the checkpoint's ``eval.score_thresh``, the
-                value its mAP was measured with; raise it, e.g. to 0.3, to draw boxes).
+            score_thresh: detection: the lowest score kept (default: the checkpoint's ``eval.score_thresh``, 0.001
+                in every shipped config, the value its mAP was measured with: up to ``eval.detections_per_img``
+                (100) boxes per image, most of them unlikely ones). Raise it to draw boxes: ``mnv2-predict`` keeps
+                and draws ``score >= 0.3`` by default (its ``--score-thresh``).
             probs: segmentation: also return ``probs`` (K, H, W) softmax probabilities.
         """
         if batch_size < 1:

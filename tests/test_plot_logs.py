@@ -57,6 +57,28 @@ def test_validation_panel_holds_only_the_0_to_1_metrics():
     from mnv2_vision.commands.plot_logs import PANELS
 
     panels = dict(PANELS)
-    columns = ["train/loss", "val/loss", "val/map", "val/miou", "val/num_images", "val/ap_circle", "lr-SGD"]
+    columns = ["train/loss", "val/loss", "val/map", "val/miou", "val/num_images", "val/num_seg_images",
+               "val/ap_circle", "lr-SGD"]
     assert [c for c in columns if panels["validation"](c)] == ["val/map", "val/miou"]  # 96 images would flatten mAP
     assert [c for c in columns if panels["loss"](c)] == ["train/loss", "val/loss"]
+
+
+def test_multitask_validation_panel_plots_map_and_miou_without_the_image_count(tmp_path):
+    """A multi-task run logs val/num_seg_images (16) beside val/map and val/miou: on the 0..1 axis it flattened both
+    curves to a line, so the panel leaves out every count and every column with a value outside [0, 1]."""
+    from mnv2_vision.commands.plot_logs import panel_columns, read_metrics
+
+    run = tmp_path / "run"
+    run.mkdir()
+    with open(run / "metrics.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["epoch", "step", "train/loss", "val/map", "val/miou", "val/num_seg_images", "val/score",
+                    "val/odd"])
+        w.writerow([0, 9, 5.0, "", "", "", "", ""])
+        w.writerow([0, 9, "", 0.12, 0.31, 16, 0.215, 0.5])
+        w.writerow([1, 19, 3.5, "", "", "", "", ""])
+        w.writerow([1, 19, "", 0.25, 0.42, 16, 0.335, 1.5])  # a column leaving [0, 1] is not a 0..1 metric
+    panels = dict(panel_columns(read_metrics(run / "metrics.csv")))
+    assert panels == {"loss": ["train/loss"], "validation": ["val/map", "val/miou", "val/score"]}
+    out = _tool("plot_logs").main([str(run)])
+    assert out == run / "curves.png" and out.is_file()

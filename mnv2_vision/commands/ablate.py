@@ -12,7 +12,6 @@ resolved config and retrains the others from scratch (an unfinished or changed v
 """
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 from pathlib import Path
@@ -24,7 +23,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 from mnv2_vision.checkpoint import build_from_config, model_kwargs
-from mnv2_vision.commands.cli import add_debug_flag, exit_status, guarded
+from mnv2_vision.commands.cli import add_debug_flag, exit_status, guarded, make_parser
 from mnv2_vision.config import Study, load_study, to_dict
 from mnv2_vision.files import save_figure, write_json, write_text
 from mnv2_vision.lit.driver import train
@@ -87,7 +86,7 @@ def plot_curves(study: Study, results: list[dict], path: Path) -> Path:
 
 @guarded
 def main(argv: Sequence[str] | None = None) -> list[dict]:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = make_parser(__doc__.splitlines()[0])
     p.add_argument("--cfg", required=True, help="study name in configs/studies/ or a path to a study YAML")
     p.add_argument("--out", default=None, help="study folder (default: runs/ablate/<study>)")
     p.add_argument("--only", default=None, help="comma-separated variants to run now (the table lists every finished)")

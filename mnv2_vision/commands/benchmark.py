@@ -24,7 +24,6 @@ breakdown, ours against the albumentations pipelines they replace and torchvisio
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
@@ -36,7 +35,7 @@ from typing import Sequence
 
 import torch
 
-from mnv2_vision.commands.cli import add_debug_flag, exit_status, guarded, require_extra
+from mnv2_vision.commands.cli import add_debug_flag, exit_status, guarded, make_parser, require_extra
 from mnv2_vision.config import EvalCfg
 from mnv2_vision.files import write_json
 from mnv2_vision.models import build_model
@@ -57,7 +56,7 @@ except ImportError as e:
 
 @guarded
 def main(argv: Sequence[str] | None = None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = make_parser(__doc__)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--runs", type=int, default=6, help="round-robin rounds (median of rounds × (block − 1) calls)")
     p.add_argument("--warmup", type=int, default=3)

@@ -28,7 +28,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Sequence
 
-from mnv2_vision.commands.cli import add_debug_flag, exit_status, guarded
+from mnv2_vision.commands.cli import add_debug_flag, exit_status, guarded, make_parser
 from mnv2_vision.config import load_config
 from mnv2_vision.data import resolve_root
 from mnv2_vision.data.detect import LOOKED_FOR, detect_layouts
@@ -83,9 +83,7 @@ def scan_folder(path: str | Path, splits: Sequence[str] = (), scanned: list[str]
 
 @guarded
 def main(argv: Sequence[str] | None = None) -> int:
-    import argparse
-
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = make_parser(__doc__)
     p.add_argument("path", nargs="?", help="a dataset folder, its layout detected (or give --cfg)")
     p.add_argument("--cfg", help="config name in configs/ or a YAML path: check its data.root")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override (repeatable)")

@@ -18,6 +18,7 @@ validation lists the images it skipped too, but the run succeeded: exit status 0
 from __future__ import annotations
 
 import argparse
+import copy
 import functools
 import logging
 import signal
@@ -30,7 +31,8 @@ from ..errors import UserError
 from ..files import is_disk_full
 from ..lit.runfolder import RunFolder
 
-__all__ = ["base_parser", "setup_run", "run_training", "guarded", "add_debug_flag", "exit_status", "skipped_message"]
+__all__ = ["HelpFormatter", "make_parser", "base_parser", "setup_run", "run_training", "guarded", "add_debug_flag",
+           "exit_status", "skipped_message"]
 
 log = logging.getLogger("mnv2_vision")
 
@@ -48,8 +50,43 @@ def add_debug_flag(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     return p
 
 
+def _shows_default(action: argparse.Action) -> bool:
+    """Whether ``--help`` should name the default of ``action``: a value the user did not give (not a flag's
+    ``False``, not ``None`` / empty = "not given") whose help does not already say what the default means."""
+    default = action.default
+    if default is None or default is False or default is argparse.SUPPRESS or action.help is argparse.SUPPRESS:
+        return False
+    if isinstance(default, (str, list, tuple)) and not default:
+        return False
+    return "(default" not in (action.help or "") and "%(default)" not in (action.help or "")
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Every command's ``--help``: the description as written (its examples keep their lines) and each option's
+    default, ``(default: 0.3)``, also where the option has no help text. A default of ``None`` or an empty list
+    means "not given" and is not shown; an option whose help explains its default itself keeps that text."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if _shows_default(action):
+            text = f"{text} (default: %(default)s)" if text else "(default: %(default)s)"
+        return text
+
+    def _format_action(self, action: argparse.Action) -> str:
+        if not action.help and _shows_default(action):  # argparse prints no help line at all for these
+            action = copy.copy(action)
+            action.help = "(default: %(default)s)"
+        return super()._format_action(action)
+
+
+def make_parser(description: str | None, epilog: str | None = None) -> argparse.ArgumentParser:
+    """The argument parser of every command: ``HelpFormatter`` (defaults shown, description kept as written)."""
+    return argparse.ArgumentParser(description=description, epilog=epilog, formatter_class=HelpFormatter)
+
+
 def base_parser(description: str) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    """The training commands' parser: ``--cfg/--set/--out/--print-config/--resume/--overwrite/--debug``."""
+    p = make_parser(description)
     p.add_argument("--cfg", required=True, help="config name in configs/ (e.g. ssdlite_coco) or a path to a YAML file")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value (repeatable; dotted keys, YAML values: --set optim.lr=0.1)")

@@ -15,7 +15,6 @@ of this process). Writes ``<out>/comparison.md`` and ``<out>/comparison.json``.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import sys
@@ -26,7 +25,7 @@ from typing import Sequence
 import torch
 
 from mnv2_vision.commands import eval_seg
-from mnv2_vision.commands.cli import add_debug_flag, exit_status, guarded
+from mnv2_vision.commands.cli import add_debug_flag, exit_status, guarded, make_parser
 from mnv2_vision.config import load_config
 from mnv2_vision.data.synthetic import ensure_shapes
 from mnv2_vision.files import write_json, write_text
@@ -66,7 +65,7 @@ def _eval_seg(ckpt: Path, overrides: Sequence[str]) -> dict:
 
 @guarded
 def main(argv: Sequence[str] | None = None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = make_parser(__doc__)
     p.add_argument("--steps", type=int, default=400,
                    help="optimiser steps for every model (400: the three runs fit in ~10 CPU-minutes)")
     p.add_argument("--sharing", nargs="+", default=["os32"], choices=["os32", "os16", "twin"],

@@ -9,12 +9,11 @@ installed, it is the ``mnv2-complexity`` command, with ``mnv2-profile`` kept as 
 """
 from __future__ import annotations
 
-import argparse
 import difflib
 import inspect
 from typing import Sequence
 
-from mnv2_vision.commands.cli import add_debug_flag, exit_status, guarded
+from mnv2_vision.commands.cli import add_debug_flag, exit_status, guarded, make_parser
 from mnv2_vision.config import ConfigError, parse_yaml
 from mnv2_vision.files import write_json
 from mnv2_vision.models import MODELS, build_model, list_models
@@ -24,7 +23,7 @@ from mnv2_vision.perf.complexity import profile_model
 
 @guarded
 def main(argv: Sequence[str] | None = None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = make_parser(__doc__)
     p.add_argument("model", help=f"one of: {', '.join(list_models())}")
     p.add_argument("--size", nargs=2, type=int, metavar=("H", "W"), default=None,
                    help="input size (default: 224 classification, 320 detection, 513 segmentation)")

@@ -10,7 +10,6 @@ scored, and the command exits with status 1 (the rule of every tool that scores 
 """
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -23,7 +22,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 
 from mnv2_vision.checkpoint import load_model
-from mnv2_vision.commands.cli import add_debug_flag, exit_status, guarded
+from mnv2_vision.commands.cli import add_debug_flag, exit_status, guarded, make_parser
 from mnv2_vision.data import resolve_root
 from mnv2_vision.data.classification.datamodule import TransformedDataset, classification_eval_collate
 from mnv2_vision.data.classification.datasets import read_classification_split
@@ -72,7 +71,7 @@ def _usable(loader: DataLoader, skipped: list[str]) -> Iterator[tuple[Tensor, Te
 
 @guarded
 def main(argv: Sequence[str] | None = None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = make_parser(__doc__.splitlines()[0])
     p.add_argument("--ckpt", required=True, help="a checkpoint written by tools/train_cls.py")
     p.add_argument("--root", default=None, help="dataset folder (default: the checkpoint config's data.root)")
     p.add_argument("--split", default=None, help="split to evaluate (default: the config's data.val_split)")

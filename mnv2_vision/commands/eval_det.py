@@ -12,13 +12,12 @@ the command exits with status 1 (the rule of every tool that scores images, ``mn
 """
 from __future__ import annotations
 
-import argparse
 import math
 from pathlib import Path
 from typing import Sequence
 
 from mnv2_vision.checkpoint import load_model
-from mnv2_vision.commands.cli import add_debug_flag, exit_status, guarded
+from mnv2_vision.commands.cli import add_debug_flag, exit_status, guarded, make_parser
 from mnv2_vision.config import load_config, save_config
 from mnv2_vision.errors import CheckpointError
 from mnv2_vision.eval.coco import format_coco_stats, save_results
@@ -29,7 +28,7 @@ from mnv2_vision.lit.detection import DetectionModule, build_det_datamodule, cat
 
 @guarded
 def main(argv: Sequence[str] | None = None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = make_parser(__doc__)
     p.add_argument("--ckpt", required=True, help="a checkpoint written by tools/train_det.py or train_multitask.py")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a value of the checkpoint's config (repeatable), e.g. data.val_split=val2017")

@@ -12,7 +12,6 @@ exits with status 1 (the rule of every tool that scores images, ``mnv2_vision/co
 """
 from __future__ import annotations
 
-import argparse
 import tempfile
 from pathlib import Path
 from typing import Sequence
@@ -22,7 +21,7 @@ from typing import Sequence
 import torch
 
 from mnv2_vision.checkpoint import load_model
-from mnv2_vision.commands.cli import add_debug_flag, exit_status, guarded
+from mnv2_vision.commands.cli import add_debug_flag, exit_status, guarded, make_parser
 from mnv2_vision.config import load_config, save_config
 from mnv2_vision.data.io.labels import IGNORE_INDEX, write_label
 from mnv2_vision.eval.miou import ConfusionMatrix
@@ -56,7 +55,7 @@ def _predictions(cfg, model, hparams, scales, flip, device, skipped: list[str]):
 
 @guarded
 def main(argv: Sequence[str] | None = None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = make_parser(__doc__)
     p.add_argument("--ckpt", required=True, help="a checkpoint written by tools/train_seg.py or train_multitask.py")
     p.add_argument("--ms-flip", action="store_true", help="multi-scale (eval.ms_scales) + flip (eval.flip) inference")
     p.add_argument("--save-dir", default=None, help="write <id>.png colour-palette prediction maps here")

@@ -16,7 +16,6 @@ reports the validation mAP/mIoU of PyTorch, ONNX fp32 and int8, and the fp32 vs 
 """
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 from typing import Sequence
@@ -25,7 +24,7 @@ import numpy as np
 import torch
 
 from mnv2_vision.checkpoint import load_model
-from mnv2_vision.commands.cli import add_debug_flag, exit_status, guarded, require_extra
+from mnv2_vision.commands.cli import add_debug_flag, exit_status, guarded, make_parser, require_extra
 from mnv2_vision.config import save_config, to_dict
 from mnv2_vision.data import resolve_root
 from mnv2_vision.files import output_folder, save_torch, write_json
@@ -87,7 +86,7 @@ def _sample_inputs(cfg, kind: str, size: tuple[int, int], n: int) -> list[torch.
 
 @guarded
 def main(argv: Sequence[str] | None = None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = make_parser(__doc__)
     p.add_argument("--ckpt", required=True,
                    help="a checkpoint written by tools/train_det.py, train_seg.py or train_multitask.py")
     p.add_argument("--format", choices=("onnx", "state_dict"), default="onnx")

@@ -48,7 +48,7 @@ import torch
 from PIL import Image
 
 import mnv2_vision
-from mnv2_vision.commands.cli import add_debug_flag, exit_status, guarded, skipped_message
+from mnv2_vision.commands.cli import add_debug_flag, exit_status, guarded, make_parser, skipped_message
 from mnv2_vision.data.io.labels import write_label
 from mnv2_vision.errors import DataError, UserError
 from mnv2_vision.files import output_folder, plan_outputs, remove_temp_files, save_image, write_json
@@ -333,12 +333,15 @@ def _write(f: Path, image: np.ndarray, r: dict[str, Any], outs: tuple[Path, ...]
 
 @guarded
 def main(argv: Sequence[str] | None = None) -> list[dict]:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = make_parser(__doc__)
     p.add_argument("--ckpt", required=True, help="a checkpoint of tools/train_det.py, train_seg.py or "
                    "train_multitask.py, a model.pt in its run folder, or a model.onnx of tools/export.py")
     p.add_argument("images", nargs="+", help="image files and/or folders of images")
     p.add_argument("--out", default="runs/predict", help="output folder")
-    p.add_argument("--score-thresh", type=float, default=0.3, help="detection: lowest score kept and drawn")
+    p.add_argument("--score-thresh", type=float, default=0.3,
+                   help="detection: the lowest score kept and drawn. From Python, predict() keeps more by default: "
+                        "every box scoring at least the checkpoint's eval.score_thresh (0.001, the threshold mAP is "
+                        "measured at), up to eval.detections_per_img (100) per image")
     p.add_argument("--batch-size", type=int, default=8, help="images per forward pass")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda when available)")
     p.add_argument("--fuse", action=argparse.BooleanOptionalAction, default=None,
@@ -352,6 +355,12 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
     files, skipped = _collect(args.images)
     predictor = mnv2_vision.load(args.ckpt, device=args.device, fuse=args.fuse)
     task = predictor.task
+    if task in ("detection", "multitask"):
+        # predict() from Python defaults to the checkpoint's mAP threshold: say why these drawings hold fewer boxes
+        pp = predictor.spec.postprocess
+        print(f"keeping and drawing boxes with score >= {args.score_thresh} (--score-thresh); predict() from Python "
+              f"keeps every box >= {pp['score_thresh']} (the checkpoint's eval.score_thresh, as mAP is measured), "
+              f"up to {pp['detections_per_img']} per image", flush=True)
     out_dir = output_folder(args.out)
     remove_temp_files(out_dir)
     suffixes = {"detection": (".jpg",), "segmentation": (".png", "_overlay.jpg"), "multitask": (".jpg", ".png")}[task]

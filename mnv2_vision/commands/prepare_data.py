@@ -6,11 +6,10 @@
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
-from mnv2_vision.commands.cli import add_debug_flag, exit_status, guarded
+from mnv2_vision.commands.cli import add_debug_flag, exit_status, guarded, make_parser
 from mnv2_vision.data.prepare import ARCHIVES, DATASETS, STEPS, prepare, verify
 from mnv2_vision.errors import DatasetError
 
@@ -27,8 +26,7 @@ Steps whose folders are already under --root are skipped and need no archive. A 
 
 @guarded
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog=ROOTS,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = make_parser(__doc__.splitlines()[0], epilog=ROOTS)
     parser.add_argument("dataset", choices=DATASETS)
     parser.add_argument("--root", type=Path, required=True, help="dataset folder (see below)")
     parser.add_argument("--archives", type=Path, help="folder with the archives fetched by other means (no internet "
