@@ -359,8 +359,8 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
         # predict() from Python defaults to the checkpoint's mAP threshold: say why these drawings hold fewer boxes
         pp = predictor.spec.postprocess
         print(f"keeping and drawing boxes with score >= {args.score_thresh} (--score-thresh); predict() from Python "
-              f"keeps every box >= {pp['score_thresh']} (the checkpoint's eval.score_thresh, as mAP is measured), "
-              f"up to {pp['detections_per_img']} per image", flush=True)
+              f"keeps every box >= {pp.score_thresh} (the checkpoint's eval.score_thresh, as mAP is measured), "
+              f"up to {pp.detections_per_img} per image", flush=True)
     out_dir = output_folder(args.out)
     remove_temp_files(out_dir)
     suffixes = {"detection": (".jpg",), "segmentation": (".png", "_overlay.jpg"), "multitask": (".jpg", ".png")}[task]
