@@ -1,5 +1,5 @@
 """What every tool shares: ``--cfg/--set/--out/--print-config/--resume/--overwrite/--debug``, the run folder set-up,
-a train command's run (``run_training``), and one place that turns a user's mistake into one line and an exit status.
+a train command (``training_command``), and one place that turns a user's mistake into one line and an exit status.
 
 Exit status: 0 done; 1 the data has problems (``check_data`` found some, a tool skipped images, no usable image);
 2 a mistake in what was given (config key or value, missing or unreadable file, wrong checkpoint, run folder in use,
@@ -31,7 +31,7 @@ from ..errors import UserError
 from ..files import is_disk_full
 from ..lit.runfolder import RunFolder
 
-__all__ = ["HelpFormatter", "make_parser", "base_parser", "setup_run", "run_training", "guarded", "add_debug_flag",
+__all__ = ["HelpFormatter", "make_parser", "base_parser", "setup_run", "training_command", "guarded", "add_debug_flag",
            "exit_status", "skipped_message"]
 
 log = logging.getLogger("mnv2_vision")
@@ -191,11 +191,27 @@ def guarded(main: Callable[[Sequence[str] | None], object]) -> Callable[[Sequenc
     return wrapper
 
 
-def run_training(args: argparse.Namespace, task: str, download: bool = False) -> dict:
-    """What a train command does once its arguments are parsed: open the run folder (``setup_run``) and train the
-    config into it (``lit.driver.train``); the result dict, for Python callers."""
-    from ..lit.driver import train  # here, not at the top: the other commands need no training machinery
+def training_command(task: str, description: str, *, download: bool = False
+                     ) -> tuple[Callable[[Sequence[str] | None], dict], Callable[[], int]]:
+    """``main`` and ``console`` of a train command: parse the common flags (``base_parser``; ``--download`` too
+    where the data can be fetched), open the run folder (``setup_run``) and train the config into it
+    (``lit.driver.train``). ``main(argv)`` returns the result dict (Python callers, tests); ``console()`` is the
+    ``mnv2-train-*`` command and ``python tools/train_*.py``, exiting with ``main``'s status."""
 
-    cfg, run = setup_run(args, task=task)
-    with run:
-        return train(cfg, run.path, resume=run.resume_path, download=download)
+    @guarded
+    def main(argv: Sequence[str] | None = None) -> dict:
+        from ..lit.driver import train  # here, not at the top: the other commands need no training machinery
+
+        p = base_parser(description)
+        if download:
+            p.add_argument("--download", action="store_true",
+                           help="let torchvision download CIFAR-10 / Flowers102 into data.root (needs internet)")
+        args = p.parse_args(argv)
+        cfg, run = setup_run(args, task=task)
+        with run:
+            return train(cfg, run.path, resume=run.resume_path, download=getattr(args, "download", False))
+
+    def console() -> int:
+        return exit_status(main())
+
+    return main, console

@@ -10,26 +10,10 @@ Outputs in ``--out`` (default ``runs/<config>``): ``config.yaml``, ``ckpt/best-*
 of the best model), CSV/TensorBoard logs and ``result.json`` (best/final top-1, per-epoch history, wall time).
 A checkpoint's backbone loads into the detection and segmentation builders with ``model.pretrained=<ckpt>``.
 """
-from __future__ import annotations
+from mnv2_vision.commands.cli import training_command
 
-from typing import Sequence
-
-from mnv2_vision.commands.cli import base_parser, exit_status, guarded, run_training
-
-
-@guarded
-def main(argv: Sequence[str] | None = None) -> dict:
-    parser = base_parser(__doc__.splitlines()[0])
-    parser.add_argument("--download", action="store_true",
-                        help="let torchvision download CIFAR-10 / Flowers102 into data.root (needs internet)")
-    args = parser.parse_args(argv)
-    return run_training(args, task="classification", download=args.download)
-
-
-def console() -> int:
-    """The ``mnv2-train-cls`` command and ``python tools/train_cls.py``: ``main`` with its exit status."""
-    return exit_status(main())
-
+# main(argv) → the result dict (Python callers, tests); console() → the mnv2-train-cls command's exit status
+main, console = training_command("classification", __doc__.splitlines()[0], download=True)
 
 if __name__ == "__main__":
     raise SystemExit(console())

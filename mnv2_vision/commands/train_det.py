@@ -9,23 +9,10 @@ Outputs in ``--out`` (default ``runs/<config>``): ``config.yaml``, ``ckpt/best-*
 ``ckpt/last.ckpt`` (full Lightning checkpoints carrying the config and label map), ``model.pt`` (plain state dict of
 the best model), CSV/TensorBoard logs, and ``final_metrics.json`` (the 12 COCO stats and per-class AP).
 """
-from __future__ import annotations
+from mnv2_vision.commands.cli import training_command
 
-from typing import Sequence
-
-from mnv2_vision.commands.cli import base_parser, exit_status, guarded, run_training
-
-
-@guarded
-def main(argv: Sequence[str] | None = None) -> dict:
-    args = base_parser(__doc__.splitlines()[0]).parse_args(argv)
-    return run_training(args, task="detection")
-
-
-def console() -> int:
-    """The ``mnv2-train-det`` command and ``python tools/train_det.py``: ``main`` with its exit status."""
-    return exit_status(main())
-
+# main(argv) → the result dict (Python callers, tests); console() → the mnv2-train-det command's exit status
+main, console = training_command("detection", __doc__.splitlines()[0])
 
 if __name__ == "__main__":
     raise SystemExit(console())

@@ -10,23 +10,10 @@ mIoU) / 2) and ``ckpt/last.ckpt`` (carrying the config, the label map and the se
 ``model.pt`` (plain state dict of the best model), CSV/TensorBoard logs, and ``final_metrics.json`` (the 12 COCO
 stats, per-class AP, mIoU and per-class IoU of the best checkpoint).
 """
-from __future__ import annotations
+from mnv2_vision.commands.cli import training_command
 
-from typing import Sequence
-
-from mnv2_vision.commands.cli import base_parser, exit_status, guarded, run_training
-
-
-@guarded
-def main(argv: Sequence[str] | None = None) -> dict:
-    args = base_parser(__doc__.splitlines()[0]).parse_args(argv)
-    return run_training(args, task="multitask")
-
-
-def console() -> int:
-    """The ``mnv2-train-multitask`` command and ``python tools/train_multitask.py``: ``main`` with its exit status."""
-    return exit_status(main())
-
+# main(argv) → the result dict (Python callers, tests); console() → the mnv2-train-multitask command's exit status
+main, console = training_command("multitask", __doc__.splitlines()[0])
 
 if __name__ == "__main__":
     raise SystemExit(console())

@@ -7,23 +7,10 @@
 Writes <out>/config.yaml, <out>/ckpt/{best-*.ckpt,last.ckpt} (best by val/miou), CSV + TensorBoard logs and
 <out>/model.pt (the best checkpoint's network as a plain state dict).
 """
-from __future__ import annotations
+from mnv2_vision.commands.cli import training_command
 
-from typing import Sequence
-
-from mnv2_vision.commands.cli import base_parser, exit_status, guarded, run_training
-
-
-@guarded
-def main(argv: Sequence[str] | None = None) -> dict:
-    args = base_parser(__doc__.splitlines()[0]).parse_args(argv)
-    return run_training(args, task="segmentation")
-
-
-def console() -> int:
-    """The ``mnv2-train-seg`` command and ``python tools/train_seg.py``: ``main`` with its exit status."""
-    return exit_status(main())
-
+# main(argv) → the result dict (Python callers, tests); console() → the mnv2-train-seg command's exit status
+main, console = training_command("segmentation", __doc__.splitlines()[0])
 
 if __name__ == "__main__":
     raise SystemExit(console())
