@@ -152,6 +152,20 @@ def test_the_site_lists_every_page_and_every_module():
     assert not modules - documented, f"add these modules to a page of docs/api/: {sorted(modules - documented)}"
 
 
+def test_the_install_lines_are_the_ones_the_wheel_check_runs():
+    """Getting started shows, in order and to the letter, the install lines ``.ci/check_wheel.sh`` runs from a fresh
+    clone (it prints them with ``--print-lines``): the documented route is the tested one."""
+    import subprocess
+
+    lines = subprocess.run(["bash", str(REPO / ".ci" / "check_wheel.sh"), "--print-lines"], capture_output=True,
+                           text=True, check=True).stdout.splitlines()
+    assert "pip install ." in lines and "pip wheel --no-deps -w dist ." in lines
+    shown = [line.split("   #")[0].strip() for b in blocks_of(REPO / "docs" / "getting-started.md") if b.lang == "bash"
+             for line in b.code.splitlines()]
+    found = [line for line in shown if line in lines]
+    assert found == lines, f"docs/getting-started.md should show these lines in this order: {lines}; it shows {found}"
+
+
 def test_code_cites_the_papers_and_the_design_notes_not_a_missing_spec():
     pattern = "spec " + "§"  # built here so that this file does not cite it
     cited = [f"{p.relative_to(REPO)}:{n}" for folder in ("mnv2_vision", "tools", "tests", "configs")
