@@ -87,7 +87,8 @@ class DataCfg:
     val_split: str = "val2017"
     image_size: int = 320  # detection: network input; segmentation: training crop; classification: crop
     crop_scale: tuple[float, float] = (0.08, 1.0)  # classification: RandomResizedCrop area range (augment=cls)
-    augment: str = "ssdlite"  # ssdlite | light (flip + colour) | seg | cls (ImageNet crop) | cls_invariant | cifar | none
+    # ssdlite | light (flip + colour) | seg | cls (ImageNet crop) | cls_invariant | cifar | none
+    augment: str = "ssdlite"
     scale_range: tuple[float, float] = (0.5, 2.0)  # segmentation random scale
     batch_size: int = 24
     val_batch_size: int = 8

@@ -83,7 +83,8 @@ def test_round_trip(tmp_path):
 
 
 def test_cli_setup_run_saves_resolved_config(tmp_path, capsys):
-    args = base_parser("t").parse_args(["--cfg", str(_write(tmp_path)), "--set", "seed=3", "--out", str(tmp_path / "o")])
+    args = base_parser("t").parse_args(["--cfg", str(_write(tmp_path)), "--set", "seed=3",
+                                        "--out", str(tmp_path / "o")])
     cfg, run = setup_run(args)
     with run:
         assert not (run.path / "config.yaml").exists()  # written once the data is found (write_config)

@@ -102,7 +102,8 @@ def test_cifar_verify_refuses_a_planted_pickle_payload(tmp_path, capsys):
 # ---------------------------------------------------------------------------------------------- 3: run folders
 def test_a_second_process_cannot_use_a_run_folder_in_use(tmp_path, capsys):
     out = tmp_path / "run"
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from mnv2_vision.lit.runfolder import RunFolder; "
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; "
+                               "from mnv2_vision.lit.runfolder import RunFolder; "
                                f"RunFolder({str(out)!r}).open(); print('locked', flush=True); time.sleep(120)"],
                               cwd=ROOT, stdout=subprocess.PIPE, text=True, env=dict(os.environ, PYTHONPATH=str(ROOT)))
     try:
@@ -348,7 +349,8 @@ def test_user_mistakes_are_one_line_with_exit_status_2(tmp_path, tiny, capsys):
         ("eval_det", ["--ckpt", str(plain)], "is a plain state dict"),
         ("train_det", [*train, "--out", str(tmp_path / "r1"), "--resume", str(plain)], "is a plain state dict"),
         ("train_det", [*train, "--out", str(tmp_path / "r2"), "--resume", str(seg)], "is a segmentation checkpoint"),
-        ("train_det", [*train, "--out", str(tmp_path / "r3"), "--resume", str(truncated)], "is not a readable checkpoint"),
+        ("train_det", [*train, "--out", str(tmp_path / "r3"), "--resume", str(truncated)],
+         "is not a readable checkpoint"),
         ("train_seg", ["--cfg", "deeplabv3_shapes", "--set", "data.subset=4", "--set", "model.width_mult=0.35",
                        "--set", f"model.pretrained={det}", "--out", str(tmp_path / "r4")], "holds another kind"),
     ]

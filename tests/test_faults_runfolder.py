@@ -110,7 +110,7 @@ def test_the_sweep_covers_the_run_s_own_places_and_only_dead_writers(tmp_path, w
         p.write_bytes(b"half")
     live = [writer(out, "curves.png"), writer(out / "ckpt", "best.ckpt"), writer(out / "eval", "x.json")]
     for kwargs in ({"resume": "last"}, {"existing_ok": True}):
-        with RunFolder(out, **kwargs) as run:
+        with RunFolder(out, **kwargs):
             pass
         assert all(p.read_bytes() == b"half" for p in [*live, below]), kwargs
     assert not any(p.exists() for p in leftovers) and (out / "ckpt" / "last.ckpt").read_bytes() == b"kept"

@@ -122,7 +122,8 @@ def _assert_same_run(ref: Path, run: Path) -> None:
     assert a["global_step"] == b["global_step"]
     for k in a["state_dict"]:
         torch.testing.assert_close(b["state_dict"][k], a["state_dict"][k], atol=1e-6, rtol=0)
-    assert load_torch(run / "ckpt" / "last.ckpt")["global_step"] == load_torch(ref / "ckpt" / "last.ckpt")["global_step"]
+    step = load_torch(run / "ckpt" / "last.ckpt")["global_step"]
+    assert step == load_torch(ref / "ckpt" / "last.ckpt")["global_step"]
     # the same final metrics
     fa, fb = json.loads((ref / "final_metrics.json").read_text()), json.loads((run / "final_metrics.json").read_text())
     assert Path(fb["checkpoint"]).name == Path(fa["checkpoint"]).name

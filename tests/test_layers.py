@@ -151,12 +151,14 @@ def test_no_import_circles_between_modules_or_folders():
         folders[_folder(src)] |= {_folder(t) for _, t in targets} - {_folder(src)}
     assert not circles(modules), f"modules importing each other: {circles(modules)}"
     # a folder may import its own subfolders (data → data.io) but no two folders may need each other
-    nested = {f: {t for t in ts if not t.startswith(f + ".") and not f.startswith(t + ".")} for f, ts in folders.items()}
+    nested = {f: {t for t in ts if not t.startswith(f + ".") and not f.startswith(t + ".")}
+              for f, ts in folders.items()}
     assert not circles(nested), f"folders importing each other: {circles(nested)}"
 
 
 def test_the_contract_can_fail():
     """A made-up circle and a made-up upward import are caught (so a green run means something)."""
     assert circles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
-    fake = {"mnv2_vision.data.coco": {(3, "mnv2_vision.lit.common")}, "mnv2_vision.lit.common": {(9, "mnv2_vision.ops")}}
+    fake = {"mnv2_vision.data.coco": {(3, "mnv2_vision.lit.common")},
+            "mnv2_vision.lit.common": {(9, "mnv2_vision.ops")}}
     assert upward_imports(fake) == ["mnv2_vision.data.coco:3 imports mnv2_vision.lit.common (layer 2 → 3)"]

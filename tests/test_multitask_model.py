@@ -1,5 +1,6 @@
 """The multi-task pair (``models/multitask.py``): one backbone pass, SSDLite's and DeepLab's outputs, each
-stride-sharing option checked against the single-task models it claims to reproduce, weight tying, complexity, fine-tuning."""
+stride-sharing option checked against the single-task models it claims to reproduce, weight tying, complexity,
+fine-tuning."""
 from __future__ import annotations
 
 import pytest

@@ -355,8 +355,8 @@ def test_segmentation_killed_at_epoch_end_resumes_exactly_with_other_num_workers
     # with a fresh loader and only calls set_epoch). DeepLab's head has dropout (per-batch seeding, StepSeed), and
     # the killed run loads its data in a worker process.
     ref, run, at_kill = _killed_and_uninterrupted(
-        "train_seg", tmp_path, [*SEG_ARGS, "--set", "data.num_workers=0"], kill_at="4",  # the epoch-end save (no step save
-        # on an epoch's last batch: LastCheckpoint)
+        # kill at the epoch-end save (no step save on an epoch's last batch: LastCheckpoint)
+        "train_seg", tmp_path, [*SEG_ARGS, "--set", "data.num_workers=0"], kill_at="4",
         killed_args=["--set", "data.num_workers=1"])
     assert (at_kill["epoch"], at_kill["global_step"]) == (0, 4)
     progress = at_kill["loops"]["fit_loop"]["epoch_progress"]["current"]

@@ -112,7 +112,8 @@ def test_head_flattening_matches_anchor_order():
         feats = [f.contiguous(memory_format=torch.channels_last) if channels_last else f for f in features]
         cls, box = head(feats)
         assert cls.shape == box.shape == (2, (10 + 6) * A, K)
-        for level, yy, xx, aa, kk in [(0, 0, 0, 0, 0), (0, 1, 3, 2, 1), (0, 0, 4, 1, 3), (1, 2, 1, 2, 3), (1, 1, 0, 0, 2)]:
+        cells = [(0, 0, 0, 0, 0), (0, 1, 3, 2, 1), (0, 0, 4, 1, 3), (1, 2, 1, 2, 3), (1, 1, 0, 0, 2)]
+        for level, yy, xx, aa, kk in cells:
             h, w = levels[level]
             row = (10 * A if level else 0) + (yy * w + xx) * A + aa
             assert cls[1, row, kk].item() == 10000 * level + 1000 * aa + 100 * kk + 10 * yy + xx

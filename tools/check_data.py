@@ -1,6 +1,8 @@
-"""Scan a dataset folder (COCO, VOC, ImageFolder or CIFAR-10, detected) or a config's dataset; list every problem by file.
+"""Scan a dataset folder (COCO, VOC, ImageFolder or CIFAR-10, detected) or a config's dataset; list every problem
+by file.
 
-The tool lives in ``mnv2_vision/commands/check_data.py``; installed, it is also the ``mnv2-check-data`` command.
+The tool lives in ``mnv2_vision/commands/check_data.py``; installed, it is also
+the ``mnv2-check-data`` command.
 """
 from mnv2_vision.commands.check_data import console, main
 

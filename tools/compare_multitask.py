@@ -1,6 +1,7 @@
 """The multi-task pair against the two single-task demos on the built-in shapes, with the same step budget each.
 
-The tool lives in ``mnv2_vision/commands/compare_multitask.py``; installed, it is also the ``mnv2-compare-multitask`` command.
+The tool lives in ``mnv2_vision/commands/compare_multitask.py``; installed, it is also
+the ``mnv2-compare-multitask`` command.
 """
 from mnv2_vision.commands.compare_multitask import console, main
 

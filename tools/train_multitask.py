@@ -1,6 +1,7 @@
 """Train the multi-task pair (SSDLite boxes + DeepLab masks on one MobileNetV2 pass); evaluate the best checkpoint.
 
-The tool lives in ``mnv2_vision/commands/train_multitask.py``; installed, it is also the ``mnv2-train-multitask`` command.
+The tool lives in ``mnv2_vision/commands/train_multitask.py``; installed, it is also
+the ``mnv2-train-multitask`` command.
 """
 from mnv2_vision.commands.train_multitask import console, main
 

@@ -55,15 +55,17 @@ def run_variant(study: Study, name: str, out: Path) -> dict:
 
 
 def write_table(study: Study, results: list[dict], path: Path) -> Path:
+    common = f", for every variant: `{' '.join(study.common)}`" if study.common else ""
     lines = [f"# Ablation study `{study.name}`", "",
-             f"Base config `{study.base}`" + (f", for every variant: `{' '.join(study.common)}`" if study.common else "")
-             + ". Same seed, schedule and data for every variant; top-1 on the validation split.", "",
+             f"Base config `{study.base}`{common}. Same seed, schedule and data for every variant; top-1 on the "
+             "validation split.", "",
              "| variant | overrides | params | MAdds | best top-1 | final top-1 | epochs | wall time |",
              "|---|---|---:|---:|---:|---:|---:|---:|"]
     for r in results:
         overrides = " ".join(f"`{o}`" for o in r["overrides"]) or "(base)"
         lines.append(f"| {r['variant']} | {overrides} | {r['params'] / 1e6:.3f} M | {r['madds'] / 1e6:.1f} M | "
-                     f"{r['best_top1']:.4f} | {r['final_top1']:.4f} | {r['epochs']} | {r['wall_time_s'] / 60:.1f} min |")
+                     f"{r['best_top1']:.4f} | {r['final_top1']:.4f} | {r['epochs']} | "
+                     f"{r['wall_time_s'] / 60:.1f} min |")
     write_text(path, "\n".join(lines) + "\n")
     return path
 

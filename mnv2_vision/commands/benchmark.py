@@ -13,7 +13,8 @@ class's top-k above the 0.001 threshold: its worst case, for every model alike) 
 post-processing settings (``--score-thresh`` etc.). The candidates are timed round-robin in blocks of ``--block``
 calls after warm-up, so load from other processes hits all of them alike while each timed call finds the cores and
 caches as a deployment running one model would; training-step candidates each run in a process of their own. The
-compute floor of a model is its MAdds divided by the multiply-add rate of a large fp32 matrix product on the same threads.
+compute floor of a model is its MAdds divided by the multiply-add rate of a large fp32 matrix product on the same
+threads.
 ONNX Runtime's profiler then splits each fp32 model's time into convolution kinds (1×1, depthwise, other; each with
 its multiply-add rate as a fraction of the matrix product's) and the other operators, which says where the gap to
 the floor is.
@@ -79,8 +80,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     p.add_argument("--det-size", type=int, default=320, help="SSDLite input side (the paper's 320)")
     p.add_argument("--seg-size", type=int, default=513, help="DeepLab input side (the paper's 513)")
     p.add_argument("--data", action="store_true",
-                   help="data pipelines: images/s per loader worker, ours vs before vs torchvision's reference, by stage "
-                        "(real images too when MNV2_REAL_DATA is set)")
+                   help="data pipelines: images/s per loader worker, ours vs before vs torchvision's reference, by "
+                        "stage (real images too when MNV2_REAL_DATA is set)")
     p.add_argument("--data-only", action="store_true", help="only the data pipelines (skips every model table)")
     p.add_argument("--data-images", type=int, default=100, help="images per pipeline and dataset")
     p.add_argument("--data-rounds", type=int, default=3, help="interleaved rounds over those images (median)")
@@ -244,7 +245,8 @@ def _data(args, result: dict) -> None:
                                              real=real, only=args.data_filter)
     print("\ndata pipelines, one loader worker (CPU time of one thread):\n"
           + format_data_benchmark(result["data_pipeline"]))
-    anns = [Path(real, sub, "annotations", "instances_val2017.json") for sub in ("coco128", "coco_masks")] if real else []
+    subsets = ("coco128", "coco_masks") if real else ()
+    anns = [Path(real, sub, "annotations", "instances_val2017.json") for sub in subsets]
     anns = [a for a in anns if a.is_file()]
     if anns:
         try:

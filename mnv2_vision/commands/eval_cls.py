@@ -90,8 +90,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
     root = Path(args.root) if args.root else resolve_root(d)
     split = args.split or d.val_split
     dataset = read_classification_split(d.format, root, split)
-    if list(dataset.classes) != classes:  # type: ignore[attr-defined]
-        raise ValueError(f"{root}/{split} has classes {list(dataset.classes)[:5]}… but the checkpoint was trained on "  # type: ignore[attr-defined]
+    found = list(dataset.classes)  # type: ignore[attr-defined]
+    if found != classes:
+        raise ValueError(f"{root}/{split} has classes {found[:5]}… but the checkpoint was trained on "
                          f"{classes[:5]}… ({len(classes)} classes)")
     tf = classification_transform(d.augment, False, d.image_size, d.crop_scale, d.mean, d.std)
 

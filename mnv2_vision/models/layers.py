@@ -35,7 +35,8 @@ class ConvNormAct(nn.Sequential):
     ) -> None:
         padding = (kernel_size - 1) // 2 * dilation
         layers: list[nn.Module] = [
-            nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding, dilation=dilation, groups=groups, bias=False),
+            nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding, dilation=dilation, groups=groups,
+                      bias=False),
             nn.BatchNorm2d(out_channels, eps=bn_eps, momentum=bn_momentum),
         ]
         if activation is not None:

@@ -75,7 +75,8 @@ def _three_convs(in_ch: int, hidden: int, out_ch: int, stride: int, dilation: in
     if projection_activation == "relu6":
         layers.append(nn.ReLU6(inplace=True))  # the non-linear bottleneck of paper Figure 6a
     elif projection_activation != "none":
-        raise ValueError(f"projection_activation must be one of {PROJECTION_ACTIVATIONS}, got {projection_activation!r}")
+        raise ValueError(f"projection_activation must be one of {PROJECTION_ACTIVATIONS}, "
+                         f"got {projection_activation!r}")
     return layers
 
 

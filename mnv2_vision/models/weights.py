@@ -32,7 +32,8 @@ class LoadReport:
     def __str__(self) -> str:
         s = f"loaded {len(self.loaded)} tensors from {self.source}"
         if self.skipped:
-            s += f"; skipped {len(self.skipped)}: " + ", ".join(self.skipped[:8]) + (" ..." if len(self.skipped) > 8 else "")
+            more = " ..." if len(self.skipped) > 8 else ""
+            s += f"; skipped {len(self.skipped)}: " + ", ".join(self.skipped[:8]) + more
         return s
 
 
@@ -130,9 +131,10 @@ def load_pretrained(
         absent = [e.split(":")[0] for e in errors if e.endswith("missing from file")]
         extra = [e.split(":")[0] for e in errors if e.endswith("in file but not in model")]
         if absent and extra and not any("shape" in e for e in errors):
-            raise WeightsMismatchError(f"cannot load {desc} into {type(module).__name__}: it holds another kind of model "
-                                  f"(it has {tops(extra)}, which this model lacks; it lacks {tops(absent)}). Give "
-                                  "a backbone/classifier file, 'imagenet', or a checkpoint of the same model")
+            raise WeightsMismatchError(f"cannot load {desc} into {type(module).__name__}: it holds another kind of "
+                                       f"model (it has {tops(extra)}, which this model lacks; it lacks "
+                                       f"{tops(absent)}). Give a backbone/classifier file, 'imagenet', or a "
+                                       "checkpoint of the same model")
         raise WeightsMismatchError(f"cannot load {desc} into {type(module).__name__}: {len(errors)} problem(s): "
                               + "; ".join(errors[:6]) + ("; ..." if len(errors) > 6 else ""))
     module.load_state_dict(to_load, strict=False)

@@ -140,7 +140,8 @@ def training_steps(ours: nn.Module, peer: nn.Module | None, batch: int = 8, size
         elif name == "peer":
             model, x, make = peer, images, step_peer
         else:
-            model, x, make = copy.deepcopy(peer).to(memory_format=nhwc), images.contiguous(memory_format=nhwc), step_peer
+            model, x = copy.deepcopy(peer).to(memory_format=nhwc), images.contiguous(memory_format=nhwc)
+            make = step_peer
         steps[name] = make(model.train(), x)
         models.append(model)
     return steps, models

@@ -44,10 +44,11 @@ def kernel_breakdown(path: str | Path, feeds: dict[str, np.ndarray], runs: int =
     """Mean per-run kernel time of each part of the model at ``path`` on ``feeds``, from ONNX Runtime's profiler.
 
     The session is ``onnx_export.ort_session``'s (``threads`` intra-op threads, full optimisation) with profiling
-    on; it runs ``warmup`` untimed and ``runs`` profiled times. Returns rows ``{"part", "nodes", "ms", "madds", "gmadds_per_s"}``,
-    convolution kinds first (``madds`` per run, ``gmadds_per_s`` = madds / kernel time; ``None`` for other
-    operators), then the other operator types by decreasing time. Profiling adds a little overhead per node, so the
-    kernel times sum to somewhat more than an unprofiled run's compute and omit the time between nodes.
+    on; it runs ``warmup`` untimed and ``runs`` profiled times. Returns rows ``{"part", "nodes", "ms", "madds",
+    "gmadds_per_s"}``, convolution kinds first (``madds`` per run, ``gmadds_per_s`` = madds / kernel time; ``None``
+    for other operators), then the other operator types by decreasing time. Profiling adds a little overhead per
+    node, so the kernel times sum to somewhat more than an unprofiled run's compute and omit the time between
+    nodes.
     """
     if runs < 1:
         raise ValueError(f"runs must be ≥ 1, got {runs}")

@@ -254,7 +254,8 @@ def read_cifar_label_names(path: Path) -> list[str]:
 
 
 class Cifar10(Dataset):
-    """CIFAR-10 python batches: ``split="train"`` reads ``data_batch_1..5``, ``"test"`` (or ``"val"``) ``test_batch``."""
+    """CIFAR-10 python batches: ``split="train"`` reads ``data_batch_1..5``, ``"test"`` (or ``"val"``)
+    ``test_batch``."""
 
     def __init__(self, root: str | os.PathLike, split: str, download: bool = False) -> None:
         if split not in ("train", "test", "val"):

@@ -40,8 +40,8 @@ def read_label(path: str | os.PathLike, num_classes: int, modes: Sequence[str] =
                pillow: bool = False) -> np.ndarray:
     """Read a label PNG as its (H, W) uint8 indices; wrong mode, unreadable file or bad values raise naming it.
 
-    ``pillow``: always decode with Pillow (the reference that the fast path, ``io/decode.py ``png_indices````, is tested and
-    timed against)."""
+    ``pillow``: always decode with Pillow (the reference that the fast path, ``png_indices`` of ``io/decode.py``, is
+    tested and timed against)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"label map not found: {path}")
