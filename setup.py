@@ -22,9 +22,11 @@ setup(
     long_description_content_type="text/markdown",
     # configs/ (named configs and ablation studies) ships inside the package as mnv2_vision/configs, so
     # load_config("ssdlite_coco") works after a plain `pip install` (config.config_dir finds either place).
+    # mnv2_runtime (runtime/, also its own distribution: `pip install ./runtime`, no PyTorch) ships here too: it is
+    # where exported models' metadata rules, preprocessing and post-processing live, and mnv2_vision imports them.
     packages=[*find_packages(include=["mnv2_vision", "mnv2_vision.*"]), "mnv2_vision.configs",
-              "mnv2_vision.configs.studies"],
-    package_dir={"mnv2_vision.configs": "configs"},
+              "mnv2_vision.configs.studies", *find_packages("runtime", include=["mnv2_runtime", "mnv2_runtime.*"])],
+    package_dir={"mnv2_vision.configs": "configs", "mnv2_runtime": "runtime/mnv2_runtime"},
     package_data={"mnv2_vision.configs": ["*.yaml", "studies/*.yaml"]},
     entry_points={"console_scripts": [
         *(f"mnv2-{name} = mnv2_vision.commands.{module}:console" for name, module in COMMANDS.items()),

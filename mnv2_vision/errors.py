@@ -3,12 +3,17 @@
 The tools (``cli.guarded``) print such an error as one line naming the file or key, without a traceback (``--debug``
 shows it). Anything else is a bug and keeps its traceback. The classes also derive from the built-in type a caller
 would catch without knowing ours (``ValueError``, ``RuntimeError``).
+
+An exported model runs through ``mnv2_runtime`` (which imports nothing of this package): its ``ModelError`` for a bad
+model file is what ``CheckpointError`` derives from, and ``load`` gives it to the caller as a ``CheckpointError``.
 """
 from __future__ import annotations
 
 import os
 
-__all__ = ["UserError", "CheckpointError", "DataError", "DatasetError", "ChecksumError", "RunFolderError"]
+from mnv2_runtime.errors import ModelError
+
+__all__ = ["UserError", "ModelError", "CheckpointError", "DataError", "DatasetError", "ChecksumError", "RunFolderError"]
 
 
 class UserError(Exception):
@@ -17,8 +22,9 @@ class UserError(Exception):
     exit_code = 2
 
 
-class CheckpointError(UserError, ValueError):
-    """A checkpoint or weights file that cannot be used as asked: unreadable, truncated, of another task or model."""
+class CheckpointError(UserError, ModelError):
+    """A checkpoint, weights or exported model file that cannot be used as asked: unreadable, truncated, of another
+    task or model, bad metadata (a ``ValueError``, and ``mnv2_runtime``'s ``ModelError``)."""
 
 
 class DataError(UserError, ValueError):

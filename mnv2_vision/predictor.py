@@ -1,7 +1,7 @@
 """Use a trained model from Python: ``mnv2_vision.load(path).predict(inputs)``.
 
     import mnv2_vision
-    model = mnv2_vision.load("runs/ssdlite_coco/ckpt/best.ckpt")     # or model.pt (+ its run folder), or model.onnx
+    model = mnv2_vision.load("runs/ssdlite_coco/ckpt/best.ckpt")     # or model.pt (+ its run folder), model.onnx
     [result] = model.predict("photo.jpg")                             # result["boxes"], ["scores"], ["labels"], ...
     results = model.predict(["a.jpg", "photos/", pil_image, rgb_array, tensor], batch_size=8)
 
@@ -13,9 +13,11 @@ carries ``size`` (H, W) and, for a file, its ``path``.
 
 Inputs are preprocessed exactly as in evaluation (``data.io.images.load_rgb``'s conversions — EXIF orientation,
 grayscale / RGBA / palette / CMYK / 16-bit to RGB — then the evaluation resize and normalisation stored in the
-checkpoint's config or the ONNX file's metadata), so ``predict`` gives ``tools/eval_det.py``'s detections.
-Backends: PyTorch for checkpoints and ``model.pt`` (fused, and a frozen graph on CPU; autocast on GPU), ONNX Runtime for
-``.onnx`` files written by ``tools/export.py``.
+checkpoint's config or the exported file's metadata), so ``predict`` gives ``tools/eval_det.py``'s detections.
+Backends: PyTorch for checkpoints and ``model.pt`` (fused, and a frozen graph on CPU; autocast on GPU); files written
+by ``tools/export.py`` (``.onnx``; ``.tflite`` and OpenVINO ``.xml`` where their backends are installed) run through
+``mnv2_runtime``, the runtime without PyTorch, so their pre- and post-processing exist once: its numpy results become
+the tensors above, and its errors this package's (``CheckpointError`` for a bad file).
 """
 from __future__ import annotations
 
@@ -23,57 +25,30 @@ import os
 import threading
 import warnings
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
+import mnv2_runtime
 import numpy as np
 import torch
+from mnv2_runtime.backends import FORMATS
+from mnv2_runtime.images import IMAGE_SUFFIXES, expand_inputs
+from mnv2_runtime.model import check_score_thresh
+from mnv2_runtime.preprocess import segmentation_input
 from torch import Tensor, nn
 
 from .data.io.decode import EncodedImage, to_rgb
-from .errors import CheckpointError, UserError
-from .ops.postprocess import PostprocessSettings, postprocess_detections, resize_boxes
+from .errors import CheckpointError, ModelError, UserError
+from .ops.postprocess import PostprocessSettings, postprocess_detections
 
+# IMAGE_SUFFIXES, expand_inputs (a folder → its images, a 4-D tensor or array → its images) and check_score_thresh
+# are the runtime's, shared so that both read inputs alike
 __all__ = ["load", "Predictor", "IMAGE_SUFFIXES", "expand_inputs", "check_score_thresh"]
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
-
-
-# ---------------------------------------------------------------------------------------------- inputs
-def expand_inputs(inputs: Any) -> list[Any]:
-    """One entry per image: a folder becomes its images (sorted), a 4-D tensor/array its batch, a list its items.
-
-    A folder's images are its entries with an image suffix that are not folders (nothing below it is read, so a
-    symlink cycle such as ``a/up -> ..`` is never followed); a broken symlink among them stays, and ``predict``
-    raises for it naming the file."""
-    if isinstance(inputs, (str, os.PathLike)):
-        p = Path(inputs)
-        if p.is_dir():
-            files = sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES and not f.is_dir())
-            if not files:
-                raise FileNotFoundError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in folder {p}")
-            return files
-        if not p.exists():
-            raise FileNotFoundError(f"no such image or folder: {p}")
-        return [p]
-    if isinstance(inputs, (Tensor, np.ndarray)) and inputs.ndim == 4:
-        return list(inputs)
-    if isinstance(inputs, (list, tuple)):
-        return [x for item in inputs for x in expand_inputs(item)]
-    return [inputs]
-
-
-def check_score_thresh(value: Any, name: str = "score_thresh") -> float:
-    """``value`` as a float, or ``ValueError`` naming ``name`` unless it is a number in [0, 1] (scores are
-    probabilities; NaN would silently keep no box, a negative value means nothing more than 0)."""
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        v = float("nan")
-    if not 0.0 <= v <= 1.0:  # False for NaN
-        raise ValueError(f"{name} must be a number in [0, 1] (the lowest score kept), got {value}")
-    return v
+# the mnv2_vision extra that installs each exported format's runtime (mnv2_runtime names its own extras)
+_EXTRAS = {"onnx": "deploy", "litert": "litert", "openvino": "openvino"}
 
 
 def _batches(items: Sequence[Any], size: int) -> Iterator[list[Any]]:
@@ -119,7 +94,7 @@ def _spec_from_config(cfg: Any, hparams: dict[str, Any]) -> _Spec:
 
 
 def _spec_from_metadata(meta: Mapping[str, Any]) -> _Spec:
-    """The spec of an exported model's metadata, checked by ``deploy.metadata.validate_metadata``."""
+    """The spec of an exported model's metadata, checked by ``mnv2_runtime.metadata.validate_metadata``."""
     names = list(meta["class_names"])
     mask_names = list(meta.get("seg_class_names") or (names if meta["task"] == "segmentation" else []))
     detection = meta["task"] != "segmentation"
@@ -188,53 +163,24 @@ class _TorchBackend:
             return self.net(x)
 
 
-class _OnnxBackend:
-    """An ``.onnx`` file written by ``tools/export.py``, in ONNX Runtime (CPU, or CUDA when its provider exists).
+@contextmanager
+def _runtime_errors() -> Iterator[None]:
+    """``mnv2_runtime``'s errors as this package's: a bad model file is a ``CheckpointError`` (the same line), a
+    missing inference package a ``UserError`` naming the ``mnv2_vision`` extra that installs it."""
+    try:
+        yield
+    except CheckpointError:
+        raise
+    except ModelError as e:
+        raise CheckpointError(str(e)) from None
+    except mnv2_runtime.MissingRuntime as e:
+        raise UserError(f"running {e.path} needs {e.package}, which is not installed: pip install "
+                        f"'mnv2_vision[{_EXTRAS.get(e.format, e.format)}]'") from None
 
-    Its metadata is checked (``deploy.metadata``) before a session is built, and against the session's inputs and
-    outputs after: a bad file or value is one ``CheckpointError`` naming the file and the key."""
 
-    def __init__(self, path: Path, device: torch.device, threads: int | None) -> None:
-        try:
-            import onnxruntime as ort
-            from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
-
-            from .deploy.metadata import GraphInfo, check_graph, decode_props, validate_metadata
-            from .deploy.onnx_export import read_onnx
-        except ImportError as e:
-            raise UserError(f"running {path} needs onnx and onnxruntime ({e}): pip install 'mnv2_vision[deploy]'") \
-                from None
-
-        props = [(p.key, p.value) for p in read_onnx(path).metadata_props]
-        self.meta = validate_metadata(decode_props(props, str(path)), str(path))
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = threads or 0
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        so.log_severity_level = 3
-        providers = ["CPUExecutionProvider"]
-        if device.type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
-            providers.insert(0, "CUDAExecutionProvider")
-        # ONNX Runtime's own errors (a graph it cannot build: truncated weights, unknown operators) say the file is
-        # bad; they derive from Exception only, so they are named one by one
-        ort_errors = tuple(v for v in vars(ort_state).values() if isinstance(v, type) and issubclass(v, Exception))
-        try:
-            self.session = ort.InferenceSession(str(path), so, providers=providers)
-        except ort_errors as e:
-            reason = (str(e).splitlines() or [type(e).__name__])[0][:200]
-            raise CheckpointError(f"{path} is not a model ONNX Runtime can run ({reason}); export it again with "
-                                  "tools/export.py") from None
-
-        def shape(arg: Any) -> tuple[int | None, ...]:
-            return tuple(d if isinstance(d, int) else None for d in (arg.shape or ()))
-
-        self.graph = GraphInfo({i.name: shape(i) for i in self.session.get_inputs()},
-                               {o.name: shape(o) for o in self.session.get_outputs()})
-        check_graph(self.meta, self.graph, str(path))
-        self.outputs = list(self.graph.outputs)
-
-    def __call__(self, x: Tensor, fixed_shape: bool = False) -> dict[str, Tensor]:
-        out = self.session.run(None, {"images": np.ascontiguousarray(x.cpu().numpy(), dtype=np.float32)})
-        return {name: torch.from_numpy(o) for name, o in zip(self.outputs, out)}
+def _runtime_result(r: dict[str, Any]) -> dict[str, Any]:
+    """A result of ``mnv2_runtime`` with this predictor's tensors."""
+    return {k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v for k, v in r.items()}
 
 
 # ---------------------------------------------------------------------------------------------- predictor
@@ -249,12 +195,13 @@ class Predictor:
         device: where the network runs.
     """
 
-    def __init__(self, backend: _TorchBackend | _OnnxBackend, spec: _Spec, device: torch.device,
+    def __init__(self, backend: _TorchBackend | mnv2_runtime.Model, spec: _Spec, device: torch.device,
                  source: str) -> None:
         self.backend, self.spec, self.device, self.source = backend, spec, device, source
         self.task, self.names, self.category_ids = spec.task, spec.names, spec.category_ids
         self.mask_names = spec.mask_names
-        if self.task in ("detection", "multitask"):
+        self._exported = isinstance(backend, mnv2_runtime.Model)
+        if self.task in ("detection", "multitask") and not self._exported:
             from .data.detection.pipeline import fast_detection_transform
             from .ops.boxes import BoxCoder
 
@@ -262,8 +209,6 @@ class Predictor:
             self._det_tf = fast_detection_transform("none", False, spec.image_size, spec.mean, spec.std)
             self._coder = BoxCoder()
         self._pools: dict[int, ThreadPoolExecutor] = {}
-        self._mean = torch.tensor(spec.mean).view(3, 1, 1)
-        self._std = torch.tensor(spec.std).view(3, 1, 1)
 
     @classmethod
     def from_model(cls, model: nn.Module, cfg: Any, hparams: dict[str, Any] | None = None, *,
@@ -277,7 +222,7 @@ class Predictor:
         return cls(backend, _spec_from_config(cfg, hparams or {}), dev, source)
 
     def __repr__(self) -> str:
-        backend = "onnxruntime" if isinstance(self.backend, _OnnxBackend) else "pytorch"
+        backend = getattr(self.backend.backend, "name", "mnv2_runtime") if self._exported else "pytorch"
         return (f"Predictor({self.task}, {len(self.names) - 1} classes, {backend} on {self.device}, "
                 f"source={self.source})")
 
@@ -307,8 +252,7 @@ class Predictor:
         return need
 
     def _seg_input(self, image: np.ndarray) -> Tensor:
-        x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255.0)
-        return (x - self._mean) / self._std
+        return torch.from_numpy(segmentation_input(image, self.spec.mean, self.spec.std))
 
     # ------------------------------------------------------------------ prediction
     def predict(self, inputs: Any, *, batch_size: int = 1, score_thresh: float | None = None,
@@ -331,6 +275,11 @@ class Predictor:
         if score_thresh is not None:
             score_thresh = check_score_thresh(score_thresh)
         items = expand_inputs(inputs)
+        if self._exported:  # numpy in, numpy out: a tensor becomes its RGB array first
+            items = [to_rgb(x) if isinstance(x, Tensor) else x for x in items]
+            with _runtime_errors():
+                found = self.backend.predict(items, batch_size=batch_size, score_thresh=score_thresh, probs=probs)
+            return [_runtime_result(r) for r in found]
         if self.task in ("detection", "multitask") and isinstance(self.backend, _TorchBackend) and self.backend.freeze:
             return self._detect_streams(items, batch_size, score_thresh, probs)
         results: list[dict[str, Any]] = []
@@ -393,30 +342,16 @@ class Predictor:
             pp = replace(pp, score_thresh=float(score_thresh))
         size = tuple(x.shape[-2:])
         out = self.backend(x, fixed_shape=True)
-        if "cls_logits" in out:
-            anchors = out["anchors"][0] if "anchors" in out else self.backend.anchors(size)
-            dets = postprocess_detections(out["cls_logits"].float(), out["bbox_regression"].float(),
-                                          anchors.to(out["cls_logits"].device), self._coder, size, sizes, pp)
-        else:  # an ONNX export with NMS in the graph: boxes in network-input pixels, padded rows
-            dets = []
-            for i, s in enumerate(sizes):
-                n = int(out["num_detections"][i])
-                keep = out["scores"][i, :n] > pp.score_thresh
-                dets.append({"boxes": resize_boxes(out["boxes"][i, :n][keep], size, s),
-                             "scores": out["scores"][i, :n][keep], "labels": out["labels"][i, :n][keep]})
+        dets = postprocess_detections(out["cls_logits"].float(), out["bbox_regression"].float(),
+                                      self.backend.anchors(size), self._coder, size, sizes, pp)
         results = []
         for d in dets:
             labels = d["labels"].cpu().to(torch.int64)
-            if len(labels) and int(labels.max()) >= len(self.names):
-                # a graph with NMS inside shows its class count in no output shape, so load could not compare
-                raise CheckpointError(f"{self.source}: the model predicts label {int(labels.max())} but its class "
-                                      f"names ('class_names') stop at label {len(self.names) - 1}; give it the label "
-                                      "map it was trained with (an .onnx file: export it again with tools/export.py)")
             results.append({"boxes": d["boxes"].cpu().float(), "scores": d["scores"].cpu().float(), "labels": labels,
                             "names": [self.names[i] for i in labels.tolist()],
                             "category_ids": [self.category_ids[i - 1] for i in labels.tolist()]})
         if self.task == "multitask":  # the mask of the same pass: logits at the network size, upsampled to each image
-            logits = (out["out"] if "out" in out else out["logits"]).float()
+            logits = out["out"].float()
             for i, (r, s) in enumerate(zip(results, sizes)):
                 p = torch.nn.functional.interpolate(logits[i:i + 1], size=tuple(s), mode="bilinear",
                                                     align_corners=False)[0]
@@ -432,8 +367,7 @@ class Predictor:
             groups.setdefault(tuple(im.shape[:2]), []).append(i)
         for idx in groups.values():
             x = torch.stack([self._seg_input(images[i]) for i in idx])
-            res = self.backend(x)
-            logits = (res["out"] if "out" in res else res["logits"]).float()
+            logits = self.backend(x)["out"].float()
             if logits.shape[-2:] != x.shape[-2:]:
                 logits = torch.nn.functional.interpolate(logits, size=x.shape[-2:], mode="bilinear",
                                                          align_corners=False)
@@ -466,9 +400,11 @@ def load(source: str | os.PathLike, *, device: str | torch.device | None = None,
 
     Args:
         source: a training checkpoint (``ckpt/best-*.ckpt`` / ``last.ckpt``), a ``model.pt`` (its run folder's
-            ``config.yaml`` and ``classes.json`` are read, or give ``config``), or an ``.onnx`` file written by
-            ``tools/export.py`` (ONNX Runtime; preprocessing from its metadata).
-        device: ``"cpu"``, ``"cuda"``, ...; default cuda when available.
+            ``config.yaml`` and ``classes.json`` are read, or give ``config``), or a file written by
+            ``tools/export.py``: ``.onnx`` (ONNX Runtime), ``.tflite`` (LiteRT), OpenVINO ``.xml``, run by
+            ``mnv2_runtime`` with the preprocessing of its metadata.
+        device: ``"cpu"``, ``"cuda"``, ...; default cuda when available (an exported file: ONNX Runtime's CUDA
+            provider where installed, other formats the CPU).
         fuse: fold BatchNorm and fuse activations (default: on CPU).
         precision: ``"auto"`` (bf16/fp16 autocast on GPU, fp32 on CPU), ``"fp32"``, ``"bf16"`` or ``"fp16"``.
         config: the config of a ``model.pt`` outside its run folder.
@@ -483,9 +419,11 @@ def load(source: str | os.PathLike, *, device: str | torch.device | None = None,
     dev = _device(device)
     if threads is not None:
         torch.set_num_threads(threads)
-    if path.suffix == ".onnx":
-        backend = _OnnxBackend(path, dev, threads)
-        return Predictor(backend, _spec_from_metadata(backend.meta), dev, str(path))
+    if path.suffix.lower() in FORMATS:
+        with _runtime_errors():
+            model = mnv2_runtime.load(path, threads, device="cuda" if dev.type == "cuda" and path.suffix.lower()
+                                      == ".onnx" else "cpu")
+        return Predictor(model, _spec_from_metadata(model.metadata), dev, str(path))
     if path.suffix == ".ckpt":
         cfg, model, hparams = load_model(path)
     else:
@@ -497,9 +435,10 @@ def load(source: str | os.PathLike, *, device: str | torch.device | None = None,
         cfg = load_config(cfg_path)
         hparams: dict[str, Any] = {}
         if classes_path is not None and cfg.task in ("detection", "segmentation", "multitask"):
-            from .deploy.metadata import read_label_map
+            from mnv2_runtime.metadata import read_label_map
 
-            hparams = read_label_map(classes_path, cfg.task, cfg.model.num_classes, cfg.model.seg_num_classes)
+            with _runtime_errors():
+                hparams = read_label_map(classes_path, cfg.task, cfg.model.num_classes, cfg.model.seg_num_classes)
         from .files import load_torch
 
         sd = load_torch(path, "weights file")

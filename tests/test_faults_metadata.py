@@ -21,6 +21,7 @@ import torch
 from PIL import Image
 
 import mnv2_vision
+from mnv2_runtime.errors import ModelError
 from mnv2_vision.checkpoint import build_from_config
 from mnv2_vision.config import load_config, save_config, to_dict
 from mnv2_vision.errors import CheckpointError
@@ -169,7 +170,7 @@ def test_an_unreadable_onnx_file_is_one_line_naming_it(kind, det_onnx, image, tm
 
 def test_freshly_exported_models_pass_the_metadata_check(det_onnx, image, tmp_path_factory):
     """Guards the schema against drift: what tools/export.py writes for each task is what load accepts."""
-    from mnv2_vision.deploy.metadata import decode_props, validate_metadata
+    from mnv2_runtime.metadata import decode_props, validate_metadata
 
     for task, path in (("detection", det_onnx), ("segmentation", _export(tmp_path_factory, "segmentation")),
                        ("multitask", _export(tmp_path_factory, "multitask"))):
@@ -197,7 +198,7 @@ def test_a_label_beyond_the_class_names_is_one_line(det_onnx, image, tmp_path):
 
 def test_the_graph_outputs_are_compared_with_the_metadata():
     """What the graph shows (output names, fixed input size, the class counts of its logits) must agree."""
-    from mnv2_vision.deploy.metadata import GraphInfo, check_graph
+    from mnv2_runtime.metadata import GraphInfo, check_graph
 
     images = {"images": (None, 3, 64, 64)}
     raw = {"cls_logits": (None, 100, 5), "bbox_regression": (None, 100, 4), "anchors": (None, 100, 4)}
@@ -216,7 +217,7 @@ def test_the_graph_outputs_are_compared_with_the_metadata():
          "seg_class_names"),
         (mt, GraphInfo(images, raw), "task"),
     ]:
-        with pytest.raises(CheckpointError) as e:
+        with pytest.raises(ModelError) as e:
             check_graph(meta, graph, "m.onnx")
         _assert_names(str(e.value), "m.onnx", key)
 
@@ -274,12 +275,12 @@ def test_the_classes_json_training_writes_is_accepted(task, run_folders, image):
 
 
 def test_every_task_form_of_classes_json_is_checked():
-    from mnv2_vision.deploy.metadata import parse_label_map
+    from mnv2_runtime.metadata import parse_label_map
 
     for task, counts in (("detection", (5, None)), ("segmentation", (5, None)), ("multitask", (5, 5))):
         assert parse_label_map(json.dumps(CLASSES[task]), "run/classes.json", task, *counts) == CLASSES[task]
     bad = {**CLASSES["multitask"], "class_names": SHAPE_NAMES[:3]}
-    with pytest.raises(CheckpointError) as e:
+    with pytest.raises(ModelError) as e:
         parse_label_map(json.dumps(bad), "run/classes.json", "multitask", 5, 5)
     _assert_names(str(e.value), "run/classes.json", "class_names")
 
@@ -413,17 +414,20 @@ def _check_refusal(error: BaseException, source: str, keys: set[str], counts: di
 def _fuzz_onnx_metadata(det_onnx: Path, image: Path, n: int, seed: int) -> dict[str, int]:
     """``n`` mutations of the detection model's metadata checked as ``load`` checks them; each accepted one that
     changes what the predictor uses predicts an image with the file's own ONNX Runtime session."""
-    from mnv2_vision.deploy.metadata import checked_metadata
-    from mnv2_vision.predictor import Predictor, _OnnxBackend, _spec_from_metadata
+    from mnv2_runtime import Model
+    from mnv2_runtime.backends.onnx import OnnxBackend
+    from mnv2_runtime.metadata import checked_metadata
+    from mnv2_vision.predictor import Predictor, _runtime_errors, _spec_from_metadata
 
     rng = random.Random(seed)
-    backend = _OnnxBackend(det_onnx, torch.device("cpu"), 1)
+    backend = OnnxBackend(det_onnx, 1)
     base, source = dict(_props(det_onnx)), "fuzz/model.onnx"
     counts, seen = {"accepted": 0, "refused": 0, "predicted": 0}, set()
     for _ in range(n):
         props, keys = _mutated(rng, base)
         try:
-            meta = checked_metadata(props.items(), backend.graph, source)
+            with _runtime_errors():  # mnv2_vision.load's conversion of the runtime's ModelError
+                meta = checked_metadata(props.items(), backend.graph, source)
         except Exception as e:  # noqa: BLE001 - the property: only one kind of error
             _check_refusal(e, source, keys, counts)
             continue
@@ -432,7 +436,9 @@ def _fuzz_onnx_metadata(det_onnx: Path, image: Path, n: int, seed: int) -> dict[
         if repr(spec) not in seen:
             seen.add(repr(spec))
             try:
-                [result] = Predictor(backend, spec, torch.device("cpu"), source).predict(image)
+                with _runtime_errors():
+                    model = Model(backend, source, metadata=meta)
+                [result] = Predictor(model, spec, torch.device("cpu"), source).predict(image)
                 assert result["size"] == (40, 56) and len(result["names"]) == len(result["labels"])
                 counts["predicted"] += 1
             except Exception as e:  # noqa: BLE001
@@ -487,8 +493,8 @@ def _fuzz_classes_json(run_folders: dict[str, Path], image: Path, n: int, seed: 
     """``n`` mutations of each task's classes.json checked as ``load`` checks them; the first ten distinct accepted
     label maps of each task with a run folder predict an image (detection: the labels' names and ids come from
     them)."""
-    from mnv2_vision.deploy.metadata import parse_label_map
-    from mnv2_vision.predictor import Predictor
+    from mnv2_runtime.metadata import parse_label_map
+    from mnv2_vision.predictor import Predictor, _runtime_errors
 
     rng = random.Random(seed)
     counts = {"accepted": 0, "refused": 0, "predicted": 0}
@@ -508,7 +514,8 @@ def _fuzz_classes_json(run_folders: dict[str, Path], image: Path, n: int, seed: 
             props, keys = _mutated(rng, {k: json.dumps(v) for k, v in CLASSES[task].items()})
             text = "{" + ", ".join(f"{json.dumps(k)}: {v}" for k, v in props.items()) + "}"
         try:
-            hparams = parse_label_map(text, source, task, 5, 5 if task == "multitask" else None)
+            with _runtime_errors():  # as mnv2_vision.load reads a classes.json
+                hparams = parse_label_map(text, source, task, 5, 5 if task == "multitask" else None)
         except Exception as e:  # noqa: BLE001
             if str(e).startswith(f"{source} "):  # no JSON object (one document: a syntax error is the file's)
                 assert type(e) is CheckpointError and len(str(e).splitlines()) == 1, repr(e)

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from ..config import Config, ConfigError, load_config, to_yaml
-from ..errors import UserError
+from ..errors import ModelError, UserError
 from ..files import is_disk_full
 from ..lit.runfolder import RunFolder
 
@@ -157,9 +157,9 @@ def _wants_traceback(argv: Sequence[str] | None) -> bool:
 
 
 def guarded(main: Callable[[Sequence[str] | None], object]) -> Callable[[Sequence[str] | None], object]:
-    """Run a tool's ``main``; a user's mistake (``errors.UserError``, a missing file, a full disk) becomes one line
-    on stderr and its exit status, a run stopped by a signal exits with 128 + the signal number. Other exceptions
-    are bugs and keep their traceback."""
+    """Run a tool's ``main``; a user's mistake (``errors.UserError``, a bad exported model: ``errors.ModelError``, a
+    missing file, a full disk) becomes one line on stderr and its exit status, a run stopped by a signal exits with
+    128 + the signal number. Other exceptions are bugs and keep their traceback."""
 
     @functools.wraps(main)
     def wrapper(argv: Sequence[str] | None = None) -> object:
@@ -174,7 +174,8 @@ def guarded(main: Callable[[Sequence[str] | None], object]) -> Callable[[Sequenc
             print(f"stopped: {signal.Signals(signum).name} {getattr(e, 'where', '')}; run the same command with "
                   "--resume last to continue", file=sys.stderr, flush=True)
             raise SystemExit(128 + signum) from None
-        except (UserError, FileNotFoundError, KeyError, PermissionError, IsADirectoryError, NotADirectoryError) as e:
+        except (UserError, ModelError, FileNotFoundError, KeyError, PermissionError, IsADirectoryError,
+                NotADirectoryError) as e:
             if _wants_traceback(argv):
                 raise
             print(f"error: {_one_line(e)}", file=sys.stderr, flush=True)

@@ -37,7 +37,7 @@ from mnv2_vision.version import __version__
 
 try:  # the deploy extra (onnx, onnxruntime): without it main() names the install command instead of a traceback
     from mnv2_vision.perf import accuracy as ev
-    from mnv2_vision.deploy.metadata import decode_props, encode_props, validate_metadata
+    from mnv2_runtime.metadata import decode_props, encode_props, validate_metadata
     from mnv2_vision.deploy.onnx_export import (
         DetectionExport, MultiTaskExport, SegmentationExport, check_parity, export_onnx, ort_session)
     from mnv2_vision.deploy.quantize import detection_calibration, quantize_int8, segmentation_calibration

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import onnx
 import torch
+from mnv2_runtime.metadata import decode_props, encode_props
 from torch import Tensor, nn
 from torchvision.ops import clip_boxes_to_image, nms
 
@@ -33,7 +34,6 @@ from ..errors import CheckpointError
 from ..files import atomic_write, temp_name
 from ..ops.boxes import BoxCoder
 from ..ops.postprocess import PostprocessSettings, postprocess_detections
-from .metadata import decode_props, encode_props
 
 __all__ = [
     "DETECTION_MODES", "DetectionExport", "SegmentationExport", "MultiTaskExport", "export_onnx", "read_onnx",

@@ -59,7 +59,7 @@ class PostprocessSettings:
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> PostprocessSettings:
-        """The settings of an exported model's ``postprocess`` metadata (checked by ``deploy.metadata``)."""
+        """The settings of an exported model's ``postprocess`` metadata (checked by ``mnv2_runtime.metadata``)."""
         return cls(**{f.name: values[f.name] for f in fields(cls)})
 
     def as_dict(self) -> dict[str, Any]:

@@ -26,11 +26,12 @@ from typing import Any
 
 import numpy as np
 import simplejpeg
+from mnv2_runtime.images import to_rgb as runtime_to_rgb
 from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 from zlib_ng import zlib_ng
 
-from .images import load_rgb, pil_to_rgb
+from .images import load_rgb
 
 __all__ = ["DCT_FACTORS", "EncodedImage", "decode_rgb", "png_indices", "reduction_factor", "to_rgb"]
 
@@ -203,33 +204,17 @@ def to_rgb(item: Any) -> np.ndarray:
     files: EXIF orientation, grayscale / RGBA / palette / CMYK / 16-bit to RGB.
 
     Arrays are HWC (or HW grayscale) RGB, uint8 or 16-bit (65535 → 255) or float in [0, 1]; tensors are CHW
-    (torchvision's layout), uint8 or float in [0, 1]."""
+    (torchvision's layout), uint8 or float in [0, 1]. Besides paths (decoded here, faster) and tensors, the
+    conversions are ``mnv2_runtime.images.to_rgb``'s."""
     if isinstance(item, (str, os.PathLike)):
         return decode_rgb(item)  # load_rgb's pixels and errors, faster for JPEGs
-    if isinstance(item, Image.Image):
-        return pil_to_rgb(item)
     if isinstance(item, Tensor):
         t = item.detach().cpu()
         if t.ndim == 3 and t.shape[0] in (1, 3, 4):
             t = t.permute(1, 2, 0)
         item = t.numpy()
-    if isinstance(item, np.ndarray):
-        a = item
-        if a.ndim == 3 and a.shape[2] == 1:
-            a = a[:, :, 0]
-        if a.ndim == 2:
-            a = np.repeat(a[:, :, None], 3, axis=2)
-        if a.ndim != 3 or a.shape[2] not in (3, 4) or 0 in a.shape[:2]:
-            raise ValueError(f"expected an (H, W, 3) RGB image array, got shape {item.shape}")
-        a = a[:, :, :3]
-        if a.dtype == np.uint8:
-            return np.ascontiguousarray(a)
-        if a.dtype == np.uint16:
-            return (a // 257).astype(np.uint8)
-        if np.issubdtype(a.dtype, np.floating):
-            if np.isfinite(a).all() and a.min() >= 0 and a.max() <= 1:
-                return np.round(a * 255).astype(np.uint8)
-            raise ValueError("a float image must hold values in [0, 1] (torchvision's convention)")
-        raise ValueError(f"unsupported image dtype {a.dtype}; give uint8, uint16 or float in [0, 1]")
-    raise TypeError(f"cannot read an image from {type(item).__name__}; give a path, a folder, a PIL image, an "
-                    "(H, W, 3) uint8 array or a (3, H, W) tensor")
+    try:
+        return runtime_to_rgb(item)
+    except TypeError:
+        raise TypeError(f"cannot read an image from {type(item).__name__}; give a path, a folder, a PIL image, an "
+                        "(H, W, 3) uint8 array or a (3, H, W) tensor") from None

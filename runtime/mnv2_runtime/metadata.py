@@ -3,14 +3,15 @@
 
 ``tools/export.py`` writes the preprocessing, the label map and the post-processing settings as string key/value
 pairs (ONNX ``metadata_props``): plain text for the keys in ``TEXT_KEYS``, JSON for those in ``JSON_KEYS``. A model
-file is user input, so ``checked_metadata`` decodes and checks every key the predictor relies on (types, lengths,
-ranges, and what the graph's inputs and outputs show) and refuses a bad value with one ``CheckpointError`` line
+file is user input, so ``checked_metadata`` decodes and checks every key the runtime relies on (types, lengths,
+ranges, and what the graph's inputs and outputs show) and refuses a bad value with one ``ModelError`` line
 naming the file and the key, instead of an error deep inside ``predict``. JSON nesting is measured before decoding
 (Python's decoder recurses), and values are capped in length.
 
-The schema is the exporter's contract with every runtime: the ONNX Runtime backend uses it today, and other exported
-formats (a LiteRT or OpenVINO file, a torch-free runtime) check their metadata with the same functions, giving their
-graph's inputs and outputs as ``GraphInfo``. Hence this module needs neither torch nor a runtime.
+The schema is the exporter's contract with every runtime: each backend (``backends/``: ONNX Runtime, LiteRT,
+OpenVINO) decodes its format's key/value pairs with ``decode_props`` and checks them with ``validate_metadata`` and,
+giving its graph's inputs and outputs as ``GraphInfo``, ``check_graph``. ``mnv2_vision`` (its exporter, its
+predictor) uses this module too, so the rules exist once; it needs neither torch nor a runtime.
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ from itertools import accumulate
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from ..errors import CheckpointError
+from .errors import ModelError
 
 __all__ = [
     "TASKS", "TEXT_KEYS", "JSON_KEYS", "MAX_DEPTH", "MAX_CHARS", "INPUT_SIZE_RANGE", "INPUT_NAME",
@@ -76,8 +77,8 @@ def _show(value: Any) -> str:
     return _shown.repr(value)
 
 
-def _error(where: str, problem: str, fix: str) -> CheckpointError:
-    return CheckpointError(f"{where} {problem}; {fix}")
+def _error(where: str, problem: str, fix: str) -> ModelError:
+    return ModelError(f"{where} {problem}; {fix}")
 
 
 # ---------------------------------------------------------------------------------------------- decoding
@@ -93,7 +94,7 @@ def _depth(text: str) -> int:
 
 
 def parse_json(text: str, where: str, fix: str = _REEXPORT) -> Any:
-    """``text`` decoded as JSON, or a ``CheckpointError`` starting with ``where`` (the file, and the key)."""
+    """``text`` decoded as JSON, or a ``ModelError`` starting with ``where`` (the file, and the key)."""
     if len(text) > MAX_CHARS:
         raise _error(where, f"holds {len(text)} characters, more than {MAX_CHARS}", fix)
     if _depth(text) > MAX_DEPTH:
@@ -208,7 +209,7 @@ def _config_counts(meta: Mapping[str, Any]) -> tuple[Any, Any]:
 
 
 def validate_metadata(meta: Mapping[str, Any], source: str, fix: str = _REEXPORT) -> Mapping[str, Any]:
-    """``meta`` (decoded metadata) if it holds what the predictor needs for its task, else a ``CheckpointError``
+    """``meta`` (decoded metadata) if it holds what the predictor needs for its task, else a ``ModelError``
     naming ``source`` and the key and ending with ``fix`` (what to do). Keys the predictor does not use are not
     checked."""
     def where(key: str) -> str:
@@ -220,7 +221,7 @@ def validate_metadata(meta: Mapping[str, Any], source: str, fix: str = _REEXPORT
         return meta[key]
 
     if "task" not in meta:
-        raise CheckpointError(f"{source} has no mnv2_vision metadata (key 'task'); export it with tools/export.py")
+        raise ModelError(f"{source} has no mnv2_vision metadata (key 'task'); export it with tools/export.py")
     task = meta["task"]
     if task not in TASKS:
         raise _error(where("task"), f"must be one of {', '.join(TASKS)}, got {_show(task)}", fix)
@@ -268,7 +269,7 @@ def _mode(outputs: Iterable[str], task: str) -> str | None:
 
 
 def check_graph(meta: Mapping[str, Any], graph: GraphInfo, source: str) -> None:
-    """Refuse (``CheckpointError`` naming the key) metadata that the graph contradicts: the task and detection
+    """Refuse (``ModelError`` naming the key) metadata that the graph contradicts: the task and detection
     output mode its outputs show, its fixed input size, and the class counts of its logits."""
     def where(key: str) -> str:
         return f"{source}: metadata key {key!r}"
@@ -310,7 +311,7 @@ def check_graph(meta: Mapping[str, Any], graph: GraphInfo, source: str) -> None:
 
 def checked_metadata(props: Iterable[tuple[str, str]], graph: GraphInfo, source: str) -> Mapping[str, Any]:
     """Metadata pairs decoded and checked, by themselves and against the graph (see ``validate_metadata`` and
-    ``check_graph``); a bad value is a ``CheckpointError`` naming ``source`` and the key."""
+    ``check_graph``); a bad value is a ``ModelError`` naming ``source`` and the key."""
     meta = validate_metadata(decode_props(props, source), source)
     check_graph(meta, graph, source)
     return meta
