@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIP    := $(VENV)/bin/pip
 
-.PHONY: venv demo test test-all wheel-check clean distclean
+.PHONY: venv demo test test-all wheel-check runtime-check clean distclean
 
 # A CPU-only machine skips PyPI's ~6 GB CUDA build of torch with the CPU build installed first:
 #   make demo TORCH_INDEX=https://download.pytorch.org/whl/cpu
@@ -41,6 +41,20 @@ test-all: venv
 # tiny training run, a predictor call). Needs no .venv of its own. `.ci/run` runs it before the tests.
 wheel-check:
 	bash .ci/check_wheel.sh
+
+# The runtime without PyTorch (runtime/): `pip install ./runtime` into a fresh venv where `import torch` must fail,
+# then that venv's predictions from a model.onnx equal the PyTorch predictor's (.ci/runtime_check.py; real coco128
+# images when $$MNV2_REAL_DATA holds them), and both installs' sizes. `.ci/run` runs it.
+RUNTIME_VENV ?= build/runtime-venv
+runtime-check: venv
+	rm -rf $(RUNTIME_VENV)
+	$(PYTHON) -m venv $(RUNTIME_VENV)
+	$(RUNTIME_VENV)/bin/pip install -q ./runtime
+	@if $(RUNTIME_VENV)/bin/python -c "import torch" 2>/dev/null; then echo "torch imports in $(RUNTIME_VENV)"; exit 1; fi
+	@echo "import torch fails in $(RUNTIME_VENV), as it should"
+	$(PY) .ci/runtime_check.py --runtime-python $(RUNTIME_VENV)/bin/python
+	@echo "installed: mnv2_runtime $$(du -sh $(RUNTIME_VENV)/lib/python3*/site-packages | cut -f1) (numpy, Pillow," \
+	     "ONNX Runtime, pip); mnv2_vision[dev] $$(du -sh $(VENV)/lib/python3*/site-packages | cut -f1) (PyTorch, ...)"
 
 # The docs site (MkDocs, Material theme, API pages from the docstrings) into site/; --strict fails the build on any
 # warning: a broken link or anchor, a page left out of the nav, a docstring griffe cannot read. `.ci/run` builds it.
