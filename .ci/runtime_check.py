@@ -3,8 +3,8 @@ runtime-check`, tests/test_runtime.py through its `predict` mode).
 
     python .ci/runtime_check.py --runtime-python /tmp/rt/bin/python      # in the project's venv (torch, onnx)
 
-1. A checkpoint as training writes it (SSDLite 320², width 1.0, the shapes classes; random weights with the class
-   layers spread so that scores do not tie) is exported by ``tools/export.py`` to ``model.onnx`` (NMS in the graph).
+1. A checkpoint as training writes it (SSDLite 320², width 1.0, the shapes classes; random weights whose outputs
+   depend on the image: ``sensitive``) is exported by ``tools/export.py`` to ``model.onnx`` (NMS in the graph).
 2. The PyTorch predictor (``mnv2_vision.load(ckpt)``) predicts the images: real coco128 validation images when
    ``$MNV2_REAL_DATA/coco128`` exists, else generated JPEGs of several sizes.
 3. ``--runtime-python`` (a venv holding only ``pip install ./runtime``) runs this script's ``predict`` mode, which
@@ -119,8 +119,23 @@ def _images(folder: Path, n: int) -> list[Path]:
     return paths
 
 
+def sensitive(model: Any) -> Any:
+    """``model`` (a fresh one) with random weights that make its outputs depend on the image: He-normal
+    convolutions, identity BN layers. A fresh model's outputs barely do (its zero-initialised residual BN layers
+    leave logits ~1e-6 apart between two images), so any network input would give the same detections."""
+    import torch
+
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.Conv2d):
+                torch.nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
+            elif isinstance(m, torch.nn.BatchNorm2d):
+                m.weight.fill_(1.0), m.bias.zero_(), m.running_mean.zero_(), m.running_var.fill_(1.0)
+    return model.eval()
+
+
 def _checkpoint(path: Path) -> Path:
-    """An SSDLite checkpoint as train_det writes it (random weights; class layers spread so scores do not tie)."""
+    """An SSDLite checkpoint as train_det writes it (random weights: ``sensitive``)."""
     import torch
 
     from mnv2_vision.checkpoint import build_from_config
@@ -128,10 +143,7 @@ def _checkpoint(path: Path) -> Path:
 
     torch.manual_seed(0)
     cfg = load_config("ssdlite_shapes", ["data.image_size=320", "model.num_classes=5", "data.num_workers=0"])
-    model = build_from_config(cfg, pretrained=False)
-    with torch.no_grad():
-        for head in model.head.cls_heads:
-            head[1].weight.mul_(20.0)
+    model = sensitive(build_from_config(cfg, pretrained=False))
     torch.save({"hyper_parameters": {"config": to_dict(cfg), "category_ids": [1, 3, 4, 7],
                                      "category_names": ["circle", "square", "star", "triangle"]},
                 "state_dict": {f"model.{k}": v for k, v in model.state_dict().items()}}, path)
