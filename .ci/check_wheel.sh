@@ -44,11 +44,15 @@ import sys
 from importlib.metadata import entry_points
 from pathlib import Path
 
+import mnv2_runtime
 import mnv2_vision
 from mnv2_vision.data.synthetic import ensure_shapes
 
 run = Path(sys.argv[1])
 assert "site-packages" in mnv2_vision.__file__, mnv2_vision.__file__
+# the runtime without PyTorch ships inside the package too (mnv2_vision imports its metadata rules and pipeline)
+runtime = Path(mnv2_runtime.__file__).parent
+assert "site-packages" in str(runtime) and (runtime / "backends" / "onnx.py").is_file(), runtime
 commands = [e for e in entry_points(group="console_scripts") if e.name.startswith("mnv2-")]
 for e in commands:  # every console command imports from the installed package
     assert callable(e.load()), e

@@ -127,7 +127,7 @@ def test_notes_give_a_reason_and_name_existing_tests():
 
 def test_the_site_lists_every_page_and_every_module():
     """mkdocs.yml's nav holds every page of docs/, the API pages name modules that exist, and every module of the
-    package but the tools' own code appears on an API page (``mkdocs build --strict`` runs in ``.ci/run``)."""
+    package and of the runtime (runtime/mnv2_runtime) but the tools' own code appears on an API page (``mkdocs build --strict`` runs in ``.ci/run``)."""
     config = yaml.safe_load((REPO / "mkdocs.yml").read_text())
 
     def pages(nav):
@@ -142,13 +142,14 @@ def test_the_site_lists_every_page_and_every_module():
     documented = set()
     for page in (REPO / "docs" / "api").glob("*.md"):
         for module in re.findall(r"^::: ([\w.]+)$", page.read_text(), flags=re.M):
-            path = REPO / module.replace(".", "/")
+            path = REPO / ("runtime/" if module.startswith("mnv2_runtime") else "") / module.replace(".", "/")
             assert path.with_suffix(".py").is_file() or (path / "__init__.py").is_file(), f"{page.name}: {module}"
             documented.add(module)
-    package = REPO / "mnv2_vision"
-    modules = {".".join(p.relative_to(REPO).with_suffix("").parts).removesuffix(".__init__")
-               for p in package.rglob("*.py") if p.stat().st_size and "commands" not in p.parts}
-    modules -= {"mnv2_vision", "mnv2_vision.version"}
+    modules = set()
+    for root, package in ((REPO, "mnv2_vision"), (REPO / "runtime", "mnv2_runtime")):  # runtime/: its own package
+        modules |= {".".join(p.relative_to(root).with_suffix("").parts).removesuffix(".__init__")
+                    for p in (root / package).rglob("*.py") if p.stat().st_size and "commands" not in p.parts}
+    modules -= {"mnv2_vision", "mnv2_vision.version", "mnv2_runtime.version"}
     assert not modules - documented, f"add these modules to a page of docs/api/: {sorted(modules - documented)}"
 
 
