@@ -22,6 +22,8 @@ from mnv2_vision.models import build_model  # noqa: E402
 from mnv2_vision.models.deeplabv3 import ImagePooling  # noqa: E402
 from mnv2_vision.ops.postprocess import PostprocessSettings  # noqa: E402
 
+from helpers import fails, tool as _tool  # noqa: E402
+from test_export import _fake_checkpoint  # noqa: E402
 from test_fuse import randomise_bn  # noqa: E402
 
 SIZE = (128, 128)
@@ -213,3 +215,54 @@ def test_missing_interpreter_names_the_extra(det_tflite, monkeypatch):
     with pytest.raises(MissingRuntime, match=r"pip install 'mnv2_runtime\[litert\]'") as e:
         LiteRTBackend(det_tflite, threads=1)
     assert str(det_tflite) in str(e.value) and "\n" not in str(e.value)
+
+
+def test_export_tool_detection(tmp_path, shapes_root):
+    ckpt = _fake_checkpoint(tmp_path / "det.ckpt", "ssdlite_shapes",
+                            ["model.num_classes=5", "model.width_mult=0.35", "data.image_size=96"],
+                            {"category_ids": [1, 2, 3, 4], "category_names": ["circle", "square", "star", "triangle"]})
+    out = tmp_path / "export"
+    report = _tool("export").main(["--ckpt", str(ckpt), "--out", str(out), "--format", "litert", "--threads", "1",
+                                   "--check-images", "2"])
+    backend = LiteRTBackend(out / "model.tflite", 1)
+    meta = backend.metadata
+    assert meta["task"] == "detection" and meta["detection_output"] == "raw"  # the runtime runs the NMS
+    assert meta["class_names"] == ["background", "circle", "square", "star", "triangle"]
+    assert meta["input_size"] == [96, 96] and backend.fixed_input == (96, 96)
+    assert meta["postprocess"]["nms_iou"] == 0.6 and meta["config"]["model"]["width_mult"] == 0.35
+    assert [p["images"] for p in report["parity"]] == [[2, 3, 96, 96], [2, 3, 96, 96]]  # random + 2 val images
+    assert all(p["max_abs_diff"]["cls_logits"] <= p["allowed"]["cls_logits"] for p in report["parity"])
+    assert json.loads((out / "export_report.json").read_text())["litert"] == str(out / "model.tflite")
+    assert not (out / "model.onnx").exists()
+
+
+@pytest.mark.slow  # two minutes on a CPU: fp32 and int8 conversions, validation of PyTorch, fp32 and int8
+def test_export_tool_segmentation_int8_gate(tmp_path, shapes_root, capsys):
+    ckpt = _fake_checkpoint(tmp_path / "seg.ckpt", "deeplabv3_shapes",
+                            ["model.num_classes=5", "model.width_mult=0.35", "data.subset=4", "data.num_workers=0",
+                             "data.image_size=96"],
+                            {"class_names": ["background", "circle", "square", "star", "triangle"]})
+    out = tmp_path / "export"
+    # a negative allowed drop fails any int8 model that is not better than fp32: the gate must say so and exit 2
+    line = fails(capsys, "export", ["--ckpt", str(ckpt), "--out", str(out), "--format", "litert", "--int8",
+                                    "--calib-images", "2", "--runs", "2", "--check-images", "1", "--threads", "1",
+                                    "--int8-max-drop", "-1"])
+    assert "model_int8.tflite" in line and "int8 mIoU" in line and "allowed drop of -1" in line
+    report = json.loads((out / "export_report.json").read_text())  # written before the gate
+    acc = report["accuracy"]
+    assert acc["litert_fp32"]["miou"] == pytest.approx(acc["pytorch"]["miou"], abs=1e-3)  # resized to 96 and back
+    assert 0.0 <= acc["litert_int8"]["miou"] <= 1.0 and report["latency_ms"]["int8"] > 0
+    assert report["int8_change"] == pytest.approx(acc["litert_int8"]["miou"] - acc["litert_fp32"]["miou"])
+    meta = LiteRTBackend(out / "model_int8.tflite", 1).metadata
+    assert "per-channel" in meta["quantization"] and meta["resize"].startswith("plain resize to input_size")
+
+
+def test_export_tool_names_the_extra(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr("mnv2_vision.commands.export._NO_LITERT",
+                        ImportError("No module named 'ai_edge_litert'", name="ai_edge_litert"))
+    ckpt = _fake_checkpoint(tmp_path / "det.ckpt", "ssdlite_shapes", ["model.num_classes=5", "model.width_mult=0.35"],
+                            {"category_ids": [1, 2, 3, 4], "category_names": ["circle", "square", "star", "triangle"]})
+    line = fails(capsys, "export", ["--ckpt", str(ckpt), "--out", str(tmp_path / "x"), "--format", "litert"])
+    assert line == ("error: tools/export.py --format litert needs the optional 'litert' dependencies (ai_edge_litert "
+                    "is not installed): pip install \"mnv2_vision[litert]\"")
+    assert not (tmp_path / "x" / "model.tflite").exists()

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
@@ -42,6 +43,7 @@ CHANNELS_LAST = True
 METADATA_NAME = "mnv2_vision"  # = runtime/mnv2_runtime/backends/litert.py METADATA_NAME (the reader)
 EXTERNAL_MIN_BYTES = 1024  # buffers this large go after the flatbuffer, 16-byte aligned
 _TFLITE_ID = b"TFL3"
+_PROGRESS_VAR = "LITERT_TORCH_SHOW_PROGRESS"  # litert_torch._config reads it at each progress line
 
 
 class NamedOutputs(nn.Module):
@@ -82,7 +84,7 @@ def convert(wrapper: nn.Module, image_size: tuple[int, int], *, quant_config: An
     graph with its ``quant_config``) at ``image_size``, batch 1."""
     import litert_torch
 
-    module = wrapper if isinstance(wrapper, torch.fx.GraphModule) else NamedOutputs(wrapper.eval(), channels_last)
+    module = wrapper if isinstance(wrapper, torch.fx.GraphModule) else NamedOutputs(wrapper, channels_last).eval()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # deprecation chatter of torch.export and its dependencies
         quiet = _quiet_converter()
@@ -95,15 +97,22 @@ def convert(wrapper: nn.Module, image_size: tuple[int, int], *, quant_config: An
 
 
 def _quiet_converter() -> Callable[[], None]:
-    """Silence litert-torch's INFO progress lines (its logger and absl's) for one conversion; returns the undo."""
+    """Silence litert-torch's progress lines (printed to stdout unless ``LITERT_TORCH_SHOW_PROGRESS`` is off) and
+    INFO logs (its logger and absl's) for one conversion; returns the undo."""
     loggers = [logging.getLogger(n) for n in ("litert_torch", "absl", "torch._export", "torch.export")]
     levels = [lg.level for lg in loggers]
+    progress = os.environ.get(_PROGRESS_VAR)
+    os.environ[_PROGRESS_VAR] = "n"
     for lg in loggers:
         lg.setLevel(logging.WARNING)
 
     def undo() -> None:
         for lg, level in zip(loggers, levels):
             lg.setLevel(level)
+        if progress is None:
+            os.environ.pop(_PROGRESS_VAR, None)
+        else:
+            os.environ[_PROGRESS_VAR] = progress
     return undo
 
 
@@ -121,7 +130,7 @@ def quantize_int8_pt2e(wrapper: nn.Module, image_size: tuple[int, int], calibrat
     if not images:
         raise ValueError("int8 calibration needs at least one image")
     quantizer = PT2EQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=per_channel))
-    module = NamedOutputs(wrapper.eval(), channels_last)
+    module = NamedOutputs(wrapper, channels_last).eval()
     sample = {"images": _sample(image_size, channels_last)}
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
