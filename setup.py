@@ -72,5 +72,15 @@ setup(
             "onnx>=1.15",
             "onnxruntime>=1.17",
         ],
+        # tools/export.py --format litert: .tflite conversion (litert-torch, its PT2E int8 quantizer) and the LiteRT
+        # interpreter. About 0.9 GB installed (litert-torch pulls jax, jaxlib, transformers and the MLIR converter),
+        # so not in dev: tests/test_litert.py skips without it. Running .tflite files needs only ai-edge-litert. onnx
+        # and onnxruntime as in deploy: tools/export.py's checks (deploy/onnx_export.py) import them.
+        "litert": [
+            "litert-torch>=0.10",
+            "ai-edge-litert>=2.3",
+            "onnx>=1.15",
+            "onnxruntime>=1.17",
+        ],
     },
 )

@@ -4,6 +4,7 @@
     python tools/export.py --ckpt CKPT --detection-output raw --opset 13               # logits + offsets + anchors
     python tools/export.py --ckpt CKPT --int8 --calib-images 64                        # + model_int8.onnx, mAP/mIoU
     python tools/export.py --ckpt CKPT --format state_dict                             # model.pt + config.yaml
+    python tools/export.py --ckpt CKPT --format litert --int8                          # model.tflite + int8
 
 The multi-task pair exports one graph with the detection outputs and the segmentation logits (one pass).
 Detection exports the whole post-processing (decode, per-class NMS, best ``eval.detections_per_img``) by default,
@@ -13,15 +14,22 @@ order, mean/std, class names, model name and the full config. After writing, the
 images and stops with an error if the outputs differ from PyTorch's (raw tensors by more than ``--atol``, or other
 boxes after NMS). ``--int8`` quantises statically (per-channel weights) on ``--calib-images`` training images and
 reports the validation mAP/mIoU of PyTorch, ONNX fp32 and int8, and the fp32 vs int8 ONNX Runtime latency.
+
+``--format litert`` writes ``model.tflite`` (LiteRT, the ``litert`` extra): one fixed input size, detection as raw
+heads (the runtime decodes and runs the per-class NMS), checked in the LiteRT interpreter against PyTorch the same
+way; its ``--int8`` (PT2E, per-channel weights) writes ``model_int8.tflite`` and exits non-zero when the validation
+mAP/mIoU drops by more than ``--int8-max-drop``.
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import torch
+from torch.nn import functional as F
 
 from mnv2_vision.checkpoint import load_model
 from mnv2_vision.commands.cli import add_debug_flag, exit_status, guarded, make_parser, require_extra
@@ -39,11 +47,17 @@ try:  # the deploy extra (onnx, onnxruntime): without it main() names the instal
     from mnv2_vision.perf import accuracy as ev
     from mnv2_runtime.metadata import decode_props, encode_props, validate_metadata
     from mnv2_vision.deploy.onnx_export import (
-        DetectionExport, MultiTaskExport, SegmentationExport, check_parity, export_onnx, ort_session)
+        DetectionExport, MultiTaskExport, SegmentationExport, check_outputs, check_parity, export_onnx, ort_session)
     from mnv2_vision.deploy.quantize import detection_calibration, quantize_int8, segmentation_calibration
     _NO_DEPLOY: ImportError | None = None
 except ImportError as e:
     _NO_DEPLOY = e
+try:  # the litert extra (ai-edge-litert here; litert-torch, imported when converting, is checked in _export_litert)
+    from mnv2_runtime.backends.litert import LiteRTBackend
+    from mnv2_vision.deploy.litert_export import export_litert
+    _NO_LITERT: ImportError | None = None
+except ImportError as e:
+    _NO_LITERT = e
 
 
 def _metadata(cfg, hparams, kind: str, size: tuple[int, int], wrapper) -> dict:
@@ -89,7 +103,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     p = make_parser(__doc__)
     p.add_argument("--ckpt", required=True,
                    help="a checkpoint written by tools/train_det.py, train_seg.py or train_multitask.py")
-    p.add_argument("--format", choices=("onnx", "state_dict"), default="onnx")
+    p.add_argument("--format", choices=("onnx", "litert", "state_dict"), default="onnx",
+                   help="litert: model.tflite at the fixed input size, detection as raw heads")
     p.add_argument("--out", default=None, help="output folder (default: <checkpoint's run folder>/export)")
     p.add_argument("--opset", type=int, default=17)
     p.add_argument("--detection-output", choices=("nms", "raw"), default="nms")
@@ -98,6 +113,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     p.add_argument("--check-images", type=int, default=2, help="validation images for the parity check (0: random)")
     p.add_argument("--int8", action="store_true", help="also write model_int8.onnx and report accuracy and speed")
     p.add_argument("--calib-images", type=int, default=64, help="training images for int8 calibration")
+    p.add_argument("--int8-max-drop", type=float, default=0.01,
+                   help="--format litert: exit non-zero when int8 loses more validation mAP / mIoU (absolute)")
     p.add_argument("--threads", type=int, default=2, help="threads for ONNX Runtime and PyTorch")
     p.add_argument("--runs", type=int, default=30, help="timed runs (in blocks of 10) for the fp32 vs int8 latency")
     args = add_debug_flag(p).parse_args(argv)
@@ -120,6 +137,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
                          "would need both metrics per precision)")
     pp = PostprocessSettings.from_eval(cfg.eval)
     boxes = kind in ("detection", "multitask")
+    if args.format == "litert":  # TFLite holds no NMS of postprocess_detections' semantics: the runtime runs it
+        args.detection_output = "raw"
     wrapper = (MultiTaskExport if kind == "multitask" else DetectionExport)(model, size, args.detection_output, pp) \
         if boxes else SegmentationExport(model)
     meta, target = _metadata(cfg, hparams, kind, size, wrapper), str(out_dir / "model.onnx")
@@ -127,6 +146,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     validate_metadata(decode_props(encode_props(meta).items(), target), target,
                       fix=f"it comes from {args.ckpt} (its config's data.image_size, data.mean, data.std, eval.* "
                           "or its label map): give values within these limits")
+    if args.format == "litert":
+        return _export_litert(args, cfg, hparams, model, wrapper, meta, out_dir)
     path = export_onnx(wrapper, out_dir / "model.onnx", size, meta, args.opset)
     print(f"wrote {path} ({kind}{', ' + args.detection_output if boxes else ''}, opset {args.opset})")
     inputs = _sample_inputs(cfg, kind, size, args.check_images)
@@ -158,6 +179,75 @@ def main(argv: Sequence[str] | None = None) -> dict:
         print(f"ONNX Runtime latency, batch 1 at {tuple(x.shape[-2:])}, {args.threads} threads: fp32 "
               f"{report['latency_ms']['fp32']:.1f} ms, int8 {report['latency_ms']['int8']:.1f} ms "
               f"(speed-up {report['speedup']:.2f}x)")
+    write_json(out_dir / "export_report.json", report, indent=1)
+    return report
+
+
+def _calibration(cfg, kind: str, n: int) -> list[np.ndarray]:
+    """The first ``n`` training images, preprocessed by the evaluation pipeline, for int8 calibration."""
+    d = cfg.data
+    if kind == "detection":
+        return detection_calibration(resolve_root(d), d.train_split, d.image_size, d.mean, d.std, n)
+    return segmentation_calibration(resolve_root(d), d.train_split, d.mean, d.std, n, cfg.model.num_classes)
+
+
+def _fixed_size(images: Sequence[np.ndarray], size: tuple[int, int]) -> list[np.ndarray]:
+    """Images resized (bilinear, half-pixel centres) to a fixed-size graph's input, as ``ExportedSegmenter`` does."""
+    return [a if tuple(a.shape[-2:]) == size else F.interpolate(torch.from_numpy(a), size=size, mode="bilinear",
+                                                                 align_corners=False).numpy() for a in images]
+
+
+def _export_litert(args, cfg, hparams, model, wrapper, meta: dict, out_dir: Path) -> dict:
+    """``--format litert``: ``model.tflite`` checked against PyTorch in the runtime's LiteRT backend; with ``--int8``
+    also ``model_int8.tflite``, the validation accuracy of both (exit non-zero beyond ``--int8-max-drop``) and their
+    latency."""
+    missing = _NO_LITERT or (None if importlib.util.find_spec("litert_torch") else ImportError(name="litert_torch"))
+    require_extra(missing, "tools/export.py --format litert", "litert")
+    kind, size = cfg.task, tuple(meta["input_size"])
+    if kind == "segmentation":  # one traced size (see deploy/litert_export.py): the runtime resizes to it
+        meta = {**meta, "resize": "plain resize to input_size; upsample the logits to the image, then argmax"}
+    path = export_litert(wrapper, out_dir / "model.tflite", size, meta)
+    print(f"wrote {path} ({kind}{', raw' if kind != 'segmentation' else ''}, LiteRT, {size[0]}x{size[1]})")
+    fp32 = LiteRTBackend(path, args.threads)  # what a user loads: the metadata is checked as it will be
+    pp = getattr(wrapper, "postprocess", None)
+    inputs = [torch.from_numpy(np.concatenate(_fixed_size([b.numpy() for b in x.split(1)], size)))
+              for x in _sample_inputs(cfg, kind, size, args.check_images)]
+    checks = [check_outputs(fp32.run, model, kind, x, mode="raw", atol=args.atol, rtol=args.rtol, postprocess=pp,
+                            source=str(path), runtime="LiteRT") for x in inputs]
+    print(f"LiteRT parity OK on {len(inputs)} input batches: {json.dumps(checks)}")
+    report: dict = {"litert": str(path), "parity": checks}
+    if args.int8:
+        d = cfg.data
+        calib = _fixed_size(_calibration(cfg, kind, args.calib_images), size)
+        int8_path = export_litert(wrapper, out_dir / "model_int8.tflite", size, {**meta, "quantization": (
+            "int8 PT2E (litert-torch): symmetric per-channel weights, per-tensor activations")}, calibration=calib)
+        print(f"wrote {int8_path} (int8, calibrated on {len(calib)} images of {d.train_split!r})")
+        int8 = LiteRTBackend(int8_path, args.threads)
+        x = np.ascontiguousarray(inputs[-1][:1].numpy())
+        timing = time_round_robin({"fp32": lambda: fp32.run(x), "int8": lambda: int8.run(x)},
+                                  runs=max(1, args.runs // 10), block=11)
+        report["latency_ms"] = {k: v["median_ms"] for k, v in timing.items()}
+        report["speedup"] = timing["fp32"]["median_ms"] / timing["int8"]["median_ms"]
+        if kind == "segmentation":
+            dm, names = build_seg_datamodule(cfg), list(hparams.get("class_names") or segmentation_class_names(cfg))
+            models = {"pytorch": model, "litert_fp32": ev.ExportedSegmenter(fp32.run, size),
+                      "litert_int8": ev.ExportedSegmenter(int8.run, size)}
+            acc = {k: ev.evaluate_segmentation(m, dm, names) for k, m in models.items()}
+        else:
+            ids, _ = categories_from(hparams)
+            dm, k = build_det_datamodule(cfg, category_ids=ids), model.num_classes
+            models = {"pytorch": model, "litert_fp32": ev.ExportedDetector(fp32.run, k),
+                      "litert_int8": ev.ExportedDetector(int8.run, k)}
+            acc = {n: ev.evaluate_detection(m, dm, ids, pp, cfg.eval.coco_evaluator) for n, m in models.items()}
+        report["accuracy"], key = acc, "map" if kind == "detection" else "miou"
+        report["int8_change"] = float(acc["litert_int8"][key]) - float(acc["litert_fp32"][key])
+        print(f"{key}: PyTorch {acc['pytorch'][key]:.4f}  LiteRT fp32 {acc['litert_fp32'][key]:.4f}  LiteRT int8 "
+              f"{acc['litert_int8'][key]:.4f}  (change {report['int8_change']:+.4f})")
+        print(f"LiteRT latency, batch 1 at {size}, {args.threads} threads: fp32 {report['latency_ms']['fp32']:.1f} ms, "
+              f"int8 {report['latency_ms']['int8']:.1f} ms (speed-up {report['speedup']:.2f}x)")
+        write_json(out_dir / "export_report.json", report, indent=1)  # the figures stay, also when the gate fails
+        ev.check_int8_drop(acc["litert_fp32"], acc["litert_int8"], args.int8_max_drop,
+                           f"{int8_path} ({key} on {d.val_split!r})")
     write_json(out_dir / "export_report.json", report, indent=1)
     return report
 

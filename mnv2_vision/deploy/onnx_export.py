@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import onnx
@@ -37,11 +37,13 @@ from ..ops.postprocess import PostprocessSettings, postprocess_detections
 
 __all__ = [
     "DETECTION_MODES", "DetectionExport", "SegmentationExport", "MultiTaskExport", "export_onnx", "read_onnx",
-    "read_metadata", "ort_session", "ParityError", "check_parity", "match_detections",
+    "read_metadata", "ort_session", "ParityError", "MIN_MASK_AGREEMENT", "check_parity", "check_outputs",
+    "match_detections",
 ]
 
 DETECTION_MODES = ("nms", "raw")
 DEFAULT_OPSET = 17
+MIN_MASK_AGREEMENT = 0.999  # of the pixels: an exported segmenter's masks against PyTorch's
 
 
 class _MultiClassNMS(torch.autograd.Function):
@@ -295,63 +297,97 @@ def _close(got: np.ndarray, ref: Tensor, atol: float, rtol: float) -> tuple[floa
     return diff, allowed, diff <= allowed
 
 
-def _segmentation_parity(path: str | Path, got: np.ndarray, ref: Tensor, atol: float, rtol: float) -> dict[str, Any]:
+def _segmentation_parity(source: str, runtime: str, got: np.ndarray, ref: Tensor, atol: float,
+                         rtol: float) -> dict[str, Any]:
     diff, allowed, ok = _close(got, ref, atol, rtol)
     if not ok:
-        raise ParityError(f"{path}: ONNX Runtime logits differ from PyTorch by {diff:.3g} > {allowed:.3g}")
-    agreement = float((torch.from_numpy(got).argmax(1) == ref.argmax(1)).float().mean())
+        raise ParityError(f"{source}: {runtime} logits differ from PyTorch by {diff:.3g} > {allowed:.3g}")
+    agreement = float((torch.from_numpy(np.ascontiguousarray(got)).argmax(1) == ref.argmax(1)).float().mean())
+    if agreement < MIN_MASK_AGREEMENT:
+        raise ParityError(f"{source}: {runtime} masks (argmax of the logits) agree with PyTorch's on "
+                          f"{100 * agreement:.3f} % of the pixels, fewer than {100 * MIN_MASK_AGREEMENT:g} %")
     return {"max_abs_diff": diff, "allowed": allowed, "argmax_agreement": agreement}
+
+
+def _detection_parity(source: str, runtime: str, ref: list[dict[str, Tensor]], got: list[dict[str, Tensor]],
+                      report: dict[str, Any]) -> None:
+    """Raise ``ParityError`` unless each image's detections match (``match_detections``); counts go to ``report``."""
+    problems = [f"image {i}: {p}" for i, (r, g) in enumerate(zip(ref, got)) for p in match_detections(r, g)]
+    report.update(detections=sum(len(g["scores"]) for g in got), reference_detections=sum(len(r["scores"])
+                                                                                           for r in ref))
+    if problems:
+        raise ParityError(f"{source}: {runtime} detections differ from postprocess_detections:\n  "
+                          + "\n  ".join(problems[:10]) + (f"\n  ... {len(problems) - 10} more" if len(problems) > 10
+                                                          else ""))
 
 
 @torch.no_grad()
 def check_parity(path: str | Path, model: nn.Module, kind: str, images: Tensor, *, mode: str = "nms",
                  atol: float = 1e-4, rtol: float = 1e-4, postprocess: PostprocessSettings | None = None,
                  threads: int = 2) -> dict[str, Any]:
-    """Run the ONNX file and the PyTorch ``model`` (eval mode) on ``images`` and raise ``ParityError`` on a mismatch.
+    """``check_outputs`` of the ONNX file ``path`` in ONNX Runtime (``threads`` threads)."""
+    session = ort_session(path, threads)
+    names = [o.name for o in session.get_outputs()]
+
+    def run(x: np.ndarray) -> dict[str, np.ndarray]:
+        return dict(zip(names, session.run(None, {"images": x})))
+
+    return check_outputs(run, model, kind, images, mode=mode, atol=atol, rtol=rtol, postprocess=postprocess,
+                         source=str(path), runtime="ONNX Runtime")
+
+
+@torch.no_grad()
+def check_outputs(run: Callable[[np.ndarray], Mapping[str, np.ndarray]], model: nn.Module, kind: str, images: Tensor,
+                  *, mode: str = "nms", atol: float = 1e-4, rtol: float = 1e-4,
+                  postprocess: PostprocessSettings | None = None, source: str = "the exported model",
+                  runtime: str = "the runtime") -> dict[str, Any]:
+    """Run an exported model (``run(images) -> {output name: array}``, the ONNX export's names) and the PyTorch
+    ``model`` (eval mode) on ``images`` and raise ``ParityError`` (naming ``source`` and ``runtime``) on a mismatch.
 
     Raw tensors (segmentation logits, detection logits, offsets, anchors) must agree within
-    ``atol + rtol · max |reference|`` (max absolute difference; 1e-4 for outputs of unit scale). Detection in
-    ``"nms"`` mode must give the same detections as ``postprocess_detections`` on the PyTorch outputs with the same
-    ``postprocess`` settings (required there; ties handled by ``match_detections``). Returns the measured
-    differences.
+    ``atol + rtol · max |reference|`` (max absolute difference; 1e-4 for outputs of unit scale), and segmentation
+    masks (the logits' argmax) agree on at least ``MIN_MASK_AGREEMENT`` of the pixels. Detection must give the same
+    detections as ``postprocess_detections`` on the PyTorch outputs with the same ``postprocess`` settings (ties
+    handled by ``match_detections``): in ``"nms"`` mode those of the graph (``postprocess`` required there), in
+    ``"raw"`` mode, when ``postprocess`` is given, those ``postprocess_detections`` finds in the exported raw outputs
+    (what a runtime that decodes outside the graph shows). Returns the measured differences.
     """
-    session = ort_session(path, threads)
-    outputs = session.run(None, {"images": images.numpy()})
+    outputs = run(np.ascontiguousarray(images.numpy(), dtype=np.float32))
     model = model.eval()
     report: dict[str, Any] = {"images": list(images.shape)}
     if kind == "segmentation":
-        return {**report, **_segmentation_parity(path, outputs[0], model(images)["out"], atol, rtol)}
+        return {**report, **_segmentation_parity(source, runtime, outputs["logits"], model(images)["out"], atol,
+                                                 rtol)}
     if kind not in ("detection", "multitask"):
         raise ValueError(f"kind must be 'detection', 'segmentation' or 'multitask', got {kind!r}")
     raw = model(images)
-    if kind == "multitask":  # the segmentation logits follow the detection outputs
-        report["segmentation"] = _segmentation_parity(path, outputs[-1], raw["out"], atol, rtol)
-        outputs = outputs[:-1]
+    if kind == "multitask":  # the segmentation logits come with the detection outputs
+        report["segmentation"] = _segmentation_parity(source, runtime, outputs["logits"], raw["out"], atol, rtol)
     size = tuple(images.shape[-2:])
     if mode == "raw":
         refs = (raw["cls_logits"], raw["bbox_regression"], model.anchors(size).expand(images.shape[0], -1, -1))
-        checks = {name: _close(o, r, atol, rtol)
-                  for name, o, r in zip(("cls_logits", "bbox_regression", "anchors"), outputs, refs)}
+        checks = {name: _close(outputs[name], r, atol, rtol)
+                  for name, r in zip(("cls_logits", "bbox_regression", "anchors"), refs)}
         report.update(max_abs_diff={k: v[0] for k, v in checks.items()}, allowed={k: v[1] for k, v in checks.items()})
         bad = {k: f"{v[0]:.3g} > {v[1]:.3g}" for k, v in checks.items() if not v[2]}
         if bad:
-            raise ParityError(f"{path}: ONNX Runtime outputs differ from PyTorch: {bad}")
-        return report
-    if postprocess is None:
+            raise ParityError(f"{source}: {runtime} outputs differ from PyTorch: {bad}")
+        if postprocess is None:
+            return report
+    elif postprocess is None:
         raise ValueError("the parity check of an 'nms' detection export needs its post-processing settings")
+    sizes = [size] * images.shape[0]
     ref = postprocess_detections(raw["cls_logits"], raw["bbox_regression"], model.anchors(size), BoxCoder(), size,
-                                 [size] * images.shape[0], postprocess)
-    boxes, scores, labels, counts = (torch.from_numpy(o) for o in outputs)
-    problems, total = [], 0
-    for i, r in enumerate(ref):
-        n = int(counts[i])
-        total += n
-        got = {"boxes": boxes[i, :n], "scores": scores[i, :n], "labels": labels[i, :n]}
-        problems += [f"image {i}: {p}" for p in match_detections(r, got)]
-    report.update(detections=total, reference_detections=sum(len(r["scores"]) for r in ref))
-    if problems:
-        raise ParityError(f"{path}: ONNX Runtime detections differ from postprocess_detections:\n  "
-                          + "\n  ".join(problems[:10]) + (f"\n  ... {len(problems) - 10} more" if len(problems) > 10
-                                                          else ""))
+                                 sizes, postprocess)
+    if mode == "raw":
+        got = postprocess_detections(*(torch.from_numpy(np.ascontiguousarray(outputs[k]))
+                                       for k in ("cls_logits", "bbox_regression")),
+                                     torch.from_numpy(np.ascontiguousarray(outputs["anchors"][0])), BoxCoder(), size,
+                                     sizes, postprocess)
+    else:
+        boxes, scores, labels, counts = (torch.from_numpy(outputs[k])
+                                         for k in ("boxes", "scores", "labels", "num_detections"))
+        got = [{"boxes": boxes[i, :n], "scores": scores[i, :n], "labels": labels[i, :n]}
+               for i, n in enumerate(int(c) for c in counts)]
+    _detection_parity(source, runtime, ref, got, report)
     return report
-

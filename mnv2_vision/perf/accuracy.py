@@ -1,45 +1,60 @@
-"""Accuracy of exported models through the project's own evaluation code.
+"""Accuracy of exported models through the project's own evaluation code, and the int8 accuracy gate.
 
-ONNX Runtime sessions are wrapped as modules with the PyTorch models' output contract, so a float or int8 export is
-scored by exactly the code that scores the PyTorch model: detection by the steps of ``DetectionModule``'s validation
-(``postprocess_detections`` → ``to_coco_results`` → one COCO evaluation over the whole split, as
+An exported model is wrapped as a module with the PyTorch models' output contract, so a float or int8 export in any
+format is scored by exactly the code that scores the PyTorch model: detection by the steps of ``DetectionModule``'s
+validation (``postprocess_detections`` → ``to_coco_results`` → one COCO evaluation over the whole split, as
 ``tools/eval_det.py``), segmentation through ``predict_batch`` and one ``ConfusionMatrix`` over the split (as
-``tools/eval_seg.py``).
+``tools/eval_seg.py``). A format enters as a ``run(images) -> {output name: array}`` callable (ONNX Runtime:
+``ort_run``; LiteRT: ``deploy.litert_export.litert_runner``; any runtime backend's ``run``) with the ONNX export's
+output names. ``check_int8_drop`` refuses an int8 model that lost more than the allowed accuracy.
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
 
+from ..errors import UserError
 from ..eval.coco import evaluate_coco, to_coco_results
 from ..ops.boxes import BoxCoder
 from ..ops.postprocess import PostprocessSettings, postprocess_detections
 
-__all__ = ["OrtDetector", "OrtSegmenter", "evaluate_detection", "evaluate_segmentation"]
+__all__ = ["Run", "ort_run", "ExportedDetector", "ExportedSegmenter", "OrtDetector", "OrtSegmenter",
+           "evaluate_detection", "evaluate_segmentation", "Int8AccuracyError", "check_int8_drop"]
+
+Run = Callable[[np.ndarray], Mapping[str, np.ndarray]]  # (N, 3, H, W) float32 images → outputs by ONNX name
+_RAW_DETECTION = ("cls_logits", "bbox_regression", "anchors")
 
 
-def _run(session, images: Tensor) -> list[np.ndarray]:
-    return session.run(None, {"images": np.ascontiguousarray(images.detach().cpu().numpy(), dtype=np.float32)})
+def ort_run(session) -> Run:
+    """An ONNX Runtime session as a ``Run``: its outputs by name."""
+    names = [o.name for o in session.get_outputs()]
+    return lambda images: dict(zip(names, session.run(None, {"images": np.ascontiguousarray(images,
+                                                                                            dtype=np.float32)})))
 
 
-class OrtDetector(nn.Module):
+def _numpy(images: Tensor) -> np.ndarray:
+    return np.ascontiguousarray(images.detach().cpu().numpy(), dtype=np.float32)
+
+
+class ExportedDetector(nn.Module):
     """A raw-mode detection export (``cls_logits``, ``bbox_regression``, ``anchors``) behind SSDLite's interface."""
 
-    def __init__(self, session, num_classes: int) -> None:
+    def __init__(self, run: Run, num_classes: int) -> None:
         super().__init__()
-        names = [o.name for o in session.get_outputs()]
-        if names[:2] != ["cls_logits", "bbox_regression"]:
-            raise ValueError(f"OrtDetector needs a raw-mode detection export, got outputs {names}")
-        self.session, self.num_classes = session, num_classes
+        self.run, self.num_classes = run, num_classes
         self._anchors: Tensor | None = None
 
     def forward(self, images: Tensor) -> dict[str, Tensor]:
-        cls_logits, bbox_regression, anchors = _run(self.session, images)
-        self._anchors = torch.from_numpy(anchors[0])
-        return {"cls_logits": torch.from_numpy(cls_logits), "bbox_regression": torch.from_numpy(bbox_regression)}
+        out = self.run(_numpy(images))
+        missing = [k for k in _RAW_DETECTION if k not in out]
+        if missing:
+            raise ValueError(f"ExportedDetector needs a raw-mode detection export; its outputs lack {missing}")
+        self._anchors = torch.from_numpy(np.asarray(out["anchors"][0]))
+        return {k: torch.from_numpy(np.ascontiguousarray(out[k])) for k in _RAW_DETECTION[:2]}
 
     def anchors(self, image_size: tuple[int, int], device: torch.device | str | None = None) -> Tensor:
         if self._anchors is None:
@@ -47,15 +62,46 @@ class OrtDetector(nn.Module):
         return self._anchors.to(device or "cpu")
 
 
-class OrtSegmenter(nn.Module):
-    """A segmentation export (``logits``) behind DeepLab's ``{"out": logits}`` interface."""
+class ExportedSegmenter(nn.Module):
+    """A segmentation export (``logits``) behind DeepLab's ``{"out": logits}`` interface.
 
-    def __init__(self, session) -> None:
+    Args:
+        run: the export's ``Run``.
+        fixed_size: the (H, W) of a fixed-size graph (LiteRT): each image is resized to it (bilinear, half-pixel
+            centres, as ``cv2.resize``) and the logits are resized back to the image's size, so the scores are those
+            the runtime's masks come from. ``None``: the graph takes any size.
+    """
+
+    def __init__(self, run: Run, fixed_size: tuple[int, int] | None = None) -> None:
         super().__init__()
-        self.session = session
+        self.run, self.fixed_size = run, fixed_size
 
     def forward(self, images: Tensor) -> dict[str, Tensor]:
-        return {"out": torch.from_numpy(_run(self.session, images)[0])}
+        size = tuple(images.shape[-2:])
+        if self.fixed_size is None or size == tuple(self.fixed_size):
+            return {"out": torch.from_numpy(np.ascontiguousarray(self.run(_numpy(images))["logits"]))}
+        resized = F.interpolate(images.float(), size=tuple(self.fixed_size), mode="bilinear", align_corners=False)
+        logits = torch.from_numpy(np.ascontiguousarray(self.run(_numpy(resized))["logits"]))
+        return {"out": F.interpolate(logits, size=size, mode="bilinear", align_corners=False)}
+
+
+class OrtDetector(ExportedDetector):
+    """``ExportedDetector`` of an ONNX Runtime session."""
+
+    def __init__(self, session, num_classes: int) -> None:
+        names = [o.name for o in session.get_outputs()]
+        if names[:2] != ["cls_logits", "bbox_regression"]:
+            raise ValueError(f"OrtDetector needs a raw-mode detection export, got outputs {names}")
+        super().__init__(ort_run(session), num_classes)
+        self.session = session
+
+
+class OrtSegmenter(ExportedSegmenter):
+    """``ExportedSegmenter`` of an ONNX Runtime session (any image size)."""
+
+    def __init__(self, session) -> None:
+        super().__init__(ort_run(session))
+        self.session = session
 
 
 @torch.inference_mode()
@@ -101,3 +147,25 @@ def evaluate_segmentation(model: nn.Module, datamodule, class_names: Sequence[st
             confmat.update(pred, mask[:h, :w])
     metrics = confmat.compute()
     return {"miou": metrics.miou, "pixel_acc": metrics.pixel_acc, "per_class": metrics.per_class(list(class_names))}
+
+
+class Int8AccuracyError(UserError):
+    """An int8 export lost more accuracy than allowed (``--int8-max-drop``): the file is written, the command fails."""
+
+
+def check_int8_drop(fp32: Mapping[str, Any], int8: Mapping[str, Any], max_drop: float, what: str) -> float:
+    """The accuracy change of an int8 model (``int8`` − ``fp32``: mAP for detection, mIoU for segmentation, from
+    ``evaluate_detection`` / ``evaluate_segmentation`` on the same split); an ``Int8AccuracyError`` naming ``what``
+    (the model) with what to try when it lost more than ``max_drop`` (absolute)."""
+    key = next((k for k in ("map", "miou") if k in fp32 and k in int8), None)
+    if key is None:
+        raise ValueError(f"check_int8_drop needs 'map' or 'miou' in both results, got {sorted(fp32)} and "
+                         f"{sorted(int8)}")
+    change = float(int8[key]) - float(fp32[key])
+    if not change >= -max_drop:  # a NaN metric fails too
+        name = {"map": "mAP", "miou": "mIoU"}[key]
+        raise Int8AccuracyError(
+            f"{what}: int8 {name} {float(int8[key]):.4f} vs fp32 {float(fp32[key]):.4f} ({change:+.4f}), more than "
+            f"the allowed drop of {max_drop:g}; try more calibration images (--calib-images), keep the heads in "
+            "fp32 (the last convolutions, which the error reaches unaveraged), or allow more with --int8-max-drop")
+    return change
