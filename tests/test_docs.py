@@ -127,7 +127,8 @@ def test_notes_give_a_reason_and_name_existing_tests():
 
 def test_the_site_lists_every_page_and_every_module():
     """mkdocs.yml's nav holds every page of docs/, the API pages name modules that exist, and every module of the
-    package and of the runtime (runtime/mnv2_runtime) but the tools' own code appears on an API page (``mkdocs build --strict`` runs in ``.ci/run``)."""
+    package and of the runtime (runtime/mnv2_runtime) but the tools' own code appears on an API page (``mkdocs build
+    --strict`` runs in ``.ci/run``)."""
     config = yaml.safe_load((REPO / "mkdocs.yml").read_text())
 
     def pages(nav):

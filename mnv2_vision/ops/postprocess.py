@@ -14,10 +14,11 @@ way once ``max_output_boxes_per_class`` boxes are selected, which is why the exp
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
-from typing import Any, Mapping, Protocol, Sequence
+from dataclasses import dataclass
+from typing import Protocol, Sequence
 
 import torch
+from mnv2_runtime.postprocess import Postprocess
 from torch import Tensor
 from torchvision.ops import batched_nms, clip_boxes_to_image
 
@@ -36,35 +37,15 @@ class _EvalSection(Protocol):
 
 
 @dataclass(frozen=True)
-class PostprocessSettings:
-    """How raw SSD outputs become detections (``postprocess_detections``, the exported NMS graph, the predictor).
-
-    Attributes:
-        score_thresh: a candidate's class score must exceed it. Low for COCO mAP (1e-8..1e-3,
-            docs/design.md#ssdlite; raising it lowers mAP), higher for an application that shows the boxes.
-        nms_iou: per-class NMS suppresses a box overlapping a better one of its class by more than this IoU.
-        topk_candidates: per class, at most this many best-scoring anchors become candidates.
-        detections_per_img: the best this many survivors of NMS are kept.
-    """
-
-    score_thresh: float
-    nms_iou: float
-    topk_candidates: int
-    detections_per_img: int
+class PostprocessSettings(Postprocess):
+    """How raw SSD outputs become detections (``postprocess_detections``, the exported NMS graph, the predictor):
+    ``mnv2_runtime``'s ``Postprocess`` (the four settings, ``from_dict`` of an export's ``postprocess`` metadata,
+    ``as_dict``), which runs exported models without PyTorch, made here from a config too."""
 
     @classmethod
     def from_eval(cls, eval_cfg: _EvalSection) -> PostprocessSettings:
         """The settings of a config's ``eval`` section (``eval.score_thresh`` ...)."""
         return cls(eval_cfg.score_thresh, eval_cfg.nms_iou, eval_cfg.topk_candidates, eval_cfg.detections_per_img)
-
-    @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> PostprocessSettings:
-        """The settings of an exported model's ``postprocess`` metadata (checked by ``mnv2_runtime.metadata``)."""
-        return cls(**{f.name: values[f.name] for f in fields(cls)})
-
-    def as_dict(self) -> dict[str, Any]:
-        """The ``postprocess`` metadata of an export: the four settings by name, in this order."""
-        return asdict(self)
 
 
 def resize_boxes(boxes: Tensor, from_size: tuple[int, int], to_size: tuple[int, int]) -> Tensor:

@@ -35,7 +35,8 @@ class Postprocess:
     """The detection settings of an exported model (its ``postprocess`` metadata; ``eval.*`` of its config).
 
     Attributes:
-        score_thresh: a candidate's class score must exceed it.
+        score_thresh: a candidate's class score must exceed it. Low for COCO mAP (1e-8..1e-3, raising it lowers
+            mAP), higher for an application that shows the boxes.
         nms_iou: per-class NMS suppresses a box overlapping a better one of its class by more than this IoU.
         topk_candidates: per class, at most this many best-scoring anchors become candidates.
         detections_per_img: the best this many survivors of NMS are kept.
@@ -47,11 +48,12 @@ class Postprocess:
     detections_per_img: int
 
     @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> "Postprocess":
+    def from_dict(cls, values: Mapping[str, Any]) -> Postprocess:
         """The settings of a ``postprocess`` metadata value (checked by ``metadata.validate_metadata``)."""
         return cls(**{f.name: values[f.name] for f in fields(cls)})
 
     def as_dict(self) -> dict[str, Any]:
+        """The ``postprocess`` metadata of an export: the four settings by name, in this order."""
         return asdict(self)
 
 
