@@ -58,9 +58,11 @@ class ImagePooling(nn.Sequential):
         )
 
     def forward(self, x: Tensor) -> Tensor:
-        size = x.shape[-2:]
-        # A 1×1 map upsampled bilinearly is a constant map: expand is the same thing without the interpolation op.
-        return super().forward(x).expand(-1, -1, *size)
+        # A 1×1 map upsampled bilinearly is a constant map, so no interpolation: the pooled values are broadcast to
+        # the feature size by a multiplication with ones (exact: v · 1.0 = v). Not `expand`: litert-torch 0.10 turns
+        # it into a BROADCAST_TO of the NCHW (N, C, 1, 1) tensor to an NHWC shape (N, h, w, C), which LiteRT refuses at
+        # allocate_tensors; a broadcasting multiply is an op every export target (ONNX, LiteRT, OpenVINO) runs.
+        return super().forward(x) * torch.ones_like(x[:, :1])
 
 
 class ASPP(nn.Module):
