@@ -199,3 +199,22 @@ def test_runtime_formats_registry_rejects_unknown_names():
         available(["onnxruntime", "tensorrt"])
     with pytest.raises(ValueError, match="unknown models"):
         runtime_tables(["yolo"], 64, 64, ["onnxruntime"], None, 1, 1, 1, 0, 1, 64, Path("."))
+
+
+@pytest.mark.slow
+def test_runtime_tables_litert_rows(tmp_path, shapes_root):
+    """The LiteRT entry (litert-torch conversion, ~1 min a file; the int8 graph quantised end to end, its input and
+    outputs (de)quantised by the runner): DeepLab-lite's fp32 file gives the eager logits, int8 a small error."""
+    pytest.importorskip("litert_torch", reason="the litert extra (litert-torch, ai-edge-litert) is not installed")
+    pytest.importorskip("ai_edge_litert", reason="the litert extra (litert-torch, ai-edge-litert) is not installed")
+    from mnv2_vision.ops.postprocess import PostprocessSettings
+    from mnv2_vision.perf.runtimes import PYTORCH, runtime_tables
+
+    result = runtime_tables(["deeplab"], 64, 65, ["litert"], PostprocessSettings(0.001, 0.6, 20, 10), 1, 1, 1, 0, 1,
+                            128, tmp_path, peer=False)
+    rows = {r["runtime"]: r for r in result["tables"]["deeplab"]["rows"]}
+    assert list(rows) == [PYTORCH, "litert fp32", "litert int8"] and result["skipped"] == {}
+    assert rows["litert fp32"]["rel_diff"] <= 1e-4
+    assert 1e-6 < rows["litert int8"]["rel_diff"] < 0.2  # quantised (not the fp32 graph), and not garbage
+    assert rows["litert int8"]["int8_over_fp32"] == pytest.approx(
+        rows["litert int8"]["median_ms"] / rows["litert fp32"]["median_ms"])
