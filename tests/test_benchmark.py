@@ -127,3 +127,94 @@ def test_isolated_training_throughput_runs_each_candidate_in_its_own_process():
         bench.training_steps(build_model("ssdlite320_mobilenet_v2", num_classes=3, width_mult=0.35), None,
                              only=("theirs",))
 
+
+
+def test_runtime_tables_one_per_model_with_consistent_ratios(tmp_path, shapes_root, capsys):
+    """--runtimes-only at tiny sizes: one table per model with the PyTorch CPU graph and each installed format in
+    fp32 and int8 (OpenVINO where installed; else skipped with its extra), the LR-ASPP peer in DeepLab's; every
+    ratio the quotient of the table's own numbers; fp32 outputs equal eager."""
+    from mnv2_vision.perf.formats import available
+    from mnv2_vision.perf.runtimes import PEER, PYTORCH, TARGETS
+
+    out = tmp_path / "runtimes.json"
+    _tool("benchmark").main(["--runtimes-only", "--formats", "onnxruntime,openvino", "--det-size", "64",
+                             "--seg-size", "65", "--runs", "2", "--warmup", "0", "--block", "2", "--calib-images", "1",
+                             "--matmul-size", "256", "--topk", "20", "--detections", "10", "--json", str(out)])
+    printed = capsys.readouterr().out
+    result = json.loads(out.read_text())
+    rt = result["runtimes"]
+    usable, skipped = available(["onnxruntime", "openvino"])
+    assert rt["formats"] == usable and sorted(rt["skipped"]) == sorted(skipped)
+    assert all("pip install 'mnv2_vision[" in line for line in rt["skipped"].values())
+    assert list(rt["tables"]) == ["ssdlite", "deeplab", "pair"]
+    assert printed.count("| runtime | ms (median) |") == 3
+    rate = rt["matmul_gmadds_per_s"] * 1e9
+    for key, table in rt["tables"].items():
+        rows = {r["runtime"]: r for r in table["rows"]}
+        expected = [PYTORCH] + [f"{f} {p}" for f in usable for p in ("fp32", "int8")] + ([PEER] if key == "deeplab"
+                                                                                        else [])
+        assert list(rows) == expected
+        assert table["input"] == ([65, 65] if key == "deeplab" else [64, 64])
+        assert table["floor_ms"] == pytest.approx(table["madds_b"] * 1e9 / rate * 1e3, rel=1e-9)
+        for name, r in rows.items():
+            assert 0 < r["p10_ms"] <= r["median_ms"] <= r["p90_ms"] and r["post_ms"] > 0
+            assert r["x_floor"] == pytest.approx(r["median_ms"] / (r["madds_b"] * 1e9 / rate * 1e3), rel=1e-9)
+            if r["precision"] == "int8":
+                fp32 = rows[name.replace("int8", "fp32")]
+                assert r["int8_over_fp32"] == pytest.approx(r["median_ms"] / fp32["median_ms"], rel=1e-9)
+                assert 0 < r["rel_diff"] < 1.0  # quantisation error, not garbage
+            else:
+                assert r["int8_over_fp32"] is None
+                if name != PEER:
+                    assert r["rel_diff"] <= 1e-4, (key, name)  # the same network, to float rounding
+        if key == "deeplab":  # the peer: torchvision's LR-ASPP has fewer MAdds than DeepLab-lite at the same size
+            assert rows[PEER]["rel_diff"] is None and 0 < rows[PEER]["madds_b"] < table["madds_b"]
+        else:
+            assert all(r["madds_b"] == table["madds_b"] for r in rows.values())
+    # MAdds scale with the input area: SSDLite 0.804 B at 320² → ≈ 0.032 B at 64² (+ the extras' fixed 1×1 maps).
+    assert 0.025 < rt["tables"]["ssdlite"]["madds_b"] < 0.045
+    assert rt["tables"]["ssdlite"]["madds_b"] < rt["tables"]["pair"]["madds_b"]
+    targets = rt["targets"]
+    for key, (floor_max, int8_max) in TARGETS.items():
+        rows = [r for r in rt["tables"][key]["rows"] if r["runtime"] != PEER]
+        fastest = min(r["median_ms"] for r in rows if r["precision"] == "fp32")
+        t = targets[f"{key} fp32 × floor"]
+        assert t["value"] == min(r["x_floor"] for r in rows if r["precision"] == "fp32") and t["limit"] == floor_max
+        t = targets[f"{key} int8 / fastest fp32"]
+        assert t["value"] == pytest.approx(min(r["median_ms"] for r in rows if r["precision"] == "int8") / fastest)
+        assert t["limit"] == int8_max
+    deeplab = {r["runtime"]: r for r in rt["tables"]["deeplab"]["rows"]}
+    t = targets["deeplab pytorch cpu graph / lraspp"]
+    assert t["value"] == pytest.approx(deeplab[PYTORCH]["median_ms"] / deeplab[PEER]["median_ms"]) and t["limit"] == 0.8
+    assert all(t["holds"] == (t["value"] <= t["limit"]) for t in targets.values())
+    assert result["machine"]["threads"] == 2 and "onnxruntime" in result["machine"]
+
+
+def test_runtime_formats_registry_rejects_unknown_names():
+    from mnv2_vision.perf.formats import FORMATS, available
+    from mnv2_vision.perf.runtimes import runtime_tables
+
+    assert sorted(FORMATS) == ["litert", "onnxruntime", "openvino"]
+    with pytest.raises(ValueError, match="unknown runtime formats"):
+        available(["onnxruntime", "tensorrt"])
+    with pytest.raises(ValueError, match="unknown models"):
+        runtime_tables(["yolo"], 64, 64, ["onnxruntime"], None, 1, 1, 1, 0, 1, 64, Path("."))
+
+
+@pytest.mark.slow
+def test_runtime_tables_litert_rows(tmp_path, shapes_root):
+    """The LiteRT entry (litert-torch conversion, ~1 min a file; the int8 graph quantised end to end, its input and
+    outputs (de)quantised by the runner): DeepLab-lite's fp32 file gives the eager logits, int8 a small error."""
+    pytest.importorskip("litert_torch", reason="the litert extra (litert-torch, ai-edge-litert) is not installed")
+    pytest.importorskip("ai_edge_litert", reason="the litert extra (litert-torch, ai-edge-litert) is not installed")
+    from mnv2_vision.ops.postprocess import PostprocessSettings
+    from mnv2_vision.perf.runtimes import PYTORCH, runtime_tables
+
+    result = runtime_tables(["deeplab"], 64, 65, ["litert"], PostprocessSettings(0.001, 0.6, 20, 10), 1, 1, 1, 0, 1,
+                            128, tmp_path, peer=False)
+    rows = {r["runtime"]: r for r in result["tables"]["deeplab"]["rows"]}
+    assert list(rows) == [PYTORCH, "litert fp32", "litert int8"] and result["skipped"] == {}
+    assert rows["litert fp32"]["rel_diff"] <= 1e-4
+    assert 1e-6 < rows["litert int8"]["rel_diff"] < 0.2  # quantised (not the fp32 graph), and not garbage
+    assert rows["litert int8"]["int8_over_fp32"] == pytest.approx(
+        rows["litert int8"]["median_ms"] / rows["litert fp32"]["median_ms"])

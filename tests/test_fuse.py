@@ -174,6 +174,31 @@ def test_freeze_for_cpu_graph_equals_eager_and_holds_fused_packed_convolutions(b
             assert float((out[k] - ref[k]).abs().max()) <= 1e-4, k
 
 
+@needs_onednn
+def test_freeze_for_cpu_deeplab_lite_equals_eager():
+    """DeepLab-lite on the frozen CPU graph (the predictor's segmentation path once a shape recurs): every
+    convolution, the image-pooling branch's on its 1×1 map included, is a fused oneDNN call; logits equal eager."""
+    from mnv2_vision.deploy.fuse import freeze_for_cpu
+
+    torch.manual_seed(0)
+    model = randomise_bn(build_model("deeplabv3_mobilenet_v2", num_classes=5, width_mult=0.5))
+    for m in model.modules():  # logits of order 1, not the fresh head's ~1e-8, so the tolerance means something
+        if isinstance(m, nn.Conv2d) and m.out_channels == 5:
+            nn.init.normal_(m.weight, std=1.0)
+    x = torch.randn(1, 3, 97, 130)  # odd sizes: the stride-16 rounding and the upsampling to the input size
+    with torch.no_grad():
+        ref = model(x)["out"]
+    graph = freeze_for_cpu(model, x)
+    nodes = [n.kind() for n in graph.graph.nodes()]
+    assert nodes.count("mkldnn::_convolution_pointwise") == sum(isinstance(m, nn.Conv2d) for m in model.modules())
+    assert not {"aten::_convolution", "aten::conv2d", "aten::batch_norm"} & set(nodes)
+    with torch.no_grad():
+        out = graph(x.contiguous(memory_format=torch.channels_last))["out"]
+    assert out.shape == ref.shape == (1, 5, 97, 130) and float(ref.abs().max()) > 0.5
+    assert float((out - ref).abs().max()) <= 1e-4 * float(ref.abs().max())
+    assert torch.equal(out.argmax(1), ref.argmax(1))
+
+
 def test_freeze_for_cpu_falls_back_to_the_folded_graph_without_onednn(monkeypatch):
     import mnv2_vision.deploy.fuse as fuse
 

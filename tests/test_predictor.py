@@ -247,3 +247,33 @@ def test_segmentation_mask_and_probs(tmp_path, shapes_root):
         torch.testing.assert_close(r["probs"].sum(0), torch.ones(image.shape[:2]))
         ref = predict_segmentation(model.eval(), image, cfg)
         assert (r["mask"].numpy() == ref).mean() > 0.999
+
+
+def test_segmentation_freezes_a_recurring_shape_and_keeps_its_masks(tmp_path, shapes_root, monkeypatch):
+    """On a CPU, segmentation runs the fused eager model until an input shape has recurred FREEZE_AFTER times, then
+    that shape's frozen graph (deploy.fuse.freeze_for_cpu): same masks and probabilities either way."""
+    from mnv2_vision.checkpoint import build_from_config
+    from mnv2_vision.config import load_config, to_dict
+    from mnv2_vision.predictor import _TorchBackend
+
+    cfg = load_config("deeplabv3_shapes", ["model.num_classes=5", "model.width_mult=0.35"])
+    model = build_from_config(cfg, pretrained=False)
+    for m in model.modules():  # logits of order 1, not the fresh head's ~1e-8
+        if isinstance(m, torch.nn.Conv2d) and m.out_channels == 5:
+            torch.nn.init.normal_(m.weight, std=3.0)
+    ckpt = tmp_path / "seg.ckpt"
+    torch.save({"hyper_parameters": {"config": to_dict(cfg)},
+                "state_dict": {f"model.{k}": v for k, v in model.state_dict().items()}}, ckpt)
+    monkeypatch.setattr(_TorchBackend, "FREEZE_AFTER", 3)
+    image = load_rgb(sorted((shapes_root / "VOC2012" / "JPEGImages").glob("*.jpg"))[0])
+    p = mnv2_vision.load(ckpt, device="cpu")
+    assert p.backend.freeze
+    results = [p.predict(image, probs=True)[0] for _ in range(4)]
+    key = (1, 3, *image.shape[:2])
+    assert p.backend.seen[key] == 4
+    assert list(p.backend.frozen) == [(*key, torch.get_num_threads())]  # built at the 3rd call, reused at the 4th
+    assert p.predict(image[:40, :50])[0]["mask"].shape == (40, 50) and len(p.backend.frozen) == 1  # new shape: eager
+    for r in results[1:]:
+        assert torch.equal(r["mask"], results[0]["mask"])
+        torch.testing.assert_close(r["probs"], results[0]["probs"], atol=1e-5, rtol=0)
+    assert len(torch.unique(results[0]["mask"])) > 1

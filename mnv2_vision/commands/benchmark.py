@@ -6,6 +6,8 @@ lite (513²) as eager PyTorch, fused PyTorch, ONNX Runtime fp32 and int8, agains
     python tools/benchmark.py --peers --det-ckpt D.ckpt --seg-ckpt S.ckpt --json runs/benchmark.json
     MNV2_REAL_DATA=../shared/data python tools/benchmark.py --data-only  # data pipelines alone (perf/data.py)
     python tools/benchmark.py --multitask                      # + the SSDLite + DeepLab pair on one backbone pass
+    python tools/benchmark.py --runtimes-only                  # per model: PyTorch CPU graph, ONNX Runtime,
+                                                               # OpenVINO, LiteRT, fp32 and int8 (perf/runtimes.py)
 
 Every model runs in this process on ``--threads`` threads (PyTorch and ONNX Runtime alike), with random weights
 (the networks' timing does not depend on them; detection's post-processing does, and random scores put every
@@ -93,6 +95,14 @@ def main(argv: Sequence[str] | None = None) -> dict:
     p.add_argument("--predictor-images", type=int, default=64)
     p.add_argument("--predictor-score-thresh", type=float, default=0.3,
                    help="predict()'s score threshold in the throughput run (an application's, not mAP's 0.001)")
+    p.add_argument("--runtimes", action="store_true",
+                   help="one table per model (SSDLite, DeepLab-lite, the pair): the PyTorch CPU graph and each export "
+                        "format in fp32 and int8, networks on their raw outputs, post-processing in its own column")
+    p.add_argument("--runtimes-only", action="store_true", help="only the runtime tables")
+    p.add_argument("--formats", default="onnxruntime,openvino,litert",
+                   help="export formats of the runtime tables (perf/formats.py FORMATS); missing packages are skipped "
+                        "with the extra to install")
+    p.add_argument("--runtime-models", default="ssdlite,deeplab,pair", help="models of the runtime tables")
     p.add_argument("--matmul-size", type=int, default=2048, help="side of the matrices measuring the fp32 peak")
     p.add_argument("--no-memory", action="store_true", help="skip the memory-efficient-mode table")
     p.add_argument("--calib-images", type=int, default=32, help="training images for int8 calibration")
@@ -109,10 +119,13 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    result: dict = {"machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+    result: dict = {"machine": {"cpu": platform.processor() or platform.machine(), **_cpu(), "cores": os.cpu_count(),
                                 "threads": args.threads, "torch": torch.__version__,
                                 "onnxruntime": onnxruntime.__version__, "python": platform.python_version()},
                     "command": " ".join(["python tools/benchmark.py", *(argv if argv is not None else sys.argv[1:])])}
+    if args.runtimes_only:
+        _runtimes(args, result)
+        return _written(args.json, result)
     if args.predictor_only:
         _predictor(args, result)
         return _written(args.json, result)
@@ -137,9 +150,51 @@ def main(argv: Sequence[str] | None = None) -> dict:
         _data(args, result)
     if args.predictor:
         _predictor(args, result)
+    if args.runtimes:
+        _runtimes(args, result)
     if args.det_ckpt or args.seg_ckpt:
         _int8_accuracy(args, result)
     return _written(args.json, result)
+
+
+def _cpu() -> dict[str, object]:
+    """The CPU's model name and the instruction-set flags that decide fp32 / int8 kernels (Linux /proc/cpuinfo)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return {}
+    fields = dict(line.split(":", 1) for line in text.splitlines()[:40] if ":" in line)
+    fields = {k.strip(): v.strip() for k, v in fields.items()}
+    wanted = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
+    return {"cpu_model": fields.get("model name", ""),
+            "cpu_flags": [f for f in wanted if f in fields.get("flags", "").split()]}
+
+
+def _runtimes(args, result: dict) -> None:
+    """``--runtimes``: one table per model, the PyTorch CPU graph and every export format (``perf/runtimes.py``)."""
+    from mnv2_vision.perf.runtimes import format_runtime_tables, runtime_tables
+
+    pp = PostprocessSettings(args.score_thresh, args.nms_iou, args.topk, args.detections)
+    formats = [f for f in args.formats.split(",") if f]
+    models = [m for m in args.runtime_models.split(",") if m]
+    with tempfile.TemporaryDirectory() as tmp:
+        tables = runtime_tables(models, args.det_size, args.seg_size, formats, pp, args.threads, args.calib_images,
+                                args.runs, args.warmup, args.block, args.matmul_size, Path(tmp))
+    result["runtimes"] = tables
+    result["machine"].update({name: _version(name) for name in tables["formats"]})
+    m = result["machine"]
+    print(f"\nruntimes on {m.get('cpu_model', m['cpu'])} ({', '.join(m.get('cpu_flags', []))}), "
+          f"{args.threads} threads:" + format_runtime_tables(tables))
+
+
+def _version(module: str) -> str:
+    import importlib.metadata
+
+    dist = {"litert": "ai-edge-litert", "onnxruntime": "onnxruntime", "openvino": "openvino"}[module]
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return "?"
 
 
 def _written(path: str, result: dict) -> dict:
