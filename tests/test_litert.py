@@ -178,6 +178,27 @@ def test_int8_per_channel_weights_and_close(segmenter, tmp_path):
     assert np.corrcoef(ref.ravel(), out.ravel())[0, 1] > 0.98  # a collapsed model would correlate near 0
 
 
+@pytest.mark.slow  # a minute on a CPU: calibration and a quantised conversion
+def test_int8_float_heads(detector, tmp_path):
+    from mnv2_vision.models.ssdlite import SSDLiteHead
+
+    calib = [_images(1, 20 + i).numpy() for i in range(3)]
+    path = export_litert(DetectionExport(detector, SIZE, "raw"), tmp_path / "det_int8.tflite", SIZE, DET_META,
+                         calibration=calib, float_modules=(SSDLiteHead,))
+    backend = LiteRTBackend(path, threads=1)
+    filters = [t for t in backend._interpreter.get_tensor_details() if len(t["shape"]) == 4
+               and t["shape"][0] > 1 and t["shape"][-1] > 0 and "head" in t["name"]]
+    int8 = [t["name"] for t in filters if t["dtype"] == np.int8]
+    assert filters and not int8, int8[:5]  # every head filter stayed float
+    assert sum(t["dtype"] == np.int8 and len(t["shape"]) == 4 for t in backend._interpreter.get_tensor_details()) \
+        > 20  # the backbone's are int8
+    x = _images(1, 20)
+    with torch.no_grad():
+        ref = detector(x)["cls_logits"].numpy()
+    out = backend.run(x.numpy())["cls_logits"]
+    assert np.corrcoef(ref.ravel(), out.ravel())[0, 1] > 0.98
+
+
 @pytest.mark.parametrize("damage", ["empty", "random", "truncated"])
 def test_bad_file_is_one_line(det_tflite, tmp_path, damage):
     data = det_tflite.read_bytes()
