@@ -127,6 +127,32 @@ def test_segmentation_equals_pytorch(segmenter, seg_tflite):
         backend.run(np.zeros((1, 3, 64, 64), np.float32))
 
 
+def _as_torch(result: dict) -> dict:
+    return {k: torch.from_numpy(np.asarray(result[k])) for k in ("boxes", "scores", "labels")}
+
+
+def test_runtime_predict_equals_onnx(detector, det_tflite, segmenter, seg_tflite, tmp_path):
+    """``mnv2_runtime.load(...).predict`` of the ``.tflite`` files gives the predictions of the same networks exported
+    to ONNX (whose runtime path equals the PyTorch predictor's): detections on an image of another size (the same
+    labels, boxes within 0.01 px of the original image), masks on an image at the graph's size (>= 99.9 %)."""
+    import mnv2_runtime
+    from mnv2_vision.deploy.onnx_export import export_onnx, match_detections
+
+    rng = np.random.default_rng(0)
+    photo = rng.integers(0, 256, (150, 200, 3), dtype=np.uint8)  # (H, W, RGB), resized to 128² by the runtime
+    onnx_det = export_onnx(DetectionExport(detector, SIZE, "raw"), tmp_path / "det.onnx", SIZE, DET_META)
+    [got] = mnv2_runtime.load(det_tflite, threads=1).predict(photo)
+    [ref] = mnv2_runtime.load(onnx_det, threads=1).predict(photo)
+    assert len(ref["scores"]) > 0 and got["size"] == ref["size"] == (150, 200)
+    assert match_detections(_as_torch(ref), _as_torch(got)) == []
+    assert list(got["names"]) == list(ref["names"])
+    scene = rng.integers(0, 256, (*SIZE, 3), dtype=np.uint8)
+    onnx_seg = export_onnx(SegmentationExport(segmenter), tmp_path / "seg.onnx", SIZE, SEG_META)
+    [got] = mnv2_runtime.load(seg_tflite, threads=1).predict(scene)
+    [ref] = mnv2_runtime.load(onnx_seg, threads=1).predict(scene)
+    assert got["mask"].shape == SIZE and float((got["mask"] == ref["mask"]).mean()) >= 0.999
+
+
 @pytest.mark.slow  # a minute on a CPU: a third conversion; detection and segmentation cover its two halves
 def test_multitask_equals_pytorch(tmp_path):
     torch.manual_seed(0)
