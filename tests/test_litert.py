@@ -2,6 +2,7 @@
 converted graph in the LiteRT interpreter equals PyTorch (raw outputs within tolerance, the same detections after
 NMS, masks), the metadata round trip, int8 per channel, bad files as one line, the missing-extra line; and DeepLab's
 image pooling written so that LiteRT can run it."""
+import copy
 import json
 
 import numpy as np
@@ -23,7 +24,7 @@ from mnv2_vision.models.deeplabv3 import ImagePooling  # noqa: E402
 from mnv2_vision.ops.postprocess import PostprocessSettings  # noqa: E402
 
 from helpers import fails, tool as _tool  # noqa: E402
-from test_export import _fake_checkpoint  # noqa: E402
+import test_export  # noqa: E402
 from test_fuse import randomise_bn  # noqa: E402
 
 SIZE = (128, 128)
@@ -32,8 +33,11 @@ NAMES = ["background", "a", "b", "c", "d"]
 BASE = {"model_name": "m", "input_size": list(SIZE), "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
 DET_META = {**BASE, "task": "detection", "class_names": NAMES, "category_ids": [1, 2, 3, 4],
             "detection_output": "raw", "postprocess": PP.as_dict(), "box_coder_weights": [10.0, 10.0, 5.0, 5.0]}
-SEG_META = {**BASE, "task": "segmentation", "class_names": ["background", "x", "y", "z"]}
+SEG_META = {**BASE, "task": "segmentation", "class_names": ["background", "v", "x", "y", "z"]}
 MT_META = {**DET_META, "task": "multitask", "seg_class_names": ["background", "x", "y", "z"]}
+
+
+detector, segmenter = test_export.detector, test_export.segmenter  # the fixtures: SSDLite (5 classes), DeepLab (5)
 
 
 def _images(n: int, seed: int) -> torch.Tensor:
@@ -41,25 +45,9 @@ def _images(n: int, seed: int) -> torch.Tensor:
 
 
 @pytest.fixture(scope="module")
-def detector():
-    torch.manual_seed(0)
-    model = randomise_bn(build_model("ssdlite320_mobilenet_v2", num_classes=5, width_mult=0.35))
-    with torch.no_grad():  # spread the class scores: a random head scores every class ~1/K, all near-ties
-        for head in model.head.cls_heads:
-            head[1].weight.mul_(20.0)
-    return model
-
-
-@pytest.fixture(scope="module")
 def det_tflite(detector, tmp_path_factory):
     path = tmp_path_factory.mktemp("litert") / "det.tflite"
     return export_litert(DetectionExport(detector, SIZE, "raw"), path, SIZE, DET_META)
-
-
-@pytest.fixture(scope="module")
-def segmenter():
-    torch.manual_seed(0)
-    return randomise_bn(build_model("deeplabv3_mobilenet_v2", num_classes=4, width_mult=0.35))
 
 
 @pytest.fixture(scope="module")
@@ -102,8 +90,7 @@ def test_detection_equals_pytorch(detector, det_tflite):
 
 
 def test_parity_check_fails_loudly(detector, det_tflite):
-    tampered = build_model("ssdlite320_mobilenet_v2", num_classes=5, width_mult=0.35).eval()
-    tampered.load_state_dict(detector.state_dict())
+    tampered = copy.deepcopy(detector)
     with torch.no_grad():
         tampered.head.cls_heads[1][1].bias[1::5] += 20.0  # class 1 on the second level now wins everywhere
     with pytest.raises(ParityError, match="LiteRT outputs differ"):
@@ -138,6 +125,32 @@ def test_segmentation_equals_pytorch(segmenter, seg_tflite):
     assert report["argmax_agreement"] >= 0.999 and report["max_abs_diff"] <= report["allowed"]
     with pytest.raises(ValueError, match=r"takes \(N, 3, 128, 128\)"):
         backend.run(np.zeros((1, 3, 64, 64), np.float32))
+
+
+def _as_torch(result: dict) -> dict:
+    return {k: torch.from_numpy(np.asarray(result[k])) for k in ("boxes", "scores", "labels")}
+
+
+def test_runtime_predict_equals_onnx(detector, det_tflite, segmenter, seg_tflite, tmp_path):
+    """``mnv2_runtime.load(...).predict`` of the ``.tflite`` files gives the predictions of the same networks exported
+    to ONNX (whose runtime path equals the PyTorch predictor's): detections on an image of another size (the same
+    labels, boxes within 0.01 px of the original image), masks on an image at the graph's size (>= 99.9 %)."""
+    import mnv2_runtime
+    from mnv2_vision.deploy.onnx_export import export_onnx, match_detections
+
+    rng = np.random.default_rng(0)
+    photo = rng.integers(0, 256, (150, 200, 3), dtype=np.uint8)  # (H, W, RGB), resized to 128² by the runtime
+    onnx_det = export_onnx(DetectionExport(detector, SIZE, "raw"), tmp_path / "det.onnx", SIZE, DET_META)
+    [got] = mnv2_runtime.load(det_tflite, threads=1).predict(photo)
+    [ref] = mnv2_runtime.load(onnx_det, threads=1).predict(photo)
+    assert len(ref["scores"]) > 0 and got["size"] == ref["size"] == (150, 200)
+    assert match_detections(_as_torch(ref), _as_torch(got)) == []
+    assert list(got["names"]) == list(ref["names"])
+    scene = rng.integers(0, 256, (*SIZE, 3), dtype=np.uint8)
+    onnx_seg = export_onnx(SegmentationExport(segmenter), tmp_path / "seg.onnx", SIZE, SEG_META)
+    [got] = mnv2_runtime.load(seg_tflite, threads=1).predict(scene)
+    [ref] = mnv2_runtime.load(onnx_seg, threads=1).predict(scene)
+    assert got["mask"].shape == SIZE and float((got["mask"] == ref["mask"]).mean()) >= 0.999
 
 
 @pytest.mark.slow  # a minute on a CPU: a third conversion; detection and segmentation cover its two halves
@@ -176,6 +189,27 @@ def test_int8_per_channel_weights_and_close(segmenter, tmp_path):
         ref = segmenter(torch.from_numpy(x))["out"].numpy()
     out = backend.run(x)["logits"]
     assert np.corrcoef(ref.ravel(), out.ravel())[0, 1] > 0.98  # a collapsed model would correlate near 0
+
+
+@pytest.mark.slow  # a minute on a CPU: calibration and a quantised conversion
+def test_int8_float_heads(detector, tmp_path):
+    from mnv2_vision.models.ssdlite import SSDLiteHead
+
+    calib = [_images(1, 20 + i).numpy() for i in range(3)]
+    path = export_litert(DetectionExport(detector, SIZE, "raw"), tmp_path / "det_int8.tflite", SIZE, DET_META,
+                         calibration=calib, float_modules=(SSDLiteHead,))
+    backend = LiteRTBackend(path, threads=1)
+    filters = [t for t in backend._interpreter.get_tensor_details() if len(t["shape"]) == 4
+               and t["shape"][0] > 1 and t["shape"][-1] > 0 and "head" in t["name"]]
+    int8 = [t["name"] for t in filters if t["dtype"] == np.int8]
+    assert filters and not int8, int8[:5]  # every head filter stayed float
+    assert sum(t["dtype"] == np.int8 and len(t["shape"]) == 4 for t in backend._interpreter.get_tensor_details()) \
+        > 20  # the backbone's are int8
+    x = _images(1, 20)
+    with torch.no_grad():
+        ref = detector(x)["cls_logits"].numpy()
+    out = backend.run(x.numpy())["cls_logits"]
+    assert np.corrcoef(ref.ravel(), out.ravel())[0, 1] > 0.98
 
 
 @pytest.mark.parametrize("damage", ["empty", "random", "truncated"])
@@ -218,7 +252,7 @@ def test_missing_interpreter_names_the_extra(det_tflite, monkeypatch):
 
 
 def test_export_tool_detection(tmp_path, shapes_root):
-    ckpt = _fake_checkpoint(tmp_path / "det.ckpt", "ssdlite_shapes",
+    ckpt = test_export._fake_checkpoint(tmp_path / "det.ckpt", "ssdlite_shapes",
                             ["model.num_classes=5", "model.width_mult=0.35", "data.image_size=96"],
                             {"category_ids": [1, 2, 3, 4], "category_names": ["circle", "square", "star", "triangle"]})
     out = tmp_path / "export"
@@ -238,7 +272,7 @@ def test_export_tool_detection(tmp_path, shapes_root):
 
 @pytest.mark.slow  # two minutes on a CPU: fp32 and int8 conversions, validation of PyTorch, fp32 and int8
 def test_export_tool_segmentation_int8_gate(tmp_path, shapes_root, capsys):
-    ckpt = _fake_checkpoint(tmp_path / "seg.ckpt", "deeplabv3_shapes",
+    ckpt = test_export._fake_checkpoint(tmp_path / "seg.ckpt", "deeplabv3_shapes",
                             ["model.num_classes=5", "model.width_mult=0.35", "data.subset=4", "data.num_workers=0",
                              "data.image_size=96"],
                             {"class_names": ["background", "circle", "square", "star", "triangle"]})
@@ -260,7 +294,7 @@ def test_export_tool_segmentation_int8_gate(tmp_path, shapes_root, capsys):
 def test_export_tool_names_the_extra(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr("mnv2_vision.commands.export._NO_LITERT",
                         ImportError("No module named 'ai_edge_litert'", name="ai_edge_litert"))
-    ckpt = _fake_checkpoint(tmp_path / "det.ckpt", "ssdlite_shapes", ["model.num_classes=5", "model.width_mult=0.35"],
+    ckpt = test_export._fake_checkpoint(tmp_path / "det.ckpt", "ssdlite_shapes", ["model.num_classes=5", "model.width_mult=0.35"],
                             {"category_ids": [1, 2, 3, 4], "category_names": ["circle", "square", "star", "triangle"]})
     line = fails(capsys, "export", ["--ckpt", str(ckpt), "--out", str(tmp_path / "x"), "--format", "litert"])
     assert line == ("error: tools/export.py --format litert needs the optional 'litert' dependencies (ai_edge_litert "

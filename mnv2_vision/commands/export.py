@@ -39,6 +39,7 @@ from mnv2_vision.files import output_folder, save_torch, write_json
 from mnv2_vision.lit.detection import build_det_datamodule, categories_from
 from mnv2_vision.data.classes import segmentation_class_names
 from mnv2_vision.lit.segmentation import build_seg_datamodule
+from mnv2_vision.models.ssdlite import SSDLiteHead
 from mnv2_vision.ops.postprocess import PostprocessSettings
 from mnv2_vision.perf.timing import time_round_robin
 from mnv2_vision.version import __version__
@@ -115,6 +116,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     p.add_argument("--calib-images", type=int, default=64, help="training images for int8 calibration")
     p.add_argument("--int8-max-drop", type=float, default=0.01,
                    help="--format litert: exit non-zero when int8 loses more validation mAP / mIoU (absolute)")
+    p.add_argument("--int8-fp32-heads", action="store_true",
+                   help="--format litert int8: keep SSDLite's prediction heads (class / box layers) in float")
     p.add_argument("--threads", type=int, default=2, help="threads for ONNX Runtime and PyTorch")
     p.add_argument("--runs", type=int, default=30, help="timed runs (in blocks of 10) for the fp32 vs int8 latency")
     args = add_debug_flag(p).parse_args(argv)
@@ -219,8 +222,10 @@ def _export_litert(args, cfg, hparams, model, wrapper, meta: dict, out_dir: Path
     if args.int8:
         d = cfg.data
         calib = _fixed_size(_calibration(cfg, kind, args.calib_images), size)
+        heads = (SSDLiteHead,) if args.int8_fp32_heads and kind == "detection" else ()
         int8_path = export_litert(wrapper, out_dir / "model_int8.tflite", size, {**meta, "quantization": (
-            "int8 PT2E (litert-torch): symmetric per-channel weights, per-tensor activations")}, calibration=calib)
+            "int8 PT2E (litert-torch): symmetric per-channel weights, per-tensor activations"
+            + (", float heads" if heads else ""))}, calibration=calib, float_modules=heads)
         print(f"wrote {int8_path} (int8, calibrated on {len(calib)} images of {d.train_split!r})")
         int8 = LiteRTBackend(int8_path, args.threads)
         x = np.ascontiguousarray(inputs[-1][:1].numpy())

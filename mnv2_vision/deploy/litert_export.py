@@ -9,7 +9,8 @@
   transposes the input; its NCHW logits are a view).
 * **int8**: post-training static quantisation by ``litert-torch``'s PT2E quantizer (``quantize_int8_pt2e``):
   symmetric int8 weights per output channel, int8 activations per tensor from histogram calibration on training
-  images. The post-processing is outside the graph anyway, so everything inside is quantised.
+  images. The post-processing is outside the graph anyway, so everything inside is quantised, except modules of
+  the types given as ``float_modules`` (``tools/export.py --int8-fp32-heads``: ``SSDLiteHead``).
 * **Metadata**: the ONNX ``metadata_props`` pairs (``metadata.encode_props``) as one JSON object in a TFLite
   metadata entry (``Model.metadata``, the flatbuffer's named buffers; ``METADATA_NAME``), written with
   ``ai_edge_litert``'s flatbuffer schema (``write_metadata``). Weight buffers of 1 KiB and more are stored after the
@@ -91,9 +92,9 @@ def convert(wrapper: nn.Module, image_size: tuple[int, int], *, quant_config: An
         try:
             model = litert_torch.convert(module, (), {"images": _sample(image_size, channels_last)},
                                          quant_config=quant_config)
+            return bytes(model.model_content())  # a progress line of its own too
         finally:
             quiet()
-    return bytes(model.model_content())
 
 
 def _quiet_converter() -> Callable[[], None]:
@@ -116,20 +117,32 @@ def _quiet_converter() -> Callable[[], None]:
     return undo
 
 
+def _quantizer(config: Any, float_modules: Sequence[type]) -> Any:
+    """``litert-torch``'s PT2E quantizer with ``config`` for everything but ``float_modules`` (left float)."""
+    from litert_torch.quantize.pt2e_quantizer import PT2EQuantizer
+
+    quantizer = PT2EQuantizer().set_global(config)
+    for t in float_modules:  # a None config leaves the type's operators unannotated: float
+        # torch.export records each node's module types as qualified names, which the quantizer compares
+        quantizer.set_module_type(f"{t.__module__}.{t.__qualname__}", None)
+    return quantizer
+
+
 def quantize_int8_pt2e(wrapper: nn.Module, image_size: tuple[int, int], calibration: Iterable[np.ndarray], *,
-                       per_channel: bool = True, channels_last: bool = CHANNELS_LAST) -> bytes:
+                       per_channel: bool = True, float_modules: Sequence[type] = (),
+                       channels_last: bool = CHANNELS_LAST) -> bytes:
     """The int8 TFLite flatbuffer of ``wrapper``: PT2E post-training static quantisation with ``litert-torch``'s
     quantizer (weights symmetric int8, per output channel unless ``per_channel`` is False; activations int8 per
     tensor, histogram observers), calibrated on ``calibration`` ((1, 3, H, W) float32 arrays at ``image_size``,
-    preprocessed as the model's input)."""
-    from litert_torch.quantize.pt2e_quantizer import PT2EQuantizer, get_symmetric_quantization_config
+    preprocessed as the model's input). Modules of the types ``float_modules`` (e.g. ``SSDLiteHead``) stay float."""
+    from litert_torch.quantize.pt2e_quantizer import get_symmetric_quantization_config
     from litert_torch.quantize.quant_config import QuantConfig
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
     images = [np.asarray(a, dtype=np.float32) for a in calibration]
     if not images:
         raise ValueError("int8 calibration needs at least one image")
-    quantizer = PT2EQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=per_channel))
+    quantizer = _quantizer(get_symmetric_quantization_config(is_per_channel=per_channel), float_modules)
     module = NamedOutputs(wrapper, channels_last).eval()
     sample = {"images": _sample(image_size, channels_last)}
     with warnings.catch_warnings(), torch.no_grad():
@@ -139,6 +152,9 @@ def quantize_int8_pt2e(wrapper: nn.Module, image_size: tuple[int, int], calibrat
         for image in images:
             graph(images=_nhwc(image, channels_last))
         graph = convert_pt2e(graph, fold_quantize=False)
+    # an exported graph has no train/eval behaviour left (its batch norms are folded in inference form); the flag
+    # only stops litert-torch's "converted in training mode" warning (GraphModule.eval() is refused on it)
+    graph.training = False
     return convert(graph, image_size, quant_config=QuantConfig(pt2e_quantizer=quantizer), channels_last=channels_last)
 
 
@@ -184,16 +200,19 @@ def _text(name: Any) -> str:
 
 
 def export_litert(wrapper: nn.Module, path: str | Path, image_size: tuple[int, int], metadata: Mapping[str, Any], *,
-                  calibration: Sequence[np.ndarray] | None = None, per_channel: bool = True) -> Path:
+                  calibration: Sequence[np.ndarray] | None = None, per_channel: bool = True,
+                  float_modules: Sequence[type] = ()) -> Path:
     """Convert ``wrapper`` (``DetectionExport`` in raw mode, ``SegmentationExport``, ``MultiTaskExport``) at
     ``image_size`` to the ``.tflite`` file ``path`` with ``metadata`` (values JSON-encoded unless strings, as the
-    ONNX export stores them) inside; int8 (``quantize_int8_pt2e``) when ``calibration`` images are given."""
+    ONNX export stores them) inside; int8 (``quantize_int8_pt2e``, with ``per_channel`` and ``float_modules``) when
+    ``calibration`` images are given."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if calibration is None:
         model = convert(wrapper, image_size)
     else:
-        model = quantize_int8_pt2e(wrapper, image_size, calibration, per_channel=per_channel)
+        model = quantize_int8_pt2e(wrapper, image_size, calibration, per_channel=per_channel,
+                                   float_modules=float_modules)
     data = write_metadata(model, encode_props(metadata))
     with atomic_write(path) as f:
         f.write(data)
