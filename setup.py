@@ -70,5 +70,13 @@ setup(
             "onnx>=1.15",
             "onnxruntime>=1.17",
         ],
+        # tools/export.py --format openvino: the ONNX graph converted to OpenVINO IR, NNCF int8 (tested with
+        # openvino 2026.4, nncf 3.4); loading an .xml needs openvino alone
+        "openvino": [
+            "onnx>=1.15",
+            "onnxruntime>=1.17",
+            "openvino>=2026.4",
+            "nncf>=3.4",
+        ],
     },
 )

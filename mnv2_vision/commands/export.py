@@ -16,7 +16,9 @@ reports the validation mAP/mIoU of PyTorch, ONNX fp32 and int8, and the fp32 vs 
 """
 from __future__ import annotations
 
+import importlib.util
 import json
+import tempfile
 from pathlib import Path
 from typing import Sequence
 
@@ -39,11 +41,18 @@ try:  # the deploy extra (onnx, onnxruntime): without it main() names the instal
     from mnv2_vision.perf import accuracy as ev
     from mnv2_vision.deploy.metadata import decode_props, encode_props, validate_metadata
     from mnv2_vision.deploy.onnx_export import (
-        DetectionExport, MultiTaskExport, SegmentationExport, check_parity, export_onnx, ort_session)
+        DetectionExport, MultiTaskExport, SegmentationExport, check_outputs, check_parity,
+        export_onnx, ort_session)
     from mnv2_vision.deploy.quantize import detection_calibration, quantize_int8, segmentation_calibration
     _NO_DEPLOY: ImportError | None = None
 except ImportError as e:
     _NO_DEPLOY = e
+try:  # the openvino extra (openvino; nncf for --int8, imported when used)
+    from mnv2_runtime.backends.openvino import OpenVINOBackend
+    from mnv2_vision.deploy.openvino_export import export_openvino, openvino_run, quantize_openvino
+    _NO_OPENVINO: ImportError | None = None
+except ImportError as e:
+    _NO_OPENVINO = e
 
 
 def _metadata(cfg, hparams, kind: str, size: tuple[int, int], wrapper) -> dict:
@@ -89,16 +98,22 @@ def main(argv: Sequence[str] | None = None) -> dict:
     p = make_parser(__doc__)
     p.add_argument("--ckpt", required=True,
                    help="a checkpoint written by tools/train_det.py, train_seg.py or train_multitask.py")
-    p.add_argument("--format", choices=("onnx", "state_dict"), default="onnx")
+    p.add_argument("--format", choices=("onnx", "openvino", "state_dict"), default="onnx",
+                   help="onnx: model.onnx; openvino: the IR pair model.xml + model.bin (converted from the ONNX graph)")
     p.add_argument("--out", default=None, help="output folder (default: <checkpoint's run folder>/export)")
     p.add_argument("--opset", type=int, default=17)
     p.add_argument("--detection-output", choices=("nms", "raw"), default="nms")
     p.add_argument("--atol", type=float, default=1e-4, help="raw outputs must agree within atol + rtol · max |output|")
     p.add_argument("--rtol", type=float, default=1e-4)
     p.add_argument("--check-images", type=int, default=2, help="validation images for the parity check (0: random)")
-    p.add_argument("--int8", action="store_true", help="also write model_int8.onnx and report accuracy and speed")
+    p.add_argument("--int8", action="store_true",
+                   help="also write model_int8.onnx (.xml) and report accuracy and speed")
     p.add_argument("--calib-images", type=int, default=64, help="training images for int8 calibration")
-    p.add_argument("--threads", type=int, default=2, help="threads for ONNX Runtime and PyTorch")
+    p.add_argument("--int8-max-drop", type=float, default=0.01,
+                   help="OpenVINO: exit non-zero when int8 loses more validation mAP / mIoU than this (absolute)")
+    p.add_argument("--int8-fp32-heads", action="store_true",
+                   help="OpenVINO int8: keep the prediction layers (class / box heads, classifier) in float")
+    p.add_argument("--threads", type=int, default=2, help="threads for ONNX Runtime, OpenVINO and PyTorch")
     p.add_argument("--runs", type=int, default=30, help="timed runs (in blocks of 10) for the fp32 vs int8 latency")
     args = add_debug_flag(p).parse_args(argv)
     require_extra(_NO_DEPLOY, "tools/export.py")
@@ -122,11 +137,14 @@ def main(argv: Sequence[str] | None = None) -> dict:
     boxes = kind in ("detection", "multitask")
     wrapper = (MultiTaskExport if kind == "multitask" else DetectionExport)(model, size, args.detection_output, pp) \
         if boxes else SegmentationExport(model)
-    meta, target = _metadata(cfg, hparams, kind, size, wrapper), str(out_dir / "model.onnx")
+    target = str(out_dir / ("model.xml" if args.format == "openvino" else "model.onnx"))
+    meta = _metadata(cfg, hparams, kind, size, wrapper)
     # what load would refuse is refused before anything is written, naming where the value comes from
     validate_metadata(decode_props(encode_props(meta).items(), target), target,
                       fix=f"it comes from {args.ckpt} (its config's data.image_size, data.mean, data.std, eval.* "
                           "or its label map): give values within these limits")
+    if args.format == "openvino":
+        return _export_openvino(args, cfg, hparams, model, wrapper, meta, out_dir)
     path = export_onnx(wrapper, out_dir / "model.onnx", size, meta, args.opset)
     print(f"wrote {path} ({kind}{', ' + args.detection_output if boxes else ''}, opset {args.opset})")
     inputs = _sample_inputs(cfg, kind, size, args.check_images)
@@ -137,10 +155,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
     if args.int8:
         d = cfg.data
-        calib_fn = detection_calibration if kind == "detection" else segmentation_calibration
-        calib_args = ((d.image_size, d.mean, d.std, args.calib_images) if kind == "detection"
-                      else (d.mean, d.std, args.calib_images, cfg.model.num_classes))
-        calib = calib_fn(resolve_root(d), d.train_split, *calib_args)
+        calib = _calibration(cfg, kind, args.calib_images)
         int8_path = quantize_int8(path, out_dir / "model_int8.onnx", calib)
         print(f"wrote {int8_path} (calibrated on {len(calib)} images of {d.train_split!r})")
         sessions = {"fp32": ort_session(path, args.threads), "int8": ort_session(int8_path, args.threads)}
@@ -160,6 +175,89 @@ def main(argv: Sequence[str] | None = None) -> dict:
               f"(speed-up {report['speedup']:.2f}x)")
     write_json(out_dir / "export_report.json", report, indent=1)
     return report
+
+
+def _calibration(cfg, kind: str, n: int) -> list[np.ndarray]:
+    """The first ``n`` training images, preprocessed by the evaluation pipeline, for int8 calibration."""
+    d = cfg.data
+    if kind in ("detection", "multitask"):  # the pair takes the detector's fixed input size
+        return detection_calibration(resolve_root(d), d.train_split, d.image_size, d.mean, d.std, n)
+    return segmentation_calibration(resolve_root(d), d.train_split, d.mean, d.std, n, cfg.model.num_classes)
+
+
+def _export_openvino(args, cfg, hparams, model, wrapper, meta: dict, out_dir: Path) -> dict:
+    """``--format openvino``: the ONNX graph (kept out of ``out_dir``) converted to ``model.xml`` + ``.bin``, checked
+    against PyTorch through the runtime's OpenVINO backend; with ``--int8`` also ``model_int8.xml`` (NNCF), its
+    validation accuracy against fp32 (exit non-zero beyond ``--int8-max-drop``) and the fp32 / int8 latency."""
+    require_extra(_NO_OPENVINO, "tools/export.py --format openvino", "openvino")
+    if args.int8 and importlib.util.find_spec("nncf") is None:
+        require_extra(ImportError("nncf", name="nncf"), "tools/export.py --format openvino --int8", "openvino")
+    kind, size = cfg.task, tuple(meta["input_size"])
+    mode = getattr(wrapper, "mode", None)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = export_openvino(export_onnx(wrapper, Path(tmp) / "model.onnx", size, meta, args.opset),
+                               out_dir / "model.xml")
+    print(f"wrote {path} and {path.with_suffix('.bin').name} ({kind}{', ' + mode if mode else ''}, OpenVINO IR)")
+    fp32 = OpenVINOBackend(path, args.threads)  # what a user loads: the metadata is checked as it will be
+    inputs = _sample_inputs(cfg, kind, size, args.check_images)
+    checks = [check_outputs(fp32.run, model, kind, x, mode=mode or "nms", atol=args.atol, rtol=args.rtol,
+                            postprocess=wrapper.postprocess if mode else None, source=str(path),
+                            runtime="OpenVINO") for x in inputs]
+    print(f"OpenVINO parity OK on {len(inputs)} input batches: {json.dumps(checks)}")
+    report = {"openvino": str(path), "parity": checks}
+    if args.int8:
+        d = cfg.data
+        calib = _calibration(cfg, kind, args.calib_images)
+        int8_path = quantize_openvino(path, out_dir / "model_int8.xml", calib, fp32_heads=args.int8_fp32_heads)
+        print(f"wrote {int8_path} (NNCF, calibrated on {len(calib)} images of {d.train_split!r})")
+        int8 = OpenVINOBackend(int8_path, args.threads)
+        x = np.ascontiguousarray(inputs[-1][:1].numpy())
+        timing = time_round_robin({"fp32": lambda: fp32.run(x), "int8": lambda: int8.run(x)},
+                                  runs=max(1, args.runs // 10), block=11)
+        report["latency_ms"] = {k: v["median_ms"] for k, v in timing.items()}
+        report["speedup"] = timing["fp32"]["median_ms"] / timing["int8"]["median_ms"]
+        report["accuracy"] = acc = _openvino_accuracy(cfg, hparams, model, wrapper, fp32, int8, calib, inputs, args)
+        key = "miou" if kind == "segmentation" else "map"  # the pair is scored on its detections
+        print(f"{key}: PyTorch {acc['pytorch'][key]:.4f}  OpenVINO fp32 {acc['openvino_fp32'][key]:.4f}  "
+              f"OpenVINO int8 {acc['openvino_int8'][key]:.4f}  "
+              f"(change {acc['openvino_int8'][key] - acc['openvino_fp32'][key]:+.4f})")
+        print(f"OpenVINO latency, batch 1 at {tuple(x.shape[-2:])}, {args.threads} threads: fp32 "
+              f"{report['latency_ms']['fp32']:.1f} ms, int8 {report['latency_ms']['int8']:.1f} ms "
+              f"(speed-up {report['speedup']:.2f}x)")
+        write_json(out_dir / "export_report.json", report, indent=1)
+        ev.check_int8_drop(acc["openvino_fp32"], acc["openvino_int8"], args.int8_max_drop,
+                           f"{int8_path} (on {d.val_split!r})")
+    write_json(out_dir / "export_report.json", report, indent=1)
+    return report
+
+
+def _openvino_accuracy(cfg, hparams, model, wrapper, fp32, int8, calib, inputs, args) -> dict:
+    """Validation accuracy of the PyTorch model and the fp32 and int8 IRs (``OpenVINOBackend``), by the project's
+    eval code. The mAP path needs raw outputs: an ``"nms"`` export is scored through a raw-mode IR of the same
+    network quantised with the same images, which is first checked to give the shipped int8 file's detections. The
+    multi-task pair is scored on its detections (mAP)."""
+    if cfg.task == "segmentation":
+        dm, names = build_seg_datamodule(cfg), list(hparams.get("class_names") or segmentation_class_names(cfg))
+        models = {"pytorch": model, "openvino_fp32": ev.ExportedSegmenter(fp32.run),
+                  "openvino_int8": ev.ExportedSegmenter(int8.run)}
+        return {k: ev.evaluate_segmentation(m, dm, names) for k, m in models.items()}
+    k, size, pp = model.num_classes, tuple(fp32.fixed_input), wrapper.postprocess
+    ids, _ = categories_from(hparams)
+    dm = build_det_datamodule(cfg, category_ids=ids)
+    with tempfile.TemporaryDirectory() as tmp:
+        runs = {"openvino_fp32": fp32.run, "openvino_int8": int8.run}
+        if wrapper.mode == "nms":
+            raw_wrapper = (MultiTaskExport if cfg.task == "multitask" else DetectionExport)(model, size, "raw")
+            raw = export_openvino(export_onnx(raw_wrapper, Path(tmp) / "raw.onnx", size, {}, args.opset),
+                                  Path(tmp) / "raw.xml")
+            raw_int8 = quantize_openvino(raw, Path(tmp) / "raw_int8.xml", calib, fp32_heads=args.int8_fp32_heads)
+            runs = {"openvino_fp32": openvino_run(raw, args.threads),
+                    "openvino_int8": openvino_run(raw_int8, args.threads)}
+            for x in inputs:  # the raw int8 graph scored below is the shipped one's network
+                check_outputs(int8.run, ev.ExportedDetector(runs["openvino_int8"], k), "detection", x,
+                              mode="nms", postprocess=pp, source=str(int8.path), runtime="OpenVINO int8")
+        models = {"pytorch": model, **{name: ev.ExportedDetector(run, k) for name, run in runs.items()}}
+        return {name: ev.evaluate_detection(m, dm, ids, pp, cfg.eval.coco_evaluator) for name, m in models.items()}
 
 
 def _accuracy(cfg, hparams, model, kind, size, pp, out_dir: Path, calib, args) -> dict:
