@@ -217,7 +217,7 @@ def _export_openvino(args, cfg, hparams, model, wrapper, meta: dict, out_dir: Pa
         report["latency_ms"] = {k: v["median_ms"] for k, v in timing.items()}
         report["speedup"] = timing["fp32"]["median_ms"] / timing["int8"]["median_ms"]
         report["accuracy"] = acc = _openvino_accuracy(cfg, hparams, model, wrapper, fp32, int8, calib, inputs, args)
-        key = "miou" if kind == "segmentation" else "map"  # the pair is scored on its detections
+        key = "map" if kind == "detection" else "miou"
         print(f"{key}: PyTorch {acc['pytorch'][key]:.4f}  OpenVINO fp32 {acc['openvino_fp32'][key]:.4f}  "
               f"OpenVINO int8 {acc['openvino_int8'][key]:.4f}  "
               f"(change {acc['openvino_int8'][key] - acc['openvino_fp32'][key]:+.4f})")
@@ -234,8 +234,7 @@ def _export_openvino(args, cfg, hparams, model, wrapper, meta: dict, out_dir: Pa
 def _openvino_accuracy(cfg, hparams, model, wrapper, fp32, int8, calib, inputs, args) -> dict:
     """Validation accuracy of the PyTorch model and the fp32 and int8 IRs (``OpenVINOBackend``), by the project's
     eval code. The mAP path needs raw outputs: an ``"nms"`` export is scored through a raw-mode IR of the same
-    network quantised with the same images, which is first checked to give the shipped int8 file's detections. The
-    multi-task pair is scored on its detections (mAP)."""
+    network quantised with the same images, which is first checked to give the shipped int8 file's detections."""
     if cfg.task == "segmentation":
         dm, names = build_seg_datamodule(cfg), list(hparams.get("class_names") or segmentation_class_names(cfg))
         models = {"pytorch": model, "openvino_fp32": ev.ExportedSegmenter(fp32.run),
@@ -247,9 +246,8 @@ def _openvino_accuracy(cfg, hparams, model, wrapper, fp32, int8, calib, inputs, 
     with tempfile.TemporaryDirectory() as tmp:
         runs = {"openvino_fp32": fp32.run, "openvino_int8": int8.run}
         if wrapper.mode == "nms":
-            raw_wrapper = (MultiTaskExport if cfg.task == "multitask" else DetectionExport)(model, size, "raw")
-            raw = export_openvino(export_onnx(raw_wrapper, Path(tmp) / "raw.onnx", size, {}, args.opset),
-                                  Path(tmp) / "raw.xml")
+            raw = export_openvino(export_onnx(DetectionExport(model, size, "raw"), Path(tmp) / "raw.onnx", size, {},
+                                              args.opset), Path(tmp) / "raw.xml")
             raw_int8 = quantize_openvino(raw, Path(tmp) / "raw_int8.xml", calib, fp32_heads=args.int8_fp32_heads)
             runs = {"openvino_fp32": openvino_run(raw, args.threads),
                     "openvino_int8": openvino_run(raw_int8, args.threads)}
