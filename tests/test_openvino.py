@@ -156,9 +156,17 @@ def test_multitask_export_equals_the_checkpoints_predictor(tmp_path, shapes_root
     ckpt = _checkpoint(tmp_path / "pair.ckpt", "multitask_shapes",
                        ["model.num_classes=5", "model.seg_num_classes=5", "data.image_size=96"])
     out = tmp_path / "export"
-    report = tool("export").main(["--ckpt", str(ckpt), "--out", str(out), "--format", "openvino",
-                                  "--check-images", "2"])
+    # int8 of the pair is scored on both tasks (an allowed drop of 1: random weights score anything)
+    report = tool("export").main(["--ckpt", str(ckpt), "--out", str(out), "--format", "openvino", "--int8",
+                                  "--calib-images", "2", "--runs", "2", "--check-images", "2",
+                                  "--int8-max-drop", "1"])
     assert all(p["segmentation"]["argmax_agreement"] >= 0.999 for p in report["parity"])
+    acc = report["accuracy"]
+    for key in ("map", "miou"):  # fp32 scores as PyTorch; int8 is a score
+        assert acc["openvino_fp32"][key] == pytest.approx(acc["pytorch"][key], abs=1e-4), key
+        assert 0.0 <= acc["openvino_int8"][key] <= 1.0
+    assert 0.0 < acc["pytorch"]["miou"] < 1.0  # masks of more than one class, some of them wrong
+    assert read_metadata(out / "model_int8.xml")["task"] == "multitask"
     backend = OpenVINOBackend(out / "model.xml")
     assert backend.fixed_input == SIZE and backend.metadata["seg_class_names"] == SHAPE_NAMES
     assert backend.outputs == ["boxes", "scores", "labels", "num_detections", "logits"]
