@@ -122,6 +122,7 @@ def test_detection_export_equals_the_checkpoints_predictor(tmp_path, shapes_root
     _same_predictions(ref, _runtime_predictions(out / "model.xml", files, batch_size=2))
 
 
+@pytest.mark.slow  # NNCF calibration and three validation passes: ~1 min on a loaded 2-core machine
 def test_segmentation_int8_reports_and_enforces_its_accuracy(tmp_path, shapes_root, capsys):
     import mnv2_vision
 
@@ -150,6 +151,7 @@ def test_segmentation_int8_reports_and_enforces_its_accuracy(tmp_path, shapes_ro
     _same_predictions(ref, _runtime_predictions(out / "model.xml", files))
 
 
+@pytest.mark.slow  # NNCF calibration and three validation passes: ~1 min on a loaded 2-core machine
 def test_multitask_export_equals_the_checkpoints_predictor(tmp_path, shapes_root):
     import mnv2_vision
 

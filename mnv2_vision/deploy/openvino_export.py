@@ -10,8 +10,8 @@ in the same run (see docs/deploy.md, OpenVINO), and is the only route for the ``
 
 int8: ``nncf.quantize`` calibrated on training images, as the ONNX path (``deploy.quantize``): only the network
 (nodes under ``/model/``) is quantised, so box decoding, NMS and the final upsampling stay float; weights per
-output channel (per-tensor scales collapse MobileNet's depthwise layers: docs/deploy.md); no SmoothQuant
-(``model_type`` left unset: it is for transformers).
+output channel (MobileNet's depthwise filters differ in range channel by channel; the measured per-tensor
+difference is in docs/deploy.md, OpenVINO); no SmoothQuant (``model_type`` left unset: it is for transformers).
 
 Reading, compiling and running an IR is the runtime's (``mnv2_runtime.backends.openvino``): the export verifies its
 file through the same code a user runs.
@@ -94,7 +94,7 @@ def quantize_openvino(fp32_xml: str | Path, int8_xml: str | Path, images: Sequen
     ``quantization``.
 
     Args:
-        per_channel: per-output-channel weight scales (keep True for MobileNets); False: one scale per tensor.
+        per_channel: per-output-channel weight scales; False: one scale per tensor.
         preset: ``"performance"`` (symmetric activations) or ``"mixed"`` (asymmetric activations, for inputs of
             either sign, as the ReLU6-free projection layers and the normalised image give).
         fp32_heads: leave the prediction layers (``HEAD_PATTERNS``) in float.
