@@ -126,7 +126,10 @@ def test_detection_export_equals_the_checkpoints_predictor(tmp_path, shapes_root
 def test_segmentation_int8_reports_and_enforces_its_accuracy(tmp_path, shapes_root, capsys):
     import mnv2_vision
 
-    ckpt = _checkpoint(tmp_path / "seg.ckpt", "deeplabv3_shapes", ["model.num_classes=5"])
+    # the shapes' COCO layout with painted masks: calibration and check images come from the segmentation datamodule
+    ckpt = _checkpoint(tmp_path / "seg.ckpt", "deeplabv3_shapes", ["model.num_classes=5", "data.format=coco",
+                                                                   "data.masks=all", "data.train_split=train2017",
+                                                                   "data.val_split=val2017"])
     out = tmp_path / "export"
     # an impossible bound: the export must write everything, report, then exit non-zero with the advice
     with pytest.raises(SystemExit) as e:

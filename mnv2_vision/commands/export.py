@@ -16,6 +16,7 @@ reports the validation mAP/mIoU of PyTorch, ONNX fp32 and int8, and the fp32 vs 
 """
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import tempfile
@@ -88,8 +89,7 @@ def _sample_inputs(cfg, kind: str, size: tuple[int, int], n: int) -> list[torch.
             inputs.append(torch.from_numpy(np.concatenate(
                 detection_calibration(root, d.val_split, d.image_size, d.mean, d.std, n))))
         else:
-            inputs += [torch.from_numpy(a) for a in segmentation_calibration(
-                root, d.val_split, d.mean, d.std, n, cfg.model.num_classes)]
+            inputs += [torch.from_numpy(a) for a in _segmentation_images(cfg, d.val_split, n)]
     return inputs
 
 
@@ -182,7 +182,19 @@ def _calibration(cfg, kind: str, n: int) -> list[np.ndarray]:
     d = cfg.data
     if kind in ("detection", "multitask"):  # the pair takes the detector's fixed input size
         return detection_calibration(resolve_root(d), d.train_split, d.image_size, d.mean, d.std, n)
-    return segmentation_calibration(resolve_root(d), d.train_split, d.mean, d.std, n, cfg.model.num_classes)
+    return _segmentation_images(cfg, d.train_split, n)
+
+
+def _segmentation_images(cfg, split: str, n: int) -> list[np.ndarray]:
+    """The first ``n`` images of ``split`` normalised at their own size: ``(1, 3, H, W)`` arrays. A VOC layout by
+    ``segmentation_calibration``; COCO with painted masks (``data.masks``), which that reader lacks, by the
+    segmentation datamodule's evaluation dataset of ``split``."""
+    d = cfg.data
+    if d.format != "coco":
+        return segmentation_calibration(resolve_root(d), split, d.mean, d.std, n, cfg.model.num_classes)
+    dm = build_seg_datamodule(dataclasses.replace(cfg, data=dataclasses.replace(d, val_split=split)))
+    dataset = dm.val_dataset()
+    return [dataset[i]["image"].unsqueeze(0).numpy() for i in range(min(n, len(dataset)))]
 
 
 def _export_openvino(args, cfg, hparams, model, wrapper, meta: dict, out_dir: Path) -> dict:
