@@ -23,8 +23,8 @@ from mnv2_vision.config import load_config, to_dict  # noqa: E402
 from mnv2_vision.deploy import onnx_export  # noqa: E402
 from mnv2_vision.deploy.onnx_export import (DetectionExport, SegmentationExport, check_outputs,  # noqa: E402
                                             export_onnx, match_detections)
-from mnv2_vision.deploy.openvino_export import (export_openvino, openvino_run, quantize_openvino,  # noqa: E402
-                                                read_metadata, save_ir)
+from mnv2_vision.deploy.openvino_export import (accuracy_control_layers, export_openvino, openvino_run,  # noqa: E402
+                                                quantize_openvino, read_metadata, save_ir)
 from mnv2_vision.models import build_model  # noqa: E402
 from mnv2_vision.ops.postprocess import PostprocessSettings  # noqa: E402
 
@@ -313,3 +313,56 @@ def test_nncf_int8_weights_per_channel_or_per_tensor(tmp_path):
         if per_channel:  # close to fp32: a collapsed model would correlate near 0
             assert np.corrcoef(ref.ravel(), out.ravel())[0, 1] > 0.98
             assert "per-channel" in read_metadata(int8)["quantization"]
+
+
+def test_accuracy_control_finds_the_layers_to_keep_in_float(tmp_path):
+    pytest.importorskip("nncf", reason='the openvino extra is not installed: pip install "mnv2_vision[openvino]"')
+    torch.manual_seed(0)
+    seg = randomise_bn(build_model("deeplabv3_mobilenet_v2", num_classes=5, width_mult=0.35)).eval()
+    fp32 = export_openvino(export_onnx(SegmentationExport(seg), tmp_path / "seg.onnx", (64, 64), {"model_name": "m"}),
+                           tmp_path / "seg.xml")
+    calib = [np.random.default_rng(i).standard_normal((1, 3, 64, 64)).astype(np.float32) for i in range(4)]
+    ref = openvino_run(fp32)(calib[0])["logits"]
+
+    def closeness(run) -> float:  # a metric that int8 lowers: minus the mean absolute logit error
+        return -float(np.abs(run(calib[0])["logits"] - ref).mean())
+
+    plain = closeness(openvino_run(quantize_openvino(fp32, tmp_path / "plain.xml", calib)))
+    assert plain < 0.0
+    layers = accuracy_control_layers(fp32, calib, closeness, max_drop=-plain / 2)
+    assert layers and all(name.startswith("/model/") for name in layers), layers
+    kept = quantize_openvino(fp32, tmp_path / "kept.xml", calib, fp32_layers=layers)
+    assert closeness(openvino_run(kept)) > plain  # the named layers in float: closer to fp32
+    assert f"{len(layers)} layers fp32" in read_metadata(kept)["quantization"]
+
+
+@pytest.mark.slow  # NNCF calibration and three validation passes: ~1 min on a loaded 2-core machine
+def test_accuracy_control_layers_stay_float_in_the_shipped_nms_graph(tmp_path, monkeypatch):
+    pytest.importorskip("nncf", reason='the openvino extra is not installed: pip install "mnv2_vision[openvino]"')
+    from mnv2_vision.commands import export
+
+    # the layers NNCF would pick (its search is accuracy_control_layers' test): a depthwise and a class layer
+    chosen = ["/model/head/box_heads.0/box_heads.0.0/box_heads.0.0.0/Conv/WithoutBiases",
+              "/model/head/cls_heads.0/cls_heads.0.1/Conv/WithoutBiases"]
+    seen = {}
+
+    def pick(xml, images, validate, max_drop):
+        seen.update(xml=Path(xml), metric=validate(openvino_run(xml)), max_drop=max_drop)
+        return chosen
+
+    monkeypatch.setattr(export, "accuracy_control_layers", pick)
+    ckpt = _checkpoint(tmp_path / "det.ckpt", "ssdlite_shapes", ["model.num_classes=5", "data.image_size=96"])
+    out = tmp_path / "export"
+    report = tool("export").main(["--ckpt", str(ckpt), "--out", str(out), "--format", "openvino", "--int8",
+                                  "--int8-accuracy-control", "--calib-images", "2", "--runs", "2",
+                                  "--check-images", "2", "--int8-max-drop", "1"])
+    assert seen["max_drop"] == 1.0 and seen["xml"].name == "raw.xml"  # scored as the gate scores: raw outputs
+    assert seen["metric"] == pytest.approx(report["accuracy"]["openvino_fp32"]["map"], abs=1e-6)
+    assert report["fp32_layers"] == chosen
+    int8 = read_ir(out / "model_int8.xml")
+    names = {op.get_friendly_name() for op in int8.get_ops()}
+    assert set(chosen) <= names  # the raw graph's names are the NMS graph's
+    quantized = {op.get_friendly_name() for op in int8.get_ops()
+                 if any(v.get_node().get_type_name() == "FakeQuantize" for v in op.input_values())}
+    assert not set(chosen) & quantized and len(quantized) > 20
+    assert "2 layers fp32" in read_metadata(out / "model_int8.xml")["quantization"]

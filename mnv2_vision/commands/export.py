@@ -50,7 +50,8 @@ except ImportError as e:
     _NO_DEPLOY = e
 try:  # the openvino extra (openvino; nncf for --int8, imported when used)
     from mnv2_runtime.backends.openvino import OpenVINOBackend
-    from mnv2_vision.deploy.openvino_export import export_openvino, openvino_run, quantize_openvino
+    from mnv2_vision.deploy.openvino_export import (accuracy_control_layers, export_openvino, openvino_run,
+                                                    quantize_openvino)
     _NO_OPENVINO: ImportError | None = None
 except ImportError as e:
     _NO_OPENVINO = e
@@ -113,6 +114,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
                    help="OpenVINO: exit non-zero when int8 loses more validation mAP / mIoU than this (absolute)")
     p.add_argument("--int8-fp32-heads", action="store_true",
                    help="OpenVINO int8: keep the prediction layers (class / box heads, classifier) in float")
+    p.add_argument("--int8-accuracy-control", action="store_true",
+                   help="OpenVINO int8 of a single-task model: keep in float the layers NNCF's accuracy-controlled "
+                        "quantisation picks so that the validation metric drops at most --int8-max-drop (slow: "
+                        "a validation pass per layer)")
     p.add_argument("--threads", type=int, default=2, help="threads for ONNX Runtime, OpenVINO and PyTorch")
     p.add_argument("--runs", type=int, default=30, help="timed runs (in blocks of 10) for the fp32 vs int8 latency")
     args = add_debug_flag(p).parse_args(argv)
@@ -130,6 +135,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     kind, size = cfg.task, (cfg.data.image_size, cfg.data.image_size)
     if kind not in ("detection", "segmentation", "multitask"):
         raise SystemExit(f"error: ONNX export covers detection, segmentation and multi-task checkpoints, not {kind!r}")
+    if kind == "multitask" and args.int8_accuracy_control:
+        raise SystemExit("error: --int8-accuracy-control covers single-task checkpoints (it controls one metric)")
     if kind == "multitask" and args.int8 and args.format != "openvino":
         raise SystemExit("error: --int8 of the multi-task pair is scored for --format openvino only; export the pair "
                          "in fp32 here (its accuracy check needs both metrics per precision)")
@@ -220,7 +227,12 @@ def _export_openvino(args, cfg, hparams, model, wrapper, meta: dict, out_dir: Pa
     if args.int8:
         d = cfg.data
         calib = _calibration(cfg, kind, args.calib_images)
-        int8_path = quantize_openvino(path, out_dir / "model_int8.xml", calib, fp32_heads=args.int8_fp32_heads)
+        layers = _accuracy_control(cfg, hparams, model, wrapper, path, calib, args) if args.int8_accuracy_control \
+            else []
+        if layers:
+            print(f"--int8-accuracy-control keeps {len(layers)} layers in float: {', '.join(layers)}")
+        int8_path = quantize_openvino(path, out_dir / "model_int8.xml", calib, fp32_heads=args.int8_fp32_heads,
+                                      fp32_layers=layers)
         print(f"wrote {int8_path} (NNCF, calibrated on {len(calib)} images of {d.train_split!r})")
         int8 = OpenVINOBackend(int8_path, args.threads)
         x = np.ascontiguousarray(inputs[-1][:1].numpy())
@@ -228,7 +240,9 @@ def _export_openvino(args, cfg, hparams, model, wrapper, meta: dict, out_dir: Pa
                                   runs=max(1, args.runs // 10), block=11)
         report["latency_ms"] = {k: v["median_ms"] for k, v in timing.items()}
         report["speedup"] = timing["fp32"]["median_ms"] / timing["int8"]["median_ms"]
-        report["accuracy"] = acc = _openvino_accuracy(cfg, hparams, model, wrapper, fp32, int8, calib, inputs, args)
+        report["fp32_layers"] = layers
+        report["accuracy"] = acc = _openvino_accuracy(cfg, hparams, model, wrapper, fp32, int8, calib, inputs, args,
+                                                      layers)
         keys = {"detection": ["map"], "segmentation": ["miou"], "multitask": ["map", "miou"]}[kind]
         for key in keys:
             print(f"{key}: PyTorch {acc['pytorch'][key]:.4f}  OpenVINO fp32 {acc['openvino_fp32'][key]:.4f}  "
@@ -245,7 +259,26 @@ def _export_openvino(args, cfg, hparams, model, wrapper, meta: dict, out_dir: Pa
     return report
 
 
-def _openvino_accuracy(cfg, hparams, model, wrapper, fp32, int8, calib, inputs, args) -> dict:
+def _accuracy_control(cfg, hparams, model, wrapper, path: Path, calib, args) -> list[str]:
+    """``--int8-accuracy-control``: the layers to keep in float (``accuracy_control_layers``) for the validation
+    metric the gate checks; a detector is scored on a raw-mode IR of the same network (the names are the same)."""
+    if cfg.task == "segmentation":
+        dm, names = build_seg_datamodule(cfg), list(hparams.get("class_names") or segmentation_class_names(cfg))
+        return accuracy_control_layers(path, calib, lambda run: ev.evaluate_segmentation(
+            ev.ExportedSegmenter(run), dm, names)["miou"], args.int8_max_drop)
+    ids, _ = categories_from(hparams)
+    dm, size = build_det_datamodule(cfg, category_ids=ids), (cfg.data.image_size, cfg.data.image_size)
+    k = model.num_classes
+    with tempfile.TemporaryDirectory() as tmp:
+        raw = path if wrapper.mode == "raw" else export_openvino(
+            export_onnx(DetectionExport(model, size, "raw"), Path(tmp) / "raw.onnx", size, {}, args.opset),
+            Path(tmp) / "raw.xml")
+        return accuracy_control_layers(raw, calib, lambda run: ev.evaluate_detection(
+            ev.ExportedDetector(run, k), dm, ids, wrapper.postprocess, cfg.eval.coco_evaluator)["map"],
+            args.int8_max_drop)
+
+
+def _openvino_accuracy(cfg, hparams, model, wrapper, fp32, int8, calib, inputs, args, layers: list[str]) -> dict:
     """Validation accuracy of the PyTorch model and the fp32 and int8 IRs (``OpenVINOBackend``), by the project's
     eval code. The mAP path needs raw outputs: an ``"nms"`` export is scored through a raw-mode IR of the same
     network quantised with the same images, which is first checked to give the shipped int8 file's detections. The
@@ -265,7 +298,8 @@ def _openvino_accuracy(cfg, hparams, model, wrapper, fp32, int8, calib, inputs, 
             raw_wrapper = (MultiTaskExport if pair else DetectionExport)(model, size, "raw")  # the same network
             raw = export_openvino(export_onnx(raw_wrapper, Path(tmp) / "raw.onnx", size, {}, args.opset),
                                   Path(tmp) / "raw.xml")
-            raw_int8 = quantize_openvino(raw, Path(tmp) / "raw_int8.xml", calib, fp32_heads=args.int8_fp32_heads)
+            raw_int8 = quantize_openvino(raw, Path(tmp) / "raw_int8.xml", calib, fp32_heads=args.int8_fp32_heads,
+                                         fp32_layers=layers)
             runs = {"openvino_fp32": openvino_run(raw, args.threads),
                     "openvino_int8": openvino_run(raw_int8, args.threads)}
             for x in inputs:  # the raw int8 graph scored below is the shipped one's network

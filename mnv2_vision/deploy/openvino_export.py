@@ -34,7 +34,7 @@ from ..files import atomic_write
 from .onnx_export import read_onnx
 
 __all__ = ["NETWORK_SCOPE", "HEAD_PATTERNS", "export_openvino", "save_ir", "read_metadata", "openvino_run",
-           "quantize_openvino"]
+           "quantize_openvino", "accuracy_control_layers"]
 
 NETWORK_SCOPE = "/model/"  # the exporters' wrappers hold the network as ``self.model``
 # The prediction layers: SSDLite's class and box heads, DeepLab's classifier (the pair's too).
@@ -77,18 +77,54 @@ def openvino_run(xml_path: str | Path, threads: int | None = 2,
     return ir_run(compile_ir(read_ir(xml_path), threads, precision))
 
 
-def _ignored_scope(network_scope: str | None, fp32_heads: bool):
+def _ignored_scope(network_scope: str | None, fp32_heads: bool, fp32_layers: Sequence[str] = ()):
     import nncf
 
     patterns = [f"(?!{re.escape(network_scope)}).*"] if network_scope else []
     if fp32_heads:
         patterns += list(HEAD_PATTERNS)
-    return nncf.IgnoredScope(patterns=patterns, validate=False) if patterns else None
+    if not patterns and not fp32_layers:
+        return None
+    return nncf.IgnoredScope(names=list(fp32_layers), patterns=patterns, validate=False)
+
+
+def _quantized_layers(model: Any) -> set[str]:
+    """The names of the operations of an NNCF-quantised ``model`` that read a quantised activation (an input from a
+    ``FakeQuantize``): the layers that run in int8."""
+    return {op.get_friendly_name() for op in model.get_ops() if op.get_type_name() != "FakeQuantize"
+            and any(v.get_node().get_type_name() == "FakeQuantize" for v in op.input_values())}
+
+
+def accuracy_control_layers(fp32_xml: str | Path, images: Sequence[np.ndarray],
+                            validate: Callable[[Callable[[np.ndarray], dict[str, np.ndarray]]], float],
+                            max_drop: float, *, network_scope: str | None = NETWORK_SCOPE) -> list[str]:
+    """The layers to keep in float so that int8 loses at most ``max_drop`` of the metric ``validate(run)`` (higher
+    is better; ``run`` as ``openvino_run`` gives it): NNCF's ``quantize_with_accuracy_control`` quantises as
+    ``quantize_openvino`` (defaults) and puts back to float, one group at a time, the layers whose int8 costs most
+    of the metric. Pass the names to ``quantize_openvino(fp32_layers=...)``: the same layers of another graph of the
+    same network (the NMS export of a raw-mode detector) stay float there too. Slow: a validation pass per
+    quantised layer to rank them, and one per step (NNCF compiles the models it validates with its own settings).
+    """
+    import nncf
+
+    model = read_ir(fp32_xml)
+    data = nncf.Dataset([np.ascontiguousarray(i, dtype=np.float32) for i in images])
+    nncf.set_log_level(logging.ERROR)
+    kwargs = dict(preset=nncf.QuantizationPreset.PERFORMANCE, target_device=nncf.TargetDevice.CPU,
+                  subset_size=len(images), ignored_scope=_ignored_scope(network_scope, False))
+    plain = _quantized_layers(nncf.quantize(model, data, **kwargs))
+    controlled = nncf.quantize_with_accuracy_control(
+        # + 1: NNCF also computes the relative drop, dividing by the fp32 metric (0 for an untrained model); the
+        # absolute drop it controls is the same
+        model, data, nncf.Dataset([0]), lambda compiled, _items: (float(validate(ir_run(compiled))) + 1.0, None),
+        max_drop=max_drop, drop_type=nncf.DropType.ABSOLUTE, **kwargs)
+    return sorted(plain - _quantized_layers(controlled))
 
 
 def quantize_openvino(fp32_xml: str | Path, int8_xml: str | Path, images: Sequence[np.ndarray], *,
                       per_channel: bool = True, preset: str = "performance", fp32_heads: bool = False,
-                      fast_bias_correction: bool = True, network_scope: str | None = NETWORK_SCOPE) -> Path:
+                      fp32_layers: Sequence[str] = (), fast_bias_correction: bool = True,
+                      network_scope: str | None = NETWORK_SCOPE) -> Path:
     """Quantise the IR ``fp32_xml`` to ``int8_xml`` with NNCF, calibrated on ``images`` (preprocessed arrays, all of
     them: ``subset_size`` is their number). The metadata is carried over, with the settings under
     ``quantization``.
@@ -98,6 +134,7 @@ def quantize_openvino(fp32_xml: str | Path, int8_xml: str | Path, images: Sequen
         preset: ``"performance"`` (symmetric activations) or ``"mixed"`` (asymmetric activations, for inputs of
             either sign, as the ReLU6-free projection layers and the normalised image give).
         fp32_heads: leave the prediction layers (``HEAD_PATTERNS``) in float.
+        fp32_layers: names of more operations to leave in float (``accuracy_control_layers``).
         fast_bias_correction: NNCF's fast bias correction (False: the slower full one).
         network_scope: quantise only nodes whose names start with this (post-processing stays float); ``None``:
             the whole graph.
@@ -116,11 +153,13 @@ def quantize_openvino(fp32_xml: str | Path, int8_xml: str | Path, images: Sequen
     quantized = nncf.quantize(
         model, nncf.Dataset([np.ascontiguousarray(i, dtype=np.float32) for i in images]),
         preset=presets[preset], target_device=nncf.TargetDevice.CPU, subset_size=len(images),
-        fast_bias_correction=fast_bias_correction, ignored_scope=_ignored_scope(network_scope, fp32_heads),
+        fast_bias_correction=fast_bias_correction,
+        ignored_scope=_ignored_scope(network_scope, fp32_heads, fp32_layers),
         advanced_parameters=AdvancedQuantizationParameters(
             weights_quantization_params=QuantizationParameters(per_channel=per_channel)))
     props["quantization"] = (f"int8 NNCF post-training ({preset} preset, weights per-"
-                             f"{'channel' if per_channel else 'tensor'}{', heads fp32' if fp32_heads else ''}, "
+                             f"{'channel' if per_channel else 'tensor'}{', heads fp32' if fp32_heads else ''}"
+                             f"{f', {len(fp32_layers)} layers fp32' if fp32_layers else ''}, "
                              f"calibrated on {len(images)} training images)")
     set_ir_props(quantized, props)
     return save_ir(quantized, int8_xml)
