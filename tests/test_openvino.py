@@ -185,9 +185,10 @@ def test_without_the_extra_one_line_names_it(tmp_path, capsys, monkeypatch):
 
     monkeypatch.setattr(export, "_NO_OPENVINO", ImportError("No module named 'openvino'", name="openvino"))
     module = tool("export")
-    ckpt = _checkpoint(tmp_path / "seg.ckpt", "deeplabv3_shapes", ["model.num_classes=5"])
+    # checked first: a checkpoint that is not there is not even looked for
     with pytest.raises(SystemExit) as e:
-        module.main(["--ckpt", str(ckpt), "--out", str(tmp_path / "export"), "--format", "openvino"])
+        module.main(["--ckpt", str(tmp_path / "missing.ckpt"), "--out", str(tmp_path / "export"), "--format",
+                     "openvino"])
     err = capsys.readouterr().err.strip().splitlines()
     assert e.value.code == 2 and len(err) == 1
     assert "openvino is not installed" in err[0] and 'pip install "mnv2_vision[openvino]"' in err[0]

@@ -122,6 +122,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
     p.add_argument("--runs", type=int, default=30, help="timed runs (in blocks of 10) for the fp32 vs int8 latency")
     args = add_debug_flag(p).parse_args(argv)
     require_extra(_NO_DEPLOY, "tools/export.py")
+    if args.format == "openvino":  # before minutes of loading and exporting
+        require_extra(_NO_OPENVINO, "tools/export.py --format openvino", "openvino")
+        if args.int8 and importlib.util.find_spec("nncf") is None:
+            require_extra(ImportError("nncf", name="nncf"), "tools/export.py --format openvino --int8", "openvino")
 
     torch.set_num_threads(args.threads)
     cfg, model, hparams = load_model(args.ckpt)
@@ -208,9 +212,6 @@ def _export_openvino(args, cfg, hparams, model, wrapper, meta: dict, out_dir: Pa
     """``--format openvino``: the ONNX graph (kept out of ``out_dir``) converted to ``model.xml`` + ``.bin``, checked
     against PyTorch through the runtime's OpenVINO backend; with ``--int8`` also ``model_int8.xml`` (NNCF), its
     validation accuracy against fp32 (exit non-zero beyond ``--int8-max-drop``) and the fp32 / int8 latency."""
-    require_extra(_NO_OPENVINO, "tools/export.py --format openvino", "openvino")
-    if args.int8 and importlib.util.find_spec("nncf") is None:
-        require_extra(ImportError("nncf", name="nncf"), "tools/export.py --format openvino --int8", "openvino")
     kind, size = cfg.task, tuple(meta["input_size"])
     mode = getattr(wrapper, "mode", None)
     with tempfile.TemporaryDirectory() as tmp:
