@@ -101,10 +101,12 @@ def accuracy_control_layers(fp32_xml: str | Path, images: Sequence[np.ndarray],
     """The layers to keep in float so that int8 loses at most ``max_drop`` of the metric ``validate(run)`` (higher
     is better; ``run`` as ``openvino_run`` gives it): NNCF's ``quantize_with_accuracy_control`` quantises as
     ``quantize_openvino`` (defaults) and puts back to float, one group at a time, the layers whose int8 costs most
-    of the metric. Pass the names to ``quantize_openvino(fp32_layers=...)``: the same layers of another graph of the
-    same network (the NMS export of a raw-mode detector) stay float there too. Slow: a validation pass per
-    quantised layer to rank them, and one per step (NNCF compiles the models it validates with its own settings).
-    """
+    of the metric. The names returned are the operations that read a quantised input after plain quantisation but
+    not after the controlled one: the layers NNCF reverted and those that shared an input quantiser with them
+    (SSDLite's class and box layers read the same feature maps). Pass them to
+    ``quantize_openvino(fp32_layers=...)``: the same layers of another graph of the same network (the NMS export of
+    a raw-mode detector) stay float there too. Slow: a validation pass per quantised layer to rank them, and one
+    per step (NNCF compiles the models it validates with its own settings)."""
     import nncf
 
     model = read_ir(fp32_xml)
