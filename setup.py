@@ -56,6 +56,10 @@ setup(
             "onnxruntime>=1.17",
             "onnxscript>=0.1",
             "faster-coco-eval>=1.6",
+            # the OpenVINO export and backend tests run in CI (about 215 MB installed, 25 s of tests); litert-torch
+            # (0.9 GB, a minute per converted file) stays out: tests/test_litert.py skips without it
+            "openvino>=2026.4",
+            "nncf>=3.4",
         ],
         # eval.coco_evaluator=faster_coco_eval: the same COCO stats as pycocotools, several times faster
         "fast-eval": [
@@ -81,6 +85,14 @@ setup(
             "ai-edge-litert>=2.3",
             "onnx>=1.15",
             "onnxruntime>=1.17",
+        ],
+        # tools/export.py --format openvino: the ONNX graph converted to OpenVINO IR, NNCF int8 (tested with
+        # openvino 2026.4, nncf 3.4); loading an .xml needs openvino alone
+        "openvino": [
+            "onnx>=1.15",
+            "onnxruntime>=1.17",
+            "openvino>=2026.4",
+            "nncf>=3.4",
         ],
     },
 )

@@ -292,8 +292,7 @@ def test_export_tool_segmentation_int8_gate(tmp_path, shapes_root, capsys):
 
 
 def test_export_tool_names_the_extra(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr("mnv2_vision.commands.export._NO_LITERT",
-                        ImportError("No module named 'ai_edge_litert'", name="ai_edge_litert"))
+    monkeypatch.setattr("mnv2_vision.commands.export._installed", lambda package: package != "ai_edge_litert")
     ckpt = test_export._fake_checkpoint(tmp_path / "det.ckpt", "ssdlite_shapes", ["model.num_classes=5", "model.width_mult=0.35"],
                             {"category_ids": [1, 2, 3, 4], "category_names": ["circle", "square", "star", "triangle"]})
     line = fails(capsys, "export", ["--ckpt", str(ckpt), "--out", str(tmp_path / "x"), "--format", "litert"])

@@ -5,6 +5,7 @@
     python tools/export.py --ckpt CKPT --int8 --calib-images 64                        # + model_int8.onnx, mAP/mIoU
     python tools/export.py --ckpt CKPT --format state_dict                             # model.pt + config.yaml
     python tools/export.py --ckpt CKPT --format litert --int8                          # model.tflite + int8
+    python tools/export.py --ckpt CKPT --format openvino --int8                        # model.xml/.bin + int8
 
 The multi-task pair exports one graph with the detection outputs and the segmentation logits (one pass).
 Detection exports the whole post-processing (decode, per-class NMS, best ``eval.detections_per_img``) by default,
@@ -18,7 +19,10 @@ reports the validation mAP/mIoU of PyTorch, ONNX fp32 and int8, and the fp32 vs 
 ``--format litert`` writes ``model.tflite`` (LiteRT, the ``litert`` extra): one fixed input size, detection as raw
 heads (the runtime decodes and runs the per-class NMS), checked in the LiteRT interpreter against PyTorch the same
 way; its ``--int8`` (PT2E, per-channel weights) writes ``model_int8.tflite`` and exits non-zero when the validation
-mAP/mIoU drops by more than ``--int8-max-drop``.
+mAP/mIoU drops by more than ``--int8-max-drop``. ``--format openvino`` writes the OpenVINO IR ``model.xml`` +
+``model.bin`` (the ``openvino`` extra) converted from the ONNX graph (NMS included), checked in OpenVINO; its ``--int8``
+(NNCF) writes ``model_int8.xml`` under the same gate. The formats' own steps are in ``exporting/litert.py`` and
+``exporting/openvino.py``; what they share in ``exporting/inputs.py``.
 """
 from __future__ import annotations
 
@@ -29,74 +33,46 @@ from typing import Sequence
 
 import numpy as np
 import torch
-from torch.nn import functional as F
 
 from mnv2_vision.checkpoint import load_model
 from mnv2_vision.commands.cli import add_debug_flag, exit_status, guarded, make_parser, require_extra
-from mnv2_vision.config import save_config, to_dict
-from mnv2_vision.data import resolve_root
+from mnv2_vision.config import save_config
+from mnv2_vision.data.classes import segmentation_class_names
 from mnv2_vision.files import output_folder, save_torch, write_json
 from mnv2_vision.lit.detection import build_det_datamodule, categories_from
-from mnv2_vision.data.classes import segmentation_class_names
 from mnv2_vision.lit.segmentation import build_seg_datamodule
-from mnv2_vision.models.ssdlite import SSDLiteHead
 from mnv2_vision.ops.postprocess import PostprocessSettings
 from mnv2_vision.perf.timing import time_round_robin
-from mnv2_vision.version import __version__
 
 try:  # the deploy extra (onnx, onnxruntime): without it main() names the install command instead of a traceback
     from mnv2_vision.perf import accuracy as ev
     from mnv2_runtime.metadata import decode_props, encode_props, validate_metadata
+    from mnv2_vision.commands.exporting.inputs import calibration, export_metadata, sample_inputs
     from mnv2_vision.deploy.onnx_export import (
-        DetectionExport, MultiTaskExport, SegmentationExport, check_outputs, check_parity, export_onnx, ort_session)
-    from mnv2_vision.deploy.quantize import detection_calibration, quantize_int8, segmentation_calibration
+        DetectionExport, MultiTaskExport, SegmentationExport, check_parity, export_onnx, ort_session)
+    from mnv2_vision.deploy.quantize import quantize_int8
     _NO_DEPLOY: ImportError | None = None
 except ImportError as e:
     _NO_DEPLOY = e
-try:  # the litert extra (ai-edge-litert here; litert-torch, imported when converting, is checked in _export_litert)
-    from mnv2_runtime.backends.litert import LiteRTBackend
-    from mnv2_vision.deploy.litert_export import export_litert
-    _NO_LITERT: ImportError | None = None
-except ImportError as e:
-    _NO_LITERT = e
+
+# what each format beyond ONNX imports: (its extra, the packages it needs, and those --int8 adds)
+_FORMAT_PACKAGES = {"litert": (("ai_edge_litert", "litert_torch"), ()), "openvino": (("openvino",), ("nncf",))}
 
 
-def _metadata(cfg, hparams, kind: str, size: tuple[int, int], wrapper) -> dict:
-    """What the ONNX file carries in ``metadata_props``: preprocessing, labels and, for a detector, the wrapper's
-    output mode, box coder and post-processing settings (a raw-mode export's runtime applies them itself)."""
-    meta = {"model_name": cfg.model.name, "task": kind, "producer": f"mnv2_vision {__version__}",
-            "input_name": "images", "input_layout": "NCHW", "input_size": list(size), "color_order": "RGB",
-            "pixel_scaling": "x / 255, then (x - mean) / std per channel", "mean": list(cfg.data.mean),
-            "std": list(cfg.data.std), "config": to_dict(cfg)}
-    if kind in ("detection", "multitask"):
-        ids, names = categories_from(hparams)
-        meta.update(class_names=["background", *names], category_ids=ids, resize="plain resize to input_size",
-                    box_format="xyxy, pixels of the network input (scale by original / input_size)",
-                    detection_output=wrapper.mode, box_coder_weights=list(wrapper.coder.weights),
-                    postprocess=wrapper.postprocess.as_dict())
-        if kind == "multitask":
-            meta.update(seg_class_names=list(hparams.get("class_names") or []), ignore_index=255,
-                        seg_output="logits (N, K, H, W) at input_size: upsample to the original image, then argmax")
-    else:
-        meta.update(class_names=list(hparams.get("class_names") or segmentation_class_names(cfg)),
-                    resize="none: any height and width (input_size is the training crop)", ignore_index=255)
-    return meta
+def _installed(package: str) -> bool:
+    return importlib.util.find_spec(package) is not None
 
 
-def _sample_inputs(cfg, kind: str, size: tuple[int, int], n: int) -> list[torch.Tensor]:
-    """Preprocessed validation images (a batch of ``n`` for detection, one per image for segmentation's varying
-    sizes), plus a random batch of 2 at ``size`` so the dynamic batch is always exercised."""
-    inputs = [torch.randn(2, 3, *size)]
-    if n > 0:
-        d = cfg.data
-        root = resolve_root(d)
-        if kind in ("detection", "multitask"):
-            inputs.append(torch.from_numpy(np.concatenate(
-                detection_calibration(root, d.val_split, d.image_size, d.mean, d.std, n))))
-        else:
-            inputs += [torch.from_numpy(a) for a in segmentation_calibration(
-                root, d.val_split, d.mean, d.std, n, cfg.model.num_classes)]
-    return inputs
+def _require_format(fmt: str, int8: bool) -> None:
+    """One line naming the extra to install when ``fmt``'s packages are missing (before minutes of loading)."""
+    if fmt not in _FORMAT_PACKAGES:
+        return
+    needed, for_int8 = _FORMAT_PACKAGES[fmt]
+    for package in (*needed, *(for_int8 if int8 else ())):
+        if not _installed(package):
+            require_extra(ImportError(package, name=package), f"tools/export.py --format {fmt}"
+                          + (" --int8" if package in for_int8 else ""), fmt)
+
 
 
 @guarded
@@ -104,24 +80,31 @@ def main(argv: Sequence[str] | None = None) -> dict:
     p = make_parser(__doc__)
     p.add_argument("--ckpt", required=True,
                    help="a checkpoint written by tools/train_det.py, train_seg.py or train_multitask.py")
-    p.add_argument("--format", choices=("onnx", "litert", "state_dict"), default="onnx",
-                   help="litert: model.tflite at the fixed input size, detection as raw heads")
+    p.add_argument("--format", choices=("onnx", "litert", "openvino", "state_dict"), default="onnx",
+                   help="onnx: model.onnx; litert: model.tflite at the fixed input size, detection as raw heads; "
+                        "openvino: the IR pair model.xml + model.bin (converted from the ONNX graph)")
     p.add_argument("--out", default=None, help="output folder (default: <checkpoint's run folder>/export)")
     p.add_argument("--opset", type=int, default=17)
     p.add_argument("--detection-output", choices=("nms", "raw"), default="nms")
     p.add_argument("--atol", type=float, default=1e-4, help="raw outputs must agree within atol + rtol · max |output|")
     p.add_argument("--rtol", type=float, default=1e-4)
     p.add_argument("--check-images", type=int, default=2, help="validation images for the parity check (0: random)")
-    p.add_argument("--int8", action="store_true", help="also write model_int8.onnx and report accuracy and speed")
+    p.add_argument("--int8", action="store_true",
+                   help="also write model_int8.onnx (.xml) and report accuracy and speed")
     p.add_argument("--calib-images", type=int, default=64, help="training images for int8 calibration")
     p.add_argument("--int8-max-drop", type=float, default=0.01,
-                   help="--format litert: exit non-zero when int8 loses more validation mAP / mIoU (absolute)")
+                   help="exit non-zero when int8 loses more validation mAP / mIoU than this (absolute)")
     p.add_argument("--int8-fp32-heads", action="store_true",
-                   help="--format litert int8: keep SSDLite's prediction heads (class / box layers) in float")
-    p.add_argument("--threads", type=int, default=2, help="threads for ONNX Runtime and PyTorch")
+                   help="LiteRT / OpenVINO int8: keep the prediction layers (class / box heads) in float")
+    p.add_argument("--int8-accuracy-control", action="store_true",
+                   help="OpenVINO int8 of a single-task model: keep in float the layers NNCF's accuracy-controlled "
+                        "quantisation picks so that the validation metric drops at most --int8-max-drop (slow: "
+                        "a validation pass per layer)")
+    p.add_argument("--threads", type=int, default=2, help="threads for ONNX Runtime, LiteRT, OpenVINO and PyTorch")
     p.add_argument("--runs", type=int, default=30, help="timed runs (in blocks of 10) for the fp32 vs int8 latency")
     args = add_debug_flag(p).parse_args(argv)
     require_extra(_NO_DEPLOY, "tools/export.py")
+    _require_format(args.format, args.int8)  # before minutes of loading and exporting
 
     torch.set_num_threads(args.threads)
     cfg, model, hparams = load_model(args.ckpt)
@@ -135,25 +118,32 @@ def main(argv: Sequence[str] | None = None) -> dict:
     kind, size = cfg.task, (cfg.data.image_size, cfg.data.image_size)
     if kind not in ("detection", "segmentation", "multitask"):
         raise SystemExit(f"error: ONNX export covers detection, segmentation and multi-task checkpoints, not {kind!r}")
-    if kind == "multitask" and args.int8:
-        raise SystemExit("error: --int8 covers single-task checkpoints; export the pair in fp32 (its accuracy check "
-                         "would need both metrics per precision)")
+    if kind == "multitask" and args.int8_accuracy_control:
+        raise SystemExit("error: --int8-accuracy-control covers single-task checkpoints (it controls one metric)")
+    if kind == "multitask" and args.int8 and args.format != "openvino":
+        raise SystemExit("error: --int8 of the multi-task pair is scored for --format openvino only; export the pair "
+                         "in fp32 here (its accuracy check needs both metrics per precision)")
     pp = PostprocessSettings.from_eval(cfg.eval)
     boxes = kind in ("detection", "multitask")
     if args.format == "litert":  # TFLite holds no NMS of postprocess_detections' semantics: the runtime runs it
         args.detection_output = "raw"
     wrapper = (MultiTaskExport if kind == "multitask" else DetectionExport)(model, size, args.detection_output, pp) \
         if boxes else SegmentationExport(model)
-    meta, target = _metadata(cfg, hparams, kind, size, wrapper), str(out_dir / "model.onnx")
+    target = str(out_dir / {"openvino": "model.xml", "litert": "model.tflite"}.get(args.format, "model.onnx"))
+    meta = export_metadata(cfg, hparams, kind, size, wrapper)
     # what load would refuse is refused before anything is written, naming where the value comes from
     validate_metadata(decode_props(encode_props(meta).items(), target), target,
                       fix=f"it comes from {args.ckpt} (its config's data.image_size, data.mean, data.std, eval.* "
                           "or its label map): give values within these limits")
     if args.format == "litert":
-        return _export_litert(args, cfg, hparams, model, wrapper, meta, out_dir)
+        from mnv2_vision.commands.exporting.litert import export_litert_format
+        return export_litert_format(args, cfg, hparams, model, wrapper, meta, out_dir)
+    if args.format == "openvino":
+        from mnv2_vision.commands.exporting.openvino import export_openvino_format
+        return export_openvino_format(args, cfg, hparams, model, wrapper, meta, out_dir)
     path = export_onnx(wrapper, out_dir / "model.onnx", size, meta, args.opset)
     print(f"wrote {path} ({kind}{', ' + args.detection_output if boxes else ''}, opset {args.opset})")
-    inputs = _sample_inputs(cfg, kind, size, args.check_images)
+    inputs = sample_inputs(cfg, kind, size, args.check_images)
     checks = [check_parity(path, model, kind, x, mode=args.detection_output, atol=args.atol, rtol=args.rtol,
                            postprocess=pp, threads=args.threads) for x in inputs]
     print(f"ONNX Runtime parity OK on {len(inputs)} input batches: {json.dumps(checks)}")
@@ -161,10 +151,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
     if args.int8:
         d = cfg.data
-        calib_fn = detection_calibration if kind == "detection" else segmentation_calibration
-        calib_args = ((d.image_size, d.mean, d.std, args.calib_images) if kind == "detection"
-                      else (d.mean, d.std, args.calib_images, cfg.model.num_classes))
-        calib = calib_fn(resolve_root(d), d.train_split, *calib_args)
+        calib = calibration(cfg, kind, args.calib_images)
         int8_path = quantize_int8(path, out_dir / "model_int8.onnx", calib)
         print(f"wrote {int8_path} (calibrated on {len(calib)} images of {d.train_split!r})")
         sessions = {"fp32": ort_session(path, args.threads), "int8": ort_session(int8_path, args.threads)}
@@ -182,76 +169,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
         print(f"ONNX Runtime latency, batch 1 at {tuple(x.shape[-2:])}, {args.threads} threads: fp32 "
               f"{report['latency_ms']['fp32']:.1f} ms, int8 {report['latency_ms']['int8']:.1f} ms "
               f"(speed-up {report['speedup']:.2f}x)")
-    write_json(out_dir / "export_report.json", report, indent=1)
-    return report
-
-
-def _calibration(cfg, kind: str, n: int) -> list[np.ndarray]:
-    """The first ``n`` training images, preprocessed by the evaluation pipeline, for int8 calibration."""
-    d = cfg.data
-    if kind == "detection":
-        return detection_calibration(resolve_root(d), d.train_split, d.image_size, d.mean, d.std, n)
-    return segmentation_calibration(resolve_root(d), d.train_split, d.mean, d.std, n, cfg.model.num_classes)
-
-
-def _fixed_size(images: Sequence[np.ndarray], size: tuple[int, int]) -> list[np.ndarray]:
-    """Images resized (bilinear, half-pixel centres) to a fixed-size graph's input, as ``ExportedSegmenter`` does."""
-    return [a if tuple(a.shape[-2:]) == size else F.interpolate(torch.from_numpy(a), size=size, mode="bilinear",
-                                                                 align_corners=False).numpy() for a in images]
-
-
-def _export_litert(args, cfg, hparams, model, wrapper, meta: dict, out_dir: Path) -> dict:
-    """``--format litert``: ``model.tflite`` checked against PyTorch in the runtime's LiteRT backend; with ``--int8``
-    also ``model_int8.tflite``, the validation accuracy of both (exit non-zero beyond ``--int8-max-drop``) and their
-    latency."""
-    missing = _NO_LITERT or (None if importlib.util.find_spec("litert_torch") else ImportError(name="litert_torch"))
-    require_extra(missing, "tools/export.py --format litert", "litert")
-    kind, size = cfg.task, tuple(meta["input_size"])
-    if kind == "segmentation":  # one traced size (see deploy/litert_export.py): the runtime resizes to it
-        meta = {**meta, "resize": "plain resize to input_size; upsample the logits to the image, then argmax"}
-    path = export_litert(wrapper, out_dir / "model.tflite", size, meta)
-    print(f"wrote {path} ({kind}{', raw' if kind != 'segmentation' else ''}, LiteRT, {size[0]}x{size[1]})")
-    fp32 = LiteRTBackend(path, args.threads)  # what a user loads: the metadata is checked as it will be
-    pp = getattr(wrapper, "postprocess", None)
-    inputs = [torch.from_numpy(np.concatenate(_fixed_size([b.numpy() for b in x.split(1)], size)))
-              for x in _sample_inputs(cfg, kind, size, args.check_images)]
-    checks = [check_outputs(fp32.run, model, kind, x, mode="raw", atol=args.atol, rtol=args.rtol, postprocess=pp,
-                            source=str(path), runtime="LiteRT") for x in inputs]
-    print(f"LiteRT parity OK on {len(inputs)} input batches: {json.dumps(checks)}")
-    report: dict = {"litert": str(path), "parity": checks}
-    if args.int8:
-        d = cfg.data
-        calib = _fixed_size(_calibration(cfg, kind, args.calib_images), size)
-        heads = (SSDLiteHead,) if args.int8_fp32_heads and kind == "detection" else ()
-        int8_path = export_litert(wrapper, out_dir / "model_int8.tflite", size, {**meta, "quantization": (
-            "int8 PT2E (litert-torch): symmetric per-channel weights, per-tensor activations"
-            + (", float heads" if heads else ""))}, calibration=calib, float_modules=heads)
-        print(f"wrote {int8_path} (int8, calibrated on {len(calib)} images of {d.train_split!r})")
-        int8 = LiteRTBackend(int8_path, args.threads)
-        x = np.ascontiguousarray(inputs[-1][:1].numpy())
-        timing = time_round_robin({"fp32": lambda: fp32.run(x), "int8": lambda: int8.run(x)},
-                                  runs=max(1, args.runs // 10), block=11)
-        report["latency_ms"] = {k: v["median_ms"] for k, v in timing.items()}
-        report["speedup"] = timing["fp32"]["median_ms"] / timing["int8"]["median_ms"]
-        if kind == "segmentation":
-            dm, names = build_seg_datamodule(cfg), list(hparams.get("class_names") or segmentation_class_names(cfg))
-            models = {"pytorch": model, "litert_fp32": ev.ExportedSegmenter(fp32.run, size),
-                      "litert_int8": ev.ExportedSegmenter(int8.run, size)}
-            acc = {k: ev.evaluate_segmentation(m, dm, names) for k, m in models.items()}
-        else:
-            ids, _ = categories_from(hparams)
-            dm, k = build_det_datamodule(cfg, category_ids=ids), model.num_classes
-            models = {"pytorch": model, "litert_fp32": ev.ExportedDetector(fp32.run, k),
-                      "litert_int8": ev.ExportedDetector(int8.run, k)}
-            acc = {n: ev.evaluate_detection(m, dm, ids, pp, cfg.eval.coco_evaluator) for n, m in models.items()}
-        report["accuracy"], key = acc, "map" if kind == "detection" else "miou"
-        report["int8_change"] = float(acc["litert_int8"][key]) - float(acc["litert_fp32"][key])
-        print(f"{key}: PyTorch {acc['pytorch'][key]:.4f}  LiteRT fp32 {acc['litert_fp32'][key]:.4f}  LiteRT int8 "
-              f"{acc['litert_int8'][key]:.4f}  (change {report['int8_change']:+.4f})")
-        print(f"LiteRT latency, batch 1 at {size}, {args.threads} threads: fp32 {report['latency_ms']['fp32']:.1f} ms, "
-              f"int8 {report['latency_ms']['int8']:.1f} ms (speed-up {report['speedup']:.2f}x)")
         write_json(out_dir / "export_report.json", report, indent=1)  # the figures stay, also when the gate fails
-        ev.check_int8_drop(acc["litert_fp32"], acc["litert_int8"], args.int8_max_drop,
+        ev.check_int8_drop(acc["onnx_fp32"], acc["onnx_int8"], args.int8_max_drop,
                            f"{int8_path} ({key} on {d.val_split!r})")
     write_json(out_dir / "export_report.json", report, indent=1)
     return report

@@ -1,0 +1,81 @@
+"""``tools/export.py --format litert``: ``model.tflite`` (LiteRT, the ``litert`` extra) at one fixed input size,
+detection as raw heads (the runtime decodes and runs the per-class NMS), checked in the runtime's LiteRT backend
+against PyTorch; ``--int8`` adds ``model_int8.tflite`` (PT2E) with its validation accuracy gated by
+``--int8-max-drop``. ``export.py`` checks the extra is installed before it imports this module.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mnv2_runtime.backends.litert import LiteRTBackend
+from mnv2_vision.commands.exporting.inputs import calibration, fixed_size, sample_inputs
+from mnv2_vision.data.classes import segmentation_class_names
+from mnv2_vision.deploy.litert_export import export_litert
+from mnv2_vision.deploy.onnx_export import check_outputs
+from mnv2_vision.files import write_json
+from mnv2_vision.lit.detection import build_det_datamodule, categories_from
+from mnv2_vision.lit.segmentation import build_seg_datamodule
+from mnv2_vision.models.ssdlite import SSDLiteHead
+from mnv2_vision.perf import accuracy as ev
+from mnv2_vision.perf.timing import time_round_robin
+
+__all__ = ["export_litert_format"]
+
+
+def export_litert_format(args, cfg, hparams, model, wrapper, meta: dict, out_dir: Path) -> dict:
+    """``--format litert``: ``model.tflite`` checked against PyTorch in the runtime's LiteRT backend; with ``--int8``
+    also ``model_int8.tflite``, the validation accuracy of both (exit non-zero beyond ``--int8-max-drop``) and their
+    latency."""
+    kind, size = cfg.task, tuple(meta["input_size"])
+    if kind == "segmentation":  # one traced size (see deploy/litert_export.py): the runtime resizes to it
+        meta = {**meta, "resize": "plain resize to input_size; upsample the logits to the image, then argmax"}
+    path = export_litert(wrapper, out_dir / "model.tflite", size, meta)
+    print(f"wrote {path} ({kind}{', raw' if kind != 'segmentation' else ''}, LiteRT, {size[0]}x{size[1]})")
+    fp32 = LiteRTBackend(path, args.threads)  # what a user loads: the metadata is checked as it will be
+    pp = getattr(wrapper, "postprocess", None)
+    inputs = [torch.from_numpy(np.concatenate(fixed_size([b.numpy() for b in x.split(1)], size)))
+              for x in sample_inputs(cfg, kind, size, args.check_images)]
+    checks = [check_outputs(fp32.run, model, kind, x, mode="raw", atol=args.atol, rtol=args.rtol, postprocess=pp,
+                            source=str(path), runtime="LiteRT") for x in inputs]
+    print(f"LiteRT parity OK on {len(inputs)} input batches: {json.dumps(checks)}")
+    report: dict = {"litert": str(path), "parity": checks}
+    if args.int8:
+        d = cfg.data
+        calib = fixed_size(calibration(cfg, kind, args.calib_images), size)
+        heads = (SSDLiteHead,) if args.int8_fp32_heads and kind == "detection" else ()
+        int8_path = export_litert(wrapper, out_dir / "model_int8.tflite", size, {**meta, "quantization": (
+            "int8 PT2E (litert-torch): symmetric per-channel weights, per-tensor activations"
+            + (", float heads" if heads else ""))}, calibration=calib, float_modules=heads)
+        print(f"wrote {int8_path} (int8, calibrated on {len(calib)} images of {d.train_split!r})")
+        int8 = LiteRTBackend(int8_path, args.threads)
+        x = np.ascontiguousarray(inputs[-1][:1].numpy())
+        timing = time_round_robin({"fp32": lambda: fp32.run(x), "int8": lambda: int8.run(x)},
+                                  runs=max(1, args.runs // 10), block=11)
+        report["latency_ms"] = {k: v["median_ms"] for k, v in timing.items()}
+        report["speedup"] = timing["fp32"]["median_ms"] / timing["int8"]["median_ms"]
+        if kind == "segmentation":
+            dm, names = build_seg_datamodule(cfg), list(hparams.get("class_names") or segmentation_class_names(cfg))
+            models = {"pytorch": model, "litert_fp32": ev.ExportedSegmenter(fp32.run, size),
+                      "litert_int8": ev.ExportedSegmenter(int8.run, size)}
+            acc = {k: ev.evaluate_segmentation(m, dm, names) for k, m in models.items()}
+        else:
+            ids, _ = categories_from(hparams)
+            dm, k = build_det_datamodule(cfg, category_ids=ids), model.num_classes
+            models = {"pytorch": model, "litert_fp32": ev.ExportedDetector(fp32.run, k),
+                      "litert_int8": ev.ExportedDetector(int8.run, k)}
+            acc = {n: ev.evaluate_detection(m, dm, ids, pp, cfg.eval.coco_evaluator) for n, m in models.items()}
+        report["accuracy"], key = acc, "map" if kind == "detection" else "miou"
+        report["int8_change"] = float(acc["litert_int8"][key]) - float(acc["litert_fp32"][key])
+        print(f"{key}: PyTorch {acc['pytorch'][key]:.4f}  LiteRT fp32 {acc['litert_fp32'][key]:.4f}  LiteRT int8 "
+              f"{acc['litert_int8'][key]:.4f}  (change {report['int8_change']:+.4f})")
+        print(f"LiteRT latency, batch 1 at {size}, {args.threads} threads: fp32 {report['latency_ms']['fp32']:.1f} ms, "
+              f"int8 {report['latency_ms']['int8']:.1f} ms (speed-up {report['speedup']:.2f}x)")
+        write_json(out_dir / "export_report.json", report, indent=1)  # the figures stay, also when the gate fails
+        ev.check_int8_drop(acc["litert_fp32"], acc["litert_int8"], args.int8_max_drop,
+                           f"{int8_path} ({key} on {d.val_split!r})")
+    write_json(out_dir / "export_report.json", report, indent=1)
+    return report

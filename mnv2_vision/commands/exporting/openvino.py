@@ -1,0 +1,151 @@
+"""``tools/export.py --format openvino``: the ONNX graph converted to the OpenVINO IR pair ``model.xml`` +
+``model.bin`` (the ``openvino`` extra), checked in the runtime's OpenVINO backend against PyTorch; ``--int8`` adds
+``model_int8.xml`` (NNCF) with its validation accuracy gated by ``--int8-max-drop`` (both metrics for the pair), and
+``--int8-accuracy-control`` keeps in float the layers NNCF's accuracy-controlled search picks. ``export.py`` checks
+the extra is installed before it imports this module.
+"""
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from mnv2_runtime.backends.openvino import OpenVINOBackend
+from mnv2_vision.commands.exporting.inputs import calibration, sample_inputs
+from mnv2_vision.data.classes import segmentation_class_names
+from mnv2_vision.deploy.onnx_export import DetectionExport, MultiTaskExport, check_outputs, export_onnx
+from mnv2_vision.deploy.openvino_export import (accuracy_control_layers, export_openvino, openvino_run,
+                                                quantize_openvino)
+from mnv2_vision.files import write_json
+from mnv2_vision.lit.detection import build_det_datamodule, categories_from
+from mnv2_vision.lit.segmentation import build_seg_datamodule
+from mnv2_vision.perf import accuracy as ev
+from mnv2_vision.perf.timing import time_round_robin
+
+__all__ = ["export_openvino_format"]
+
+
+def export_openvino_format(args, cfg, hparams, model, wrapper, meta: dict, out_dir: Path) -> dict:
+    """``--format openvino``: the ONNX graph (kept out of ``out_dir``) converted to ``model.xml`` + ``.bin``, checked
+    against PyTorch through the runtime's OpenVINO backend; with ``--int8`` also ``model_int8.xml`` (NNCF), its
+    validation accuracy against fp32 (exit non-zero beyond ``--int8-max-drop``) and the fp32 / int8 latency."""
+    kind, size = cfg.task, tuple(meta["input_size"])
+    mode = getattr(wrapper, "mode", None)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = export_openvino(export_onnx(wrapper, Path(tmp) / "model.onnx", size, meta, args.opset),
+                               out_dir / "model.xml")
+    print(f"wrote {path} and {path.with_suffix('.bin').name} ({kind}{', ' + mode if mode else ''}, OpenVINO IR)")
+    fp32 = OpenVINOBackend(path, args.threads)  # what a user loads: the metadata is checked as it will be
+    inputs = sample_inputs(cfg, kind, size, args.check_images)
+    checks = [check_outputs(fp32.run, model, kind, x, mode=mode or "nms", atol=args.atol, rtol=args.rtol,
+                            postprocess=wrapper.postprocess if mode else None, source=str(path),
+                            runtime="OpenVINO") for x in inputs]
+    print(f"OpenVINO parity OK on {len(inputs)} input batches: {json.dumps(checks)}")
+    report = {"openvino": str(path), "parity": checks}
+    if args.int8:
+        d = cfg.data
+        calib = calibration(cfg, kind, args.calib_images)
+        layers = _accuracy_control(cfg, hparams, model, wrapper, path, calib, args) if args.int8_accuracy_control \
+            else []
+        if layers:
+            print(f"--int8-accuracy-control keeps {len(layers)} layers in float: {', '.join(layers)}")
+        int8_path = quantize_openvino(path, out_dir / "model_int8.xml", calib, fp32_heads=args.int8_fp32_heads,
+                                      fp32_layers=layers)
+        print(f"wrote {int8_path} (NNCF, calibrated on {len(calib)} images of {d.train_split!r})")
+        int8 = OpenVINOBackend(int8_path, args.threads)
+        x = np.ascontiguousarray(inputs[-1][:1].numpy())
+        timing = time_round_robin({"fp32": lambda: fp32.run(x), "int8": lambda: int8.run(x)},
+                                  runs=max(1, args.runs // 10), block=11)
+        report["latency_ms"] = {k: v["median_ms"] for k, v in timing.items()}
+        report["speedup"] = timing["fp32"]["median_ms"] / timing["int8"]["median_ms"]
+        report["fp32_layers"] = layers
+        report["accuracy"] = acc = _openvino_accuracy(cfg, hparams, model, wrapper, fp32, int8, calib, inputs, args,
+                                                      layers)
+        keys = {"detection": ["map"], "segmentation": ["miou"], "multitask": ["map", "miou"]}[kind]
+        for key in keys:
+            print(f"{key}: PyTorch {acc['pytorch'][key]:.4f}  OpenVINO fp32 {acc['openvino_fp32'][key]:.4f}  "
+                  f"OpenVINO int8 {acc['openvino_int8'][key]:.4f}  "
+                  f"(change {acc['openvino_int8'][key] - acc['openvino_fp32'][key]:+.4f})")
+        print(f"OpenVINO latency, batch 1 at {tuple(x.shape[-2:])}, {args.threads} threads: fp32 "
+              f"{report['latency_ms']['fp32']:.1f} ms, int8 {report['latency_ms']['int8']:.1f} ms "
+              f"(speed-up {report['speedup']:.2f}x)")
+        write_json(out_dir / "export_report.json", report, indent=1)
+        for key in keys:  # the pair must keep both
+            ev.check_int8_drop({key: acc["openvino_fp32"][key]}, {key: acc["openvino_int8"][key]}, args.int8_max_drop,
+                               f"{int8_path} (on {d.val_split!r})")
+    write_json(out_dir / "export_report.json", report, indent=1)
+    return report
+
+
+def _accuracy_control(cfg, hparams, model, wrapper, path: Path, calib, args) -> list[str]:
+    """``--int8-accuracy-control``: the layers to keep in float (``accuracy_control_layers``) for the validation
+    metric the gate checks; a detector is scored on a raw-mode IR of the same network (the names are the same)."""
+    if cfg.task == "segmentation":
+        dm, names = build_seg_datamodule(cfg), list(hparams.get("class_names") or segmentation_class_names(cfg))
+        return accuracy_control_layers(path, calib, lambda run: ev.evaluate_segmentation(
+            ev.ExportedSegmenter(run), dm, names)["miou"], args.int8_max_drop)
+    ids, _ = categories_from(hparams)
+    dm, size = build_det_datamodule(cfg, category_ids=ids), (cfg.data.image_size, cfg.data.image_size)
+    k = model.num_classes
+    with tempfile.TemporaryDirectory() as tmp:
+        raw = path if wrapper.mode == "raw" else export_openvino(
+            export_onnx(DetectionExport(model, size, "raw"), Path(tmp) / "raw.onnx", size, {}, args.opset),
+            Path(tmp) / "raw.xml")
+        return accuracy_control_layers(raw, calib, lambda run: ev.evaluate_detection(
+            ev.ExportedDetector(run, k), dm, ids, wrapper.postprocess, cfg.eval.coco_evaluator)["map"],
+            args.int8_max_drop)
+
+
+def _openvino_accuracy(cfg, hparams, model, wrapper, fp32, int8, calib, inputs, args, layers: list[str]) -> dict:
+    """Validation accuracy of the PyTorch model and the fp32 and int8 IRs (``OpenVINOBackend``), by the project's
+    eval code. The mAP path needs raw outputs: an ``"nms"`` export is scored through a raw-mode IR of the same
+    network quantised with the same images, which is first checked to give the shipped int8 file's detections. The
+    multi-task pair gets both: mAP as a detector, mIoU of the shipped files' logits (``_pair_segmentation``)."""
+    if cfg.task == "segmentation":
+        dm, names = build_seg_datamodule(cfg), list(hparams.get("class_names") or segmentation_class_names(cfg))
+        models = {"pytorch": model, "openvino_fp32": ev.ExportedSegmenter(fp32.run),
+                  "openvino_int8": ev.ExportedSegmenter(int8.run)}
+        return {k: ev.evaluate_segmentation(m, dm, names) for k, m in models.items()}
+    k, size, pp = model.num_classes, tuple(fp32.fixed_input), wrapper.postprocess
+    ids, _ = categories_from(hparams)
+    dm = build_det_datamodule(cfg, category_ids=ids)
+    pair = cfg.task == "multitask"
+    with tempfile.TemporaryDirectory() as tmp:
+        runs = {"openvino_fp32": fp32.run, "openvino_int8": int8.run}
+        if wrapper.mode == "nms":
+            raw_wrapper = (MultiTaskExport if pair else DetectionExport)(model, size, "raw")  # the same network
+            raw = export_openvino(export_onnx(raw_wrapper, Path(tmp) / "raw.onnx", size, {}, args.opset),
+                                  Path(tmp) / "raw.xml")
+            raw_int8 = quantize_openvino(raw, Path(tmp) / "raw_int8.xml", calib, fp32_heads=args.int8_fp32_heads,
+                                         fp32_layers=layers)
+            runs = {"openvino_fp32": openvino_run(raw, args.threads),
+                    "openvino_int8": openvino_run(raw_int8, args.threads)}
+            for x in inputs:  # the raw int8 graph scored below is the shipped one's network
+                check_outputs(int8.run, ev.ExportedDetector(runs["openvino_int8"], k), "detection", x,
+                              mode="nms", postprocess=pp, source=str(int8.path), runtime="OpenVINO int8")
+        models = {"pytorch": model, **{name: ev.ExportedDetector(run, k) for name, run in runs.items()}}
+        acc = {name: ev.evaluate_detection(m, dm, ids, pp, cfg.eval.coco_evaluator) for name, m in models.items()}
+    if pair:  # the masks of the shipped files themselves
+        masks = {"pytorch": model, "openvino_fp32": ev.ExportedSegmenter(fp32.run),
+                 "openvino_int8": ev.ExportedSegmenter(int8.run)}
+        for name, m in masks.items():
+            acc[name].update(_pair_segmentation(cfg, m, ids, model.seg_num_classes))
+    return acc
+
+
+def _pair_segmentation(cfg, model, category_ids, num_classes: int) -> dict:
+    """mIoU and pixel accuracy of a multi-task ``model`` (``{"out": logits}`` at the network size) on the pair's
+    validation split, as its training module's validation scores them (``segmentation_pairs``)."""
+    from mnv2_vision.data.io.labels import IGNORE_INDEX
+    from mnv2_vision.eval.miou import ConfusionMatrix
+    from mnv2_vision.lit.multitask import build_mt_datamodule, segmentation_pairs
+
+    dm = build_mt_datamodule(cfg, category_ids=category_ids)
+    dm.setup("validate")
+    confmat = ConfusionMatrix(num_classes, IGNORE_INDEX)
+    for pred, mask, _ in segmentation_pairs(model.eval(), dm.val_dataloader()):
+        confmat.update(pred, mask)
+    metrics = confmat.compute()
+    return {"miou": metrics.miou, "pixel_acc": metrics.pixel_acc}
