@@ -3,28 +3,21 @@ function (PyTorch export wrapper → file, fp32 or int8) and a loader (file → 
 
 The entries give every format's file the ONNX export's inputs and output names (``onnx_export._io_names``: raw
 heads ``cls_logits`` / ``bbox_regression`` / ``anchors``, segmentation ``logits``), so each runtime is timed on the
-same raw outputs and its post-processing separately. ONNX Runtime's entry is the shipped export
-(``onnx_export.export_onnx``, ``quantize.quantize_int8``). The OpenVINO and LiteRT entries call the converters
-directly (``openvino.convert_model`` on the ONNX file + NNCF; ``litert_torch.convert`` + its PT2E quantizer), with
-the settings of the ``--format openvino`` / ``--format litert`` exports; when those exports are in the package,
-their functions replace these bodies (``deploy.openvino_export``, ``deploy.litert_export``, and the runtime's
-backends as loaders). A format whose package is missing is skipped with the extra that provides it.
+same raw outputs and its post-processing separately. Each entry writes the files ``tools/export.py`` ships for its
+format (``onnx_export.export_onnx`` + ``quantize.quantize_int8``; ``deploy.openvino_export``; ``deploy.litert_export``)
+and runs them as the runtime does. A format whose package is missing is skipped with the extra that provides it.
 """
 from __future__ import annotations
 
 import importlib.util
-import logging
-import re
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
-import torch
-from torch import Tensor, nn
+from torch import nn
 
-from ..deploy.onnx_export import _io_names, export_onnx, ort_session
+from ..deploy.onnx_export import export_onnx, ort_session
 from ..deploy.quantize import quantize_int8
 
 __all__ = ["Run", "RuntimeFormat", "FORMATS", "available", "NETWORK_SCOPE"]
@@ -66,84 +59,32 @@ def _onnx_load(path: Path, threads: int) -> Run:
 # ---------------------------------------------------------------------------------------------- OpenVINO
 def _openvino_export(wrapper: nn.Module, stem: Path, size: tuple[int, int],
                      calibration: Sequence[np.ndarray] | None) -> Path:
-    """The IR converted from the ONNX export (fixed input size), weights kept fp32 in the ``.bin``; int8 by NNCF
-    post-training quantisation of the network's nodes only, weights per output channel, symmetric activations."""
-    import openvino as ov
+    """``--format openvino``'s files: the IR converted from the ONNX export (fixed input size, fp32 weights); int8
+    by ``quantize_openvino``'s defaults (NNCF, the network's nodes only, weights per output channel)."""
+    from ..deploy.openvino_export import export_openvino, quantize_openvino
 
-    model = ov.convert_model(str(export_onnx(wrapper, stem.with_name(stem.name + "_src.onnx"), size, {})))
-    if calibration is not None:
-        import nncf
-
-        nncf.set_log_level(logging.ERROR)
-        model = nncf.quantize(model, nncf.Dataset([np.ascontiguousarray(c, dtype=np.float32) for c in calibration]),
-                              preset=nncf.QuantizationPreset.PERFORMANCE, target_device=nncf.TargetDevice.CPU,
-                              subset_size=len(calibration),
-                              ignored_scope=nncf.IgnoredScope(patterns=[f"(?!{re.escape(NETWORK_SCOPE)}).*"],
-                                                              validate=False))
-    path = stem.with_suffix(".xml")
-    ov.save_model(model, str(path), compress_to_fp16=False)
-    return path
+    fp32 = export_openvino(export_onnx(wrapper, stem.with_name(stem.name + "_src.onnx"), size, {}),
+                           stem.with_name(stem.name + "_fp32.xml"))
+    return fp32 if calibration is None else quantize_openvino(fp32, stem.with_suffix(".xml"), list(calibration))
 
 
 def _openvino_load(path: Path, threads: int) -> Run:
-    """Compiled for the CPU with ``threads`` threads, one stream, latency hint, and f32 inference precision: on a CPU
-    with bf16 support OpenVINO may otherwise run an fp32 model in bf16."""
-    import openvino as ov
+    """The runtime's compiled IR (``openvino_run``: one stream, latency hint, f32 inference precision, as
+    ``OpenVINOBackend`` runs it; on a CPU with bf16 OpenVINO would otherwise run an fp32 model in bf16)."""
+    from ..deploy.openvino_export import openvino_run
 
-    compiled = ov.Core().compile_model(str(path), "CPU", {"INFERENCE_NUM_THREADS": threads, "NUM_STREAMS": 1,
-                                                          "PERFORMANCE_HINT": "LATENCY",
-                                                          "INFERENCE_PRECISION_HINT": "f32"})
-    request = compiled.create_infer_request()
-    outputs = [(o.get_any_name(), o) for o in compiled.outputs]
-
-    def run(images: np.ndarray) -> dict[str, np.ndarray]:
-        request.infer({0: images})
-        return {name: request.get_tensor(o).data for name, o in outputs}
-    return run
+    return openvino_run(path, threads)
 
 
 # ---------------------------------------------------------------------------------------------- LiteRT
-class _NamedNHWC(nn.Module):
-    """An export wrapper with a channels-last (N, H, W, 3) input and named outputs, 4-D ones channels-last: the
-    layout LiteRT computes in, so the converted graph holds no transposes of its own."""
-
-    def __init__(self, wrapper: nn.Module) -> None:
-        super().__init__()
-        self.wrapper, self.names = wrapper, _io_names(wrapper)[0]
-
-    def forward(self, images: Tensor) -> dict[str, Tensor]:
-        out = self.wrapper(images.permute(0, 3, 1, 2))
-        out = out if isinstance(out, tuple) else (out,)
-        return {n: (o.permute(0, 2, 3, 1) if o.dim() == 4 else o) for n, o in zip(self.names, out)}
-
-
 def _litert_export(wrapper: nn.Module, stem: Path, size: tuple[int, int],
                    calibration: Sequence[np.ndarray] | None) -> Path:
-    """``litert_torch.convert`` at ``size``, batch 1; int8 through its PT2E quantizer (weights symmetric per output
-    channel, activations per tensor, calibrated on ``calibration``)."""
-    import litert_torch
+    """``--format litert``'s file (``export_litert``: channels-last, batch 1 at ``size``); int8 by its PT2E
+    quantizer (weights symmetric per output channel, activations per tensor, calibrated on ``calibration``)."""
+    from ..deploy.litert_export import export_litert
 
-    module = _NamedNHWC(wrapper.eval())
-    sample = {"images": torch.randn(1, int(size[0]), int(size[1]), 3)}
-    quant_config = None
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")  # torch.export's deprecation chatter
-        if calibration is not None:
-            from litert_torch.quantize.pt2e_quantizer import PT2EQuantizer, get_symmetric_quantization_config
-            from litert_torch.quantize.quant_config import QuantConfig
-            from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
-
-            quantizer = PT2EQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
-            graph = prepare_pt2e(torch.export.export(module, (), sample).module(), quantizer)
-            for image in calibration:
-                graph(images=torch.from_numpy(np.asarray(image, dtype=np.float32)).permute(0, 2, 3, 1).contiguous())
-            module, quant_config = convert_pt2e(graph, fold_quantize=False), QuantConfig(pt2e_quantizer=quantizer)
-        for name in ("litert_torch", "absl"):  # their INFO lines name every conversion pass
-            logging.getLogger(name).setLevel(logging.WARNING)
-        converted = litert_torch.convert(module, (), sample, quant_config=quant_config)
-    path = stem.with_suffix(".tflite")
-    path.write_bytes(bytes(converted.model_content()))
-    return path
+    return export_litert(wrapper, stem.with_suffix(".tflite"), size, {},
+                         calibration=None if calibration is None else list(calibration))
 
 
 def _litert_load(path: Path, threads: int) -> Run:
