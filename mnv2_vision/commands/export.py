@@ -42,12 +42,12 @@ from mnv2_vision.files import output_folder, save_torch, write_json
 from mnv2_vision.lit.detection import build_det_datamodule, categories_from
 from mnv2_vision.lit.segmentation import build_seg_datamodule
 from mnv2_vision.ops.postprocess import PostprocessSettings
-from mnv2_vision.perf.timing import time_round_robin
 
 try:  # the deploy extra (onnx, onnxruntime): without it main() names the install command instead of a traceback
     from mnv2_vision.perf import accuracy as ev
     from mnv2_runtime.metadata import decode_props, encode_props, validate_metadata
-    from mnv2_vision.commands.exporting.inputs import calibration, export_metadata, sample_inputs
+    from mnv2_vision.commands.exporting.inputs import (calibration, export_metadata, int8_latency, report_then_gate,
+                                                       sample_inputs)
     from mnv2_vision.deploy.onnx_export import (
         DetectionExport, MultiTaskExport, SegmentationExport, check_parity, export_onnx, ort_session)
     from mnv2_vision.deploy.quantize import quantize_int8
@@ -156,11 +156,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         print(f"wrote {int8_path} (calibrated on {len(calib)} images of {d.train_split!r})")
         sessions = {"fp32": ort_session(path, args.threads), "int8": ort_session(int8_path, args.threads)}
         x = np.ascontiguousarray(inputs[-1][:1].numpy())
-        # Blocks of 11 calls, the first untimed: each timed call finds the cores and caches to itself (see timing.py).
-        timing = time_round_robin({k: (lambda s=s: s.run(None, {"images": x})) for k, s in sessions.items()},
-                                  runs=max(1, args.runs // 10), block=11)
-        report["latency_ms"] = {k: v["median_ms"] for k, v in timing.items()}
-        report["speedup"] = timing["fp32"]["median_ms"] / timing["int8"]["median_ms"]
+        report.update(int8_latency(*(lambda s=s: s.run(None, {"images": x}) for s in sessions.values()), args.runs))
         report["accuracy"] = _accuracy(cfg, hparams, model, kind, size, pp, out_dir, calib, args)
         key = "map" if kind == "detection" else "miou"
         acc = report["accuracy"]
@@ -169,9 +165,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
         print(f"ONNX Runtime latency, batch 1 at {tuple(x.shape[-2:])}, {args.threads} threads: fp32 "
               f"{report['latency_ms']['fp32']:.1f} ms, int8 {report['latency_ms']['int8']:.1f} ms "
               f"(speed-up {report['speedup']:.2f}x)")
-        write_json(out_dir / "export_report.json", report, indent=1)  # the figures stay, also when the gate fails
-        ev.check_int8_drop(acc["onnx_fp32"], acc["onnx_int8"], args.int8_max_drop,
-                           f"{int8_path} ({key} on {d.val_split!r})")
+        report_then_gate(out_dir, report, acc["onnx_fp32"], acc["onnx_int8"], args.int8_max_drop,
+                         f"{int8_path} ({key} on {d.val_split!r})")
     write_json(out_dir / "export_report.json", report, indent=1)
     return report
 

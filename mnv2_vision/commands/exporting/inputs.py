@@ -5,7 +5,8 @@ its parity check runs on and the training images int8 calibrates on (``commands/
 from __future__ import annotations
 
 import dataclasses
-from typing import Sequence
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -15,11 +16,15 @@ from mnv2_vision.config import to_dict
 from mnv2_vision.data import resolve_root
 from mnv2_vision.data.classes import segmentation_class_names
 from mnv2_vision.deploy.quantize import detection_calibration, segmentation_calibration
+from mnv2_vision.files import write_json
 from mnv2_vision.lit.detection import categories_from
 from mnv2_vision.lit.segmentation import build_seg_datamodule
+from mnv2_vision.perf.accuracy import check_int8_drop
+from mnv2_vision.perf.timing import time_round_robin
 from mnv2_vision.version import __version__
 
-__all__ = ["export_metadata", "sample_inputs", "calibration", "segmentation_images", "fixed_size"]
+__all__ = ["export_metadata", "sample_inputs", "calibration", "segmentation_images", "fixed_size", "int8_latency",
+           "report_then_gate"]
 
 
 def export_metadata(cfg, hparams, kind: str, size: tuple[int, int], wrapper) -> dict:
@@ -83,3 +88,18 @@ def fixed_size(images: Sequence[np.ndarray], size: tuple[int, int]) -> list[np.n
     """Images resized (bilinear, half-pixel centres) to a fixed-size graph's input, as ``ExportedSegmenter`` does."""
     return [a if tuple(a.shape[-2:]) == size else F.interpolate(torch.from_numpy(a), size=size, mode="bilinear",
                                                                  align_corners=False).numpy() for a in images]
+
+
+def int8_latency(fp32: Callable[[], Any], int8: Callable[[], Any], runs: int) -> dict:
+    """The fp32 vs int8 latency of one call each (batch 1): ``latency_ms`` (medians) and ``speedup``. Round robin in
+    blocks of 11 calls, the first untimed: each timed call finds the cores and caches to itself (see timing.py)."""
+    timing = time_round_robin({"fp32": fp32, "int8": int8}, runs=max(1, runs // 10), block=11)
+    ms = {k: v["median_ms"] for k, v in timing.items()}
+    return {"latency_ms": ms, "speedup": ms["fp32"] / ms["int8"]}
+
+
+def report_then_gate(out_dir: Path, report: Mapping[str, Any], fp32: Mapping[str, Any], int8: Mapping[str, Any],
+                     max_drop: float, what: str) -> None:
+    """Write ``export_report.json``, then ``check_int8_drop``: the figures stay, also when the gate fails."""
+    write_json(out_dir / "export_report.json", dict(report), indent=1)
+    check_int8_drop(fp32, int8, max_drop, what)

@@ -12,7 +12,8 @@ import numpy as np
 import torch
 
 from mnv2_runtime.backends.litert import LiteRTBackend
-from mnv2_vision.commands.exporting.inputs import calibration, fixed_size, sample_inputs
+from mnv2_vision.commands.exporting.inputs import (calibration, fixed_size, int8_latency, report_then_gate,
+                                                   sample_inputs)
 from mnv2_vision.data.classes import segmentation_class_names
 from mnv2_vision.deploy.litert_export import export_litert
 from mnv2_vision.deploy.onnx_export import check_outputs
@@ -21,7 +22,6 @@ from mnv2_vision.lit.detection import build_det_datamodule, categories_from
 from mnv2_vision.lit.segmentation import build_seg_datamodule
 from mnv2_vision.models.ssdlite import SSDLiteHead
 from mnv2_vision.perf import accuracy as ev
-from mnv2_vision.perf.timing import time_round_robin
 
 __all__ = ["export_litert_format"]
 
@@ -53,10 +53,7 @@ def export_litert_format(args, cfg, hparams, model, wrapper, meta: dict, out_dir
         print(f"wrote {int8_path} (int8, calibrated on {len(calib)} images of {d.train_split!r})")
         int8 = LiteRTBackend(int8_path, args.threads)
         x = np.ascontiguousarray(inputs[-1][:1].numpy())
-        timing = time_round_robin({"fp32": lambda: fp32.run(x), "int8": lambda: int8.run(x)},
-                                  runs=max(1, args.runs // 10), block=11)
-        report["latency_ms"] = {k: v["median_ms"] for k, v in timing.items()}
-        report["speedup"] = timing["fp32"]["median_ms"] / timing["int8"]["median_ms"]
+        report.update(int8_latency(lambda: fp32.run(x), lambda: int8.run(x), args.runs))
         if kind == "segmentation":
             dm, names = build_seg_datamodule(cfg), list(hparams.get("class_names") or segmentation_class_names(cfg))
             models = {"pytorch": model, "litert_fp32": ev.ExportedSegmenter(fp32.run, size),
@@ -74,8 +71,7 @@ def export_litert_format(args, cfg, hparams, model, wrapper, meta: dict, out_dir
               f"{acc['litert_int8'][key]:.4f}  (change {report['int8_change']:+.4f})")
         print(f"LiteRT latency, batch 1 at {size}, {args.threads} threads: fp32 {report['latency_ms']['fp32']:.1f} ms, "
               f"int8 {report['latency_ms']['int8']:.1f} ms (speed-up {report['speedup']:.2f}x)")
-        write_json(out_dir / "export_report.json", report, indent=1)  # the figures stay, also when the gate fails
-        ev.check_int8_drop(acc["litert_fp32"], acc["litert_int8"], args.int8_max_drop,
-                           f"{int8_path} ({key} on {d.val_split!r})")
+        report_then_gate(out_dir, report, acc["litert_fp32"], acc["litert_int8"], args.int8_max_drop,
+                         f"{int8_path} ({key} on {d.val_split!r})")
     write_json(out_dir / "export_report.json", report, indent=1)
     return report

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from mnv2_runtime.backends.openvino import OpenVINOBackend
-from mnv2_vision.commands.exporting.inputs import calibration, sample_inputs
+from mnv2_vision.commands.exporting.inputs import calibration, int8_latency, sample_inputs
 from mnv2_vision.data.classes import segmentation_class_names
 from mnv2_vision.deploy.onnx_export import DetectionExport, MultiTaskExport, check_outputs, export_onnx
 from mnv2_vision.deploy.openvino_export import (accuracy_control_layers, export_openvino, openvino_run,
@@ -22,7 +22,6 @@ from mnv2_vision.files import write_json
 from mnv2_vision.lit.detection import build_det_datamodule, categories_from
 from mnv2_vision.lit.segmentation import build_seg_datamodule
 from mnv2_vision.perf import accuracy as ev
-from mnv2_vision.perf.timing import time_round_robin
 
 __all__ = ["export_openvino_format"]
 
@@ -56,10 +55,7 @@ def export_openvino_format(args, cfg, hparams, model, wrapper, meta: dict, out_d
         print(f"wrote {int8_path} (NNCF, calibrated on {len(calib)} images of {d.train_split!r})")
         int8 = OpenVINOBackend(int8_path, args.threads)
         x = np.ascontiguousarray(inputs[-1][:1].numpy())
-        timing = time_round_robin({"fp32": lambda: fp32.run(x), "int8": lambda: int8.run(x)},
-                                  runs=max(1, args.runs // 10), block=11)
-        report["latency_ms"] = {k: v["median_ms"] for k, v in timing.items()}
-        report["speedup"] = timing["fp32"]["median_ms"] / timing["int8"]["median_ms"]
+        report.update(int8_latency(lambda: fp32.run(x), lambda: int8.run(x), args.runs))
         report["fp32_layers"] = layers
         report["accuracy"] = acc = _openvino_accuracy(cfg, hparams, model, wrapper, fp32, int8, calib, inputs, args,
                                                       layers)
