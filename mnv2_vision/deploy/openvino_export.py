@@ -90,8 +90,9 @@ def _ignored_scope(network_scope: str | None, fp32_heads: bool, fp32_layers: Seq
 
 def _quantized_layers(model: Any) -> set[str]:
     """The names of the operations of an NNCF-quantised ``model`` that read a quantised activation (an input from a
-    ``FakeQuantize``): the layers that run in int8."""
-    return {op.get_friendly_name() for op in model.get_ops() if op.get_type_name() != "FakeQuantize"
+    ``FakeQuantize``): the layers that run in int8. ``ShapeOf`` reads only its input's shape (DeepLab's image
+    pooling broadcasts to the feature map's shape), so it has no precision to keep."""
+    return {op.get_friendly_name() for op in model.get_ops() if op.get_type_name() not in ("FakeQuantize", "ShapeOf")
             and any(v.get_node().get_type_name() == "FakeQuantize" for v in op.input_values())}
 
 
