@@ -502,7 +502,7 @@ def _fuzz_classes_json(run_folders: dict[str, Path], image: Path, n: int, seed: 
     for task, model_pt in run_folders.items():
         cfg = load_config(model_pt.parent / "config.yaml")
         model = build_from_config(cfg, pretrained=False)
-        model.load_state_dict(torch.load(model_pt))
+        model.load_state_dict(torch.load(model_pt, weights_only=True))
         models[task] = (cfg, model, set())
     for i in range(n):
         task = ("detection", "segmentation", "multitask")[i % 3]

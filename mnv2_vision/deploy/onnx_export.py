@@ -37,7 +37,7 @@ from ..ops.postprocess import PostprocessSettings, postprocess_detections
 
 __all__ = [
     "DETECTION_MODES", "DetectionExport", "SegmentationExport", "MultiTaskExport", "export_onnx", "read_onnx",
-    "read_metadata", "ort_session", "ParityError", "MIN_MASK_AGREEMENT", "check_parity", "check_outputs",
+    "read_metadata", "ort_session", "ort_run", "ParityError", "MIN_MASK_AGREEMENT", "check_parity", "check_outputs",
     "match_detections",
 ]
 
@@ -249,6 +249,14 @@ def ort_session(path: str | Path, threads: int = 2, profile_prefix: str | Path |
     return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
 
 
+def ort_run(session) -> Callable[[np.ndarray], dict[str, np.ndarray]]:
+    """An ONNX Runtime session as ``run(images) -> {output name: array}`` (the callable ``check_outputs``, the
+    accuracy wrappers and the benchmark take), ``images`` (N, 3, H, W) float32."""
+    names = [o.name for o in session.get_outputs()]
+    return lambda images: dict(zip(names, session.run(None, {"images": np.ascontiguousarray(images,
+                                                                                            dtype=np.float32)})))
+
+
 class ParityError(AssertionError):
     """The exported model's outputs differ from PyTorch's beyond the tolerance."""
 
@@ -326,13 +334,7 @@ def check_parity(path: str | Path, model: nn.Module, kind: str, images: Tensor, 
                  atol: float = 1e-4, rtol: float = 1e-4, postprocess: PostprocessSettings | None = None,
                  threads: int = 2) -> dict[str, Any]:
     """``check_outputs`` of the ONNX file ``path`` in ONNX Runtime (``threads`` threads)."""
-    session = ort_session(path, threads)
-    names = [o.name for o in session.get_outputs()]
-
-    def run(x: np.ndarray) -> dict[str, np.ndarray]:
-        return dict(zip(names, session.run(None, {"images": x})))
-
-    return check_outputs(run, model, kind, images, mode=mode, atol=atol, rtol=rtol, postprocess=postprocess,
+    return check_outputs(ort_run(ort_session(path, threads)), model, kind, images, mode=mode, atol=atol, rtol=rtol, postprocess=postprocess,
                          source=str(path), runtime="ONNX Runtime")
 
 

@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from ..deploy.onnx_export import ort_run  # re-exported: the accuracy wrappers take a run callable
 from ..errors import UserError
 from ..eval.coco import evaluate_coco, to_coco_results
 from ..ops.boxes import BoxCoder
@@ -27,13 +28,6 @@ __all__ = ["Run", "ort_run", "ExportedDetector", "ExportedSegmenter", "OrtDetect
 
 Run = Callable[[np.ndarray], Mapping[str, np.ndarray]]  # (N, 3, H, W) float32 images → outputs by ONNX name
 _RAW_DETECTION = ("cls_logits", "bbox_regression", "anchors")
-
-
-def ort_run(session) -> Run:
-    """An ONNX Runtime session as a ``Run``: its outputs by name."""
-    names = [o.name for o in session.get_outputs()]
-    return lambda images: dict(zip(names, session.run(None, {"images": np.ascontiguousarray(images,
-                                                                                            dtype=np.float32)})))
 
 
 def _numpy(images: Tensor) -> np.ndarray:

@@ -17,7 +17,7 @@ from typing import Callable, Sequence
 import numpy as np
 from torch import nn
 
-from ..deploy.onnx_export import export_onnx, ort_session
+from ..deploy.onnx_export import export_onnx, ort_run, ort_session
 from ..deploy.quantize import quantize_int8
 
 __all__ = ["Run", "RuntimeFormat", "FORMATS", "available", "NETWORK_SCOPE"]
@@ -51,9 +51,7 @@ def _onnx_export(wrapper: nn.Module, stem: Path, size: tuple[int, int],
 
 
 def _onnx_load(path: Path, threads: int) -> Run:
-    session = ort_session(path, threads)
-    names = [o.name for o in session.get_outputs()]
-    return lambda images: dict(zip(names, session.run(None, {"images": images})))
+    return ort_run(ort_session(path, threads))
 
 
 # ---------------------------------------------------------------------------------------------- OpenVINO
