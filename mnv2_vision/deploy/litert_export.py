@@ -33,6 +33,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from mnv2_runtime.backends.litert import METADATA_NAME  # the reader's entry name: one definition
+
 from ..files import atomic_write
 # encode_props through onnx_export: the metadata module's home moves (mnv2_runtime.metadata), onnx_export follows it
 from .onnx_export import DetectionExport, _io_names, encode_props
@@ -41,7 +43,6 @@ __all__ = ["CHANNELS_LAST", "METADATA_NAME", "EXTERNAL_MIN_BYTES", "NamedOutputs
            "write_metadata", "export_litert", "litert_runner"]
 
 CHANNELS_LAST = True
-METADATA_NAME = "mnv2_vision"  # = runtime/mnv2_runtime/backends/litert.py METADATA_NAME (the reader)
 EXTERNAL_MIN_BYTES = 1024  # buffers this large go after the flatbuffer, 16-byte aligned
 _TFLITE_ID = b"TFL3"
 _PROGRESS_VAR = "LITERT_TORCH_SHOW_PROGRESS"  # litert_torch._config reads it at each progress line
