@@ -21,7 +21,7 @@ import yaml
 from .errors import UserError
 
 __all__ = [
-    "ModelCfg", "DataCfg", "OptimCfg", "SchedCfg", "TrainerCfg", "EvalCfg", "LossCfg", "Config",
+    "ModelCfg", "DataCfg", "OptimCfg", "SchedCfg", "TrainerCfg", "EvalCfg", "LossCfg", "ExportCfg", "Config",
     "ConfigError", "load_config", "config_from_dict", "to_dict", "to_yaml", "save_config", "config_dir",
     "list_configs", "Study", "load_study", "bounded_repr", "parse_yaml",
 ]
@@ -175,6 +175,13 @@ class LossCfg:
 
 
 @dataclass
+class ExportCfg:
+    # tools/export.py --int8 exits non-zero when int8 loses more validation mAP / mIoU than this (absolute; each
+    # metric of the multi-task pair); --int8-max-drop overrides it for one export.
+    int8_max_drop: float = 0.01
+
+
+@dataclass
 class Config:
     task: str = "detection"  # detection | segmentation | classification | multitask
     seed: int = 42
@@ -185,6 +192,7 @@ class Config:
     trainer: TrainerCfg = field(default_factory=TrainerCfg)
     eval: EvalCfg = field(default_factory=EvalCfg)
     loss: LossCfg = field(default_factory=LossCfg)
+    export: ExportCfg = field(default_factory=ExportCfg)
 
     def validate(self) -> "Config":
         def choice(key: str, value: Any, options: Sequence[Any]) -> None:
@@ -251,6 +259,8 @@ class Config:
         for key, v in (("eval.score_thresh", self.eval.score_thresh), ("eval.nms_iou", self.eval.nms_iou)):
             if not 0 <= v <= 1:  # a score and an overlap: outside [0, 1] no box would be kept, or every one
                 raise ConfigError(f"{key} must be in [0, 1], got {bounded_repr(v)}")
+        if not 0 <= self.export.int8_max_drop <= 1:  # an absolute change of a metric in [0, 1]
+            raise ConfigError(f"export.int8_max_drop must be in [0, 1], got {bounded_repr(self.export.int8_max_drop)}")
         return self
 
 

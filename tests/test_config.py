@@ -154,3 +154,15 @@ def test_tools_start_despite_profile_name():
     r = subprocess.run([sys.executable, "-c", "import sys; sys.path.insert(0, 'tools'); import torch._dynamo, profile; "
                         "assert hasattr(profile, 'Profile'), profile"], capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 0, r.stderr[-2000:]
+
+
+def test_export_int8_max_drop_is_a_validated_key():
+    assert Config().export.int8_max_drop == 0.01  # tools/export.py's gate unless the config or --int8-max-drop says
+    assert load_config(None, ["export.int8_max_drop=0.03"]).export.int8_max_drop == 0.03
+    with pytest.raises(ConfigError, match=r"export\.int8_max_drop must be in \[0, 1\], got -0\.5"):
+        load_config(None, ["export.int8_max_drop=-0.5"])
+    with pytest.raises(ConfigError, match=r"'export\.int8_max_dorp'.*did you mean int8_max_drop"):
+        load_config(None, ["export.int8_max_dorp=0.1"])
+    # a checkpoint's config from before the key existed reads with the default
+    old = {k: v for k, v in to_dict(Config()).items() if k != "export"}
+    assert config_from_dict(old).export.int8_max_drop == 0.01

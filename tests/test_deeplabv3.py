@@ -162,3 +162,20 @@ def test_seg_loss_ignores_255_and_never_returns_nan():
     assert logits.grad is not None and torch.count_nonzero(logits.grad) == 0
     with pytest.raises(ValueError, match="0..3"):
         seg_loss(logits, torch.full_like(target, 9))
+
+
+def test_logits_before_upsampling_are_the_heads_stride_and_upsample_to_the_output():
+    """``upsample=False`` (the benchmark's raw network) returns the logits at the output stride; upsampled as the
+    forward does, they are the forward's output bit for bit."""
+    import torch.nn.functional as F
+
+    from mnv2_vision.models import build_model
+
+    torch.manual_seed(0)
+    for name, size, stride in (("deeplabv3_mobilenet_v2", 65, 16), ("ssdlite320_deeplabv3_mobilenet_v2", 64, 8)):  # the pair: its decoder's stride
+        model = build_model(name, width_mult=0.35).eval()
+        x = torch.randn(1, 3, size, size)
+        with torch.no_grad():
+            full, raw = model(x)["out"], model(x, upsample=False)["out"]
+        assert raw.shape[-2:] == (-(-size // stride),) * 2 and full.shape[-2:] == (size, size)
+        assert torch.equal(F.interpolate(raw, size=(size, size), mode="bilinear", align_corners=False), full)

@@ -163,11 +163,13 @@ def _run_tool(argv: list[str]) -> dict:
 
 def test_export_tool_segmentation_int8(tmp_path, shapes_root):
     ckpt = _fake_checkpoint(tmp_path / "seg.ckpt", "deeplabv3_shapes",
-                            ["model.num_classes=5", "model.width_mult=0.35", "data.subset=4", "data.num_workers=0"],
+                            ["model.num_classes=5", "model.width_mult=0.35", "data.subset=4", "data.num_workers=0",
+                             "export.int8_max_drop=0.5"],
                             {"class_names": ["background", "circle", "square", "star", "triangle"]})
     out = tmp_path / "export"
     report = _run_tool(["--ckpt", str(ckpt), "--out", str(out), "--int8", "--calib-images", "2", "--runs", "2",
                         "--check-images", "1"])
+    assert report["int8_max_drop"] == 0.5  # the checkpoint config's export.int8_max_drop, no flag given
     meta = read_metadata(out / "model.onnx")
     assert meta["task"] == "segmentation" and meta["color_order"] == "RGB"
     assert meta["class_names"][1] == "circle" and meta["config"]["model"]["width_mult"] == 0.35

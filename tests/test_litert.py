@@ -286,7 +286,7 @@ def test_export_tool_segmentation_int8_gate(tmp_path, shapes_root, capsys):
     acc = report["accuracy"]
     assert acc["litert_fp32"]["miou"] == pytest.approx(acc["pytorch"]["miou"], abs=1e-3)  # resized to 96 and back
     assert 0.0 <= acc["litert_int8"]["miou"] <= 1.0 and report["latency_ms"]["int8"] > 0
-    assert report["int8_change"] == pytest.approx(acc["litert_int8"]["miou"] - acc["litert_fp32"]["miou"])
+    assert report["int8_change"] == {"miou": pytest.approx(acc["litert_int8"]["miou"] - acc["litert_fp32"]["miou"])}
     meta = LiteRTBackend(out / "model_int8.tflite", 1).metadata
     assert "per-channel" in meta["quantization"] and meta["resize"].startswith("plain resize to input_size")
 

@@ -17,7 +17,7 @@ from mnv2_vision.deploy.onnx_export import read_metadata
 from mnv2_vision.data.classes import multitask_seg_class_names
 from mnv2_vision.lit.multitask import MultiTaskModule, build_mt_datamodule, resolve_mt_classes
 
-from helpers import sets, tool as _tool, train
+from helpers import fails, sets, tool as _tool, train
 
 TINY = sets("data.subset=8", "data.image_size=96", "trainer.max_epochs=1", "data.num_workers=0",
             "data.batch_size=4", "data.val_batch_size=4", "model.width_mult=0.35",
@@ -147,8 +147,22 @@ def test_export_one_onnx_with_both_outputs_parity_checked(trained, tmp_path):
     assert len(report["parity"]) == 2  # a random batch of 2 and validation images
     meta = read_metadata(report["onnx"])
     assert meta["task"] == "multitask" and meta["seg_class_names"] == SHAPES and meta["category_ids"] == [1, 3, 4, 7]
-    with pytest.raises(SystemExit, match="--int8 of the multi-task pair is scored for --format openvino only"):
-        _tool("export").main(["--ckpt", str(out / "ckpt" / "last.ckpt"), "--out", str(tmp_path), "--int8"])
+
+
+def test_export_int8_scores_and_gates_both_tasks_of_the_pair(trained, tmp_path, capsys):
+    out, _ = trained
+    # an allowed drop of -1 fails any int8 model not better than fp32 by 1: the gate names each metric it checks
+    line = fails(capsys, "export", ["--ckpt", str(out / "ckpt" / "last.ckpt"), "--out", str(tmp_path), "--int8",
+                                    "--calib-images", "4", "--runs", "2", "--check-images", "2",
+                                    "--int8-max-drop", "-1"])
+    assert "model_int8.onnx" in line and "int8 mAP" in line and "int8 mIoU" in line and "drop of -1" in line
+    report = json.loads((tmp_path / "export_report.json").read_text())  # written before the gate
+    acc = report["accuracy"]
+    assert report["int8_max_drop"] == -1 and (tmp_path / "model_int8.onnx").is_file()
+    # fp32 files score as the PyTorch pair: boxes through the raw-mode graph, masks from the shipped file's logits
+    for key in ("map", "miou", "pixel_acc"):
+        assert acc["onnx_fp32"][key] == pytest.approx(acc["pytorch"][key], abs=1e-4)
+        assert 0.0 <= acc["onnx_int8"][key] <= 1.0
 
 
 # ---------------------------------------------------------------------------------------------- loss masking

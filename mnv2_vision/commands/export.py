@@ -37,19 +37,15 @@ import torch
 from mnv2_vision.checkpoint import load_model
 from mnv2_vision.commands.cli import add_debug_flag, exit_status, guarded, make_parser, require_extra
 from mnv2_vision.config import save_config
-from mnv2_vision.data.classes import segmentation_class_names
 from mnv2_vision.files import output_folder, save_torch, write_json
-from mnv2_vision.lit.detection import build_det_datamodule, categories_from
-from mnv2_vision.lit.segmentation import build_seg_datamodule
 from mnv2_vision.ops.postprocess import PostprocessSettings
 
 try:  # the deploy extra (onnx, onnxruntime): without it main() names the install command instead of a traceback
-    from mnv2_vision.perf import accuracy as ev
     from mnv2_runtime.metadata import decode_props, encode_props, validate_metadata
-    from mnv2_vision.commands.exporting.inputs import (calibration, export_metadata, int8_latency, report_then_gate,
-                                                       sample_inputs)
+    from mnv2_vision.commands.exporting.inputs import (calibration, export_metadata, int8_latency, print_accuracy,
+                                                       report_then_gate, sample_inputs, score_exports)
     from mnv2_vision.deploy.onnx_export import (
-        DetectionExport, MultiTaskExport, SegmentationExport, check_parity, export_onnx, ort_session)
+        DetectionExport, MultiTaskExport, SegmentationExport, check_parity, export_onnx, ort_run, ort_session)
     from mnv2_vision.deploy.quantize import quantize_int8
     _NO_DEPLOY: ImportError | None = None
 except ImportError as e:
@@ -92,8 +88,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
     p.add_argument("--int8", action="store_true",
                    help="also write model_int8.onnx (.xml) and report accuracy and speed")
     p.add_argument("--calib-images", type=int, default=64, help="training images for int8 calibration")
-    p.add_argument("--int8-max-drop", type=float, default=0.01,
-                   help="exit non-zero when int8 loses more validation mAP / mIoU than this (absolute)")
+    p.add_argument("--int8-max-drop", type=float, default=None,
+                   help="exit non-zero when int8 loses more validation mAP / mIoU than this (absolute; default: the "
+                        "checkpoint config's export.int8_max_drop, 0.01 unless set)")
     p.add_argument("--int8-fp32-heads", action="store_true",
                    help="LiteRT / OpenVINO int8: keep the prediction layers (class / box heads) in float")
     p.add_argument("--int8-accuracy-control", action="store_true",
@@ -108,6 +105,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
     torch.set_num_threads(args.threads)
     cfg, model, hparams = load_model(args.ckpt)
+    if args.int8_max_drop is None:
+        args.int8_max_drop = cfg.export.int8_max_drop
     out_dir = output_folder(Path(args.out) if args.out else Path(args.ckpt).resolve().parent.parent / "export")
     if args.format == "state_dict":
         save_torch(model.state_dict(), out_dir / "model.pt")
@@ -120,9 +119,6 @@ def main(argv: Sequence[str] | None = None) -> dict:
         raise SystemExit(f"error: ONNX export covers detection, segmentation and multi-task checkpoints, not {kind!r}")
     if kind == "multitask" and args.int8_accuracy_control:
         raise SystemExit("error: --int8-accuracy-control covers single-task checkpoints (it controls one metric)")
-    if kind == "multitask" and args.int8 and args.format != "openvino":
-        raise SystemExit("error: --int8 of the multi-task pair is scored for --format openvino only; export the pair "
-                         "in fp32 here (its accuracy check needs both metrics per precision)")
     pp = PostprocessSettings.from_eval(cfg.eval)
     boxes = kind in ("detection", "multitask")
     if args.format == "litert":  # TFLite holds no NMS of postprocess_detections' semantics: the runtime runs it
@@ -158,39 +154,35 @@ def main(argv: Sequence[str] | None = None) -> dict:
         x = np.ascontiguousarray(inputs[-1][:1].numpy())
         report.update(int8_latency(*(lambda s=s: s.run(None, {"images": x}) for s in sessions.values()), args.runs))
         report["accuracy"] = _accuracy(cfg, hparams, model, kind, size, pp, out_dir, calib, args)
-        key = "map" if kind == "detection" else "miou"
         acc = report["accuracy"]
-        print(f"{key}: PyTorch {acc['pytorch'][key]:.4f}  ONNX fp32 {acc['onnx_fp32'][key]:.4f}  "
-              f"ONNX int8 {acc['onnx_int8'][key]:.4f}  (change {acc['onnx_int8'][key] - acc['onnx_fp32'][key]:+.4f})")
+        print_accuracy(acc, kind, "onnx", "ONNX")
         print(f"ONNX Runtime latency, batch 1 at {tuple(x.shape[-2:])}, {args.threads} threads: fp32 "
               f"{report['latency_ms']['fp32']:.1f} ms, int8 {report['latency_ms']['int8']:.1f} ms "
               f"(speed-up {report['speedup']:.2f}x)")
         report_then_gate(out_dir, report, acc["onnx_fp32"], acc["onnx_int8"], args.int8_max_drop,
-                         f"{int8_path} ({key} on {d.val_split!r})")
+                         f"{int8_path} (on {d.val_split!r})")
     write_json(out_dir / "export_report.json", report, indent=1)
     return report
 
 
 def _accuracy(cfg, hparams, model, kind, size, pp, out_dir: Path, calib, args) -> dict:
-    """Validation accuracy of the PyTorch model, the fp32 and the int8 ONNX models, by the project's eval code."""
+    """Validation accuracy of the PyTorch model, the fp32 and the int8 ONNX models (``score_exports``). The mAP path
+    is the validation loop's (raw outputs → postprocess_detections), so boxes are scored on raw-mode exports of the
+    same network, quantised with the same calibration images; masks on the shipped files' logits."""
+    shipped = {"onnx_fp32": ort_run(ort_session(out_dir / "model.onnx", args.threads)),
+               "onnx_int8": ort_run(ort_session(out_dir / "model_int8.onnx", args.threads))}
     if kind == "segmentation":
-        dm, names = build_seg_datamodule(cfg), list(hparams.get("class_names") or segmentation_class_names(cfg))
-        models = {"pytorch": model, "onnx_fp32": ev.OrtSegmenter(ort_session(out_dir / "model.onnx", args.threads)),
-                  "onnx_int8": ev.OrtSegmenter(ort_session(out_dir / "model_int8.onnx", args.threads))}
-        return {k: ev.evaluate_segmentation(m, dm, names) for k, m in models.items()}
-    # The mAP path is the validation loop's (raw outputs → postprocess_detections), so score raw-mode exports of the
-    # same network, quantised with the same calibration images.
-    raw = export_onnx(DetectionExport(model, size, "raw"), out_dir / "eval_raw.onnx", size, {}, args.opset)
+        return score_exports(cfg, hparams, model, pp, {}, shipped)
+    wrapper = (MultiTaskExport if kind == "multitask" else DetectionExport)(model, size, "raw")
+    raw = export_onnx(wrapper, out_dir / "eval_raw.onnx", size, {}, args.opset)
     raw_int8 = quantize_int8(raw, out_dir / "eval_raw_int8.onnx", calib)
-    ids, _ = categories_from(hparams)
-    dm = build_det_datamodule(cfg, category_ids=ids)
-    k = model.num_classes
-    models = {"pytorch": model, "onnx_fp32": ev.OrtDetector(ort_session(raw, args.threads), k),
-              "onnx_int8": ev.OrtDetector(ort_session(raw_int8, args.threads), k)}
-    out = {name: ev.evaluate_detection(m, dm, ids, pp, cfg.eval.coco_evaluator) for name, m in models.items()}
-    raw.unlink()
-    raw_int8.unlink()
-    return out
+    try:
+        detectors = {"onnx_fp32": ort_run(ort_session(raw, args.threads)),
+                     "onnx_int8": ort_run(ort_session(raw_int8, args.threads))}
+        return score_exports(cfg, hparams, model, pp, detectors, shipped)
+    finally:
+        raw.unlink()
+        raw_int8.unlink()
 
 
 def console() -> int:

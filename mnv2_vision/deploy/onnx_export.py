@@ -148,22 +148,29 @@ class DetectionExport(nn.Module):
 
 
 class SegmentationExport(nn.Module):
-    """DeepLab's ``{"out": logits}`` as a plain tensor output."""
+    """DeepLab's ``{"out": logits}`` as a plain tensor output: at the input size, or at the output stride with
+    ``upsample=False`` (the benchmark's raw network; not a shipped file)."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, upsample: bool = True) -> None:
         super().__init__()
-        self.model = model
+        self.model, self.upsample = model, upsample
 
     def forward(self, images: Tensor) -> Tensor:
-        return self.model(images)["out"]
+        return self.model(images, upsample=self.upsample)["out"]
 
 
 class MultiTaskExport(DetectionExport):
     """The SSDLite + DeepLab pair: ``DetectionExport``'s outputs (either mode) and the segmentation ``logits``, from
-    one forward pass. Arguments as ``DetectionExport``."""
+    one forward pass. Arguments as ``DetectionExport``, and ``upsample`` as ``SegmentationExport``'s."""
+
+    def __init__(self, model: nn.Module, image_size: tuple[int, int], mode: str,
+                 postprocess: PostprocessSettings | None = None, coder: BoxCoder | None = None, *,
+                 upsample: bool = True) -> None:
+        super().__init__(model, image_size, mode, postprocess, coder)
+        self.upsample = upsample
 
     def forward(self, images: Tensor) -> tuple[Tensor, ...]:
-        raw = self.model(images)
+        raw = self.model(images, upsample=self.upsample)
         return (*self.detections(raw, images), raw["out"])
 
 

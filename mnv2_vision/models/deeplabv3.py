@@ -153,10 +153,14 @@ class DeepLabV3(nn.Module):
     def _init_head(self) -> None:
         init_segmentation_head(self.head, self.classifier)
 
-    def forward(self, x: Tensor) -> dict[str, Tensor]:
+    def forward(self, x: Tensor, upsample: bool = True) -> dict[str, Tensor]:
+        """``{"out": logits}`` at the input size; ``upsample=False``: at the output stride (what the benchmark times
+        as the network, the upsampling being post-processing there)."""
         size = x.shape[-2:]
         feats = self.backbone.forward_features(x, [self.tap_name])[self.tap_name]  # (N, C_tap, ⌈H/os⌉, ⌈W/os⌉)
         logits = self.classifier(self.head(feats))
+        if not upsample:
+            return {"out": logits}
         # Bilinear upsampling of logits to the input size (DeepLabv3 §4); align_corners=False is PyTorch's convention
         # and keeps pixel centres aligned for sizes that are not 16k+1.
         return {"out": F.interpolate(logits, size=size, mode="bilinear", align_corners=False)}

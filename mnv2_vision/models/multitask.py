@@ -200,7 +200,9 @@ class SSDLiteDeepLabV3(SSDLite):
         taps = [f for f in backbone.feature_info if f.stride <= 16 and not f.expand]
         return taps[-1].name
 
-    def forward(self, images: Tensor) -> dict[str, Tensor]:
+    def forward(self, images: Tensor, upsample: bool = True) -> dict[str, Tensor]:
+        """SSDLite's raw outputs and ``"out"``: the segmentation logits at the input size (``upsample=False``: at
+        the segmentation head's stride)."""
         taps = self.backbone.forward_features(images, self.backbone_taps)
         features = [taps[t] for t in self.taps]
         if self.sharing == "os16":
@@ -210,9 +212,9 @@ class SSDLiteDeepLabV3(SSDLite):
         seg = self.seg_head(seg)
         if self.sharing == "os32":
             seg = self.seg_decoder(seg, [taps[t] for t in self.decoder_taps])
-        # Bilinear upsampling of the logits to the input size, as DeepLabV3 does.
-        out["out"] = F.interpolate(self.seg_classifier(seg), size=images.shape[-2:], mode="bilinear",
-                                   align_corners=False)
+        out["out"] = self.seg_classifier(seg)
+        if upsample:  # bilinear upsampling of the logits to the input size, as DeepLabV3 does
+            out["out"] = F.interpolate(out["out"], size=images.shape[-2:], mode="bilinear", align_corners=False)
         return out
 
 

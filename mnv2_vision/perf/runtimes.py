@@ -2,9 +2,12 @@
 PyTorch CPU graph and every export format (``perf.formats.FORMATS``) in fp32 and int8, side by side in one run.
 
 Each network is timed on its raw outputs (detection: class logits and box regression, no NMS; segmentation: the
-logits at the input size), batch 1, random weights; the post-processing that turns those outputs into results
-(``postprocess_detections`` with the benchmark's settings; the mask's argmax) is timed on each row's own outputs and
-shown in its own column. All candidates of all tables run round-robin in blocks (``timing.time_round_robin``), so
+logits at the head's output stride, before the bilinear upsampling), batch 1, random weights; the post-processing
+that turns those outputs into results (``postprocess_detections`` with the benchmark's settings; the logits'
+upsampling to the input size and the mask's argmax) is timed on each row's own outputs and shown in its own column.
+So the network columns hold the work the compute floor counts (a bilinear resize has no multiply-adds), for
+detection and segmentation alike; the shipped segmentation files upsample inside the graph, which adds the
+post-processing column's upsampling to their time. All candidates of all tables run round-robin in blocks (``timing.time_round_robin``), so
 load from elsewhere hits them alike: compare ratios within one run. Each row also says how far its outputs are from
 the eager model's (``max |Δ| / max |ref|`` over the raw outputs): fp32 rows at float rounding, int8 rows
 quantisation error.
@@ -64,7 +67,20 @@ def _spread_outputs(model: nn.Module) -> None:
 def _wrapper(key: str, model: nn.Module, size: tuple[int, int]) -> nn.Module:
     if key == "ssdlite":
         return DetectionExport(model, size, "raw")
-    return SegmentationExport(model) if key == "deeplab" else MultiTaskExport(model, size, "raw")
+    if key == "deeplab":
+        return SegmentationExport(model, upsample=False)
+    return MultiTaskExport(model, size, "raw", upsample=False)
+
+
+class _RawNetwork(nn.Module):
+    """The model's raw outputs: segmentation logits at the head's stride (``upsample=False``)."""
+
+    def __init__(self, model: nn.Module, key: str) -> None:
+        super().__init__()
+        self.model, self.segments = model, key != "ssdlite"
+
+    def forward(self, x: Tensor) -> dict[str, Tensor]:
+        return self.model(x, upsample=False) if self.segments else self.model(x)
 
 
 def _torch_run(graph: Callable[[Tensor], dict[str, Tensor]], x: Tensor) -> Callable[[], dict[str, Tensor]]:
@@ -75,7 +91,7 @@ def _torch_run(graph: Callable[[Tensor], dict[str, Tensor]], x: Tensor) -> Calla
 def _postprocess(key: str, model: nn.Module, size: tuple[int, int],
                  pp: PostprocessSettings) -> Callable[[dict[str, Any]], Any]:
     """What the predictor does with the raw outputs (at the network size): per-class NMS of the decoded boxes,
-    and/or the mask's argmax."""
+    and/or the logits' bilinear upsampling to the input size (as the model's own) and the mask's argmax."""
     anchors, coder = (model.anchors(size), BoxCoder()) if key != "deeplab" else (None, None)
 
     def post(out: dict[str, Any]) -> Any:
@@ -85,7 +101,8 @@ def _postprocess(key: str, model: nn.Module, size: tuple[int, int],
                                               torch.as_tensor(out["bbox_regression"]), anchors, coder, size, [size],
                                               pp))
         if "logits" in out:
-            res.append(torch.as_tensor(out["logits"]).argmax(1))
+            logits = F.interpolate(torch.as_tensor(out["logits"]), size=size, mode="bilinear", align_corners=False)
+            res.append(logits.argmax(1))
         return res
     return post
 
@@ -113,7 +130,8 @@ def _candidates(key: str, model: nn.Module, x: Tensor, formats: Sequence[str], t
     int8 file (exported under ``tmp``), and each file's export seconds."""
     size = (int(x.shape[-2]), int(x.shape[-1]))
     rows: dict[str, tuple[str, Callable[[], Any]]] = {
-        PYTORCH: ("fp32", _torch_run(freeze_for_cpu(model, x), x.contiguous(memory_format=torch.channels_last)))}
+        PYTORCH: ("fp32", _torch_run(freeze_for_cpu(_RawNetwork(model, key), x),
+                                     x.contiguous(memory_format=torch.channels_last)))}
     export_s: dict[str, float] = {}
     images = np.ascontiguousarray(x.numpy())
     calibration = _calibration(key, size, calib_images)
@@ -135,7 +153,8 @@ def _peer(size: tuple[int, int], num_classes: int) -> tuple[nn.Module, Callable[
     peer = lraspp_mobilenet_v3_large(weights=None, weights_backbone=None, num_classes=num_classes).eval()
     peer = peer.to(memory_format=torch.channels_last)
     x = torch.randn(1, 3, *size).contiguous(memory_format=torch.channels_last)
-    return peer, lambda: {"logits": peer(x)["out"]}
+    # its raw outputs as ours: the classifier's logits at stride 8, before torchvision's upsampling to the input size
+    return peer, lambda: {"logits": peer.classifier(peer.backbone(x))}
 
 
 def runtime_tables(models: Sequence[str], det_size: int, seg_size: int, formats: Sequence[str],
@@ -170,7 +189,7 @@ def runtime_tables(models: Sequence[str], det_size: int, seg_size: int, formats:
             rows[PEER] = ("fp32", peer_run)
             madds[PEER] = count_madds(peer_model, size)
         with torch.no_grad():
-            ref = _torch_run(model, x)()  # the eager model: every row's outputs are compared with it
+            ref = _torch_run(_RawNetwork(model, key), x)()  # the eager model: every row's outputs are compared with it
         post = _postprocess(key, model, size, postprocess)
         table = tables[key] = {"name": NAMES[key], "input": list(size), "madds_b": ours / 1e9,
                                "export_s": export_s, "rows": []}

@@ -1,6 +1,6 @@
 """What every format of ``tools/export.py`` shares: the metadata an exported file carries, the validation images
-its parity check runs on and the training images int8 calibrates on (``commands/export.py`` imports it with the
-``deploy`` extra; ``litert.py`` and ``openvino.py`` after it).
+its parity check runs on, the training images int8 calibrates on and the validation scoring of the fp32 and int8
+files (``commands/export.py`` imports it with the ``deploy`` extra; ``litert.py`` and ``openvino.py`` after it).
 """
 from __future__ import annotations
 
@@ -17,14 +17,18 @@ from mnv2_vision.data import resolve_root
 from mnv2_vision.data.classes import segmentation_class_names
 from mnv2_vision.deploy.quantize import detection_calibration, segmentation_calibration
 from mnv2_vision.files import write_json
-from mnv2_vision.lit.detection import categories_from
+from mnv2_vision.lit.detection import build_det_datamodule, categories_from
 from mnv2_vision.lit.segmentation import build_seg_datamodule
-from mnv2_vision.perf.accuracy import check_int8_drop
+from mnv2_vision.ops.postprocess import PostprocessSettings
+from mnv2_vision.perf import accuracy as ev
 from mnv2_vision.perf.timing import time_round_robin
 from mnv2_vision.version import __version__
 
 __all__ = ["export_metadata", "sample_inputs", "calibration", "segmentation_images", "fixed_size", "int8_latency",
-           "report_then_gate"]
+           "METRICS", "score_exports", "print_accuracy", "report_then_gate"]
+
+# the validation metrics each task's int8 gate checks (the pair keeps both)
+METRICS = {"detection": ("map",), "segmentation": ("miou",), "multitask": ("map", "miou")}
 
 
 def export_metadata(cfg, hparams, kind: str, size: tuple[int, int], wrapper) -> dict:
@@ -98,8 +102,60 @@ def int8_latency(fp32: Callable[[], Any], int8: Callable[[], Any], runs: int) ->
     return {"latency_ms": ms, "speedup": ms["fp32"] / ms["int8"]}
 
 
-def report_then_gate(out_dir: Path, report: Mapping[str, Any], fp32: Mapping[str, Any], int8: Mapping[str, Any],
+def score_exports(cfg, hparams, model, postprocess: PostprocessSettings, detectors: Mapping[str, ev.Run],
+                  segmenters: Mapping[str, ev.Run], seg_fixed: tuple[int, int] | None = None) -> dict[str, dict]:
+    """Validation accuracy of the PyTorch ``model`` (``"pytorch"``) and of each exported file, by the project's eval
+    code: mAP of the raw-mode runs in ``detectors`` (a detector, or the pair's boxes), mIoU of the runs in
+    ``segmenters`` whose ``logits`` are the shipped file's (segmentation: each image at its own size, or resized to
+    ``seg_fixed`` and back; the pair: at the network size, as its training module's validation). Both for the pair,
+    under the same names."""
+    kind = cfg.task
+    if kind == "segmentation":
+        dm, names = build_seg_datamodule(cfg), list(hparams.get("class_names") or segmentation_class_names(cfg))
+        models = {"pytorch": model, **{k: ev.ExportedSegmenter(run, seg_fixed) for k, run in segmenters.items()}}
+        return {k: ev.evaluate_segmentation(m, dm, names) for k, m in models.items()}
+    ids, _ = categories_from(hparams)
+    dm, k = build_det_datamodule(cfg, category_ids=ids), model.num_classes
+    models = {"pytorch": model, **{name: ev.ExportedDetector(run, k) for name, run in detectors.items()}}
+    out = {name: ev.evaluate_detection(m, dm, ids, postprocess, cfg.eval.coco_evaluator) for name, m in models.items()}
+    if kind == "multitask":  # the masks of the shipped files themselves
+        masks = {"pytorch": model, **{name: ev.ExportedSegmenter(run) for name, run in segmenters.items()}}
+        for name, m in masks.items():
+            out[name].update(_pair_segmentation(cfg, m, ids, model.seg_num_classes))
+    return out
+
+
+def _pair_segmentation(cfg, model, category_ids, num_classes: int) -> dict:
+    """mIoU and pixel accuracy of a multi-task ``model`` (``{"out": logits}`` at the network size) on the pair's
+    validation split, as its training module's validation scores them (``segmentation_pairs``)."""
+    from mnv2_vision.data.io.labels import IGNORE_INDEX
+    from mnv2_vision.eval.miou import ConfusionMatrix
+    from mnv2_vision.lit.multitask import build_mt_datamodule, segmentation_pairs
+
+    dm = build_mt_datamodule(cfg, category_ids=category_ids)
+    dm.setup("validate")
+    confmat = ConfusionMatrix(num_classes, IGNORE_INDEX)
+    for pred, mask, _ in segmentation_pairs(model.eval(), dm.val_dataloader()):
+        confmat.update(pred, mask)
+    metrics = confmat.compute()
+    return {"miou": metrics.miou, "pixel_acc": metrics.pixel_acc}
+
+
+def print_accuracy(acc: Mapping[str, Mapping[str, Any]], kind: str, fmt: str, name: str) -> dict[str, float]:
+    """Print PyTorch, fp32 and int8 of each metric of ``kind`` (``acc`` from ``score_exports`` with the run names
+    ``{fmt}_fp32`` / ``{fmt}_int8``); returns each int8 − fp32 change."""
+    fp32, int8 = acc[f"{fmt}_fp32"], acc[f"{fmt}_int8"]
+    changes = {k: float(int8[k]) - float(fp32[k]) for k in METRICS[kind]}
+    for k, change in changes.items():
+        print(f"{k}: PyTorch {acc['pytorch'][k]:.4f}  {name} fp32 {fp32[k]:.4f}  {name} int8 {int8[k]:.4f}  "
+              f"(change {change:+.4f})")
+    return changes
+
+
+def report_then_gate(out_dir: Path, report: dict[str, Any], fp32: Mapping[str, Any], int8: Mapping[str, Any],
                      max_drop: float, what: str) -> None:
-    """Write ``export_report.json``, then ``check_int8_drop``: the figures stay, also when the gate fails."""
-    write_json(out_dir / "export_report.json", dict(report), indent=1)
-    check_int8_drop(fp32, int8, max_drop, what)
+    """Write ``export_report.json`` (``report`` gains the ``int8_max_drop`` applied), then ``check_int8_drop`` (every
+    metric the results share: both for the pair): the figures stay, also when the gate fails."""
+    report["int8_max_drop"] = max_drop
+    write_json(out_dir / "export_report.json", report, indent=1)
+    ev.check_int8_drop(fp32, int8, max_drop, what)

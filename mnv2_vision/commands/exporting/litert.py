@@ -12,16 +12,12 @@ import numpy as np
 import torch
 
 from mnv2_runtime.backends.litert import LiteRTBackend
-from mnv2_vision.commands.exporting.inputs import (calibration, fixed_size, int8_latency, report_then_gate,
-                                                   sample_inputs)
-from mnv2_vision.data.classes import segmentation_class_names
+from mnv2_vision.commands.exporting.inputs import (calibration, fixed_size, int8_latency, print_accuracy,
+                                                   report_then_gate, sample_inputs, score_exports)
 from mnv2_vision.deploy.litert_export import export_litert
 from mnv2_vision.deploy.onnx_export import check_outputs
 from mnv2_vision.files import write_json
-from mnv2_vision.lit.detection import build_det_datamodule, categories_from
-from mnv2_vision.lit.segmentation import build_seg_datamodule
 from mnv2_vision.models.ssdlite import SSDLiteHead
-from mnv2_vision.perf import accuracy as ev
 
 __all__ = ["export_litert_format"]
 
@@ -46,7 +42,7 @@ def export_litert_format(args, cfg, hparams, model, wrapper, meta: dict, out_dir
     if args.int8:
         d = cfg.data
         calib = fixed_size(calibration(cfg, kind, args.calib_images), size)
-        heads = (SSDLiteHead,) if args.int8_fp32_heads and kind == "detection" else ()
+        heads = (SSDLiteHead,) if args.int8_fp32_heads and kind != "segmentation" else ()
         int8_path = export_litert(wrapper, out_dir / "model_int8.tflite", size, {**meta, "quantization": (
             "int8 PT2E (litert-torch): symmetric per-channel weights, per-tensor activations"
             + (", float heads" if heads else ""))}, calibration=calib, float_modules=heads)
@@ -54,24 +50,13 @@ def export_litert_format(args, cfg, hparams, model, wrapper, meta: dict, out_dir
         int8 = LiteRTBackend(int8_path, args.threads)
         x = np.ascontiguousarray(inputs[-1][:1].numpy())
         report.update(int8_latency(lambda: fp32.run(x), lambda: int8.run(x), args.runs))
-        if kind == "segmentation":
-            dm, names = build_seg_datamodule(cfg), list(hparams.get("class_names") or segmentation_class_names(cfg))
-            models = {"pytorch": model, "litert_fp32": ev.ExportedSegmenter(fp32.run, size),
-                      "litert_int8": ev.ExportedSegmenter(int8.run, size)}
-            acc = {k: ev.evaluate_segmentation(m, dm, names) for k, m in models.items()}
-        else:
-            ids, _ = categories_from(hparams)
-            dm, k = build_det_datamodule(cfg, category_ids=ids), model.num_classes
-            models = {"pytorch": model, "litert_fp32": ev.ExportedDetector(fp32.run, k),
-                      "litert_int8": ev.ExportedDetector(int8.run, k)}
-            acc = {n: ev.evaluate_detection(m, dm, ids, pp, cfg.eval.coco_evaluator) for n, m in models.items()}
-        report["accuracy"], key = acc, "map" if kind == "detection" else "miou"
-        report["int8_change"] = float(acc["litert_int8"][key]) - float(acc["litert_fp32"][key])
-        print(f"{key}: PyTorch {acc['pytorch'][key]:.4f}  LiteRT fp32 {acc['litert_fp32'][key]:.4f}  LiteRT int8 "
-              f"{acc['litert_int8'][key]:.4f}  (change {report['int8_change']:+.4f})")
+        runs = {"litert_fp32": fp32.run, "litert_int8": int8.run}  # raw heads: scored as shipped
+        report["accuracy"] = acc = score_exports(cfg, hparams, model, pp, {} if kind == "segmentation" else runs, runs,
+                                                 seg_fixed=size)
+        report["int8_change"] = print_accuracy(acc, kind, "litert", "LiteRT")
         print(f"LiteRT latency, batch 1 at {size}, {args.threads} threads: fp32 {report['latency_ms']['fp32']:.1f} ms, "
               f"int8 {report['latency_ms']['int8']:.1f} ms (speed-up {report['speedup']:.2f}x)")
         report_then_gate(out_dir, report, acc["litert_fp32"], acc["litert_int8"], args.int8_max_drop,
-                         f"{int8_path} ({key} on {d.val_split!r})")
+                         f"{int8_path} (on {d.val_split!r})")
     write_json(out_dir / "export_report.json", report, indent=1)
     return report

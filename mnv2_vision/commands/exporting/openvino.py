@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 
 from mnv2_runtime.backends.openvino import OpenVINOBackend
-from mnv2_vision.commands.exporting.inputs import calibration, int8_latency, sample_inputs
+from mnv2_vision.commands.exporting.inputs import (calibration, int8_latency, print_accuracy, report_then_gate,
+                                                   sample_inputs, score_exports)
 from mnv2_vision.data.classes import segmentation_class_names
 from mnv2_vision.deploy.onnx_export import DetectionExport, MultiTaskExport, check_outputs, export_onnx
 from mnv2_vision.deploy.openvino_export import (accuracy_control_layers, export_openvino, openvino_run,
@@ -59,18 +60,12 @@ def export_openvino_format(args, cfg, hparams, model, wrapper, meta: dict, out_d
         report["fp32_layers"] = layers
         report["accuracy"] = acc = _openvino_accuracy(cfg, hparams, model, wrapper, fp32, int8, calib, inputs, args,
                                                       layers)
-        keys = {"detection": ["map"], "segmentation": ["miou"], "multitask": ["map", "miou"]}[kind]
-        for key in keys:
-            print(f"{key}: PyTorch {acc['pytorch'][key]:.4f}  OpenVINO fp32 {acc['openvino_fp32'][key]:.4f}  "
-                  f"OpenVINO int8 {acc['openvino_int8'][key]:.4f}  "
-                  f"(change {acc['openvino_int8'][key] - acc['openvino_fp32'][key]:+.4f})")
+        print_accuracy(acc, kind, "openvino", "OpenVINO")
         print(f"OpenVINO latency, batch 1 at {tuple(x.shape[-2:])}, {args.threads} threads: fp32 "
               f"{report['latency_ms']['fp32']:.1f} ms, int8 {report['latency_ms']['int8']:.1f} ms "
               f"(speed-up {report['speedup']:.2f}x)")
-        write_json(out_dir / "export_report.json", report, indent=1)
-        for key in keys:  # the pair must keep both
-            ev.check_int8_drop({key: acc["openvino_fp32"][key]}, {key: acc["openvino_int8"][key]}, args.int8_max_drop,
-                               f"{int8_path} (on {d.val_split!r})")
+        report_then_gate(out_dir, report, acc["openvino_fp32"], acc["openvino_int8"], args.int8_max_drop,
+                         f"{int8_path} (on {d.val_split!r})")
     write_json(out_dir / "export_report.json", report, indent=1)
     return report
 
@@ -95,53 +90,24 @@ def _accuracy_control(cfg, hparams, model, wrapper, path: Path, calib, args) -> 
 
 
 def _openvino_accuracy(cfg, hparams, model, wrapper, fp32, int8, calib, inputs, args, layers: list[str]) -> dict:
-    """Validation accuracy of the PyTorch model and the fp32 and int8 IRs (``OpenVINOBackend``), by the project's
-    eval code. The mAP path needs raw outputs: an ``"nms"`` export is scored through a raw-mode IR of the same
-    network quantised with the same images, which is first checked to give the shipped int8 file's detections. The
-    multi-task pair gets both: mAP as a detector, mIoU of the shipped files' logits (``_pair_segmentation``)."""
+    """Validation accuracy of the PyTorch model and the fp32 and int8 IRs (``OpenVINOBackend``, ``score_exports``).
+    The mAP path needs raw outputs: an ``"nms"`` export is scored through a raw-mode IR of the same network quantised
+    with the same images, which is first checked to give the shipped int8 file's detections; masks (segmentation, the
+    pair) are the shipped files' own."""
+    shipped = {"openvino_fp32": fp32.run, "openvino_int8": int8.run}
     if cfg.task == "segmentation":
-        dm, names = build_seg_datamodule(cfg), list(hparams.get("class_names") or segmentation_class_names(cfg))
-        models = {"pytorch": model, "openvino_fp32": ev.ExportedSegmenter(fp32.run),
-                  "openvino_int8": ev.ExportedSegmenter(int8.run)}
-        return {k: ev.evaluate_segmentation(m, dm, names) for k, m in models.items()}
+        return score_exports(cfg, hparams, model, None, {}, shipped)
     k, size, pp = model.num_classes, tuple(fp32.fixed_input), wrapper.postprocess
-    ids, _ = categories_from(hparams)
-    dm = build_det_datamodule(cfg, category_ids=ids)
-    pair = cfg.task == "multitask"
+    if wrapper.mode == "raw":
+        return score_exports(cfg, hparams, model, pp, shipped, shipped)
     with tempfile.TemporaryDirectory() as tmp:
-        runs = {"openvino_fp32": fp32.run, "openvino_int8": int8.run}
-        if wrapper.mode == "nms":
-            raw_wrapper = (MultiTaskExport if pair else DetectionExport)(model, size, "raw")  # the same network
-            raw = export_openvino(export_onnx(raw_wrapper, Path(tmp) / "raw.onnx", size, {}, args.opset),
-                                  Path(tmp) / "raw.xml")
-            raw_int8 = quantize_openvino(raw, Path(tmp) / "raw_int8.xml", calib, fp32_heads=args.int8_fp32_heads,
-                                         fp32_layers=layers)
-            runs = {"openvino_fp32": openvino_run(raw, args.threads),
-                    "openvino_int8": openvino_run(raw_int8, args.threads)}
-            for x in inputs:  # the raw int8 graph scored below is the shipped one's network
-                check_outputs(int8.run, ev.ExportedDetector(runs["openvino_int8"], k), "detection", x,
-                              mode="nms", postprocess=pp, source=str(int8.path), runtime="OpenVINO int8")
-        models = {"pytorch": model, **{name: ev.ExportedDetector(run, k) for name, run in runs.items()}}
-        acc = {name: ev.evaluate_detection(m, dm, ids, pp, cfg.eval.coco_evaluator) for name, m in models.items()}
-    if pair:  # the masks of the shipped files themselves
-        masks = {"pytorch": model, "openvino_fp32": ev.ExportedSegmenter(fp32.run),
-                 "openvino_int8": ev.ExportedSegmenter(int8.run)}
-        for name, m in masks.items():
-            acc[name].update(_pair_segmentation(cfg, m, ids, model.seg_num_classes))
-    return acc
-
-
-def _pair_segmentation(cfg, model, category_ids, num_classes: int) -> dict:
-    """mIoU and pixel accuracy of a multi-task ``model`` (``{"out": logits}`` at the network size) on the pair's
-    validation split, as its training module's validation scores them (``segmentation_pairs``)."""
-    from mnv2_vision.data.io.labels import IGNORE_INDEX
-    from mnv2_vision.eval.miou import ConfusionMatrix
-    from mnv2_vision.lit.multitask import build_mt_datamodule, segmentation_pairs
-
-    dm = build_mt_datamodule(cfg, category_ids=category_ids)
-    dm.setup("validate")
-    confmat = ConfusionMatrix(num_classes, IGNORE_INDEX)
-    for pred, mask, _ in segmentation_pairs(model.eval(), dm.val_dataloader()):
-        confmat.update(pred, mask)
-    metrics = confmat.compute()
-    return {"miou": metrics.miou, "pixel_acc": metrics.pixel_acc}
+        raw_wrapper = (MultiTaskExport if cfg.task == "multitask" else DetectionExport)(model, size, "raw")
+        raw = export_openvino(export_onnx(raw_wrapper, Path(tmp) / "raw.onnx", size, {}, args.opset),
+                              Path(tmp) / "raw.xml")
+        raw_int8 = quantize_openvino(raw, Path(tmp) / "raw_int8.xml", calib, fp32_heads=args.int8_fp32_heads,
+                                     fp32_layers=layers)
+        runs = {"openvino_fp32": openvino_run(raw, args.threads), "openvino_int8": openvino_run(raw_int8, args.threads)}
+        for x in inputs:  # the raw int8 graph scored below is the shipped one's network
+            check_outputs(int8.run, ev.ExportedDetector(runs["openvino_int8"], k), "detection", x,
+                          mode="nms", postprocess=pp, source=str(int8.path), runtime="OpenVINO int8")
+        return score_exports(cfg, hparams, model, pp, runs, shipped)
