@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIP    := $(VENV)/bin/pip
 
-.PHONY: venv demo test test-all wheel-check runtime-check clean distclean
+.PHONY: venv demo test test-all wheel-check runtime-check extras-check clean distclean
 
 # A CPU-only machine skips PyPI's ~6 GB CUDA build of torch with the CPU build installed first:
 #   make demo TORCH_INDEX=https://download.pytorch.org/whl/cpu
@@ -55,6 +55,20 @@ runtime-check: venv
 	$(PY) .ci/runtime_check.py --runtime-python $(RUNTIME_VENV)/bin/python
 	@echo "installed: mnv2_runtime $$(du -sh $(RUNTIME_VENV)/lib/python3*/site-packages | cut -f1) (numpy, Pillow," \
 	     "ONNX Runtime, pip); mnv2_vision[dev] $$(du -sh $(VENV)/lib/python3*/site-packages | cut -f1) (PyTorch, ...)"
+
+# The export formats whose converters dev leaves out (litert: litert-torch is ~0.9 GB; openvino: see setup.py) in a
+# venv of their own, built from scratch like .venv, each test file in its own pytest process: a process that ran
+# OpenVINO segfaulted when it later forked DataLoader workers, so OpenVINO never shares one with the main suite.
+# `.ci/run` runs it; about 6 minutes of installing and 4 of tests on 2 cores.
+EXTRAS_VENV ?= build/extras-venv
+extras-check:
+	rm -rf $(EXTRAS_VENV)
+	$(PYTHON) -m venv $(EXTRAS_VENV)
+	$(EXTRAS_VENV)/bin/pip install -q --upgrade pip
+	$(if $(TORCH_INDEX),$(EXTRAS_VENV)/bin/pip install -q torch torchvision --index-url $(TORCH_INDEX))
+	$(EXTRAS_VENV)/bin/pip install -q -e ".[dev,litert,openvino]"
+	$(EXTRAS_VENV)/bin/python -m pytest -q -m "not slow" -p no:cacheprovider tests/test_litert.py
+	$(EXTRAS_VENV)/bin/python -m pytest -q -m "not slow" -p no:cacheprovider tests/test_openvino.py
 
 # The docs site (MkDocs, Material theme, API pages from the docstrings) into site/; --strict fails the build on any
 # warning: a broken link or anchor, a page left out of the nav, a docstring griffe cannot read. `.ci/run` builds it.

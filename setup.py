@@ -74,8 +74,9 @@ setup(
         ],
         # tools/export.py --format litert: .tflite conversion (litert-torch, its PT2E int8 quantizer) and the LiteRT
         # interpreter. About 0.9 GB installed (litert-torch pulls jax, jaxlib, transformers and the MLIR converter),
-        # so not in dev: tests/test_litert.py skips without it. Running .tflite files needs only ai-edge-litert. onnx
-        # and onnxruntime as in deploy: tools/export.py's checks (deploy/onnx_export.py) import them.
+        # so not in dev: tests/test_litert.py skips without it; `make extras-check` runs it in a venv of its own.
+        # Running .tflite files needs only ai-edge-litert. onnx and onnxruntime as in deploy: tools/export.py's
+        # checks (deploy/onnx_export.py) import them.
         "litert": [
             "litert-torch>=0.10",
             "ai-edge-litert>=2.3",
@@ -85,7 +86,7 @@ setup(
         # tools/export.py --format openvino: the ONNX graph converted to OpenVINO IR, NNCF int8 (tested with
         # openvino 2026.4, nncf 3.4); loading an .xml needs openvino alone. Not in dev: a pytest process that has
         # run OpenVINO and then forks DataLoader workers segfaulted at the fork (2 of 3 runs, 2026-12-07), so
-        # tests/test_openvino.py runs where the extra is installed (best in its own pytest process) and skips in CI
+        # tests/test_openvino.py runs where the extra is installed, in its own pytest process (`make extras-check`)
         "openvino": [
             "onnx>=1.15",
             "onnxruntime>=1.17",
