@@ -35,8 +35,13 @@ def segmentation_class_names(cfg: Config) -> tuple[str, ...]:
 
 
 def coco_category_names(cfg: Config) -> list[str]:
-    """The category names of ``cfg.data``'s COCO training annotation file, sorted by id (the label order); a file
-    whose categories cannot be read is a ``DataError`` naming it."""
+    """The category names of ``cfg.data``'s COCO training annotation file, sorted by id (the label order), or of
+    its labelling-tool dataset (``data/formats``); a file whose categories cannot be read is a ``DataError`` naming
+    it."""
+    if cfg.data.format != "coco":
+        from .formats import format_names
+
+        return format_names(cfg.data.format, resolve_root(cfg.data), cfg.data.train_split)
     path = annotation_file(resolve_root(cfg.data), cfg.data.train_split)
     if not path.is_file():
         raise FileNotFoundError(f"COCO annotation file not found: {path}")

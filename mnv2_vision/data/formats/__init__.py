@@ -19,9 +19,11 @@ labelstudio ``<split>.json`` (Label Studio JSON export) + ``images/``
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 
+from ..verify import Problem
 from .builder import CocoBuilder, FormatSplit, Place
 from .cvat import CVAT_FILE, cvat_names, cvat_splits, read_cvat, write_cvat
 from .labelme import labelme_names, labelme_splits, read_labelme, write_labelme
@@ -30,7 +32,10 @@ from .voc_xml import read_voc_xml, voc_xml_names, voc_xml_splits, write_voc_xml
 from .yolo import find_data_yaml, read_yolo, write_yolo, yolo_names, yolo_splits
 
 __all__ = ["DETECTION_FORMATS", "LABEL_TOOL_FORMATS", "FormatSplit", "CocoBuilder", "read_split", "format_splits",
-           "format_names", "detect_format", "write_splits"]
+           "format_names", "detect_format", "write_splits", "read_for_training",
+           "check_format"]
+
+log = logging.getLogger("mnv2_vision")
 
 LABEL_TOOL_FORMATS = ("yolo", "voc_xml", "cvat", "labelme", "labelstudio")
 DETECTION_FORMATS = ("coco", *LABEL_TOOL_FORMATS)
@@ -56,6 +61,41 @@ def read_split(fmt: str, root: str | os.PathLike, split: str) -> FormatSplit:
     if fmt == "labelme":
         return read_labelme(root, split)
     return read_labelstudio(root, split)
+
+
+def read_for_training(fmt: str, root: str | os.PathLike, split: str) -> FormatSplit:
+    """``read_split`` for training and evaluation: a problem that loses labels (an unparsable file, an unknown
+    class, a malformed box) is a ``DataError`` naming the first and counting the rest; the others (an image
+    without labels, a label file without its image, a shape of another kind) leave that item out with one
+    warning."""
+    from ...errors import DataError
+
+    result = read_split(fmt, root, split)
+    if result.fatal:
+        first, more = result.fatal[0], len(result.fatal) - 1
+        raise DataError(f"{first}" + (f" (and {more} more)" if more else "")
+                        + "; tools/check_data.py lists every one")
+    if result.problems:
+        log.warning("%s: %d item(s) left out (%s); tools/check_data.py lists every one", result.source,
+                    len(result.problems), "; ".join(str(p) for p in result.problems[:3])
+                    + (" ..." if len(result.problems) > 3 else ""))
+    return result
+
+
+def check_format(fmt: str, root: str | os.PathLike, split: str, scanned: list[str] | None = None) -> list[Problem]:
+    """Every problem of ``split`` of a labelling-tool dataset, one per file or annotation: what its reader could
+    not use (unparsable or empty files, unknown classes, images without labels, label files without images) and
+    then ``check_coco_dataset``'s checks of what it read (images that cannot be decoded or differ in size from
+    their labels, boxes outside the image, polygons)."""
+    from ...errors import DataError
+    from ..verify import check_coco_dataset
+
+    try:
+        read = read_split(fmt, root, split)
+    except DataError as e:  # the dataset as a whole: data.yaml missing, split not listed, XML not parsable
+        return [Problem(str(root), "unreadable_annotations", str(e))]
+    return read.problems + check_coco_dataset(read.data, read.source, read.image_dir, None, scanned,
+                                              boxes_without_masks=True)
 
 
 def _read_coco(root: Path, split: str) -> FormatSplit:

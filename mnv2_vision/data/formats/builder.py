@@ -17,7 +17,8 @@ import numpy as np
 
 from ..verify import Problem
 
-__all__ = ["CocoBuilder", "Place", "by_image", "FormatSplit", "rotated_corners", "polygon_box", "read_image_size", "IMAGE_SUFFIXES"]
+__all__ = ["CocoBuilder", "Place", "by_image", "FormatSplit", "rotated_corners", "polygon_box", "read_image_size",
+           "IMAGE_SUFFIXES"]
 
 # what ultralytics and the labelling tools accept as images
 # how a writer puts an image into its output: a symbolic link or a copy (commands/convert_data.py)

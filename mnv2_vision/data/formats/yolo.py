@@ -23,6 +23,9 @@ import yaml
 from ..verify import Problem
 from .builder import IMAGE_SUFFIXES, CocoBuilder, FormatSplit, Place, by_image, polygon_box, read_image_size
 
+# data.yaml keys that are not splits
+_NOT_SPLITS = ("path", "names", "nc", "download", "yaml_file", "channels", "kpt_shape", "flip_idx")
+
 __all__ = ["read_yolo", "yolo_splits", "yolo_names", "write_yolo", "find_data_yaml"]
 
 
@@ -75,9 +78,11 @@ def yolo_names(root: Path) -> list[str]:
 
 
 def yolo_splits(root: Path) -> tuple[str, ...]:
-    """The splits ``data.yaml`` names (``train``, ``val``, ``test``) that are set."""
+    """The splits ``data.yaml`` names: ``train``, ``val``, ``test`` and any other key whose value is a path or a
+    list of paths (ultralytics knows the first three; a converted COCO dataset keeps its split names)."""
     _, cfg = _config(root)
-    return tuple(s for s in ("train", "val", "test") if cfg.get(s))
+    keys = [k for k, v in cfg.items() if k not in _NOT_SPLITS and v and isinstance(v, (str, list))]
+    return tuple(sorted(keys, key=lambda k: (("train", "val", "test") + (k,)).index(k)))
 
 
 def _split_images(root: Path, split: str) -> tuple[list[Path], Path]:
@@ -208,11 +213,11 @@ def write_yolo(splits: dict[str, tuple[dict, Path]], out: Path, place: Place) ->
                 seg = a.get("segmentation")
                 if isinstance(seg, list) and len(seg) == 1 and len(seg[0]) >= 6:
                     pts = np.asarray(seg[0], np.float64).reshape(-1, 2) / (w, h)
-                    lines.append(f"{index[a['category_id']]} " + " ".join(f"{v:.6f}" for v in pts.reshape(-1)))
+                    lines.append(f"{index[a['category_id']]} " + " ".join(f"{v:.8f}" for v in pts.reshape(-1)))
                 else:
                     x, y, bw, bh = a["bbox"]
-                    lines.append(f"{index[a['category_id']]} {(x + bw / 2) / w:.6f} {(y + bh / 2) / h:.6f} "
-                                 f"{bw / w:.6f} {bh / h:.6f}")
+                    lines.append(f"{index[a['category_id']]} {(x + bw / 2) / w:.8f} {(y + bh / 2) / h:.8f} "
+                                 f"{bw / w:.8f} {bh / h:.8f}")
             label = _label_path(dst)
             label.parent.mkdir(parents=True, exist_ok=True)
             label.write_text("".join(f"{line}\n" for line in lines))
