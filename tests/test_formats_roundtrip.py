@@ -1,6 +1,6 @@
 """Round trips: real coco128 val written to every format and read back (directly and through ``convert_data --to
 coco``) keeps its boxes and class names; the shapes data written as YOLO and VOC XML gives the same training
-targets as from COCO, and (slow) the same mAP after a few training steps."""
+targets as from COCO, and the same mAP after a few training steps (~9 s)."""
 from __future__ import annotations
 
 import json
@@ -102,7 +102,6 @@ def test_shapes_as_yolo_and_voc_xml_give_the_same_training_targets_as_coco(shape
             assert torch.allclose(rb, gb, atol=1e-4), fmt
 
 
-@pytest.mark.slow
 def test_shapes_as_yolo_and_voc_xml_train_to_the_same_map_as_coco(shapes_formats, tmp_path):
     common = ["data.image_size=96", "trainer.max_epochs=1", "data.num_workers=0", "data.batch_size=4",
               "data.val_batch_size=4", "model.width_mult=0.35", "data.synthetic=false", "data.subset=null"]
@@ -112,5 +111,6 @@ def test_shapes_as_yolo_and_voc_xml_train_to_the_same_map_as_coco(shapes_formats
         for s in [*common, f"data.format={fmt}", f"data.root={shapes_formats[fmt]}", f"data.train_split={split}"]:
             args += ["--set", s]
         maps[fmt] = tool("train_det").main(args)["map"]
+    assert maps["coco"] > 0, maps  # six steps score little, but a score, which moved boxes would change
     assert maps["yolo"] == pytest.approx(maps["coco"], abs=1e-6)
     assert maps["voc_xml"] == pytest.approx(maps["coco"], abs=1e-6)
