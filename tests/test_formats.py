@@ -254,3 +254,17 @@ def test_convert_data_stops_on_problems_and_writes_nothing(tmp_path, capsys):
     result = tool("convert_data").main([str(root), "--to", "coco", "--out", str(tmp_path / "out")])
     assert result["problems"] == 1 and not (tmp_path / "out").exists()
     assert "labels/train/a.txt:1: [unknown_category]" in capsys.readouterr().out
+
+
+def test_yolo_polygons_paint_the_masks_boxes_without_one_are_ignored(tmp_path):
+    from mnv2_vision.data.coco import CocoDetection
+    from mnv2_vision.data.formats import dataset_kwargs
+
+    root = make_yolo(tmp_path / "yolo")
+    _, target = CocoDetection(root, "train", masks="all", **dataset_kwargs("yolo", root, "train"))[0]
+    mask = target["mask"]
+    assert mask.shape == (50, 100)
+    assert mask[12, 25] == 2 and mask[28, 29] == 2  # inside the dog triangle (10, 10), (30, 10), (30, 30)
+    assert mask[28, 12] == 0 and mask[5, 50] == 0  # below its diagonal, and far from both
+    assert mask[25, 90] == 255  # the cat box has no polygon: its region is ignored, not background
+    assert target["boxes"].tolist() == [[85, 15, 100, 35], [10, 10, 30, 30]]  # clipped to the image for training

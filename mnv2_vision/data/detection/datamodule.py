@@ -147,12 +147,9 @@ class DetectionDataModule(pl.LightningDataModule):
 
     def _labels(self, split: str) -> dict:
         """``CocoDetection``'s in-memory labels for a labelling-tool format (none for COCO: it reads the file)."""
-        if self.fmt == "coco":
-            return {}
-        from ..formats import read_for_training
+        from ..formats import dataset_kwargs
 
-        read = read_for_training(self.fmt, self.root, split)
-        return {"data": read.data, "image_dir": read.image_dir, "source": read.source}
+        return dataset_kwargs(self.fmt, self.root, split)
 
     @property
     def category_ids(self) -> list[int]:

@@ -33,7 +33,7 @@ from .yolo import find_data_yaml, read_yolo, write_yolo, yolo_names, yolo_splits
 
 __all__ = ["DETECTION_FORMATS", "LABEL_TOOL_FORMATS", "FormatSplit", "CocoBuilder", "read_split", "format_splits",
            "format_names", "detect_format", "write_splits", "read_for_training",
-           "check_format"]
+           "check_format", "dataset_kwargs"]
 
 log = logging.getLogger("mnv2_vision")
 
@@ -80,6 +80,15 @@ def read_for_training(fmt: str, root: str | os.PathLike, split: str) -> FormatSp
                     len(result.problems), "; ".join(str(p) for p in result.problems[:3])
                     + (" ..." if len(result.problems) > 3 else ""))
     return result
+
+
+def dataset_kwargs(fmt: str, root: str | os.PathLike, split: str) -> dict:
+    """``CocoDetection``'s keyword arguments for ``split`` of a ``fmt`` dataset: none for COCO (it reads its
+    file), else the labels read into a COCO dict (``read_for_training``) and where they came from."""
+    if fmt == "coco":
+        return {}
+    read = read_for_training(fmt, root, split)
+    return {"data": read.data, "image_dir": read.image_dir, "source": read.source}
 
 
 def check_format(fmt: str, root: str | os.PathLike, split: str, scanned: list[str] | None = None) -> list[Problem]:
