@@ -268,3 +268,19 @@ def test_yolo_polygons_paint_the_masks_boxes_without_one_are_ignored(tmp_path):
     assert mask[28, 12] == 0 and mask[5, 50] == 0  # below its diagonal, and far from both
     assert mask[25, 90] == 255  # the cat box has no polygon: its region is ignored, not background
     assert target["boxes"].tolist() == [[85, 15, 100, 35], [10, 10, 30, 30]]  # clipped to the image for training
+
+
+def test_train_det_stops_on_a_yolo_class_id_beyond_data_yaml_in_one_line(tmp_path, capsys):
+    root = make_yolo(tmp_path / "yolo")
+    (root / "data.yaml").write_text("train: images/train\nval: images/train\nnames: [cat, dog]\n")
+    (root / "labels/train/a.txt").write_text("0 0.5 0.5 0.2 0.2\n2 0.5 0.5 0.2 0.2\n")
+    args = ["--cfg", "ssdlite_shapes", "--out", str(tmp_path / "run")]
+    for s in ("data.synthetic=false", "data.format=yolo", f"data.root={root}", "data.train_split=train",
+              "data.val_split=train", "data.num_workers=0", "model.width_mult=0.35", "data.image_size=96"):
+        args += ["--set", s]
+    with pytest.raises(SystemExit) as e:
+        tool("train_det").main(args)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code != 0 and len(err) == 1
+    assert err[0] == (f"error: {root}/labels/train/a.txt:2: [unknown_category] class 2 is not among data.yaml's 2 "
+                      "names (0..1); tools/check_data.py lists every one")
