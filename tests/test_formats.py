@@ -284,3 +284,24 @@ def test_train_det_stops_on_a_yolo_class_id_beyond_data_yaml_in_one_line(tmp_pat
     assert e.value.code != 0 and len(err) == 1
     assert err[0] == (f"error: {root}/labels/train/a.txt:2: [unknown_category] class 2 is not among data.yaml's 2 "
                       "names (0..1); tools/check_data.py lists every one")
+
+
+def test_yolo_yaml_path_of_another_machine_falls_back_and_gapped_names_are_refused(tmp_path):
+    from mnv2_vision.errors import DataError
+
+    root = make_yolo(tmp_path / "yolo")
+    (root / "data.yaml").write_text("path: /nonexistent/datasets/x\ntrain: images/train\nnames: [cat, dog]\n")
+    assert len(read_split("yolo", root, "train").data["annotations"]) == 2
+    (root / "data.yaml").write_text("train: images/train\nnames: {0: cat, 2: dog}\n")
+    with pytest.raises(DataError, match=r"data\.yaml: names indices \[0, 2\] are not 0\.\.1"):
+        read_split("yolo", root, "train")
+
+
+def test_labelme_image_path_with_windows_backslashes(tmp_path):
+    root = make_labelme(tmp_path / "labelme")
+    _image(root / "train/sub/b.jpg")
+    shapes = [{"label": "cat", "points": [[1, 2], [3, 4]], "shape_type": "rectangle"}]
+    (root / "train/b.json").write_text(json.dumps({"shapes": shapes, "imagePath": "sub\\b.jpg"}))
+    split = read_split("labelme", root, "train")
+    assert [i["file_name"] for i in split.data["images"]] == ["a.jpg", "sub/b.jpg"]
+    assert split.data["images"][1]["height"] == 50  # no imageHeight: read from the image

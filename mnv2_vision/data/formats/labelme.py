@@ -61,7 +61,8 @@ def read_labelme(root: str | os.PathLike, split: str) -> FormatSplit:
         except (OSError, ValueError) as e:
             problems.append(Problem(str(js), "unreadable_annotations", f"{type(e).__name__}: {e}"))
             continue
-        image = folder / str(data.get("imagePath") or "")
+        # labelme on Windows writes backslashes
+        image = folder / str(data.get("imagePath") or "").replace("\\", "/")
         if not data.get("imagePath") or not image.is_file():
             problems.append(Problem(str(js), "orphan_label", f"no image {image}; left out"))
             continue

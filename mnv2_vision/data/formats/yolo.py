@@ -92,7 +92,7 @@ def _split_images(root: Path, split: str) -> tuple[list[Path], Path]:
     path, cfg = _config(root)
     if not cfg.get(split):
         raise DataError(f"{path} has no split {split!r}; it names {list(yolo_splits(root))}")
-    base = path.parent / cfg.get("path", "") if not Path(str(cfg.get("path", ""))).is_absolute() else Path(cfg["path"])
+    base = path.parent / str(cfg.get("path") or "")  # an absolute path stays itself
     if not base.is_dir():  # ultralytics' path is often absolute on another machine: fall back to the yaml's folder
         base = path.parent
     entries = cfg[split] if isinstance(cfg[split], list) else [cfg[split]]
