@@ -281,7 +281,7 @@ def test_train_det_stops_on_a_yolo_class_id_beyond_data_yaml_in_one_line(tmp_pat
     with pytest.raises(SystemExit) as e:
         tool("train_det").main(args)
     err = capsys.readouterr().err.strip().splitlines()
-    assert e.value.code != 0 and len(err) == 1
+    assert e.value.code == 1 and len(err) == 1  # DataError: the data is unusable
     assert err[0] == (f"error: {root}/labels/train/a.txt:2: [unknown_category] class 2 is not among data.yaml's 2 "
                       "names (0..1); tools/check_data.py lists every one")
 
