@@ -305,3 +305,37 @@ def test_labelme_image_path_with_windows_backslashes(tmp_path):
     split = read_split("labelme", root, "train")
     assert [i["file_name"] for i in split.data["images"]] == ["a.jpg", "sub/b.jpg"]
     assert split.data["images"][1]["height"] == 50  # no imageHeight: read from the image
+
+
+def test_segmentation_from_labelme_polygons_through_the_config(tmp_path):
+    from mnv2_vision.config import load_config
+    from mnv2_vision.data.classes import segmentation_class_names
+    from mnv2_vision.lit.segmentation import build_seg_datamodule
+
+    root = make_labelme(tmp_path / "labelme")
+    cfg = load_config("deeplabv3_shapes", ["data.synthetic=false", "data.format=labelme", f"data.root={root}",
+                                           "data.masks=all", "data.train_split=train", "data.val_split=train",
+                                           "data.num_workers=0", "model.num_classes=null"])
+    assert segmentation_class_names(cfg) == ("background", "cat", "dog")
+    item = build_seg_datamodule(cfg).val_dataset()[0]
+    mask = item["mask"]
+    assert mask.shape == (50, 100)
+    assert mask[10, 20] == 2 and mask[30, 30] == 255 and mask[45, 80] == 0  # dog polygon, cat box (no polygon)
+
+
+def test_the_multitask_pair_reads_cvat_boxes_and_polygon_masks(tmp_path):
+    from mnv2_vision.config import load_config
+    from mnv2_vision.data.classes import multitask_seg_class_names
+    from mnv2_vision.lit.multitask import build_mt_datamodule
+
+    root = make_cvat(tmp_path / "cvat")
+    cfg = load_config("multitask_shapes", ["data.synthetic=false", "data.format=cvat", f"data.root={root}",
+                                           "data.masks=all", "data.seg_root=null", "data.train_split=train",
+                                           "data.val_split=train", "data.num_workers=0"])
+    assert multitask_seg_class_names(cfg) == ("background", "cat", "dog")
+    dm = build_mt_datamodule(cfg)
+    assert dm.category_names == ["cat", "dog"]
+    image, target = dm.val_dataset[0]
+    assert target["labels"].tolist() == [1, 2, 2]  # the turned cat box, the turned dog box, the dog polygon
+    # every shape has a polygon here (turned boxes too): the painted map holds both classes, in the input's frame
+    assert target["mask"].shape == image.shape[1:] and set(target["mask"].unique().tolist()) >= {0, 1, 2}
