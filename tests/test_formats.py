@@ -337,5 +337,8 @@ def test_the_multitask_pair_reads_cvat_boxes_and_polygon_masks(tmp_path):
     assert dm.category_names == ["cat", "dog"]
     image, target = dm.val_dataset[0]
     assert target["labels"].tolist() == [1, 2, 2]  # the turned cat box, the turned dog box, the dog polygon
-    # every shape has a polygon here (turned boxes too): the painted map holds both classes, in the input's frame
-    assert target["mask"].shape == image.shape[1:] and set(target["mask"].unique().tolist()) >= {0, 1, 2}
+    # every shape has a polygon here (turned boxes too); validation keeps the map at the image's own size.
+    # (25, 48) is in the cat box turned 90° (x 20..40, y 10..50) and below the dog box turned 30° (whose lower-left
+    # edge runs from (42.3, 48.7) to (7.7, 28.7): y = 38.7 at x = 25); (15, 10) is in the dog polygon only.
+    mask = target["mask"]
+    assert mask.shape == (50, 100) and mask[48, 25] == 1 and mask[10, 15] == 2 and mask[5, 80] == 0
