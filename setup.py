@@ -11,7 +11,8 @@ COMMANDS = {
     "train-multitask": "train_multitask", "eval-det": "eval_det", "eval-seg": "eval_seg", "eval-cls": "eval_cls",
     "predict": "predict", "export": "export", "benchmark": "benchmark", "check-data": "check_data",
     "prepare-data": "prepare_data", "ablate": "ablate", "plot-logs": "plot_logs", "compare-multitask": "compare_multitask",
-    "complexity": "complexity", "convert-data": "convert_data",
+    "complexity": "complexity",
+    "convert-data": "convert_data",
 }
 
 setup(

@@ -24,8 +24,8 @@ from .coco import coco_structure_problems, crowd_flag
 from .io.images import load_rgb
 
 __all__ = ["Problem", "OVERFLOW_TOLERANCE", "image_problem", "label_map_problems", "voc_item_problems",
-           "read_coco_annotations", "coco_reference_problems", "check_coco", "check_coco_dataset", "check_voc", "check_imagefolder",
-           "check_cifar", "check_flowers"]
+           "read_coco_annotations", "coco_reference_problems", "check_coco", "check_coco_dataset", "check_voc",
+           "check_imagefolder", "check_cifar", "check_flowers"]
 
 
 # Boxes may overflow the image by this many pixels before check_data reports them: real COCO boxes often end a
