@@ -342,3 +342,43 @@ def test_the_multitask_pair_reads_cvat_boxes_and_polygon_masks(tmp_path):
     # edge runs from (42.3, 48.7) to (7.7, 28.7): y = 38.7 at x = 25); (15, 10) is in the dog polygon only.
     mask = target["mask"]
     assert mask.shape == (50, 100) and mask[48, 25] == 1 and mask[10, 15] == 2 and mask[5, 80] == 0
+
+
+def _unlabelled_and_orphan(fmt: str, root: Path) -> tuple[Path, str]:
+    """Add an image without labels and a label without its image to a fixture: (the image, the label's name)."""
+    if fmt == "voc_xml":
+        _image(root / "JPEGImages/b.jpg")
+        (root / "ImageSets/Main/train.txt").write_text("a\nb\nc\n")
+        (root / "Annotations/c.xml").write_text("<annotation><filename>c.jpg</filename></annotation>")
+        return root / "JPEGImages/b.jpg", "Annotations/c.xml"
+    if fmt == "cvat":
+        _image(root / "images/b.jpg")
+        xml = (root / "annotations.xml").read_text()
+        (root / "annotations.xml").write_text(xml.replace(
+            "</annotations>", '<image id="1" name="c.jpg" width="10" height="10" subset="train"/></annotations>'))
+        return root / "images/b.jpg", "image c.jpg"
+    if fmt == "labelme":
+        _image(root / "train/b.jpg")
+        (root / "train/c.json").write_text(json.dumps({"shapes": [], "imagePath": "c.jpg"}))
+        return root / "train/b.jpg", "train/c.json"
+    _image(root / "images/b.jpg")
+    tasks = json.loads((root / "train.json").read_text())
+    tasks += [{"id": 2, "data": {"image": "/data/upload/1/b.jpg"}}, {"id": 3, "data": {"image": "s3://x/c.jpg"},
+                                                                       "annotations": [{"result": []}]}]
+    (root / "train.json").write_text(json.dumps(tasks))
+    return root / "images/b.jpg", "task 3"
+
+
+@pytest.mark.parametrize("fmt, make", [("voc_xml", make_voc), ("cvat", make_cvat), ("labelme", make_labelme),
+                                       ("labelstudio", make_labelstudio)])
+def test_check_data_names_images_without_labels_and_labels_without_images(tmp_path, capsys, fmt, make):
+    root = make(tmp_path / fmt)
+    image, label = _unlabelled_and_orphan(fmt, root)
+    code, lines = _check(root, capsys)
+    found = {}
+    for file, line in zip(lines, lines[1:]):
+        if line.startswith("  ["):
+            found[line.strip().split("]")[0][1:]] = file
+    assert code == 1
+    assert found["unlabelled_image"] == str(image)
+    assert label in found["orphan_label"]
