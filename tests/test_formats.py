@@ -382,3 +382,12 @@ def test_check_data_names_images_without_labels_and_labels_without_images(tmp_pa
     assert code == 1
     assert found["unlabelled_image"] == str(image)
     assert label in found["orphan_label"]
+
+
+def test_convert_voc_difficult_to_yolo_says_it_leaves_it_out_and_back_to_voc_keeps_it(tmp_path, capsys):
+    src = make_voc(tmp_path / "voc")
+    tool("convert_data").main([str(src), "--to", "yolo", "--out", str(tmp_path / "yolo")])
+    assert "note: 1 crowd / difficult box(es) left out: yolo has no flag" in capsys.readouterr().out
+    assert (tmp_path / "yolo/labels/train/a.txt").read_text().count("\n") == 1  # the dog only
+    tool("convert_data").main([str(src), "--to", "voc_xml", "--out", str(tmp_path / "voc2")])
+    assert _boxes(read_split("voc_xml", tmp_path / "voc2", "train")) == _boxes(read_split("voc_xml", src, "train"))

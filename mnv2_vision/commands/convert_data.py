@@ -58,6 +58,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
     with staged_output(Path(args.out), args.overwrite) as stage:
         write_splits(args.to, {s: (r.data, r.image_dir) for s, r in read.items()}, stage, placer(args.copy_images))
     counts = {s: (len(r.data["images"]), len(r.data["annotations"])) for s, r in read.items()}
+    crowd = sum(1 for r in read.values() for a in r.data["annotations"] if a.get("iscrowd"))
+    if crowd and args.to not in ("coco", "voc_xml"):  # VOC XML writes them as difficult
+        print(f"note: {crowd} crowd / difficult box(es) left out: {args.to} has no flag for boxes that are ignored")
     print(f"{src} ({fmt}) -> {args.out} ({args.to}): " + "; ".join(f"{s}: {i} image(s), {a} box(es)"
                                                                    for s, (i, a) in counts.items())
           + (f"; {len(problems)} problem(s) above left out" if problems else ""))
