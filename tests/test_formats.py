@@ -391,3 +391,15 @@ def test_convert_voc_difficult_to_yolo_says_it_leaves_it_out_and_back_to_voc_kee
     assert (tmp_path / "yolo/labels/train/a.txt").read_text().count("\n") == 1  # the dog only
     tool("convert_data").main([str(src), "--to", "voc_xml", "--out", str(tmp_path / "voc2")])
     assert _boxes(read_split("voc_xml", tmp_path / "voc2", "train")) == _boxes(read_split("voc_xml", src, "train"))
+
+
+def test_check_data_with_a_config_reads_its_format_and_splits(tmp_path, capsys):
+    root = make_yolo(tmp_path / "yolo")
+    (root / "labels/train/a.txt").write_bytes(b"\xef\xbb\xbf0 0.5 0.5 0.2 0.2\r\n1 0.5 0.5 0.2 2.0\r\n")  # BOM, CRLF
+    code = tool("check_data").main(["--cfg", "ssdlite_shapes", "--set", "data.synthetic=false", "--set",
+                                    "data.format=yolo", "--set", f"data.root={root}", "--set", "data.train_split=train",
+                                    "--set", "data.val_split=train"])
+    out = capsys.readouterr().out.splitlines()
+    # the second box is 100 px high (cy 25 ± 50) in a 50 px image: outside; the BOM-prefixed first line reads
+    assert code == 1 and out[0] == f"{root}/labels/train/a.txt:2" and "[out_of_bounds_box]" in out[1]
+    assert out[-1].startswith("1 problem(s) in 1 file(s)")

@@ -19,7 +19,7 @@ def read_label_list(root: Path) -> list[str] | None:
     path = root / LABELS_FILE
     if not path.is_file():
         return None
-    names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+    names = [line.strip() for line in path.read_text(encoding="utf-8-sig").splitlines()]
     return [n for n in names if n and n not in _SKIP]
 
 

@@ -67,7 +67,7 @@ def read_voc_xml(root: str | os.PathLike, split: str) -> FormatSplit:
     list_file = _lists(root) / f"{split}.txt"
     if not list_file.is_file():
         raise DataError(f"{list_file}: no such split list; {root} has {list(voc_xml_splits(root))}")
-    ids = [line.split()[0] for line in list_file.read_text().splitlines() if line.strip()]
+    ids = [line.split()[0] for line in list_file.read_text(encoding="utf-8-sig").splitlines() if line.strip()]
     names = voc_xml_names(root)
     builder = CocoBuilder(names)
     problems: list[Problem] = []

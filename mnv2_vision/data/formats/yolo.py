@@ -35,7 +35,7 @@ def find_data_yaml(root: Path) -> Path | None:
         return root / "data.yaml"
     for f in sorted(root.glob("*.yaml")):
         try:
-            if isinstance(d := yaml.safe_load(f.read_text()), dict) and "names" in d:
+            if isinstance(d := yaml.safe_load(f.read_text(encoding="utf-8")), dict) and "names" in d:
                 return f
         except (OSError, yaml.YAMLError, UnicodeDecodeError):
             continue
@@ -50,7 +50,7 @@ def _config(root: Path) -> tuple[Path, dict]:
         raise DataError(f"{root}: no data.yaml (YOLO layout: data.yaml with names and train/val, images/<split>/, "
                         "labels/<split>/)")
     try:
-        cfg = yaml.safe_load(path.read_text())
+        cfg = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (OSError, yaml.YAMLError, UnicodeDecodeError) as e:
         raise DataError(f"cannot read {path}: {type(e).__name__}: {e}") from e
     if not isinstance(cfg, dict) or "names" not in cfg:
@@ -104,7 +104,7 @@ def _split_images(root: Path, split: str) -> tuple[list[Path], Path]:
             folders.append(p)
             images += sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES)
         elif p.suffix == ".txt" and p.is_file():
-            for line in p.read_text().splitlines():
+            for line in p.read_text(encoding="utf-8-sig").splitlines():
                 if line.strip():
                     f = Path(line.strip())
                     images.append(f if f.is_absolute() else (p.parent / f))
@@ -140,7 +140,7 @@ def read_yolo(root: str | os.PathLike, split: str) -> FormatSplit:
         labels_used.add(label.resolve())
         try:
             h, w = read_image_size(image)
-            lines = label.read_text().splitlines()
+            lines = label.read_text(encoding="utf-8-sig").splitlines()  # a BOM from Windows editors
         except (OSError, UnicodeDecodeError) as e:
             kind = "unreadable_annotations" if isinstance(e, UnicodeDecodeError) else "unreadable_image"
             problems.append(Problem(str(label if kind == "unreadable_annotations" else image), kind, str(e)))
