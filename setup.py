@@ -12,6 +12,7 @@ COMMANDS = {
     "predict": "predict", "export": "export", "benchmark": "benchmark", "check-data": "check_data",
     "prepare-data": "prepare_data", "ablate": "ablate", "plot-logs": "plot_logs", "compare-multitask": "compare_multitask",
     "complexity": "complexity",
+    "convert-data": "convert_data",
 }
 
 setup(
@@ -47,6 +48,7 @@ setup(
         "scipy>=1.10",
         "matplotlib>=3.7",
         "tensorboard>=2.14",
+        "defusedxml>=0.7",  # VOC XML and CVAT annotations from users' files (data/formats): no entity expansion
     ],
     extras_require={
         "dev": [

@@ -80,7 +80,9 @@ class ModelCfg:
 
 @dataclass
 class DataCfg:
-    format: str = "coco"  # coco | voc | imagefolder | cifar10 | flowers102
+    # detection: coco | yolo | voc_xml | cvat | labelme | labelstudio; segmentation: voc;
+    # classification: imagefolder | cifar10 | flowers102
+    format: str = "coco"
     root: str = "data/coco"
     synthetic: bool = False  # use the built-in shapes dataset (generated once into the cache); root is then ignored
     train_split: str = "train2017"
@@ -200,7 +202,8 @@ class Config:
                 raise ConfigError(f"{key}={bounded_repr(value)} is not one of {list(options)}")
 
         choice("task", self.task, ("detection", "segmentation", "classification", "multitask"))
-        choice("data.format", self.data.format, ("coco", "voc", "imagefolder", "cifar10", "flowers102"))
+        choice("data.format", self.data.format, ("coco", "yolo", "voc_xml", "cvat", "labelme", "labelstudio", "voc",
+                                                 "imagefolder", "cifar10", "flowers102"))
         choice("data.augment", self.data.augment, ("ssdlite", "light", "seg", "cls", "cls_invariant", "cifar", "none"))
         choice("optim.name", self.optim.name, ("sgd", "rmsprop", "adamw"))
         choice("sched.name", self.sched.name, ("cosine", "poly", "exponential", "constant"))

@@ -1,6 +1,7 @@
 """Scan a dataset folder (its layout detected) or the dataset of a config, and list every problem by file.
 
     python tools/check_data.py data/coco                                # COCO, VOC, ImageFolder or CIFAR-10 folder
+    python tools/check_data.py data/my_yolo                             # YOLO, VOC XML, CVAT, LabelMe, Label Studio
     python tools/check_data.py data/VOCdevkit --split val
     python tools/check_data.py --cfg ssdlite_coco                       # train2017 + val2017 under data.root
     python tools/check_data.py --cfg deeplabv3_voc --set data.root=/data/VOCdevkit
@@ -19,7 +20,10 @@ image, or with values outside the classes and 255; with masks (``data.masks`` se
 polygons outside the image, RLE masks of another size than their image, and empty or malformed instance masks (RLE
 counts that do not add up to height × width or are of the wrong type, sizes that are not two positive integers);
 ImageFolder class folders without images and splits with different classes; CIFAR-10 batches that are not
-CIFAR-10 batches and labels outside 0..9. Exit status 1 when anything was found (usable in CI), 0 when the data is
+CIFAR-10 batches and labels outside 0..9; in the labelling tools' formats (YOLO, VOC XML, CVAT, LabelMe, Label
+Studio, ``data/formats``) also empty or unparsable label files, unknown classes (a YOLO class id beyond
+``data.yaml``'s names), images without labels and label files without images, each named by file (and line or
+shape). Exit status 1 when anything was found (usable in CI), 0 when the data is
 clean. What training does with each kind of problem is in ``mnv2_vision/data/verify.py`` and the README.
 """
 from __future__ import annotations
@@ -32,10 +36,11 @@ from mnv2_vision.commands.cli import add_debug_flag, exit_status, guarded, make_
 from mnv2_vision.config import load_config
 from mnv2_vision.data import resolve_root
 from mnv2_vision.data.detect import LOOKED_FOR, detect_layouts
+from mnv2_vision.data.formats import LABEL_TOOL_FORMATS, check_format
 from mnv2_vision.data.verify import Problem, check_cifar, check_coco, check_imagefolder, check_voc
 from mnv2_vision.errors import UserError
 
-_FORMATS = ("coco", "voc", "imagefolder", "cifar10")
+_FORMATS = ("coco", *LABEL_TOOL_FORMATS, "voc", "imagefolder", "cifar10")
 
 
 def check(fmt: str, root: Path, splits: Sequence[str], masks: bool | None = None, num_classes: int = 21,
@@ -44,6 +49,8 @@ def check(fmt: str, root: Path, splits: Sequence[str], masks: bool | None = None
     COCO instance masks (``None``: when the file has segmentations); ``num_classes``: VOC label values."""
     if fmt == "coco":
         return [p for s in splits for p in check_coco(root, s, masks=masks, scanned=scanned)]
+    if fmt in LABEL_TOOL_FORMATS:
+        return [p for s in splits for p in check_format(fmt, root, s, scanned=scanned)]
     if fmt == "voc":
         return [p for s in splits for p in check_voc(root, s, num_classes, scanned=scanned)]
     if fmt == "imagefolder":

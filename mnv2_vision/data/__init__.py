@@ -20,6 +20,13 @@ LAYOUTS = {
         "  optional SBD trainaug: <root>/SegmentationClassAug/*.png + ImageSets/Segmentation/trainaug.txt\n"
         "Get it with: python tools/prepare_data.py voc --root <root>  (or --set data.synthetic=true)"
     ),
+    "yolo": "YOLO (ultralytics) layout: <root>/data.yaml (names, train, val), <root>/images/<split>/, "
+            "<root>/labels/<split>/",
+    "voc_xml": "PASCAL VOC detection layout: <root>/Annotations/*.xml, <root>/JPEGImages/, "
+               "<root>/ImageSets/Main/<split>.txt",
+    "cvat": "CVAT for images 1.1 layout: <root>/annotations.xml (split = the images' subset), <root>/images/",
+    "labelme": "LabelMe layout: <root>/<split>/*.json beside the images (optional <root>/labels.txt)",
+    "labelstudio": "Label Studio JSON export: <root>/<split>.json, the images in <root>/images/",
     "imagefolder": "ImageFolder layout: <root>/<split>/<class_name>/*.jpg (ImageNet's own layout)",
     "cifar10": "CIFAR-10 python batches: <root>/cifar-10-batches-py/{data_batch_1..5,test_batch,batches.meta}",
     "flowers102": "torchvision Flowers102 layout: <root>/flowers-102/{jpg/,imagelabels.mat,setid.mat}",

@@ -20,9 +20,9 @@ __all__ = ["segmentation_class_names", "coco_category_names", "multitask_seg_cla
 def segmentation_class_names(cfg: Config) -> tuple[str, ...]:
     """Class names: VOC's for COCO masks in the 20 VOC classes, the annotation file's categories for COCO masks of
     every category, the shapes' for the built-in data, VOC's otherwise; generic names if model.num_classes differs."""
-    if cfg.data.format == "coco" and cfg.data.masks == "all":
+    if cfg.data.format != "voc" and cfg.data.masks == "all":
         names: tuple[str, ...] = ("background", *coco_category_names(cfg))
-    elif cfg.data.format == "coco" and cfg.data.masks == "voc20":
+    elif cfg.data.format != "voc" and cfg.data.masks == "voc20":
         names = VOC_CLASSES
     elif cfg.data.synthetic:
         names = ("background", *SHAPE_CLASSES)
@@ -35,8 +35,13 @@ def segmentation_class_names(cfg: Config) -> tuple[str, ...]:
 
 
 def coco_category_names(cfg: Config) -> list[str]:
-    """The category names of ``cfg.data``'s COCO training annotation file, sorted by id (the label order); a file
-    whose categories cannot be read is a ``DataError`` naming it."""
+    """The category names of ``cfg.data``'s COCO training annotation file, sorted by id (the label order), or of
+    its labelling-tool dataset (``data/formats``); a file whose categories cannot be read is a ``DataError`` naming
+    it."""
+    if cfg.data.format != "coco":
+        from .formats import format_names
+
+        return format_names(cfg.data.format, resolve_root(cfg.data), cfg.data.train_split)
     path = annotation_file(resolve_root(cfg.data), cfg.data.train_split)
     if not path.is_file():
         raise FileNotFoundError(f"COCO annotation file not found: {path}")

@@ -130,6 +130,11 @@ def _quiet_coco(path: Path) -> COCO:
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
         raise DataError(f"cannot read COCO annotations {path}: {problems[0]}{more}; tools/check_data.py lists "
                         "every one")
+    return _index(data, path)
+
+
+def _index(data: dict, path: Path) -> COCO:
+    """The pycocotools index of a parsed dataset dict (``iscrowd`` normalised), without its progress prints."""
     _normalise_crowd_flags(data, path)
     coco = COCO()
     coco.dataset = data
@@ -182,6 +187,9 @@ class CocoDetection(Dataset):
             (the bad-data policy, ``data/io/skip.py``).
         masks: ``None`` (boxes only), ``"voc20"`` (the 20 VOC classes, labels 1..20, other categories background)
             or ``"all"`` (every category, labels 1..C as for the boxes).
+        data: a COCO dataset dict read from another format (``data/formats``: YOLO, VOC XML, CVAT, LabelMe,
+            Label Studio) used instead of ``<root>/annotations/instances_<split>.json``; its ``file_name`` values
+            are relative to ``image_dir``, and ``source`` (the label file or folder) is named in messages.
     """
 
     def __init__(
@@ -193,13 +201,22 @@ class CocoDetection(Dataset):
         category_ids: Sequence[int] | None = None,
         on_bad: str = "raise",
         masks: str | None = None,
+        *,
+        data: dict | None = None,
+        image_dir: str | os.PathLike | None = None,
+        source: str | os.PathLike | None = None,
     ) -> None:
         self.root = Path(root)
         self.split = split
-        check_coco_layout(self.root, [split])
-        self.image_dir = self.root / split
-        self.ann_file = annotation_file(self.root, split)
-        self.coco = _quiet_coco(self.ann_file)
+        if data is None:
+            check_coco_layout(self.root, [split])
+            self.image_dir = self.root / split
+            self.ann_file = annotation_file(self.root, split)
+            self.coco = _quiet_coco(self.ann_file)
+        else:  # a labelling-tool format already read into a COCO dict (data/formats)
+            self.image_dir = Path(image_dir) if image_dir is not None else self.root / split
+            self.ann_file = Path(source) if source is not None else self.root
+            self.coco = _index(data, self.ann_file)
         self.transform = transform
         ids = sorted(self.coco.getImgIds())
         self.ids: list[int] = ids[:subset] if subset else ids

@@ -1,9 +1,10 @@
 """Which dataset layouts a folder holds, from its files alone (``mnv2-check-data PATH``).
 
 The layouts are those the readers take: COCO (``annotations/instances_<split>.json`` beside ``<split>/``), PASCAL VOC
-segmentation (the ``VOC2012`` folder or the ``VOCdevkit`` above it), CIFAR-10's python batches, and torchvision's
-ImageFolder (``<split>/<class>/*.jpg``), the last only where none of the others is found (a COCO or VOC folder holds
-folders of images too).
+segmentation (the ``VOC2012`` folder or the ``VOCdevkit`` above it), CIFAR-10's python batches, the labelling tools'
+detection layouts (YOLO, VOC XML, CVAT, LabelMe, Label Studio: ``data/formats``), and torchvision's ImageFolder
+(``<split>/<class>/*.jpg``), the last only where none of the others is found (a COCO or VOC folder holds folders of
+images too).
 """
 from __future__ import annotations
 
@@ -17,7 +18,9 @@ LOOKED_FOR = ("COCO (annotations/instances_<split>.json and <split>/ image folde
               "VOC (JPEGImages/, SegmentationClass/ or SegmentationClassAug/, ImageSets/Segmentation/<split>.txt; "
               "or a VOCdevkit holding VOC2012/)",
               "ImageFolder (<split>/<class>/*.jpg)",
-              "CIFAR-10 python batches (cifar-10-batches-py/)")
+              "CIFAR-10 python batches (cifar-10-batches-py/)",
+              "YOLO (data.yaml, images/, labels/)", "VOC XML (Annotations/, ImageSets/Main/)",
+              "CVAT (annotations.xml, images/)", "LabelMe (<split>/*.json)", "Label Studio (<split>.json, images/)")
 _CIFAR_FILES = ("batches.meta", "data_batch_1", "test_batch")
 
 
@@ -61,6 +64,21 @@ def _voc(path: Path) -> Layout | None:
     return None
 
 
+def _label_tool(path: Path) -> Layout | None:
+    """A labelling tool's detection layout (``data/formats``: YOLO, VOC XML, CVAT, LabelMe, Label Studio)."""
+    from ..errors import DataError
+    from .formats import LABEL_TOOL_FORMATS, detect_format, format_splits
+
+    fmt = detect_format(path)
+    if fmt not in LABEL_TOOL_FORMATS:
+        return None
+    try:
+        splits = format_splits(fmt, path)
+    except DataError:  # an unreadable data.yaml / annotations.xml: check_data reports it on a default split
+        splits = ("train",) if fmt != "cvat" else ("default",)
+    return Layout(fmt, path, splits)
+
+
 def _cifar(path: Path) -> Layout | None:
     for base in (path / "cifar-10-batches-py", path):
         if any((base / name).is_file() for name in _CIFAR_FILES):
@@ -92,7 +110,7 @@ def _imagefolder(path: Path) -> Layout | None:
 def detect_layouts(path: str | os.PathLike) -> list[Layout]:
     """The dataset layouts in ``path`` (COCO, VOC, CIFAR-10, else ImageFolder); empty when none is recognised."""
     path = Path(path).expanduser()
-    found = [layout for detect in (_coco, _voc, _cifar) if (layout := detect(path)) is not None]
+    found = [layout for detect in (_coco, _voc, _cifar, _label_tool) if (layout := detect(path)) is not None]
     if not found and (layout := _imagefolder(path)) is not None:
         found.append(layout)
     return found

@@ -153,13 +153,13 @@ class MultiTaskDataModule(DetectionDataModule):
                  augment: str = "ssdlite", batch_size: int = 24, val_batch_size: int = 8, num_workers: int = 4,
                  subset: int | None = None, mean: Sequence[float] = (0.485, 0.456, 0.406),
                  std: Sequence[float] = (0.229, 0.224, 0.225), category_ids: Sequence[int] | None = None,
-                 seed: int = 0) -> None:
+                 seed: int = 0, fmt: str = "coco") -> None:
         if masks is None and seg_root is None:
             raise ValueError("the multi-task pair needs segmentation labels: COCO masks (masks='voc20' or 'all') "
                              "and/or a segmentation-only dataset (seg_root)")
         super().__init__(root, train_split=train_split, val_split=val_split, image_size=image_size, augment=augment,
                          batch_size=batch_size, val_batch_size=val_batch_size, num_workers=num_workers,
-                         subset=subset, mean=mean, std=std, category_ids=category_ids, seed=seed)
+                         subset=subset, mean=mean, std=std, category_ids=category_ids, seed=seed, fmt=fmt)
         self.seg_root = Path(seg_root) if seg_root is not None else None
         self.masks, self.seg_train_split, self.seg_val_split = masks, seg_train_split, seg_val_split
         self.seg_class_names = list(seg_class_names)
@@ -172,7 +172,8 @@ class MultiTaskDataModule(DetectionDataModule):
         split = self.train_split if train else self.val_split
         # Training replaces an unusable image by the next usable one, validation leaves it out and lists it.
         on_bad = "replace" if train else "drop"
-        coco = CocoDetection(self.root, split, tf, self.subset, self._category_ids, on_bad=on_bad, masks=self.masks)
+        coco = CocoDetection(self.root, split, tf, self.subset, self._category_ids, on_bad=on_bad, masks=self.masks,
+                             **self._labels(split))
         if self._category_ids is None:
             self._category_ids = coco.category_ids
         if self.masks is not None and self.seg_class_names and coco.mask_class_names != self.seg_class_names:

@@ -24,8 +24,8 @@ from .coco import coco_structure_problems, crowd_flag
 from .io.images import load_rgb
 
 __all__ = ["Problem", "OVERFLOW_TOLERANCE", "image_problem", "label_map_problems", "voc_item_problems",
-           "read_coco_annotations", "coco_reference_problems", "check_coco", "check_voc", "check_imagefolder",
-           "check_cifar", "check_flowers"]
+           "read_coco_annotations", "coco_reference_problems", "check_coco", "check_coco_dataset", "check_voc",
+           "check_imagefolder", "check_cifar", "check_flowers"]
 
 
 # Boxes may overflow the image by this many pixels before check_data reports them: real COCO boxes often end a
@@ -196,7 +196,16 @@ def check_coco(root: str | os.PathLike, split: str, masks: bool | None = False,
     data, problems = read_coco_annotations(ann_file)
     if data is None:
         return problems
-    image_dir = root / split
+    return check_coco_dataset(data, ann_file, root / split, masks, scanned)
+
+
+def check_coco_dataset(data: dict, ann_file: Path, image_dir: Path, masks: bool | None = False,
+                       scanned: list[str] | None = None, boxes_without_masks: bool = False) -> list[Problem]:
+    """``check_coco``'s checks of a parsed COCO dict whose images are in ``image_dir`` (``ann_file``: the file or
+    folder it came from, named in messages; ``data/formats`` reads every labelling-tool format into such a dict).
+    An annotation with a ``source`` (``file:line``) is named by it instead of its image; with
+    ``boxes_without_masks`` (formats that mix boxes and polygons), only annotations with a segmentation have their
+    mask checked."""
     if not image_dir.is_dir():
         return [Problem(str(image_dir), "missing_file", f"image folder does not exist ({ann_file.name} lists "
                         f"{len(data['images'])} image(s) in it)")]
@@ -221,17 +230,17 @@ def check_coco(root: str | os.PathLike, split: str, masks: bool | None = False,
                                     f"{ann_file.name} says {expected[0]}x{expected[1]}"))
             size = None  # boxes are in the annotated frame, which is unknown: no bounds check
         for a in by_image.get(img.get("id"), []):
-            problems += _box_problems(str(path), a, size)
+            problems += _box_problems(str(a.get("source") or path), a, size)
             if crowd_flag(a.get("iscrowd", 0)) is None:
                 problems.append(Problem(str(path), "malformed_iscrowd", f"annotation {a.get('id')}: iscrowd "
                                         f"{a['iscrowd']!r} is not 0 or 1 (training treats it as not crowd)"))
-            if masks:
+            if masks and not (boxes_without_masks and a.get("segmentation") is None):
                 from .masks import segmentation_problems
 
                 h, w = _annotated_size(img) or size or (None, None)
                 for text in segmentation_problems(a, h, w, OVERFLOW_TOLERANCE):
                     kind, detail = text.split(": ", 1)
-                    problems.append(Problem(str(path), kind, detail))
+                    problems.append(Problem(str(a.get("source") or path), kind, detail))
     return problems
 
 

@@ -27,13 +27,16 @@ QUANT_OP_TYPES: tuple[str, ...] = ("Conv", "MatMul", "Gemm", "Add", "Concat", "G
 
 
 def detection_calibration(root: str | Path, split: str, image_size: int, mean: Sequence[float],
-                          std: Sequence[float], num_images: int) -> list[np.ndarray]:
-    """The first ``num_images`` images (sorted ids) of a COCO-layout ``split``, preprocessed by the evaluation
-    pipeline (resize to ``image_size``, normalise): a list of ``(1, 3, S, S)`` float32 arrays."""
+                          std: Sequence[float], num_images: int, fmt: str = "coco") -> list[np.ndarray]:
+    """The first ``num_images`` images (sorted ids) of ``split`` of a detection dataset (COCO layout, or another
+    ``fmt`` of ``data/formats``), preprocessed by the evaluation pipeline (resize to ``image_size``, normalise): a
+    list of ``(1, 3, S, S)`` float32 arrays."""
     from ..data.coco import CocoDetection
     from ..data.detection.transforms import detection_transform
+    from ..data.formats import dataset_kwargs
 
-    dataset = CocoDetection(root, split, detection_transform("none", False, image_size, mean, std), subset=num_images)
+    dataset = CocoDetection(root, split, detection_transform("none", False, image_size, mean, std), subset=num_images,
+                            **dataset_kwargs(fmt, root, split))
     return [dataset[i][0].unsqueeze(0).numpy() for i in range(min(num_images, len(dataset)))]
 
 

@@ -30,11 +30,15 @@ __all__ = ["DetectionModule", "build_det_datamodule", "resolve_det_classes", "ca
 
 # ---------------------------------------------------------------------------------------------- config → parts
 def build_det_datamodule(cfg: Config, category_ids: Sequence[int] | None = None) -> DetectionDataModule:
-    """The ``DetectionDataModule`` that ``cfg.data`` describes (COCO layout under ``data.root``, or the shapes)."""
+    """The ``DetectionDataModule`` that ``cfg.data`` describes (COCO, YOLO, VOC XML, CVAT, LabelMe or Label Studio
+    labels under ``data.root``, or the shapes)."""
     from ..data import resolve_root
 
-    if cfg.data.format != "coco":
-        raise ValueError(f"detection reads the COCO layout: data.format must be 'coco', got {cfg.data.format!r}")
+    from ..data.formats import DETECTION_FORMATS
+
+    if cfg.data.format not in DETECTION_FORMATS:
+        raise ValueError(f"detection reads boxes: data.format must be one of {list(DETECTION_FORMATS)}, got "
+                         f"{cfg.data.format!r}")
     return DetectionDataModule.from_config(cfg.data, resolve_root(cfg.data), category_ids=category_ids, seed=cfg.seed)
 
 

@@ -85,10 +85,12 @@ def build_mt_datamodule(cfg: Config, category_ids: Sequence[int] | None = None):
     from ..data import LAYOUTS, resolve_root
     from ..data.multitask import MultiTaskDataModule
 
+    from ..data.formats import DETECTION_FORMATS
+
     d = cfg.data
-    if d.format != "coco":
-        raise ConfigError(f"the multi-task pair reads boxes from the COCO layout: data.format must be 'coco', got "
-                          f"{d.format!r} (a segmentation-only VOC dataset goes in data.seg_root)")
+    if d.format not in DETECTION_FORMATS:
+        raise ConfigError(f"the multi-task pair reads boxes: data.format must be one of {list(DETECTION_FORMATS)}, "
+                          f"got {d.format!r} (a segmentation-only VOC dataset goes in data.seg_root)")
     seg_root = None
     if d.seg_root is not None:
         if d.synthetic:
@@ -103,7 +105,7 @@ def build_mt_datamodule(cfg: Config, category_ids: Sequence[int] | None = None):
         seg_train_split=d.seg_train_split, seg_val_split=d.seg_val_split,
         seg_class_names=multitask_seg_class_names(cfg), image_size=d.image_size, augment=d.augment,
         batch_size=d.batch_size, val_batch_size=d.val_batch_size, num_workers=d.num_workers, subset=d.subset,
-        mean=d.mean, std=d.std, category_ids=category_ids, seed=cfg.seed)
+        mean=d.mean, std=d.std, category_ids=category_ids, seed=cfg.seed, fmt=d.format)
 
 
 # ---------------------------------------------------------------------------------------------- training system

@@ -111,17 +111,19 @@ def build_seg_datamodule(cfg: Config):
     from ..data import resolve_root
     from ..data.segmentation.datamodule import SegmentationDataModule
 
-    if not (cfg.data.format == "voc" or (cfg.data.format == "coco" and cfg.data.masks is not None)):
-        raise ConfigError(f"segmentation reads the VOC layout (data.format: voc) or COCO with painted masks "
-                          f"(data.format: coco, data.masks: voc20 | all); got data.format={cfg.data.format!r}, "
-                          f"data.masks={cfg.data.masks!r}")
+    from ..data.formats import DETECTION_FORMATS
+
+    if not (cfg.data.format == "voc" or (cfg.data.format in DETECTION_FORMATS and cfg.data.masks is not None)):
+        raise ConfigError(f"segmentation reads the VOC layout (data.format: voc) or instances with painted masks "
+                          f"(data.format: {' | '.join(DETECTION_FORMATS)}, data.masks: voc20 | all); got "
+                          f"data.format={cfg.data.format!r}, data.masks={cfg.data.masks!r}")
     d = cfg.data
     return SegmentationDataModule(
         resolve_root(d), train_split=d.train_split, val_split=d.val_split,
         num_classes=len(segmentation_class_names(cfg)), crop_size=d.image_size, scale_range=d.scale_range,
         mean=d.mean, std=d.std, batch_size=d.batch_size, val_batch_size=d.val_batch_size,
         num_workers=d.num_workers, subset=d.subset, seed=cfg.seed,
-        masks=d.masks if d.format == "coco" else None, min_mask_pixels=d.min_mask_pixels)
+        masks=d.masks if d.format != "voc" else None, min_mask_pixels=d.min_mask_pixels, fmt=d.format)
 
 
 # ---------------------------------------------------------------------------------------------- training system

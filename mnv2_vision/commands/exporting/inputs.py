@@ -72,7 +72,7 @@ def calibration(cfg, kind: str, n: int) -> list[np.ndarray]:
     """The first ``n`` training images, preprocessed by the evaluation pipeline, for int8 calibration."""
     d = cfg.data
     if kind in ("detection", "multitask"):  # the pair takes the detector's fixed input size
-        return detection_calibration(resolve_root(d), d.train_split, d.image_size, d.mean, d.std, n)
+        return detection_calibration(resolve_root(d), d.train_split, d.image_size, d.mean, d.std, n, d.format)
     return segmentation_images(cfg, d.train_split, n)
 
 
@@ -81,7 +81,7 @@ def segmentation_images(cfg, split: str, n: int) -> list[np.ndarray]:
     ``segmentation_calibration``; COCO with painted masks (``data.masks``), which that reader lacks, by the
     segmentation datamodule's evaluation dataset of ``split``."""
     d = cfg.data
-    if d.format != "coco":
+    if d.format == "voc":
         return segmentation_calibration(resolve_root(d), split, d.mean, d.std, n, cfg.model.num_classes)
     dm = build_seg_datamodule(dataclasses.replace(cfg, data=dataclasses.replace(d, val_split=split)))
     dataset = dm.val_dataset()

@@ -79,6 +79,8 @@ class DetectionDataModule(pl.LightningDataModule):
         seed: training order and augmentation: an epoch's order depends only on (seed, epoch), an image's
             augmentation only on (seed, epoch, index), and the loader's place in the epoch is saved in checkpoints
             (``data/resumable.py``), so a resumed run continues exactly as an uninterrupted one.
+        fmt: the label format (``data/formats``: coco, yolo, voc_xml, cvat, labelme, labelstudio); every one is
+            read into a COCO dict, so the rest is the same.
     """
 
     def __init__(
@@ -96,9 +98,11 @@ class DetectionDataModule(pl.LightningDataModule):
         std: Sequence[float] = (0.229, 0.224, 0.225),
         category_ids: Sequence[int] | None = None,
         seed: int = 0,
+        fmt: str = "coco",
     ) -> None:
         super().__init__()
         self.root = Path(root)
+        self.fmt = fmt
         self.train_split, self.val_split = train_split, val_split
         self.image_size = image_size
         self.augment = augment
@@ -118,7 +122,7 @@ class DetectionDataModule(pl.LightningDataModule):
         return cls(root, train_split=data.train_split, val_split=data.val_split, image_size=data.image_size,
                    augment=data.augment, batch_size=data.batch_size, val_batch_size=data.val_batch_size,
                    num_workers=data.num_workers, subset=data.subset, mean=data.mean, std=data.std,
-                   category_ids=category_ids, seed=seed)
+                   category_ids=category_ids, seed=seed, fmt=data.format)
 
     # ------------------------------------------------------------------ datasets (built on first use)
     @property
@@ -126,7 +130,7 @@ class DetectionDataModule(pl.LightningDataModule):
         if self._train is None:
             tf = fast_detection_transform(self.augment, True, self.image_size, self.mean, self.std, normalize=False)
             self._train = CocoDetection(self.root, self.train_split, tf, self.subset, self._category_ids,
-                                        on_bad="replace")
+                                        on_bad="replace", **self._labels(self.train_split))
             self._category_ids = self._train.category_ids
         return self._train
 
@@ -134,11 +138,18 @@ class DetectionDataModule(pl.LightningDataModule):
     def val_dataset(self) -> CocoDetection:
         if self._val is None:
             tf = fast_detection_transform(self.augment, False, self.image_size, self.mean, self.std)
-            self._val = CocoDetection(self.root, self.val_split, tf, self.subset, self.category_ids, on_bad="drop")
+            self._val = CocoDetection(self.root, self.val_split, tf, self.subset, self.category_ids, on_bad="drop",
+                                      **self._labels(self.val_split))
             if self._train is not None and self._val.category_names != self._train.category_names:
                 raise ValueError(f"{self._val.ann_file} and {self._train.ann_file} name their categories "
                                  f"differently: {self._val.category_names[:5]} vs {self._train.category_names[:5]}")
         return self._val
+
+    def _labels(self, split: str) -> dict:
+        """``CocoDetection``'s in-memory labels for a labelling-tool format (none for COCO: it reads the file)."""
+        from ..formats import dataset_kwargs
+
+        return dataset_kwargs(self.fmt, self.root, split)
 
     @property
     def category_ids(self) -> list[int]:

@@ -38,8 +38,10 @@ class CocoSegmentation(Dataset):
 
     def __init__(self, root: str | os.PathLike, split: str, transform: Callable[[np.ndarray, np.ndarray], Any],
                  masks: str = "voc20", subset: int | None = None, min_mask_pixels: int = 0,
-                 on_bad: str = "raise") -> None:
-        self.source = CocoDetection(root, split, None, None, masks=masks)
+                 on_bad: str = "raise", fmt: str = "coco") -> None:
+        from ..formats import dataset_kwargs
+
+        self.source = CocoDetection(root, split, None, None, masks=masks, **dataset_kwargs(fmt, root, split))
         self.transform, self.on_bad, self.masks = transform, on_bad, masks
         ids = self.source.ids
         if min_mask_pixels > 0:

@@ -44,6 +44,8 @@ class SegmentationDataModule(pl.LightningDataModule):
         masks: ``None`` reads the VOC layout; ``"voc20"`` / ``"all"`` read a COCO layout (``root`` with
             ``annotations/instances_<split>.json``) and paint semantic labels from its instance masks
             (``data/masks.py``; TF DeepLab's COCO pre-training with ``"voc20"``).
+        fmt: with ``masks``, the instances' format (``data/formats``: coco, or the polygons of yolo, cvat,
+            labelme, labelstudio; boxes without a polygon are ignored regions, as in ``data/masks.py``).
         min_mask_pixels: COCO training split only: keep images whose labelled pixels exceed this (torchvision: 1000).
         seed: training order and augmentation: an epoch's order depends only on (seed, epoch), an image's
             augmentation only on (seed, epoch, index), and the loader's place in the epoch is saved in checkpoints
@@ -55,8 +57,9 @@ class SegmentationDataModule(pl.LightningDataModule):
                  mean: Sequence[float] = (0.485, 0.456, 0.406), std: Sequence[float] = (0.229, 0.224, 0.225),
                  batch_size: int = 16, val_batch_size: int = 1, num_workers: int = 4,
                  subset: int | None = None, seed: int = 0, masks: str | None = None,
-                 min_mask_pixels: int = 0) -> None:
+                 min_mask_pixels: int = 0, fmt: str = "coco") -> None:
         super().__init__()
+        self.fmt = fmt
         self.root, self.train_split, self.val_split = root, train_split, val_split
         self.num_classes, self.crop_size, self.scale_range = num_classes, crop_size, tuple(scale_range)
         self.mean, self.std = tuple(mean), tuple(std)
@@ -74,7 +77,7 @@ class SegmentationDataModule(pl.LightningDataModule):
 
         dataset = CocoSegmentation(self.root, split, transform, masks=self.masks, subset=self.subset,
                                    min_mask_pixels=self.min_mask_pixels if train else 0,
-                                   on_bad="replace" if train else "drop")
+                                   on_bad="replace" if train else "drop", fmt=self.fmt)
         if dataset.num_classes != self.num_classes:
             raise ValueError(f"{dataset} has {dataset.num_classes} segmentation classes, the model "
                              f"{self.num_classes}")
