@@ -330,7 +330,7 @@ class Predictor:
         """Per-frame results of a video file, a camera (its index: ``0``) or a stream URL (``rtsp://``,
         ``http://``, ...), as a generator: for each frame, ``predict()``'s result for that frame's image, plus
         ``frame`` (its index from 0), ``time`` (seconds, from the container's presentation timestamps), ``image``
-        (the decoded (H, W, 3) uint8 RGB frame, to draw on) and, with ``track``, ``track_ids`` (D,) int64.
+        (the decoded (H, W, 3) uint8 RGB frame, to draw on), ``fps`` (the stream's average frame rate) and, with ``track``, ``track_ids`` (D,) int64.
 
         Frames are decoded by PyAV in a thread, up to ``read_ahead`` frames ahead, so the network does not wait for
         the decoder (``data.io.video.read_frames``). Stopping early (``break``, ``close()``) stops the decoder
@@ -360,7 +360,7 @@ class Predictor:
 
                     tracker = ByteTracker(frame.fps)
                 [r] = self.predict(frame.image, score_thresh=score_thresh)
-                r.update(frame=frame.index, time=frame.time, image=frame.image)
+                r.update(frame=frame.index, time=frame.time, image=frame.image, fps=frame.fps)
                 if tracker is not None:
                     r["track_ids"] = torch.from_numpy(tracker.update(r["boxes"].numpy(), r["scores"].numpy(),
                                                                      r["labels"].numpy()))
