@@ -23,7 +23,9 @@ class ByteTracker:
         high_score: detections at least this confident are matched first and may start tracks.
         new_track_score: the lowest score that starts a new track.
         min_iou: the lowest IoU between a track's predicted box and a detection that still matches them.
-        confirm_frames: frames a new track must be matched in before it gets an id (before: id ``-1``).
+        confirm_frames: frames in a row an object must be detected in before its track gets an id (until then
+            ``-1``); the library counts the first frame of a track as unconfirmed in any case, so 1 and 2 both give
+            the id from an object's second frame on.
     """
 
     def __init__(self, fps: float = 30.0, *, lost_seconds: float = 1.0, high_score: float = 0.5,

@@ -199,8 +199,8 @@ def read_frames(source: int | str | os.PathLike, *, read_ahead: int = 8, timeout
 
 
 class VideoWriter:
-    """An H.264 MP4 (``yuv420p``, or ``yuv444p`` for an odd width or height, which 4:2:0 cannot hold) written frame
-    by frame at a frame rate, each frame at its own time; ``close()`` (or the ``with`` block's end, also on an
+    """An H.264 MP4 (``yuv420p``, or ``yuv444p`` for an odd width or height, which 4:2:0 cannot hold; its index
+    first, as ``-movflags +faststart`` writes it) written frame by frame at a frame rate, each frame at its own time; ``close()`` (or the ``with`` block's end, also on an
     error) finishes the file so that it plays with the frames written so far.
 
     Args:
@@ -213,13 +213,16 @@ class VideoWriter:
         av = _import_av()
         self.path, self.size = Path(path), (int(size[0]), int(size[1]))
         rate = Fraction(fps).limit_denominator(1001) if fps and fps > 0 else Fraction(30)
-        self._container = av.open(str(self.path), "w")
+        # faststart: the index goes before the frames (rewritten at close), so the file plays while it downloads
+        self._container = av.open(str(self.path), "w", options={"movflags": "+faststart"})
         self._stream = self._container.add_stream("h264" if "libx264" in av.codecs_available else "mpeg4",
                                                   rate=rate)
         self._stream.height, self._stream.width = self.size
         odd = self.size[0] % 2 or self.size[1] % 2
         self._stream.pix_fmt = "yuv444p" if odd and self._stream.codec_context.name != "mpeg4" else "yuv420p"
         self._stream.time_base = Fraction(1, 1) / (rate * 100)
+        if self._stream.codec_context.name == "libx264":
+            self._stream.options = {"crf": "18"}  # visually lossless (x264's default 23 blurs thin box outlines)
         self._last_pts = -1
         self.frames = 0
 
