@@ -330,7 +330,8 @@ class Predictor:
         """Per-frame results of a video file, a camera (its index: ``0``) or a stream URL (``rtsp://``,
         ``http://``, ...), as a generator: for each frame, ``predict()``'s result for that frame's image, plus
         ``frame`` (its index from 0), ``time`` (seconds, from the container's presentation timestamps), ``image``
-        (the decoded (H, W, 3) uint8 RGB frame, to draw on), ``fps`` (the stream's average frame rate) and, with ``track``, ``track_ids`` (D,) int64.
+        (the decoded (H, W, 3) uint8 RGB frame, to draw on), ``fps`` (the stream's average frame rate) and, with
+        ``track``, ``track_ids`` (D,) int64.
 
         Frames are decoded by PyAV in a thread, up to ``read_ahead`` frames ahead, so the network does not wait for
         the decoder (``data.io.video.read_frames``). Stopping early (``break``, ``close()``) stops the decoder

@@ -140,7 +140,8 @@ def test_predict_tool_writes_the_video_and_one_record_per_frame(clip, ckpts, tmp
 @pytest.mark.parametrize("task", ["segmentation", "multitask"])
 def test_predict_tool_writes_a_mask_png_per_frame(clip, ckpts, tmp_path, task):
     out = tmp_path / "out"
-    tool("predict").main(["--ckpt", str(ckpts[task]), str(clip[0]), "--out", str(out), "--max-frames", "3", "--no-fuse"])
+    tool("predict").main(["--ckpt", str(ckpts[task]), str(clip[0]), "--out", str(out), "--max-frames", "3",
+                          "--no-fuse"])
     records = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
     predictor = mnv2_vision.load(ckpts[task], device="cpu", fuse=False)
     expected = list(predictor.stream(clip[0], max_frames=3, score_thresh=0.3))
@@ -163,7 +164,8 @@ def test_truncated_video_keeps_the_frames_before_the_cut(clip, ckpts, tmp_path, 
     with pytest.raises(VideoError, match="cut.mp4: decoding failed after frame"):
         list(read_frames(bad))
     out = tmp_path / "out"
-    line = fails(capsys, "predict", ["--ckpt", str(ckpts["detection"]), str(bad), "--out", str(out), "--no-fuse"], code=1)
+    line = fails(capsys, "predict", ["--ckpt", str(ckpts["detection"]), str(bad), "--out", str(out), "--no-fuse"],
+                 code=1)
     done = (out / "predictions.jsonl").read_text().splitlines()
     assert "cut.mp4" in line and f"the {len(done)} frame(s) before it are in" in line
     assert 1 <= len(done) < 10
@@ -181,3 +183,14 @@ def test_unreachable_sources_are_one_line_and_leave_nothing(source, expected, ck
                                      "1", "--no-fuse"], code=1)
     assert expected in line
     assert not (out / "predictions.jsonl").exists()
+
+
+def test_benchmark_video_entry(clip, ckpts, tmp_path):
+    out = tmp_path / "bench.json"
+    tool("benchmark").main(["--video-only", "--video-path", str(clip[0]), "--det-ckpt", str(ckpts["detection"]),
+                            "--video-rounds", "1", "--json", str(out)])
+    v = json.loads(out.read_text())["video"]
+    assert v["frames"] == 10 and v["size"] == [64, 96] and v["rounds"] == 1
+    fps = v["frames_per_s"]
+    assert set(fps) == {"stream(video)", "predict() on pre-decoded frames", "decoding alone"}
+    assert v["stream / pre-decoded"] == pytest.approx(fps["stream(video)"] / fps["predict() on pre-decoded frames"])

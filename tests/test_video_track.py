@@ -1,11 +1,16 @@
 """``--track`` on a detector that sees the shapes: each object keeps one track id in ≥ 95 % of the frames where it is
-detected (issue #26). The detector is trained here on moving-shapes clips of other seeds (a few hundred steps)."""
+detected (issue #26).
+
+The detector is trained here by ``tools/train_det.py`` on the clip's own frames (SSDLite α 0.35 at 96², 80 steps):
+fitted to these three objects, the cheapest detector that finds them in every frame, which is what a test of the
+tracker needs. BatchNorm's running statistics follow the batches with momentum 0.3: at the default 0.03 a run this
+short evaluates with statistics still far from its batches' and finds nothing (scores 0.2 in eval mode, 0.99 on
+the same frames in train mode)."""
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -42,25 +47,27 @@ def _coco_split(root: Path, split: str, seeds: range, frames: int) -> None:
         {"images": images, "annotations": annotations, "categories": categories}))
 
 
+CLIP_SEED, FRAMES, FPS = 0, 40, 10
+
+
 @pytest.fixture(scope="module")
 def detector(tmp_path_factory) -> Path:
-    """SSDLite (α 0.35, 128²) trained 180 steps on 240 frames of 8 clips (seeds 100-107; the test clip is seed 0)."""
     root = tmp_path_factory.mktemp("moving")
-    _coco_split(root, "train2017", range(100, 108), 30)
-    _coco_split(root, "val2017", range(200, 202), 20)
-    out, result = train(tmp_path_factory, "train_det", "ssdlite_shapes", sets(
-        "data.synthetic=false", f"data.root={root}", "data.image_size=128", "model.width_mult=0.35",
-        "trainer.max_epochs=12", "trainer.check_val_every_n_epoch=12", "data.batch_size=16", "data.augment=none",
-        "sched.warmup_epochs=0.5"))
+    _coco_split(root, "train2017", range(CLIP_SEED, CLIP_SEED + 1), FRAMES)
+    _coco_split(root, "val2017", range(CLIP_SEED, CLIP_SEED + 1), 8)
+    out, _ = train(tmp_path_factory, "train_det", "ssdlite_shapes", sets(
+        "data.synthetic=false", f"data.root={root}", "data.image_size=96", "model.width_mult=0.35",
+        "model.bn_momentum=0.3", "trainer.max_epochs=16", "trainer.check_val_every_n_epoch=16", "data.batch_size=8",
+        "data.augment=none", "sched.warmup_epochs=1"))
     return out / "ckpt" / "last.ckpt"
 
 
 def test_each_object_keeps_one_track_id(detector, tmp_path):
-    shapes = render_moving_shapes(seed=0, num_frames=40)
-    video = write_shapes_video(tmp_path / "clip.mp4", shapes, fps=10)
+    shapes = render_moving_shapes(seed=CLIP_SEED, num_frames=FRAMES)
+    video = write_shapes_video(tmp_path / "clip.mp4", shapes, fps=FPS)
     tool("predict").main(["--ckpt", str(detector), str(video), "--out", str(tmp_path / "out"), "--track"])
     records = [json.loads(line) for line in (tmp_path / "out" / "predictions.jsonl").read_text().splitlines()]
-    assert len(records) == 40
+    assert len(records) == FRAMES
     ids: dict[int, list[int]] = {i: [] for i in range(len(shapes.labels))}  # object → its track id per frame found
     for rec, truth in zip(records, shapes.boxes):
         if not rec["boxes"]:
@@ -71,9 +78,9 @@ def test_each_object_keeps_one_track_id(detector, tmp_path):
             if iou[obj, best] >= 0.5:  # detected in this frame
                 ids[obj].append(rec["track_ids"][best])
     for obj, found in ids.items():
-        assert len(found) >= 30, (obj, len(found))  # the detector finds each object in most frames
+        assert len(found) >= 0.9 * FRAMES, (obj, len(found))  # the detector finds each object in most frames
         top = max(set(found), key=found.count)
-        share = found.count(top) / len(found)
+        share = found.count(top) / len(found)  # the first frame of a track is unconfirmed (-1): 1 of ~40
         assert top >= 0 and share >= 0.95, (obj, share, found)
     tops = [max(set(f), key=f.count) for f in ids.values()]
     assert len(set(tops)) == len(tops)  # one id per object, none shared

@@ -200,8 +200,9 @@ def read_frames(source: int | str | os.PathLike, *, read_ahead: int = 8, timeout
 
 class VideoWriter:
     """An H.264 MP4 (``yuv420p``, or ``yuv444p`` for an odd width or height, which 4:2:0 cannot hold; its index
-    first, as ``-movflags +faststart`` writes it) written frame by frame at a frame rate, each frame at its own time; ``close()`` (or the ``with`` block's end, also on an
-    error) finishes the file so that it plays with the frames written so far.
+    first, as ``-movflags +faststart`` writes it) written frame by frame at a frame rate, each frame at its own
+    time; ``close()`` (or the ``with`` block's end, also on an error) finishes the file so that it plays with the
+    frames written so far.
 
     Args:
         path: the ``.mp4`` to write.
