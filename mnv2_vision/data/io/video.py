@@ -120,6 +120,8 @@ def _frames(container: Any, name: str, is_file: bool, stop: threading.Event) -> 
     if not container.streams.video:
         raise VideoError(f"{name}: no video stream")
     stream = container.streams.video[0]
+    # one decoding thread: FFmpeg's default starts a thread per core, which preempt the network's threads
+    stream.codec_context.thread_count = 1
     rate = stream.average_rate or stream.guessed_rate or Fraction(30)
     declared = int(stream.frames or 0)  # 0 where the container does not tell (streams, some formats)
     start = None
