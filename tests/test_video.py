@@ -194,3 +194,11 @@ def test_benchmark_video_entry(clip, ckpts, tmp_path):
     fps = v["frames_per_s"]
     assert set(fps) == {"stream(video)", "predict() on pre-decoded frames", "decoding alone"}
     assert v["stream / pre-decoded"] == pytest.approx(fps["stream(video)"] / fps["predict() on pre-decoded frames"])
+
+
+def test_predicting_an_earlier_output_video_into_its_folder_reads_it_whole(clip, ckpts, tmp_path):
+    out = tmp_path / "out"
+    argv = ["--ckpt", str(ckpts["detection"]), "--out", str(out), "--no-fuse", "--max-frames", "4"]
+    tool("predict").main([str(clip[0]), *argv])
+    tool("predict").main([str(out / "clip.mp4"), *argv])  # the annotated video, an output of ours, as the input
+    assert len(list(read_frames(out / "clip.mp4"))) == 4 and len(list(read_frames(out / "clip_1.mp4"))) == 4

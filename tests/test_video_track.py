@@ -2,10 +2,10 @@
 detected (issue #26).
 
 The detector is trained here by ``tools/train_det.py`` on the clip's own frames (SSDLite α 0.35 at 96², 120 steps,
-val mAP 0.94; 190 s on a loaded 2-core machine): fitted to these three objects, the cheapest detector that finds them in every frame, which is what a test of the
-tracker needs. BatchNorm's running statistics follow the batches with momentum 0.3: at the default 0.03 a run this
-short evaluates with statistics still far from its batches' and finds nothing (scores 0.2 in eval mode, 0.99 on
-the same frames in train mode)."""
+val mAP 0.94; 73 s of fixture set-up on 2 cores): fitted to these three objects, the cheapest detector that finds
+them in every frame, which is what a test of the tracker needs. BatchNorm's running statistics follow the batches
+with momentum 0.3: at SSDLite's default 0.03 a run this short evaluates with statistics still far from its
+batches' and finds nothing (scores 0.2 in eval mode, 0.99 on the same frames in train mode, measured)."""
 from __future__ import annotations
 
 import json

@@ -52,11 +52,13 @@ def source_name(source: int | str) -> str:
     return Path(source).stem
 
 
-def _free(path: Path, ours: set[str]) -> Path:
-    """``path`` unless another file of that name is there that this tool did not write: then ``<stem>_1`` ..."""
+def _free(path: Path, ours: set[str], source: int | str) -> Path:
+    """``path`` unless another file of that name is there that this tool did not write, or it is the source being
+    read (an earlier call's annotated video predicted again into its folder): then ``<stem>_1`` ..."""
+    reading = os.path.realpath(source) if isinstance(source, str) and "://" not in source else None
     for k in range(10000):
         p = path if k == 0 else path.with_name(f"{path.stem}_{k}{path.suffix}")
-        if not os.path.lexists(p) or p.name in ours:
+        if (not os.path.lexists(p) or p.name in ours) and os.path.realpath(p) != reading:
             return p
     raise FileExistsError(f"no free name for {path.name} in {path.parent}")
 
@@ -94,9 +96,9 @@ def predict_video(predictor: Predictor, source: int | str, out_dir: Path, ours: 
     ``frames``, ``video``, ``jsonl``. ``ours``: the names this tool wrote there before (replaceable);
     ``log_outputs(paths)`` records output names before they are written."""
     name = source_name(source)
-    video_path = _free(out_dir / f"{name}.mp4", ours)
-    jsonl_path = _free(out_dir / "predictions.jsonl", ours)
-    masks = _free(out_dir / f"{name}_masks", ours) if predictor.task != "detection" else None
+    video_path = _free(out_dir / f"{name}.mp4", ours, source)
+    jsonl_path = _free(out_dir / "predictions.jsonl", ours, source)
+    masks = _free(out_dir / f"{name}_masks", ours, source) if predictor.task != "detection" else None
     writer: VideoWriter | None = None
     jsonl: TextIO | None = None
     frames = 0

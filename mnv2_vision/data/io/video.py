@@ -139,8 +139,8 @@ def _frames(container: Any, name: str, is_file: bool, stop: threading.Event) -> 
                 t = float(index / rate)
             yield Frame(index, t, frame.to_ndarray(format="rgb24"), float(rate))
     except av.FFmpegError as e:
-        raise VideoError(f"{name}: decoding failed after frame {index} ({index + 1} frame(s) read): "
-                         f"{e.strerror or e}") from None
+        where = f"after frame {index} ({index + 1} frame(s) read)" if index >= 0 else "at its first frame"
+        raise VideoError(f"{name}: decoding failed {where}: {e.strerror or e}") from None
     if is_file and declared and index + 1 < declared:
         raise VideoError(f"{name}: truncated: {index + 1} of the {declared} frames its header declares were decoded")
 
