@@ -194,6 +194,9 @@ def test_benchmark_video_entry(clip, ckpts, tmp_path):
     fps = v["frames_per_s"]
     assert set(fps) == {"stream(video)", "predict() on pre-decoded frames", "decoding alone"}
     assert v["stream / pre-decoded"] == pytest.approx(fps["stream(video)"] / fps["predict() on pre-decoded frames"])
+    whole = v["frames_per_s_whole_pass"]
+    assert v["stream / pre-decoded, whole pass"] == pytest.approx(
+        whole["stream(video)"] / whole["predict() on pre-decoded frames"])
 
 
 def test_predicting_an_earlier_output_video_into_its_folder_reads_it_whole(clip, ckpts, tmp_path):
