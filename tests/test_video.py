@@ -205,3 +205,22 @@ def test_predicting_an_earlier_output_video_into_its_folder_reads_it_whole(clip,
     tool("predict").main([str(clip[0]), *argv])
     tool("predict").main([str(out / "clip.mp4"), *argv])  # the annotated video, an output of ours, as the input
     assert len(list(read_frames(out / "clip.mp4"))) == 4 and len(list(read_frames(out / "clip_1.mp4"))) == 4
+
+
+def test_ctrl_c_keeps_the_frames_done_and_exits_130(clip, ckpts, tmp_path, monkeypatch):
+    from mnv2_vision.predictor import Predictor
+
+    original = Predictor.stream
+
+    def interrupted(self, *args, **kwargs):  # a camera stopped with Ctrl-C after three frames
+        for r in original(self, *args, **kwargs):
+            if r["frame"] == 3:
+                raise KeyboardInterrupt
+            yield r
+
+    monkeypatch.setattr(Predictor, "stream", interrupted)
+    out = tmp_path / "out"
+    status = tool("predict").main(["--ckpt", str(ckpts["detection"]), str(clip[0]), "--out", str(out), "--no-fuse"])
+    assert status == 130
+    assert len((out / "predictions.jsonl").read_text().splitlines()) == 3
+    assert len(list(read_frames(out / "clip.mp4"))) == 3
