@@ -224,3 +224,15 @@ def test_ctrl_c_keeps_the_frames_done_and_exits_130(clip, ckpts, tmp_path, monke
     assert status == 130
     assert len((out / "predictions.jsonl").read_text().splitlines()) == 3
     assert len(list(read_frames(out / "clip.mp4"))) == 3
+
+
+def test_an_exported_onnx_model_streams_as_it_predicts(clip, ckpts, tmp_path):
+    pytest.importorskip("onnxruntime")
+    tool("export").main(["--ckpt", str(ckpts["detection"]), "--out", str(tmp_path)])
+    model = mnv2_vision.load(tmp_path / "model.onnx")
+    results = list(model.stream(clip[0], score_thresh=0.05, track=True))
+    expected = model.predict([f.image for f in read_frames(clip[0])], score_thresh=0.05)
+    assert [r["frame"] for r in results] == list(range(10))
+    for r, e in zip(results, expected):
+        assert torch.equal(r["boxes"], e["boxes"]) and torch.equal(r["scores"], e["scores"])
+        assert len(r["track_ids"]) == len(r["boxes"])
