@@ -58,6 +58,8 @@ setup(
             "onnxruntime>=1.17",
             "onnxscript>=0.1",
             "faster-coco-eval>=1.6",
+            "av>=14",  # the video extra: tests/test_video*.py
+            "trackers>=2.6",
         ],
         # eval.coco_evaluator=faster_coco_eval: the same COCO stats as pycocotools, several times faster
         "fast-eval": [
@@ -68,6 +70,13 @@ setup(
             "mkdocs>=1.6",
             "mkdocs-material>=9.5",
             "mkdocstrings[python]>=1.0",
+        ],
+        # video files, cameras and streams (Predictor.stream, tools/predict.py on a video): PyAV decodes and writes
+        # (its wheels carry FFmpeg with libx264); --track's ByteTrack comes from Roboflow's trackers (where
+        # supervision's sv.ByteTrack moved; it pulls supervision and opencv-python)
+        "video": [
+            "av>=14",
+            "trackers>=2.6",
         ],
         # tools/export.py and tools/benchmark.py: ONNX export, ONNX Runtime parity check, int8 quantisation
         "deploy": [

@@ -4,6 +4,8 @@
     model = mnv2_vision.load("runs/ssdlite_coco/ckpt/best.ckpt")     # or model.pt (+ its run folder), model.onnx
     [result] = model.predict("photo.jpg")                             # result["boxes"], ["scores"], ["labels"], ...
     results = model.predict(["a.jpg", "photos/", pil_image, rgb_array, tensor], batch_size=8)
+    for r in model.stream("clip.mp4", track=True):                   # or 0 (a camera), "rtsp://...": a generator
+        r["frame"], r["time"], r["track_ids"], r["image"]             # per frame: predict()'s result and more
 
 Outputs follow torchvision's conventions, in the pixels of each original image (after its EXIF orientation):
 detection ``boxes`` (D, 4) float xyxy, ``scores`` (D,), ``labels`` (D,) int64 (1..C, 0 is background), plus ``names``
@@ -40,6 +42,7 @@ from mnv2_runtime.preprocess import segmentation_input
 from torch import Tensor, nn
 
 from .data.io.decode import EncodedImage, to_rgb
+from .data.io.video import describe_source, is_video_source, read_frames
 from .errors import CheckpointError, ModelError, UserError
 from .ops.postprocess import PostprocessSettings, postprocess_detections
 
@@ -289,6 +292,10 @@ class Predictor:
         """
         if batch_size < 1:
             raise ValueError(f"batch_size must be ≥ 1, got {batch_size}")
+        for item in (inputs if isinstance(inputs, (list, tuple)) else [inputs]):
+            if is_video_source(item):
+                raise UserError(f"{describe_source(item)} is a video source: predict() takes images; use "
+                                "Predictor.stream(source), a generator of per-frame results")
         if score_thresh is not None:
             score_thresh = check_score_thresh(score_thresh)
         items = expand_inputs(inputs)
@@ -316,6 +323,51 @@ class Predictor:
         return results
 
     __call__ = predict
+
+    def stream(self, source: int | str | os.PathLike, *, score_thresh: float | None = None, track: bool = False,
+               read_ahead: int = 8, timeout: float = 10.0, max_frames: int | None = None,
+               tracker: Any = None) -> Iterator[dict[str, Any]]:
+        """Per-frame results of a video file, a camera (its index: ``0``) or a stream URL (``rtsp://``,
+        ``http://``, ...), as a generator: for each frame, ``predict()``'s result for that frame's image, plus
+        ``frame`` (its index from 0), ``time`` (seconds, from the container's presentation timestamps), ``image``
+        (the decoded (H, W, 3) uint8 RGB frame, to draw on), ``fps`` (the stream's average frame rate) and, with
+        ``track``, ``track_ids`` (D,) int64.
+
+        Frames are decoded by PyAV in a thread, up to ``read_ahead`` frames ahead, so the network does not wait for
+        the decoder (``data.io.video.read_frames``). Stopping early (``break``, ``close()``) stops the decoder
+        and closes the source. A source that cannot be opened or fails part-way raises ``VideoError``
+        (a ``DataError``) naming it, after the frames read before the failure have been yielded.
+
+        Args:
+            score_thresh: as ``predict``'s (default: the checkpoint's ``eval.score_thresh``). With ``track``,
+                boxes below it are neither returned nor tracked.
+            track: ByteTrack track ids per box (``ops.tracking.ByteTracker`` at the source's frame rate; ``-1``
+                for a box no confirmed track holds). Detection and multi-task models only.
+            timeout: seconds a network stream may take to open, and between packets.
+            max_frames: stop after this many frames (a camera or live stream never ends by itself).
+            tracker: a ``ByteTracker`` of your settings (implies ``track``).
+        """
+        if (track or tracker is not None) and self.task == "segmentation":
+            raise UserError("tracking needs boxes: this is a segmentation model")
+        if score_thresh is not None:
+            score_thresh = check_score_thresh(score_thresh)
+        frames = read_frames(source, read_ahead=read_ahead, timeout=timeout)
+        try:
+            for frame in frames:
+                if max_frames is not None and frame.index >= max_frames:
+                    return
+                if tracker is None and track:
+                    from .ops.tracking import ByteTracker
+
+                    tracker = ByteTracker(frame.fps)
+                [r] = self.predict(frame.image, score_thresh=score_thresh)
+                r.update(frame=frame.index, time=frame.time, image=frame.image, fps=frame.fps)
+                if tracker is not None:
+                    r["track_ids"] = torch.from_numpy(tracker.update(r["boxes"].numpy(), r["scores"].numpy(),
+                                                                     r["labels"].numpy()))
+                yield r
+        finally:
+            frames.close()
 
     def _detect_one(self, item: Any, score_thresh: float | None, probs: bool = False) -> dict[str, Any]:
         x, size = self._det_input(item)

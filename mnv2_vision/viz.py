@@ -24,6 +24,7 @@ def draw_detections(
     scores: Sequence[float] | None = None,
     names: Sequence[str] | dict[int, str] | None = None,
     line_width: int = 2,
+    track_ids: Sequence[int] | None = None,
 ) -> np.ndarray:
     """A copy of RGB uint8 ``image`` ``(H, W, 3)`` with xyxy ``boxes`` drawn, each captioned "name score".
 
@@ -33,6 +34,7 @@ def draw_detections(
         labels: ``(D,)`` class labels; colours and names are looked up by label.
         scores: ``(D,)`` confidences, printed after the name when given.
         names: label → name (a sequence indexed by label, or a dict); the label number otherwise.
+        track_ids: ``(D,)`` track ids, printed after the name as ``#id`` (none for ``-1``, an unconfirmed box).
     """
     img = Image.fromarray(np.ascontiguousarray(image, dtype=np.uint8))
     draw = ImageDraw.Draw(img)
@@ -49,6 +51,8 @@ def draw_detections(
             name = names[label]
         else:
             name = str(label)
+        if track_ids is not None and int(track_ids[i]) >= 0:
+            name = f"{name} #{int(track_ids[i])}"
         text = name if scores is None else f"{name} {float(scores[i]):.2f}"
         tx0, ty0, tx1, ty1 = draw.textbbox((x0, y0), text, font=font)
         th = ty1 - ty0

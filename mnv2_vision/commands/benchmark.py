@@ -95,6 +95,13 @@ def main(argv: Sequence[str] | None = None) -> dict:
     p.add_argument("--predictor-images", type=int, default=64)
     p.add_argument("--predictor-score-thresh", type=float, default=0.3,
                    help="predict()'s score threshold in the throughput run (an application's, not mAP's 0.001)")
+    p.add_argument("--video", action="store_true",
+                   help="the predictor on a video: Predictor.stream (decoding in a thread) vs predict() on the same "
+                        "frames decoded beforehand, frames/s side by side (needs the video extra)")
+    p.add_argument("--video-only", action="store_true", help="only the video table")
+    p.add_argument("--video-rounds", type=int, default=7, help="interleaved rounds over the video (median)")
+    p.add_argument("--video-path", default=None,
+                   help="the video of --video (default: a generated 640×480 moving-shapes clip, 30 frames at 30 fps)")
     p.add_argument("--runtimes", action="store_true",
                    help="one table per model (SSDLite, DeepLab-lite, the pair): the PyTorch CPU graph and each export "
                         "format in fp32 and int8, networks on their raw outputs, post-processing in its own column")
@@ -132,6 +139,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
     if args.data_only:
         _data(args, result)
         return _written(args.json, result)
+    if args.video_only:
+        _video(args, result)
+        return _written(args.json, result)
     pp = PostprocessSettings(args.score_thresh, args.nms_iou, args.topk, args.detections)
     _latency(args, pp, result)
     if not args.no_memory:
@@ -150,6 +160,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
         _data(args, result)
     if args.predictor:
         _predictor(args, result)
+    if args.video:
+        _video(args, result)
     if args.runtimes:
         _runtimes(args, result)
     if args.det_ckpt or args.seg_ckpt:
@@ -290,6 +302,29 @@ def _predictor(args, result: dict) -> None:
     result["predictor"] = {"network": net, "throughput": thr,
                            "weights": args.det_ckpt[0] if args.det_ckpt else "random (ImageNet-free SSDLite, 91)"}
     print("\n" + format_predictor_benchmark(net, thr) + f"\n  (images: {folder})")
+
+
+def _video(args, result: dict) -> None:
+    """``--video``: Predictor.stream on a video against predict() on its frames decoded beforehand."""
+    from mnv2_vision.checkpoint import load_model
+    from mnv2_vision.config import load_config
+    from mnv2_vision.data.synthetic_video import render_moving_shapes, write_shapes_video
+    from mnv2_vision.perf.predictor import format_video_benchmark, video_throughput
+    from mnv2_vision.predictor import Predictor
+
+    if args.det_ckpt:
+        cfg, model, hparams = load_model(args.det_ckpt[0])
+    else:
+        cfg = load_config("ssdlite_coco", ["model.num_classes=91"])
+        model, hparams = build_model("ssdlite320_mobilenet_v2", num_classes=91).eval(), {}
+    predictor = Predictor.from_model(model, cfg, hparams, device="cpu")
+    with tempfile.TemporaryDirectory() as tmp:
+        video = Path(args.video_path) if args.video_path else write_shapes_video(
+            Path(tmp) / "shapes.mp4", render_moving_shapes(0, 30, (480, 640), num_objects=4), fps=30)
+        v = video_throughput(predictor, video, rounds=args.video_rounds, score_thresh=args.predictor_score_thresh)
+    v["weights"] = args.det_ckpt[0] if args.det_ckpt else "random (ImageNet-free SSDLite, 91)"
+    result["video"] = v
+    print("\n" + format_video_benchmark(v))
 
 
 def _data(args, result: dict) -> None:

@@ -3,6 +3,16 @@
     python tools/predict.py --ckpt runs/ssdlite_shapes/ckpt/last.ckpt photo.jpg more_photos/
     python tools/predict.py --ckpt runs/deeplabv3_shapes/ckpt/last.ckpt image.jpg --out runs/predict
     python tools/predict.py --ckpt runs/ssdlite_coco/export/model.onnx photos/ --batch-size 8
+    python tools/predict.py --ckpt runs/ssdlite_shapes/ckpt/last.ckpt clip.mp4 --track --out runs/clip
+    python tools/predict.py --ckpt C.ckpt 0 --max-frames 300          # camera 0; rtsp://... or http://... streams
+
+A video file (``.mp4``, ``.mov``, ``.mkv``, ...), a camera index or a stream URL, given alone, is predicted frame
+by frame (``Predictor.stream``; ``mnv2_vision/commands/predicting/video.py``): ``<out>/<name>.mp4`` with the
+predictions drawn (same frame rate and size) and ``<out>/predictions.jsonl``, one JSON record per frame (``frame``,
+``time``, ``boxes``, ``scores``, ``labels``, ``names``, ``category_ids``, with ``--track`` ByteTrack's
+``track_ids``; segmentation: ``mask``, the frame's palette PNG under ``<out>/<name>_masks/``, and ``pixels``). A
+source that cannot be opened or fails part-way ends with one line naming it and exit status 1, the frames done by
+then written (the jsonl is flushed per frame, the video finished so that it plays).
 
 A thin wrapper of the predictor API (``mnv2_vision.load(...).predict(...)``, ``mnv2_vision/predictor.py``): the same
 model files (a training checkpoint, a ``model.pt`` in its run folder, an exported ``.onnx``), the same
@@ -49,10 +59,12 @@ from PIL import Image
 
 import mnv2_vision
 from mnv2_vision.commands.cli import add_debug_flag, exit_status, guarded, make_parser, skipped_message
+from mnv2_vision.commands.predicting.video import predict_video, source_argument
 from mnv2_vision.data.io.labels import write_label
 from mnv2_vision.errors import DataError, UserError
 from mnv2_vision.files import output_folder, plan_outputs, remove_temp_files, save_image, write_json
 from mnv2_vision.data.io.decode import to_rgb
+from mnv2_vision.data.io.video import is_video_source
 from mnv2_vision.predictor import IMAGE_SUFFIXES, Predictor, check_score_thresh
 from mnv2_vision.viz import draw_detections, overlay_segmentation
 
@@ -332,11 +344,12 @@ def _write(f: Path, image: np.ndarray, r: dict[str, Any], outs: tuple[Path, ...]
 
 
 @guarded
-def main(argv: Sequence[str] | None = None) -> list[dict]:
+def main(argv: Sequence[str] | None = None) -> list[dict] | dict[str, Any] | int:
     p = make_parser(__doc__)
     p.add_argument("--ckpt", required=True, help="a checkpoint of tools/train_det.py, train_seg.py or "
                    "train_multitask.py, a model.pt in its run folder, or a model.onnx of tools/export.py")
-    p.add_argument("images", nargs="+", help="image files and/or folders of images")
+    p.add_argument("images", nargs="+", help="image files and/or folders of images; or one video file, camera "
+                   "index (0, 1, ...) or stream URL (rtsp://, http://, ...)")
     p.add_argument("--out", default="runs/predict", help="output folder")
     p.add_argument("--score-thresh", type=float, default=0.3,
                    help="detection: the lowest score kept and drawn. From Python, predict() keeps more by default: "
@@ -346,11 +359,22 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda when available)")
     p.add_argument("--fuse", action=argparse.BooleanOptionalAction, default=None,
                    help="fused inference: BatchNorm folded, activations fused, channels-last (default: on CPU)")
+    p.add_argument("--track", action="store_true",
+                   help="a video: ByteTrack track ids per box (detection and multi-task models)")
+    p.add_argument("--max-frames", type=int, default=None,
+                   help="a video: stop after this many frames (a camera or live stream runs until Ctrl-C)")
+    p.add_argument("--timeout", type=float, default=10.0,
+                   help="a stream URL: seconds to connect, and between packets, before it counts as unreachable")
     args = add_debug_flag(p).parse_args(argv)
     try:
         check_score_thresh(args.score_thresh, "--score-thresh")
     except ValueError as e:
         raise UserError(str(e)) from None
+    sources = [source_argument(a) for a in args.images]
+    if any(is_video_source(s) for s in sources):
+        return _video(args, sources)
+    if args.track or args.max_frames is not None:
+        raise UserError("--track and --max-frames apply to a video file, camera or stream, not to images")
 
     files, skipped = _collect(args.images)
     predictor = mnv2_vision.load(args.ckpt, device=args.device, fuse=args.fuse)
@@ -390,6 +414,27 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
     if skipped:
         raise DataError(skipped_message(skipped, len(records), f"in {json_path}"))
     return records
+
+
+def _video(args: argparse.Namespace, sources: list[int | str]) -> dict[str, Any] | int:
+    """One video file, camera or stream URL: ``predicting.video.predict_video``."""
+    if len(sources) > 1:
+        raise UserError(f"a video file, camera or stream is predicted alone: got {len(sources)} inputs "
+                        f"({', '.join(map(str, sources[:4]))}{', ...' if len(sources) > 4 else ''})")
+    if args.max_frames is not None and args.max_frames < 1:
+        raise UserError(f"--max-frames must be ≥ 1, got {args.max_frames}")
+    predictor = mnv2_vision.load(args.ckpt, device=args.device, fuse=args.fuse)
+    if args.track and predictor.task == "segmentation":
+        raise UserError(f"--track needs boxes: {args.ckpt} is a segmentation model")
+    out_dir = output_folder(args.out)
+    remove_temp_files(out_dir)
+    logged = _our_outputs(out_dir)
+    summary = predict_video(predictor, sources[0], out_dir, set(logged), score_thresh=args.score_thresh,
+                            track=args.track, max_frames=args.max_frames, timeout=args.timeout,
+                            log_outputs=lambda outs: _log_outputs(out_dir, outs, logged))
+    print(f"{summary['source']}: {summary['frames']} frame(s) → {summary['video']} and {summary['jsonl']}"
+          + (" (stopped by Ctrl-C)" if summary.get("stopped") else ""))
+    return 130 if summary.get("stopped") else summary
 
 
 def console() -> int:
