@@ -168,3 +168,24 @@ def test_train_writes_the_report_and_keeps_the_frozen_backbone(tmp_path, shapes_
         if k.startswith("backbone."):
             assert torch.equal(trained[f"model.{k}"], v), k
     assert not torch.equal(trained["model.extras.0.0.0.weight"], old["extras.0.0.0.weight"])
+
+
+@pytest.mark.slow
+def test_a_frozen_fine_tuning_run_killed_mid_epoch_resumes_exactly(tmp_path, shapes_root):
+    """The project's exact-resume guarantee with a frozen backbone: the optimiser holds the trainable parameters
+    only, and after the restart the frozen BatchNorms are held in eval mode again (tests/test_resume.py's harness)."""
+    from test_resume import DET_ARGS, _assert_same_final_state, _killed_and_uninterrupted, _load
+
+    path = tmp_path / "old.ckpt"
+    old = _trained_ckpt(path, ["circle", "square"])
+    args = [*DET_ARGS, "--set", f"model.pretrained={path}", "--set", "finetune.freeze=stages:4"]
+    ref, run, at_kill = _killed_and_uninterrupted("train_det", tmp_path, args, kill_at="9")
+    assert at_kill["global_step"] == 9
+    _assert_same_final_state(ref, run)
+    final = _load(run)["state_dict"]
+    for k, v in old.items():
+        if re.match(r"backbone\.features\.[0-6]\.", k):  # stages 0-3: features 0-6
+            assert torch.equal(final[f"model.{k}"], v), k
+    n_trainable = sum(1 for k in final if not re.match(r"model\.backbone\.features\.[0-6]\.", k)
+                      and not k.endswith(("running_mean", "running_var", "num_batches_tracked")))
+    assert len(_load(run)["optimizer_states"][0]["state"]) == n_trainable

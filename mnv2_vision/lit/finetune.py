@@ -80,10 +80,15 @@ def format_report(report: FinetuneReport) -> list[str]:
     lines = []
     if report.source:
         lines.append(f"fine-tuning from {report.source}: {len(report.loaded)} tensors loaded, "
-                     f"{len(report.reinitialised)} re-initialised (shape changed), {len(report.missing)} missing from "
-                     f"the file, {len(report.unexpected)} unused")
+                     f"{len(report.reinitialised)} re-initialised (another shape or other classes), "
+                     f"{len(report.missing)} missing from the file, {len(report.unexpected)} unused "
+                     "(every key: finetune_report.json)")
         lines += [f"  re-initialised {k}" for k in report.reinitialised]
-        lines += [f"  kept rows of {', '.join(v)} in {k}" for k, v in report.class_rows_kept.items()]
+        kept: dict[tuple[str, ...], int] = {}
+        for names in report.class_rows_kept.values():
+            kept[tuple(names)] = kept.get(tuple(names), 0) + 1
+        lines += [f"  kept the rows of {', '.join(names)} in {n} of them (finetune.keep_class_rows)"
+                  for names, n in kept.items()]
         lines += [f"  missing from the file (initialised): {k}" for k in report.missing]
         lines += [f"  in the file, not in the model (unused): {k}" for k in report.unexpected]
     if report.freeze != "none":
