@@ -14,7 +14,6 @@ whose shape changed with the class count keeps its initialisation). This module 
 from __future__ import annotations
 
 import json
-import logging
 import types
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -28,8 +27,6 @@ from ..models.weights import LoadReport
 
 __all__ = ["FinetuneReport", "backbone_stages", "freeze_backbone", "keep_class_rows", "checkpoint_class_names",
            "format_report", "start_report"]
-
-log = logging.getLogger("mnv2_vision")
 
 _NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.SyncBatchNorm)
 
