@@ -13,7 +13,7 @@ from mnv2_vision.lit.finetune import backbone_stages, freeze_backbone, start_rep
 from mnv2_vision.models import build_model
 from mnv2_vision.models.weights import WeightsMismatchError, collect_reports
 
-from helpers import tool
+from helpers import fails, sets, tool
 
 DET = "ssdlite320_mobilenet_v2"
 
@@ -106,6 +106,23 @@ def test_wrong_width_or_architecture_names_the_file_and_the_first_key(tmp_path):
     assert str(seg) in str(e.value) and "\n" not in str(e.value)
     with pytest.raises(FileNotFoundError, match=r"pretrained weights file not found: .*typo\.ckpt"):
         build_model(DET, num_classes=3, width_mult=0.35, pretrained=str(tmp_path / "typo.ckpt"))
+
+
+@pytest.mark.parametrize("what", ["width", "typo", "stages"])
+def test_train_det_stops_in_one_line_on_a_start_that_does_not_fit(tmp_path, capsys, shapes_root, what):
+    path = tmp_path / "wide.ckpt"
+    if what == "width":
+        _trained_ckpt(path, ["circle", "square"], width=0.5)
+    out = tmp_path / "run"
+    start = ["finetune.freeze=stages:10"] if what == "stages" else [f"model.pretrained={path}",
+                                                                    "finetune.freeze=stages:4"]
+    line = fails(capsys, "train_det", ["--cfg", "ssdlite_shapes", "--out", str(out),
+                                       *sets("data.subset=4", "model.width_mult=0.35", *start)])
+    expected = {"width": f"cannot load {path} into SSDLite: first mismatching key backbone.features.2.conv.2.weight",
+                "typo": f"pretrained weights file not found: {path}",
+                "stages": "finetune.freeze=stages:10: this backbone has 9 stages (0-8)"}[what]
+    assert expected in line, line
+    assert not (out / "finetune_report.json").exists()
 
 
 def test_stages_follow_the_table_and_bad_settings_are_named():

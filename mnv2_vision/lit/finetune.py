@@ -22,7 +22,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from ..config import parse_freeze
+from ..config import ConfigError, parse_freeze
 from ..models.weights import LoadReport
 
 __all__ = ["FinetuneReport", "backbone_stages", "freeze_backbone", "keep_class_rows", "checkpoint_class_names",
@@ -104,7 +104,7 @@ def _backbone(model: nn.Module) -> nn.Module:
     """The feature extractor: ``model.backbone`` (detector, segmenter, multi-task pair) or a classifier itself."""
     body = getattr(model, "backbone", model)
     if not isinstance(getattr(body, "features", None), nn.Sequential) or not getattr(body, "feature_info", None):
-        raise ValueError(f"finetune.freeze needs a backbone with 'features' and 'feature_info' (MobileNetV1/V2); "
+        raise ConfigError(f"finetune.freeze needs a backbone with 'features' and 'feature_info' (MobileNetV1/V2); "
                          f"{type(model).__name__} has none")
     return body
 
@@ -143,7 +143,7 @@ def freeze_backbone(model: nn.Module, spec: str) -> tuple[list[int], int, int, i
     if count != 0:
         all_stages = backbone_stages(model)
         if count is not None and count > len(all_stages):
-            raise ValueError(f"finetune.freeze={spec}: this backbone has {len(all_stages)} stages (0-"
+            raise ConfigError(f"finetune.freeze={spec}: this backbone has {len(all_stages)} stages (0-"
                              f"{len(all_stages) - 1}); use stages:{len(all_stages)} or backbone")
         stages = list(range(len(all_stages) if count is None else count))
         body = _backbone(model)

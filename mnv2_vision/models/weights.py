@@ -28,7 +28,8 @@ class WeightsMismatchError(CheckpointError, RuntimeError):
 
 @dataclass
 class LoadReport:
-    """What ``load_pretrained`` did, key by key (keys as the model names them).
+    """What ``load_pretrained`` did, key by key (keys as the module it filled names them: a backbone's own keys when
+    a backbone or classifier file fills a detector's backbone).
 
     Attributes:
         source: the file (and the kind of model it holds), or torchvision's weights.
