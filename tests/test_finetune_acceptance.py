@@ -1,6 +1,6 @@
 """Issue #26 acceptance: a shapes detector trained on circles and squares, fine-tuned on 50 images of stars and
 triangles with ``configs/ssdlite_finetune_few.yaml``, reaches ≥ 0.9× the mAP of the same model trained from scratch
-(``ssdlite_shapes``, 32 epochs) on 500 such images, in ≤ 1/5 of the steps. Slow (about 30 minutes on a loaded 2-core
+(``ssdlite_shapes``, 32 epochs) on 500 such images, in ≤ 1/5 of the steps. Slow (13 minutes on a partly loaded 2-core
 machine); the figures, and a longer from-scratch run that fine-tuning does not match, are in docs/finetune.md."""
 from __future__ import annotations
 
