@@ -21,9 +21,9 @@ import yaml
 from .errors import UserError
 
 __all__ = [
-    "ModelCfg", "DataCfg", "OptimCfg", "SchedCfg", "TrainerCfg", "EvalCfg", "LossCfg", "ExportCfg", "Config",
-    "ConfigError", "load_config", "config_from_dict", "to_dict", "to_yaml", "save_config", "config_dir",
-    "list_configs", "Study", "load_study", "bounded_repr", "parse_yaml",
+    "ModelCfg", "DataCfg", "OptimCfg", "SchedCfg", "TrainerCfg", "EvalCfg", "LossCfg", "ExportCfg", "FinetuneCfg",
+    "Config", "ConfigError", "load_config", "config_from_dict", "to_dict", "to_yaml", "save_config", "config_dir",
+    "list_configs", "Study", "load_study", "bounded_repr", "parse_yaml", "parse_freeze",
 ]
 
 
@@ -184,6 +184,36 @@ class ExportCfg:
 
 
 @dataclass
+class FinetuneCfg:
+    """Fine-tuning from ``model.pretrained`` (docs/finetune.md).
+
+    ``freeze``: ``none``; ``backbone`` (every backbone layer); or ``stages:N``, the backbone's first N stages, where
+    for MobileNetV2 stage 0 is the stem conv, stages 1-7 are the rows of the t, c, n, s table and stage 8 the last
+    1×1 conv (``stages:9`` = ``backbone``). Frozen parameters leave the optimiser and their BatchNorm layers stay
+    in eval mode (their running statistics are not updated).
+    ``keep_class_rows``: detection from a whole detector checkpoint: the class-layer rows of the background and of
+    the classes whose names the checkpoint shares with the new data are copied, not re-initialised.
+    """
+
+    freeze: str = "none"
+    keep_class_rows: bool = True
+
+
+def parse_freeze(spec: str) -> int | None:
+    """``finetune.freeze`` → the number of leading backbone stages to freeze: 0 for ``none``, ``None`` for
+    ``backbone`` (all of them), N for ``stages:N`` (N ≥ 1). Anything else is a ``ConfigError`` naming the key."""
+    if spec == "none":
+        return 0
+    if spec == "backbone":
+        return None
+    head, _, count = spec.partition(":")
+    if head == "stages" and count.strip().isdigit() and int(count) >= 1:
+        return int(count)
+    raise ConfigError(f"finetune.freeze={bounded_repr(spec)} is not one of none, backbone, stages:N (N ≥ 1: the "
+                      "backbone's first N stages; MobileNetV2: stage 0 = stem, 1-7 = table rows, 8 = last 1×1 conv)")
+
+
+@dataclass
 class Config:
     task: str = "detection"  # detection | segmentation | classification | multitask
     seed: int = 42
@@ -195,6 +225,7 @@ class Config:
     eval: EvalCfg = field(default_factory=EvalCfg)
     loss: LossCfg = field(default_factory=LossCfg)
     export: ExportCfg = field(default_factory=ExportCfg)
+    finetune: FinetuneCfg = field(default_factory=FinetuneCfg)
 
     def validate(self) -> "Config":
         def choice(key: str, value: Any, options: Sequence[Any]) -> None:
@@ -207,6 +238,7 @@ class Config:
         choice("data.augment", self.data.augment, ("ssdlite", "light", "seg", "cls", "cls_invariant", "cifar", "none"))
         choice("optim.name", self.optim.name, ("sgd", "rmsprop", "adamw"))
         choice("sched.name", self.sched.name, ("cosine", "poly", "exponential", "constant"))
+        parse_freeze(self.finetune.freeze)
         if self.model.aspp is not None:
             choice("model.aspp", self.model.aspp, ("lite", "full"))
         if self.model.sharing is not None:

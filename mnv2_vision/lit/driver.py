@@ -7,7 +7,8 @@ The steps, the same for every task:
 2. the ``--resume`` checkpoint checked. Nothing is written before this point: a start that fails leaves the folder
    as it was (and ``RunFolder`` removes what a failed start wrote later, ``tests/test_faults_runfolder.py``);
 3. ``config.yaml``, ``classes.json``, the ``data:`` and ``threads:`` lines;
-4. the network, its Lightning module, the Trainer (``make_trainer``); fit;
+4. the network (``model.pretrained`` loaded, ``finetune.freeze`` applied, ``finetune_report.json`` written:
+   ``lit/finetune.py``), its Lightning module, the Trainer (``make_trainer``); fit;
 5. detection and multi-task: the final evaluation of the best checkpoint over the whole validation split;
 6. ``model.pt`` (the best checkpoint's weights; else ``last.ckpt``'s; else the final ones), ``final_metrics.json``
    (classification: ``result.json``), the report, and the commands to run next with this run's paths.
@@ -23,6 +24,7 @@ import math
 import shlex
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Callable
 
@@ -35,10 +37,12 @@ from ..data import pin_root
 from ..data.classes import multitask_seg_class_names, segmentation_class_names
 from ..eval.coco import format_coco_stats
 from ..files import save_torch, write_json
+from ..models.weights import collect_reports
 from .checkpointing import inspect_resume
 from .classification import ClassificationModule, build_cls_datamodule, resolve_cls_classes
 from .common import make_trainer, set_num_threads
 from .detection import DetectionModule, build_det_datamodule, check_annotations, resolve_det_classes
+from .finetune import format_report, start_report
 from .multitask import MultiTaskModule, build_mt_datamodule, resolve_mt_classes
 from .runfolder import write_config
 from .segmentation import SegmentationModule, build_seg_datamodule, resolve_num_classes
@@ -186,7 +190,7 @@ def train(cfg: Config, run_dir: str | Path, *, resume: str | Path | None = None,
     print(parts.data_line, flush=True)
     set_num_threads(cfg)
 
-    module = parts.module(build_from_config(cfg))
+    module = parts.module(_finetune_start(cfg, parts, run_dir))
     trainer = make_trainer(cfg, run_dir, monitor=parts.monitor, mode="max",
                            resume_from=info.log_step if info else None)
     if info and info.finished:
@@ -211,6 +215,22 @@ def train(cfg: Config, run_dir: str | Path, *, resume: str | Path | None = None,
     if next_steps:
         print("\n".join(_next_steps(parts, weights_from, model_pt)), flush=True)
     return result
+
+
+def _finetune_start(cfg: Config, parts: TaskParts, run_dir: Path) -> nn.Module:
+    """The network, loaded from ``model.pretrained`` and frozen as ``finetune`` says (``lit/finetune.py``); with
+    either set, the report is printed and written to ``finetune_report.json``."""
+    with collect_reports() as loads:
+        model = build_from_config(cfg)
+    names = (parts.classes or {}).get("category_names")
+    report = start_report(model, loads, source=cfg.model.pretrained, freeze=cfg.finetune.freeze,
+                          keep_rows=cfg.finetune.keep_class_rows, new_names=names)
+    if cfg.finetune.freeze != "none":  # the frozen BatchNorms are in eval mode on purpose; the report says so
+        warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
+    if cfg.model.pretrained is not None or cfg.finetune.freeze != "none":
+        print("\n".join(format_report(report)), flush=True)
+        report.write(run_dir / "finetune_report.json")
+    return model
 
 
 def _result(parts: TaskParts, trainer: pl.Trainer, module: Any, best: str, weights_from: str, run_dir: Path,

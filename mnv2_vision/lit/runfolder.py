@@ -41,7 +41,7 @@ __all__ = ["RunFolder", "write_config", "launched_as_rank_zero", "RUN_FILES"]
 
 # What a training run writes into its folder (files and folders). ``--overwrite`` removes exactly these.
 RUN_FILES = ("config.yaml", "classes.json", "ckpt", "metrics.csv", "hparams.yaml", "tb", "model.pt",
-             "final_metrics.json", "result.json", "curves.png")
+             "final_metrics.json", "result.json", "curves.png", "finetune_report.json")
 _FINISHED_MARKERS = ("final_metrics.json", "result.json", "model.pt")
 # Where a run writes through ``files.atomic_write``: the folders whose leftovers a start removes.
 _OWN_PLACES = (".", "ckpt")

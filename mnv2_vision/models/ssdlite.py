@@ -20,12 +20,20 @@ from ..ops.anchors import DEFAULT_ASPECT_RATIOS, num_anchors_per_location, ssd_a
 from .layers import ConvNormAct
 from .mobilenetv2 import MobileNetV2
 
-__all__ = ["EXTRA_DEPTHS", "extra_block", "prediction_block", "SSDLiteHead", "SSDLite", "ssdlite320_mobilenet_v2",
-           "ssdlite320_mobilenet_v1"]
+__all__ = ["EXTRA_DEPTHS", "init_conv", "extra_block", "prediction_block", "SSDLiteHead", "SSDLite",
+           "ssdlite320_mobilenet_v2", "ssdlite320_mobilenet_v1"]
 
 # Depths of the four extra layers after the backbone (TF feature_map_layout layer_depth [-1, -1, 512, 256, 256, 128]).
 EXTRA_DEPTHS: tuple[int, ...] = (512, 256, 256, 128)
 MIN_DEPTH = 16  # TF's min_depth for width-scaled extra layers
+
+
+def init_conv(conv: nn.Conv2d) -> None:
+    """The initialisation of every conv SSDLite adds (extra layers, predictors): TF's truncated normal σ 0.03 cut at
+    2σ, zero bias. Fine-tuning re-initialises a class layer with it (``lit/finetune.py``)."""
+    nn.init.trunc_normal_(conv.weight, std=0.03, a=-0.06, b=0.06)
+    if conv.bias is not None:
+        nn.init.zeros_(conv.bias)
 
 
 def extra_block(in_channels: int, out_channels: int, bn_eps: float, bn_momentum: float) -> nn.Sequential:
@@ -144,9 +152,7 @@ class SSDLite(nn.Module):
         # TF's truncated normal σ 0.03 (cut at 2σ) for the layers SSDLite adds; the backbone keeps its own init.
         for m in [*self.extras.modules(), *self.head.modules()]:
             if isinstance(m, nn.Conv2d):
-                nn.init.trunc_normal_(m.weight, std=0.03, a=-0.06, b=0.06)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
+                init_conv(m)
             elif isinstance(m, nn.BatchNorm2d):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)

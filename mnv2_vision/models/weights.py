@@ -5,16 +5,19 @@ Never silently random: a missing file, a key the model lacks, or a shape that di
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 import torch
 from torch import nn
 
 from ..errors import CheckpointError
 
-__all__ = ["WeightsMismatchError", "LoadReport", "read_state_dict", "load_pretrained", "holds_whole_model"]
+__all__ = ["WeightsMismatchError", "LoadReport", "read_state_dict", "load_pretrained", "holds_whole_model",
+           "collect_reports"]
 
 log = logging.getLogger("mnv2_vision")
 
@@ -25,9 +28,25 @@ class WeightsMismatchError(CheckpointError, RuntimeError):
 
 @dataclass
 class LoadReport:
+    """What ``load_pretrained`` did, key by key (keys as the module it filled names them: a backbone's own keys when
+    a backbone or classifier file fills a detector's backbone).
+
+    Attributes:
+        source: the file (and the kind of model it holds), or torchvision's weights.
+        loaded: keys filled from the file.
+        skipped: every key not loaded, as ``"key: reason"`` (the three lists below, in one).
+        reinitialised: model keys whose shape differs in the file (the class layers after a class-count change):
+            they keep their initialisation, ``"key: shape (a, b) in file vs (c, d) in model"``.
+        missing: model keys the file lacks (they keep their initialisation).
+        unexpected: file keys the model lacks (left unused).
+    """
+
     source: str
     loaded: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)  # "key: reason"
+    reinitialised: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
 
     def __str__(self) -> str:
         s = f"loaded {len(self.loaded)} tensors from {self.source}"
@@ -35,6 +54,21 @@ class LoadReport:
             more = " ..." if len(self.skipped) > 8 else ""
             s += f"; skipped {len(self.skipped)}: " + ", ".join(self.skipped[:8]) + more
         return s
+
+
+_collectors: list[list["LoadReport"]] = []
+
+
+@contextlib.contextmanager
+def collect_reports() -> Iterator[list[LoadReport]]:
+    """Collect the ``LoadReport`` of every ``load_pretrained`` call inside the block (a builder's, which returns the
+    model only): ``with collect_reports() as reports: model = build_model(..., pretrained=path)``."""
+    reports: list[LoadReport] = []
+    _collectors.append(reports)
+    try:
+        yield reports
+    finally:
+        _collectors.remove(reports)
 
 
 def _strip(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -112,16 +146,25 @@ def load_pretrained(
     for k, v in own.items():
         is_optional = k.startswith(tuple(prefix + o for o in optional)) or k.startswith(optional)
         if k not in sd:
-            (report.skipped.append(f"{k}: not in file") if is_optional else errors.append(f"{k}: missing from file"))
+            if is_optional:
+                report.skipped.append(f"{k}: not in file")
+                report.missing.append(k)
+            else:
+                errors.append(f"{k}: missing from file")
         elif sd[k].shape != v.shape:
             msg = f"{k}: shape {tuple(sd[k].shape)} in file vs {tuple(v.shape)} in model"
-            (report.skipped.append(msg) if is_optional else errors.append(msg))
+            if is_optional:
+                report.skipped.append(msg)
+                report.reinitialised.append(msg)
+            else:
+                errors.append(msg)
         else:
             to_load[k] = sd[k]
     for k in sd:
         if k not in own:
             if k.startswith(tuple(prefix + o for o in optional)):
                 report.skipped.append(f"{k}: not in model")
+                report.unexpected.append(k)
             else:
                 errors.append(f"{k}: in file but not in model")
     if errors:
@@ -133,12 +176,19 @@ def load_pretrained(
         if absent and extra and not any("shape" in e for e in errors):
             raise WeightsMismatchError(f"cannot load {desc} into {type(module).__name__}: it holds another kind of "
                                        f"model (it has {tops(extra)}, which this model lacks; it lacks "
-                                       f"{tops(absent)}). Give a backbone/classifier file, 'imagenet', or a "
-                                       "checkpoint of the same model")
-        raise WeightsMismatchError(f"cannot load {desc} into {type(module).__name__}: {len(errors)} problem(s): "
-                              + "; ".join(errors[:6]) + ("; ..." if len(errors) > 6 else ""))
+                                       f"{tops(absent)}; first mismatching key {errors[0]}). Give a "
+                                       "backbone/classifier file, 'imagenet', or a checkpoint of the same model")
+        # The first mismatch (in the model's order) leads: for another width_mult, the first layer whose width differs.
+        raise WeightsMismatchError(f"cannot load {desc} into {type(module).__name__}: first mismatching key "
+                                   f"{errors[0]}; {len(errors)} problem(s) in all"
+                                   + (": " + "; ".join(errors[1:6]) if len(errors) > 1 else "")
+                                   + ("; ..." if len(errors) > 6 else "")
+                                   + (" (a model of another model.width_mult?)" if any("shape" in e for e in errors)
+                                      else ""))
     module.load_state_dict(to_load, strict=False)
     report.loaded = sorted(to_load)
+    for reports in _collectors:
+        reports.append(report)
     log.info("%s", report)
     print(f"[mnv2_vision] {report}")
     return report
