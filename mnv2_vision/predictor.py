@@ -276,9 +276,12 @@ class Predictor:
 
     # ------------------------------------------------------------------ prediction
     def predict(self, inputs: Any, *, batch_size: int = 1, score_thresh: float | None = None,
-                probs: bool = False) -> list[dict[str, Any]]:
+                probs: bool = False) -> list[dict[str, Any]] | Iterator[dict[str, Any]]:
         """Predictions for ``inputs``: a path, a folder, a PIL image, an (H, W, 3) uint8 array, a (3, H, W) tensor,
         a (N, 3, H, W) batch, or a list of any of these; one result per image, in order.
+
+        A single video source — a video file, a camera index (``0``) or a stream URL — gives ``stream(source,
+        score_thresh=...)`` instead: a generator of per-frame results (``stream`` takes the video options).
 
         Args:
             batch_size: images processed together (images of any sizes can share a batch): one forward pass on a
@@ -292,10 +295,12 @@ class Predictor:
         """
         if batch_size < 1:
             raise ValueError(f"batch_size must be ≥ 1, got {batch_size}")
-        for item in (inputs if isinstance(inputs, (list, tuple)) else [inputs]):
+        if is_video_source(inputs):
+            return self.stream(inputs, score_thresh=score_thresh)
+        for item in (inputs if isinstance(inputs, (list, tuple)) else []):
             if is_video_source(item):
-                raise UserError(f"{describe_source(item)} is a video source: predict() takes images; use "
-                                "Predictor.stream(source), a generator of per-frame results")
+                raise UserError(f"{describe_source(item)} is a video source in a list of images: predict() takes "
+                                "one video source at a time (or Predictor.stream(source))")
         if score_thresh is not None:
             score_thresh = check_score_thresh(score_thresh)
         items = expand_inputs(inputs)

@@ -99,10 +99,15 @@ def test_stream_equals_predict_on_the_same_decoded_frames(clip, ckpts, task):
         assert sum(len(r["boxes"]) for r in results) > 0  # random weights still score some boxes above 0.05
 
 
-def test_predict_refuses_a_video_and_names_stream(clip, ckpts):
+def test_predict_of_a_video_source_is_the_stream_and_a_video_in_a_list_is_refused(clip, ckpts):
     predictor = mnv2_vision.load(ckpts["detection"], device="cpu", fuse=False)
-    with pytest.raises(UserError, match=r"clip\.mp4 is a video source.*stream"):
-        predictor.predict(clip[0])
+    frames = list(predictor.predict(clip[0], score_thresh=0.05))  # a generator, as stream(...)
+    expected = list(predictor.stream(clip[0], score_thresh=0.05))
+    assert [r["frame"] for r in frames] == list(range(len(expected))) and len(frames) > 1
+    for r, e in zip(frames, expected):
+        assert r["time"] == e["time"] and torch.equal(r["boxes"], e["boxes"]) and torch.equal(r["labels"], e["labels"])
+    with pytest.raises(UserError, match=r"clip\.mp4 is a video source in a list of images"):
+        predictor.predict([clip[0]])
 
 
 def test_tracker_gives_ids_in_the_order_of_the_boxes():
