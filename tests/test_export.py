@@ -198,6 +198,20 @@ def test_export_tool_detection_nms_and_state_dict(tmp_path, shapes_root):
     assert (out / "config.yaml").is_file()
 
 
+def test_export_tool_detection_raw_int8_scores_the_shipped_files(tmp_path, shapes_root):
+    ckpt = _fake_checkpoint(tmp_path / "det.ckpt", "ssdlite_shapes",
+                            ["model.num_classes=5", "model.width_mult=0.35", "data.image_size=96", "data.subset=4",
+                             "data.num_workers=0"],
+                            {"category_ids": [1, 2, 3, 4], "category_names": ["circle", "square", "star", "triangle"]})
+    out = tmp_path / "export"
+    report = _run_tool(["--ckpt", str(ckpt), "--out", str(out), "--detection-output", "raw", "--int8",
+                        "--calib-images", "2", "--runs", "2", "--check-images", "1", "--int8-max-drop", "1"])
+    acc = report["accuracy"]
+    assert acc["onnx_fp32"]["map"] == pytest.approx(acc["pytorch"]["map"], abs=1e-6)
+    assert report["int8_change"] == {"map": pytest.approx(acc["onnx_int8"]["map"] - acc["onnx_fp32"]["map"])}
+    assert sorted(p.name for p in out.iterdir()) == ["export_report.json", "model.onnx", "model_int8.onnx"]
+
+
 @pytest.mark.skipif(not os.environ.get("MNV2_REAL_DATA"), reason="MNV2_REAL_DATA not set (real COCO/VOC subsets)")
 def test_parity_on_real_images(detector, det_onnx, segmenter, seg_onnx):
     from mnv2_vision.deploy.quantize import detection_calibration, segmentation_calibration

@@ -42,8 +42,8 @@ from mnv2_vision.ops.postprocess import PostprocessSettings
 
 try:  # the deploy extra (onnx, onnxruntime): without it main() names the install command instead of a traceback
     from mnv2_runtime.metadata import decode_props, encode_props, validate_metadata
-    from mnv2_vision.commands.exporting.inputs import (calibration, export_metadata, int8_latency, print_accuracy,
-                                                       report_then_gate, sample_inputs, score_exports)
+    from mnv2_vision.commands.exporting.inputs import (calibration, export_metadata, int8_latency, report_int8,
+                                                       sample_inputs, score_exports)
     from mnv2_vision.deploy.onnx_export import (
         DetectionExport, MultiTaskExport, SegmentationExport, check_parity, export_onnx, ort_run, ort_session)
     from mnv2_vision.deploy.quantize import quantize_int8
@@ -153,26 +153,23 @@ def main(argv: Sequence[str] | None = None) -> dict:
         sessions = {"fp32": ort_session(path, args.threads), "int8": ort_session(int8_path, args.threads)}
         x = np.ascontiguousarray(inputs[-1][:1].numpy())
         report.update(int8_latency(*(lambda s=s: s.run(None, {"images": x}) for s in sessions.values()), args.runs))
-        report["accuracy"] = _accuracy(cfg, hparams, model, kind, size, pp, out_dir, calib, args)
-        acc = report["accuracy"]
-        print_accuracy(acc, kind, "onnx", "ONNX")
-        print(f"ONNX Runtime latency, batch 1 at {tuple(x.shape[-2:])}, {args.threads} threads: fp32 "
-              f"{report['latency_ms']['fp32']:.1f} ms, int8 {report['latency_ms']['int8']:.1f} ms "
-              f"(speed-up {report['speedup']:.2f}x)")
-        report_then_gate(out_dir, report, acc["onnx_fp32"], acc["onnx_int8"], args.int8_max_drop,
-                         f"{int8_path} (on {d.val_split!r})")
+        report["accuracy"] = _accuracy(cfg, hparams, model, kind, size, pp, out_dir, calib, args, sessions)
+        report_int8(out_dir, report, kind, "onnx", "ONNX Runtime", args.threads, args.int8_max_drop,
+                    f"{int8_path} (on {d.val_split!r})")
     write_json(out_dir / "export_report.json", report, indent=1)
     return report
 
 
-def _accuracy(cfg, hparams, model, kind, size, pp, out_dir: Path, calib, args) -> dict:
-    """Validation accuracy of the PyTorch model, the fp32 and the int8 ONNX models (``score_exports``). The mAP path
-    is the validation loop's (raw outputs → postprocess_detections), so boxes are scored on raw-mode exports of the
-    same network, quantised with the same calibration images; masks on the shipped files' logits."""
-    shipped = {"onnx_fp32": ort_run(ort_session(out_dir / "model.onnx", args.threads)),
-               "onnx_int8": ort_run(ort_session(out_dir / "model_int8.onnx", args.threads))}
+def _accuracy(cfg, hparams, model, kind, size, pp, out_dir: Path, calib, args, sessions: dict) -> dict:
+    """Validation accuracy of the PyTorch model, the fp32 and the int8 ONNX models (``sessions``: their ONNX Runtime
+    sessions; ``score_exports``). The mAP path is the validation loop's (raw outputs → postprocess_detections), so
+    boxes are scored on raw-mode exports of the same network, quantised with the same calibration images; masks on
+    the shipped files' logits."""
+    shipped = {f"onnx_{k}": ort_run(session) for k, session in sessions.items()}
     if kind == "segmentation":
         return score_exports(cfg, hparams, model, pp, {}, shipped)
+    if args.detection_output == "raw":  # the shipped files are the raw-mode graphs
+        return score_exports(cfg, hparams, model, pp, shipped, shipped)
     wrapper = (MultiTaskExport if kind == "multitask" else DetectionExport)(model, size, "raw")
     raw = export_onnx(wrapper, out_dir / "eval_raw.onnx", size, {}, args.opset)
     raw_int8 = quantize_int8(raw, out_dir / "eval_raw_int8.onnx", calib)

@@ -25,7 +25,7 @@ from mnv2_vision.perf.timing import time_round_robin
 from mnv2_vision.version import __version__
 
 __all__ = ["export_metadata", "sample_inputs", "calibration", "segmentation_images", "fixed_size", "int8_latency",
-           "METRICS", "score_exports", "print_accuracy", "report_then_gate"]
+           "METRICS", "score_exports", "report_int8"]
 
 # the validation metrics each task's int8 gate checks (the pair keeps both)
 METRICS = {"detection": ("map",), "segmentation": ("miou",), "multitask": ("map", "miou")}
@@ -141,21 +141,22 @@ def _pair_segmentation(cfg, model, category_ids, num_classes: int) -> dict:
     return {"miou": metrics.miou, "pixel_acc": metrics.pixel_acc}
 
 
-def print_accuracy(acc: Mapping[str, Mapping[str, Any]], kind: str, fmt: str, name: str) -> dict[str, float]:
-    """Print PyTorch, fp32 and int8 of each metric of ``kind`` (``acc`` from ``score_exports`` with the run names
-    ``{fmt}_fp32`` / ``{fmt}_int8``); returns each int8 − fp32 change."""
+def report_int8(out_dir: Path, report: dict[str, Any], kind: str, fmt: str, name: str, threads: int,
+                max_drop: float, what: str) -> None:
+    """The end of every format's ``--int8``: print PyTorch, fp32 and int8 of each metric of ``kind`` (``report``'s
+    ``accuracy`` from ``score_exports`` with the run names ``{fmt}_fp32`` / ``{fmt}_int8``) and the latency
+    (``int8_latency``), store each int8 − fp32 change (``int8_change``) and the ``int8_max_drop`` applied, write
+    ``export_report.json``, then ``check_int8_drop`` (every metric the results share: both for the pair). The figures
+    stay, also when the gate fails."""
+    acc = report["accuracy"]
     fp32, int8 = acc[f"{fmt}_fp32"], acc[f"{fmt}_int8"]
-    changes = {k: float(int8[k]) - float(fp32[k]) for k in METRICS[kind]}
+    report["int8_change"] = changes = {k: float(int8[k]) - float(fp32[k]) for k in METRICS[kind]}
     for k, change in changes.items():
         print(f"{k}: PyTorch {acc['pytorch'][k]:.4f}  {name} fp32 {fp32[k]:.4f}  {name} int8 {int8[k]:.4f}  "
               f"(change {change:+.4f})")
-    return changes
-
-
-def report_then_gate(out_dir: Path, report: dict[str, Any], fp32: Mapping[str, Any], int8: Mapping[str, Any],
-                     max_drop: float, what: str) -> None:
-    """Write ``export_report.json`` (``report`` gains the ``int8_max_drop`` applied), then ``check_int8_drop`` (every
-    metric the results share: both for the pair): the figures stay, also when the gate fails."""
+    ms = report["latency_ms"]
+    print(f"{name} latency, batch 1, {threads} threads: fp32 {ms['fp32']:.1f} ms, int8 {ms['int8']:.1f} ms "
+          f"(speed-up {report['speedup']:.2f}x)")
     report["int8_max_drop"] = max_drop
     write_json(out_dir / "export_report.json", report, indent=1)
     ev.check_int8_drop(fp32, int8, max_drop, what)

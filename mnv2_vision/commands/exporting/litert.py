@@ -12,8 +12,8 @@ import numpy as np
 import torch
 
 from mnv2_runtime.backends.litert import LiteRTBackend
-from mnv2_vision.commands.exporting.inputs import (calibration, fixed_size, int8_latency, print_accuracy,
-                                                   report_then_gate, sample_inputs, score_exports)
+from mnv2_vision.commands.exporting.inputs import (calibration, fixed_size, int8_latency, report_int8, sample_inputs,
+                                                   score_exports)
 from mnv2_vision.deploy.litert_export import export_litert
 from mnv2_vision.deploy.onnx_export import check_outputs
 from mnv2_vision.files import write_json
@@ -51,12 +51,9 @@ def export_litert_format(args, cfg, hparams, model, wrapper, meta: dict, out_dir
         x = np.ascontiguousarray(inputs[-1][:1].numpy())
         report.update(int8_latency(lambda: fp32.run(x), lambda: int8.run(x), args.runs))
         runs = {"litert_fp32": fp32.run, "litert_int8": int8.run}  # raw heads: scored as shipped
-        report["accuracy"] = acc = score_exports(cfg, hparams, model, pp, {} if kind == "segmentation" else runs, runs,
+        report["accuracy"] = score_exports(cfg, hparams, model, pp, {} if kind == "segmentation" else runs, runs,
                                                  seg_fixed=size)
-        report["int8_change"] = print_accuracy(acc, kind, "litert", "LiteRT")
-        print(f"LiteRT latency, batch 1 at {size}, {args.threads} threads: fp32 {report['latency_ms']['fp32']:.1f} ms, "
-              f"int8 {report['latency_ms']['int8']:.1f} ms (speed-up {report['speedup']:.2f}x)")
-        report_then_gate(out_dir, report, acc["litert_fp32"], acc["litert_int8"], args.int8_max_drop,
-                         f"{int8_path} (on {d.val_split!r})")
+        report_int8(out_dir, report, kind, "litert", "LiteRT", args.threads, args.int8_max_drop,
+                    f"{int8_path} (on {d.val_split!r})")
     write_json(out_dir / "export_report.json", report, indent=1)
     return report

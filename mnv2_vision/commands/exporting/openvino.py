@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 
 from mnv2_runtime.backends.openvino import OpenVINOBackend
-from mnv2_vision.commands.exporting.inputs import (calibration, int8_latency, print_accuracy, report_then_gate,
-                                                   sample_inputs, score_exports)
+from mnv2_vision.commands.exporting.inputs import (calibration, int8_latency, report_int8, sample_inputs,
+                                                   score_exports)
 from mnv2_vision.data.classes import segmentation_class_names
 from mnv2_vision.deploy.onnx_export import DetectionExport, MultiTaskExport, check_outputs, export_onnx
 from mnv2_vision.deploy.openvino_export import (accuracy_control_layers, export_openvino, openvino_run,
@@ -58,14 +58,10 @@ def export_openvino_format(args, cfg, hparams, model, wrapper, meta: dict, out_d
         x = np.ascontiguousarray(inputs[-1][:1].numpy())
         report.update(int8_latency(lambda: fp32.run(x), lambda: int8.run(x), args.runs))
         report["fp32_layers"] = layers
-        report["accuracy"] = acc = _openvino_accuracy(cfg, hparams, model, wrapper, fp32, int8, calib, inputs, args,
+        report["accuracy"] = _openvino_accuracy(cfg, hparams, model, wrapper, fp32, int8, calib, inputs, args,
                                                       layers)
-        print_accuracy(acc, kind, "openvino", "OpenVINO")
-        print(f"OpenVINO latency, batch 1 at {tuple(x.shape[-2:])}, {args.threads} threads: fp32 "
-              f"{report['latency_ms']['fp32']:.1f} ms, int8 {report['latency_ms']['int8']:.1f} ms "
-              f"(speed-up {report['speedup']:.2f}x)")
-        report_then_gate(out_dir, report, acc["openvino_fp32"], acc["openvino_int8"], args.int8_max_drop,
-                         f"{int8_path} (on {d.val_split!r})")
+        report_int8(out_dir, report, kind, "openvino", "OpenVINO", args.threads, args.int8_max_drop,
+                    f"{int8_path} (on {d.val_split!r})")
     write_json(out_dir / "export_report.json", report, indent=1)
     return report
 
