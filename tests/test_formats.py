@@ -403,3 +403,15 @@ def test_check_data_with_a_config_reads_its_format_and_splits(tmp_path, capsys):
     # the second box is 100 px high (cy 25 ± 50) in a 50 px image: outside; the BOM-prefixed first line reads
     assert code == 1 and out[0] == f"{root}/labels/train/a.txt:2" and "[out_of_bounds_box]" in out[1]
     assert out[-1].startswith("1 problem(s) in 1 file(s)")
+
+
+def test_a_voc2012_folder_with_annotations_is_found_as_the_segmentation_layout_only(tmp_path):
+    from mnv2_vision.data.detect import detect_layouts
+
+    root = make_voc(tmp_path / "VOC2012")  # Annotations/, JPEGImages/, ImageSets/Main/ as VOC2012 ships them
+    assert [layout.format for layout in detect_layouts(root)] == ["voc_xml"]
+    (root / "ImageSets" / "Segmentation").mkdir(parents=True)
+    (root / "SegmentationClass").mkdir()
+    ids = (root / "ImageSets" / "Main" / "train.txt").read_text()
+    (root / "ImageSets" / "Segmentation" / "train.txt").write_text(ids)
+    assert [layout.format for layout in detect_layouts(root)] == ["voc"]  # its segmentation layout, not both

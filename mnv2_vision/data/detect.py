@@ -111,6 +111,8 @@ def detect_layouts(path: str | os.PathLike) -> list[Layout]:
     """The dataset layouts in ``path`` (COCO, VOC, CIFAR-10, else ImageFolder); empty when none is recognised."""
     path = Path(path).expanduser()
     found = [layout for detect in (_coco, _voc, _cifar, _label_tool) if (layout := detect(path)) is not None]
+    if any(layout.format == "voc" for layout in found):  # VOC2012 also holds Annotations/: its layout is VOC's
+        found = [layout for layout in found if layout.format != "voc_xml"]
     if not found and (layout := _imagefolder(path)) is not None:
         found.append(layout)
     return found

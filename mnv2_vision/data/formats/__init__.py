@@ -109,16 +109,13 @@ def check_format(fmt: str, root: str | os.PathLike, split: str, scanned: list[st
 
 def _read_coco(root: Path, split: str) -> FormatSplit:
     from ...errors import DataError
-    from ..coco import annotation_file, coco_structure_problems
+    from ..coco import annotation_file
+    from ..verify import read_coco_annotations
 
     path = annotation_file(root, split)
-    try:
-        data = json.loads(path.read_bytes())
-    except (OSError, ValueError) as e:
-        raise DataError(f"cannot read COCO annotations {path}: {type(e).__name__}: {e}") from e
-    problems = coco_structure_problems(data)
-    if problems:
-        raise DataError(f"cannot read COCO annotations {path}: {problems[0]}")
+    data, problems = read_coco_annotations(path)
+    if data is None:
+        raise DataError(f"cannot read COCO annotations {path}: {problems[0].detail}")
     return FormatSplit(data, root / split, path, [])
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
+from mnv2_runtime.images import IMAGE_SUFFIXES  # the suffixes predict and the runtime read as images
 
 from ..verify import Problem
 
@@ -23,7 +24,6 @@ __all__ = ["CocoBuilder", "Place", "by_image", "FormatSplit", "rotated_corners",
 # what ultralytics and the labelling tools accept as images
 # how a writer puts an image into its output: a symbolic link or a copy (commands/convert_data.py)
 Place = Callable[[Path, Path], None]
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 
 @dataclass

@@ -35,8 +35,9 @@ def _tree(root: Path) -> Element:
         raise DataError(f"cannot read CVAT annotations {path}: {type(e).__name__}: {e}") from e
 
 
-def cvat_splits(root: Path) -> tuple[str, ...]:
-    return tuple(sorted({im.get("subset") or "default" for im in _tree(root).iter("image")}))
+def cvat_splits(root: Path, tree: Element | None = None) -> tuple[str, ...]:
+    tree = _tree(root) if tree is None else tree
+    return tuple(sorted({im.get("subset") or "default" for im in tree.iter("image")}))
 
 
 def cvat_names(root: Path, tree: Element | None = None) -> list[str]:
@@ -59,7 +60,7 @@ def read_cvat(root: str | os.PathLike, split: str) -> FormatSplit:
     source = root / CVAT_FILE
     images = [im for im in tree.iter("image") if (im.get("subset") or "default") == split]
     if not images:
-        raise DataError(f"{source} has no image of subset {split!r}; it has {list(cvat_splits(root))}")
+        raise DataError(f"{source} has no image of subset {split!r}; it has {list(cvat_splits(root, tree))}")
     listed = set()
     for im in images:
         name = im.get("name", "")
@@ -104,9 +105,10 @@ def read_cvat(root: str | os.PathLike, split: str) -> FormatSplit:
                     builder.add(img, builder.cat_ids[label], polygon_box(pts), polygon=pts, source=where)
             except (TypeError, ValueError) as e:
                 problems.append(Problem(where, "malformed_box", f"coordinates not numbers: {e}"))
-    if split == "default" or len(cvat_splits(root)) == 1:  # images in images/ that no <image> lists
+    if split == "default" or len(cvat_splits(root, tree)) == 1:  # images in images/ that no <image> lists
+        listed = {im.get("name") for im in tree.iter("image")}
         for f in sorted((root / "images").glob("*")) if (root / "images").is_dir() else []:
-            if f.is_file() and f.name not in {im.get("name") for im in tree.iter("image")}:
+            if f.is_file() and f.name not in listed:
                 problems.append(Problem(str(f), "unlabelled_image", f"not listed in {source.name}; left out"))
     return FormatSplit(builder.dataset(), root / "images", source, problems)
 

@@ -23,7 +23,7 @@ from .labels import class_names, write_label_list
 
 __all__ = ["read_labelstudio", "labelstudio_splits", "labelstudio_names", "write_labelstudio", "image_name"]
 
-_KINDS = {"rectanglelabels": "rectanglelabels", "polygonlabels": "polygonlabels"}
+_KINDS = ("rectanglelabels", "polygonlabels")
 
 
 def labelstudio_splits(root: Path) -> tuple[str, ...]:
