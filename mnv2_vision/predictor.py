@@ -23,6 +23,7 @@ the tensors above, and its errors this package's (``CheckpointError`` for a bad 
 """
 from __future__ import annotations
 
+import itertools
 import os
 import threading
 import warnings
@@ -358,9 +359,8 @@ class Predictor:
             score_thresh = check_score_thresh(score_thresh)
         frames = read_frames(source, read_ahead=read_ahead, timeout=timeout)
         try:
-            for frame in frames:
-                if max_frames is not None and frame.index >= max_frames:
-                    return
+            # islice stops before asking the decoder for one frame more (a stalled stream would wait or fail there)
+            for frame in itertools.islice(frames, max_frames):
                 if tracker is None and track:
                     from .ops.tracking import ByteTracker
 

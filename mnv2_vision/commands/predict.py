@@ -59,7 +59,7 @@ from PIL import Image
 
 import mnv2_vision
 from mnv2_vision.commands.cli import add_debug_flag, exit_status, guarded, make_parser, skipped_message
-from mnv2_vision.commands.predicting.video import predict_video, source_argument
+from mnv2_vision.commands.predicting.video import pixel_counts, predict_video, source_argument
 from mnv2_vision.data.io.labels import write_label
 from mnv2_vision.errors import DataError, UserError
 from mnv2_vision.files import output_folder, plan_outputs, remove_temp_files, save_image, write_json
@@ -325,11 +325,10 @@ def _write(f: Path, image: np.ndarray, r: dict[str, Any], outs: tuple[Path, ...]
         write_label(mask_file, label_map)
         overlay = overlay_segmentation(image, label_map)
         names = predictor.mask_names
-        ids, counts = np.unique(label_map, return_counts=True)
-        record["pixels"] = {(names[i] if i < len(names) else str(i)): int(c) for i, c in zip(ids, counts)}
+        record["pixels"] = pixel_counts(label_map, names)
         if task == "segmentation":
             save_image(overlay, outs[1], quality=95)
-        print(f"{f}: classes {[names[i] for i in ids if i < len(names)]} → {mask_file}")
+        print(f"{f}: classes {[n for n in record['pixels'] if n in names]} → {mask_file}")
     if "boxes" in r:  # boxes drawn over the mask overlay of the same pass for a multi-task model
         background = overlay if task == "multitask" else image
         save_image(draw_detections(background, r["boxes"].numpy(), r["labels"].tolist(), r["scores"].tolist(),
