@@ -255,6 +255,9 @@ def quiet_lightning() -> None:
                                               r"interval")
     # A resumed run continues in its own folder: that its checkpoint folder is not empty is the point, not news.
     warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
+    # finetune.freeze keeps the frozen BatchNorms in eval mode on purpose (the run's finetune report says so); nothing
+    # else here starts training with modules in eval mode.
+    warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
 
 
 def batch_limits(**limits: int | float) -> dict[str, int | float]:

@@ -24,7 +24,6 @@ import math
 import shlex
 import sys
 import time
-import warnings
 from pathlib import Path
 from typing import Any, Callable
 
@@ -225,8 +224,6 @@ def _finetune_start(cfg: Config, parts: TaskParts, run_dir: Path) -> nn.Module:
     names = (parts.classes or {}).get("category_names")
     report = start_report(model, loads, source=cfg.model.pretrained, freeze=cfg.finetune.freeze,
                           keep_rows=cfg.finetune.keep_class_rows, new_names=names)
-    if cfg.finetune.freeze != "none":  # the frozen BatchNorms are in eval mode on purpose; the report says so
-        warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
     if cfg.model.pretrained is not None or cfg.finetune.freeze != "none":
         print("\n".join(format_report(report)), flush=True)
         report.write(run_dir / "finetune_report.json")

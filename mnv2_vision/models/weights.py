@@ -34,7 +34,6 @@ class LoadReport:
     Attributes:
         source: the file (and the kind of model it holds), or torchvision's weights.
         loaded: keys filled from the file.
-        skipped: every key not loaded, as ``"key: reason"`` (the three lists below, in one).
         reinitialised: model keys whose shape differs in the file (the class layers after a class-count change):
             they keep their initialisation, ``"key: shape (a, b) in file vs (c, d) in model"``.
         missing: model keys the file lacks (they keep their initialisation).
@@ -43,10 +42,15 @@ class LoadReport:
 
     source: str
     loaded: list[str] = field(default_factory=list)
-    skipped: list[str] = field(default_factory=list)  # "key: reason"
     reinitialised: list[str] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
     unexpected: list[str] = field(default_factory=list)
+
+    @property
+    def skipped(self) -> list[str]:
+        """Every key not loaded, as ``"key: reason"``: the three lists above, in one."""
+        return ([f"{k}: not in file" for k in self.missing] + self.reinitialised
+                + [f"{k}: not in model" for k in self.unexpected])
 
     def __str__(self) -> str:
         s = f"loaded {len(self.loaded)} tensors from {self.source}"
@@ -147,14 +151,12 @@ def load_pretrained(
         is_optional = k.startswith(tuple(prefix + o for o in optional)) or k.startswith(optional)
         if k not in sd:
             if is_optional:
-                report.skipped.append(f"{k}: not in file")
                 report.missing.append(k)
             else:
                 errors.append(f"{k}: missing from file")
         elif sd[k].shape != v.shape:
             msg = f"{k}: shape {tuple(sd[k].shape)} in file vs {tuple(v.shape)} in model"
             if is_optional:
-                report.skipped.append(msg)
                 report.reinitialised.append(msg)
             else:
                 errors.append(msg)
@@ -163,7 +165,6 @@ def load_pretrained(
     for k in sd:
         if k not in own:
             if k.startswith(tuple(prefix + o for o in optional)):
-                report.skipped.append(f"{k}: not in model")
                 report.unexpected.append(k)
             else:
                 errors.append(f"{k}: in file but not in model")
