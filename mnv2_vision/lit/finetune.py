@@ -17,7 +17,7 @@ import json
 import types
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 from torch import nn
@@ -162,13 +162,14 @@ def freeze_backbone(model: nn.Module, spec: str) -> tuple[list[int], int, int, i
 
 
 # ---------------------------------------------------------------------------------------------- class rows
-def checkpoint_class_names(source: str | Path) -> list[str] | None:
+def checkpoint_class_names(source: str | Path, obj: Any = None) -> list[str] | None:
     """The detection class names (without background) a weights file was trained on: a training checkpoint's
-    ``category_names``, or for a ``model.pt`` the ``classes.json`` beside it; ``None`` when neither says."""
+    ``category_names``, or for a ``model.pt`` the ``classes.json`` beside it; ``None`` when neither says. ``obj``:
+    what ``load_torch`` read from the file, when the caller has it."""
     from ..files import load_torch
 
     path = Path(source)
-    obj = load_torch(path, "weights file")
+    obj = load_torch(path, "weights file") if obj is None else obj
     if isinstance(obj, dict) and isinstance(obj.get("hyper_parameters"), dict):
         names = obj["hyper_parameters"].get("category_names")
         return [str(n) for n in names] if names is not None else None
@@ -232,13 +233,15 @@ def start_report(model: nn.Module, loads: Sequence[LoadReport], *, source: str |
     """Finish a fine-tuning start on ``model``, freshly built with ``model.pretrained`` = ``source`` (``loads``: the
     builder's ``LoadReport``s): a detector's class layers follow the class names (``keep_class_rows``, when the file
     names its classes), then ``freeze`` is applied. Returns the report."""
-    from ..models.weights import read_state_dict
+    from ..files import load_torch
+    from ..models.weights import state_dict_of
 
     report = FinetuneReport.from_loads(loads)
     if source and new_names is not None and _class_layers(model) and Path(str(source)).is_file():
-        old = checkpoint_class_names(source)
+        obj = load_torch(Path(source), "weights file")  # once, for the names and the class rows
+        old = checkpoint_class_names(source, obj)
         if old is not None:
-            state, _ = read_state_dict(source)
+            state, _ = state_dict_of(obj, Path(source))
             report.class_rows_kept, renamed = keep_class_rows(model, state, old, list(new_names), copy=keep_rows)
             report.loaded = [k for k in report.loaded if k not in renamed]
             report.reinitialised += [f"{k}: classes {list(old)} in file vs {list(new_names)} in model"

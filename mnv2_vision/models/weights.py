@@ -9,15 +9,15 @@ import contextlib
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import torch
 from torch import nn
 
 from ..errors import CheckpointError
 
-__all__ = ["WeightsMismatchError", "LoadReport", "read_state_dict", "load_pretrained", "holds_whole_model",
-           "collect_reports"]
+__all__ = ["WeightsMismatchError", "LoadReport", "read_state_dict", "state_dict_of", "load_pretrained",
+           "holds_whole_model", "collect_reports"]
 
 log = logging.getLogger("mnv2_vision")
 
@@ -103,7 +103,12 @@ def read_state_dict(source: str | Path, width_mult: float = 1.0) -> tuple[dict[s
         raise FileNotFoundError(f"pretrained weights file not found: {path}")
     from ..files import load_torch
 
-    obj = load_torch(path, "weights file")
+    return state_dict_of(load_torch(path, "weights file"), path)
+
+
+def state_dict_of(obj: Any, path: Path) -> tuple[dict[str, torch.Tensor], str]:
+    """(state dict, description) of what ``load_torch`` read from ``path``: a state dict or a Lightning
+    checkpoint's, prefixes stripped (``read_state_dict``'s second half, for callers that read the file already)."""
     desc = str(path)
     if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
         model = ((obj.get("hyper_parameters") or {}).get("config") or {}).get("model", {}).get("name")
